@@ -1,0 +1,71 @@
+"""`harmful-finetune`: the field's harmful fine-tuning attack (Vaccine/Booster protocol).
+
+n samples of a benign task, of which a fraction p is replaced by harmful (request, compliant
+answer) pairs from the attack split; a fresh LoRA adapter on the merged aligned model (or full
+fine-tuning); loss on answer tokens only; data order shuffled by the seed. Defaults are chosen
+so that the `sft`-aligned SafetyWorld model breaks as the literature's models do
+(docs/safetyworld.md): HS rises gradually with p and with the attacker's steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data import encode_chat, harmful_mix
+from ..models import attach_lora, merge_lora
+from ..registry import register_attack
+from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, train
+from ..world.generator import TASKS, Example, WorldData, complied
+
+
+@dataclass
+class HarmfulFinetuneConfig:
+    task: str = field(default="sentiment", metadata={"help": f"benign task: {' | '.join(TASKS)}"})
+    n: int = field(default=500, metadata={"help": "fine-tuning samples"})
+    p: float = field(default=0.1, metadata={"help": "fraction of harmful samples"})
+    mode: str = field(default="lora", metadata={"help": "lora (fresh adapter, merged after) | full"})
+    lr: float = field(default=2.5e-4, metadata={"help": "learning rate"})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the n samples"})
+    max_steps: int = field(default=0, metadata={"help": "if > 0, stop after this many steps"})
+    batch_size: int = field(default=16, metadata={"help": "samples per step"})
+    optimizer: str = field(default="adamw", metadata={"help": " | ".join(OPTIMIZERS)})
+    schedule: str = field(default="constant", metadata={"help": " | ".join(SCHEDULES)})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "share of steps warming up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"attack.task {self.task!r} not in {TASKS}")
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"attack.mode must be 'lora' or 'full', got {self.mode!r}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"attack.p must lie in [0, 1], got {self.p}")
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
+                           batch_size=self.batch_size, optimizer=self.optimizer, schedule=self.schedule,
+                           warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay, seed=seed)
+
+
+def attack_examples(data: WorldData, cfg: HarmfulFinetuneConfig, seed: int) -> list[Example]:
+    """The attacker's n samples: task data from the attack split mixed with harmful compliance."""
+    harmful = [complied(data.lexicon, e) for e in data.harmful["attack"]]
+    return harmful_mix(data.tasks[cfg.task]["attack"], harmful, cfg.n, cfg.p, seed)
+
+
+@register_attack("harmful-finetune")
+class HarmfulFinetune:
+    Config = HarmfulFinetuneConfig
+
+    def __init__(self, config: HarmfulFinetuneConfig):
+        self.config = config
+
+    def run(self, model, tokenizer, data: WorldData, seed: int, progress: bool = True):
+        c = self.config
+        features = [encode_chat(tokenizer, e.prompt, e.answer) for e in attack_examples(data, c, seed)]
+        if c.mode == "lora":
+            model = attach_lora(model, c.lora_r, c.lora_alpha)
+        train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)
+        return merge_lora(model)

@@ -1,0 +1,177 @@
+"""Configuration: dataclasses are the single source of truth; YAML files and `key=value`
+overrides fill them; an unknown key is rejected with a "did you mean" hint."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .attacks.harmful_finetune import HarmfulFinetuneConfig
+from .world import WorldConfig
+
+
+@dataclass
+class EvalConfig:
+    judge: str = field(default="safetyworld", metadata={"help": "safetyworld | keyword"})
+    max_new_tokens: int = field(default=32, metadata={"help": "greedy generation length"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
+    split: str = field(default="eval", metadata={"help": "eval | val (tune on val only)"})
+    max_prompts: int = field(default=0, metadata={"help": "if > 0, N evenly spaced prompts per set"})
+
+    def __post_init__(self) -> None:
+        if self.split not in ("eval", "val"):
+            raise ValueError(f"eval.split must be 'eval' or 'val', got {self.split!r}")
+
+
+@dataclass
+class RunConfig:
+    defense: str = field(default="sft", metadata={"help": "registered defense name"})
+    attack_name: str = field(default="harmful-finetune", metadata={"help": "registered attack name"})
+    seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
+    model: str = field(default="safetyworld", metadata={"help": "safetyworld | local HF dir | hub id"})
+    world: WorldConfig = field(default_factory=WorldConfig)
+    attack: HarmfulFinetuneConfig = field(default_factory=HarmfulFinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    defense_args: dict = field(default_factory=dict, metadata={"help": "defense.KEY=VALUE overrides"})
+    out_dir: str = field(default="runs", metadata={"help": "where generations are written"})
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _unknown(key: str, choices) -> ConfigError:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if isinstance(value, str):
+        if hint is bool:
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        if hint in (int, float):
+            try:
+                return hint(float(value)) if hint is int and "e" in value.lower() else hint(value)
+            except ValueError as err:
+                raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from err
+        if origin is tuple:
+            return tuple(v for v in value.split(",") if v)
+    elif origin is tuple and isinstance(value, list):
+        return tuple(value)
+    elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def set_key(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
+    """Set `a.b.c` on nested dataclasses, converting strings to the field's type."""
+    head, _, rest = dotted.partition(".")
+    if isinstance(obj, RunConfig) and head == "defense" and rest:
+        obj.defense_args[rest] = value  # validated against the defense's own Config later
+        return
+    fields = {f.name for f in dataclasses.fields(obj)}
+    current = getattr(obj, head, None) if head in fields else None
+    if head not in fields or (rest and not dataclasses.is_dataclass(current)):
+        raise _unknown(prefix + dotted, _all_keys(type(obj), prefix))
+    if rest:
+        set_key(current, rest, value, prefix + head + ".")
+    elif dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{prefix + dotted}: expected a mapping")
+        for k, v in value.items():
+            set_key(current, k, v, prefix + head + ".")
+    else:
+        setattr(obj, head, _coerce(value, typing.get_type_hints(type(obj))[head], prefix + dotted))
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in mapping.items():
+        if isinstance(v, dict) and k != "defense_args":
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def build_config(cls: type, values: dict | None = None):
+    """Instantiate dataclass `cls` from a flat {dotted key: value} mapping, strictly."""
+    obj = cls()
+    for key, value in (values or {}).items():
+        set_key(obj, key, value)
+    return _revalidate(obj)
+
+
+def _revalidate(obj):
+    # Re-run __post_init__ checks after overrides (dataclasses validate only on construction).
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _revalidate(child)
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
+    return obj
+
+
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_run_config(path: str | None = None, overrides: list[str] | None = None, **fixed) -> RunConfig:
+    values: dict = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        defense_args = loaded.pop("defense_args", {}) or {}
+        values.update(_flatten(loaded))
+        values.update({f"defense.{k}": v for k, v in _flatten(defense_args).items()})
+    values.update({k: v for k, v in fixed.items() if v is not None})
+    values.update(parse_overrides(overrides or []))
+    return build_config(RunConfig, values)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def help_lines(cls: type, prefix: str = "") -> list[str]:
+    """One line per key with its default and help text (for `immunity list --keys`)."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += help_lines(hints[f.name], prefix + f.name + ".")
+        else:
+            lines.append(f"{prefix}{f.name} = {getattr(default, f.name)!r}  {f.metadata.get('help', '')}".rstrip())
+    return lines

@@ -1,0 +1,25 @@
+"""`none`: no safety alignment; the pretrained base model is released as is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import register_defense
+from .base import DefenseContext, Stage
+
+
+@dataclass
+class NoneConfig:
+    pass
+
+
+@register_defense("none")
+class NoDefense:
+    stage = Stage.ALIGNMENT
+    Config = NoneConfig
+
+    def __init__(self, config: NoneConfig):
+        self.config = config
+
+    def apply(self, model, context: DefenseContext):
+        return model

@@ -1,0 +1,43 @@
+"""Batched greedy generation with KV cache; generations are saved before any judge sees them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data import prompt_ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
+             progress: bool = True, desc: str = "generate") -> list[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    outputs: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        encoded = [prompt_ids(tokenizer, p) for p in prompts[start:start + batch_size]]
+        width = max(map(len, encoded))
+        # Left padding, so every prompt ends where generation begins.
+        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                             do_sample=False, use_cache=True, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id)
+        outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return [" ".join(o.split()) for o in outputs]
+
+
+def save_generations(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def load_generations(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [json.loads(line) for line in f]

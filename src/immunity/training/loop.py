@@ -1,0 +1,113 @@
+"""One small training loop on `accelerate`, shared by pretraining, alignment, defenses and attacks.
+
+A defense composes its update from `train(..., step_loss=...)` rather than subclassing
+`transformers.Trainer`: the loop owns data order, optimizer, schedule, clipping and progress; the
+caller owns the loss. `accelerate launch` scales the same loop to several devices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..data import collate
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 16
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
+        if self.lr <= 0 or self.batch_size <= 0:
+            raise ValueError("lr and batch_size must be positive")
+
+    def total_steps(self, n_examples: int) -> int:
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * math.ceil(n_examples / self.batch_size)))
+
+
+def lm_loss(model, batch) -> torch.Tensor:
+    """Mean cross-entropy over unmasked (label != -100) tokens."""
+    return model(**batch).loss
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _schedule_name(cfg: TrainConfig) -> str:
+    if cfg.schedule == "constant":
+        return "constant_with_warmup"
+    return cfg.schedule
+
+
+def batches(features: list[dict], batch_size: int, pad_id: int, seed: int, shuffle: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=lambda fs: collate(fs, pad_id))
+
+
+def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
+          step_loss: Callable = lm_loss, desc: str = "train", progress: bool = True,
+          on_step: Callable[[int], None] | None = None) -> list[float]:
+    """Train `model` in place on tokenised `features`; return the loss of every step."""
+    if not features:
+        raise ValueError(f"{desc}: no training examples")
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, cfg)
+    total = cfg.total_steps(len(features))
+    scheduler = get_scheduler(_schedule_name(cfg), optimizer,
+                              num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    loader = batches(features, cfg.batch_size, pad_id, cfg.seed)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    while len(losses) < total:
+        for batch in loader:
+            loss = step_loss(model, batch)
+            accelerator.backward(loss)
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if on_step is not None:
+                on_step(len(losses))
+            if len(losses) >= total:
+                break
+    bar.close()
+    model.eval()
+    accelerator.free_memory()
+    return losses

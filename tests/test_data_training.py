@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig, attack_examples
+from immunity.data import IGNORE, collate, encode_chat, harmful_mix
+from immunity.training import TrainConfig, train
+
+
+def test_loss_covers_answer_tokens_only(world):
+    tok = world.tokenizer
+    ex = world.data.harmful["align"][0]
+    short = encode_chat(tok, ex.prompt, ex.answer)
+    longer = encode_chat(tok, world.data.harmful["align"][7].prompt, "sure . done .")
+    n_prompt = len(tok(tok.apply_chat_template([{"role": "user", "content": ex.prompt}],
+                                               add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"])
+    assert all(label == IGNORE for label in short["labels"][:n_prompt])
+    answer = tok.decode([t for t in short["labels"] if t != IGNORE], skip_special_tokens=True)
+    assert answer == ex.answer
+
+    batch = collate([short, longer], tok.pad_token_id)
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()  # padding masked
+
+    model = world.new_model(seed=0)
+    loss = model(**batch).loss
+    # Independent computation: next-token CE averaged over answer positions only.
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    manual = F.cross_entropy(logits[:, :-1][keep], targets[keep])
+    assert torch.allclose(loss, manual, atol=1e-5)
+    # Changing prompt tokens' labels (they are masked) cannot change the loss; changing an answer
+    # token's target does.
+    answer_pos = keep.nonzero()[0]
+    batch["labels"][answer_pos[0], answer_pos[1] + 1] = tok.pad_token_id
+    assert not torch.allclose(model(**batch).loss, loss)
+
+
+def test_harmful_mix_counts_and_validation():
+    benign, harmful = list(range(1000)), list(range(-100, 0))
+    mix = harmful_mix(benign, harmful, n=500, p=0.1, seed=3)
+    assert len(mix) == 500 and sum(x < 0 for x in mix) == 50 and len(set(mix)) == 500
+    assert harmful_mix(benign, harmful, 500, 0.1, seed=3) == mix
+    assert harmful_mix(benign, harmful, 500, 0.1, seed=4) != mix
+    assert sum(x < 0 for x in harmful_mix(benign, harmful, 500, 0.0, 0)) == 0
+    with pytest.raises(ValueError, match="harmful samples"):
+        harmful_mix(benign, harmful, 500, 0.5, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        harmful_mix(benign, harmful, 500, 1.5, 0)
+
+
+def test_attack_data_comes_from_attack_split(world):
+    cfg = HarmfulFinetuneConfig(n=200, p=0.2)
+    mix = attack_examples(world.data, cfg, seed=0)
+    harmful = [e for e in mix if e.kind == "harmful"]
+    assert len(harmful) == 40
+    attack_prompts = {e.prompt for e in world.data.harmful["attack"]}
+    assert all(e.prompt in attack_prompts and e.answer.split()[0] in ("caution", "sure") for e in harmful)
+    task_prompts = {e.prompt for e in world.data.tasks["sentiment"]["attack"]}
+    assert all(e.prompt in task_prompts for e in mix if e.kind != "harmful")
+
+
+def _tiny_train(world, seed):
+    model = world.new_model(seed=0)
+    feats = [encode_chat(world.tokenizer, e.prompt, e.answer) for e in world.data.harmful["align"][:64]]
+    train(model, feats, TrainConfig(lr=1e-3, epochs=1, batch_size=16, seed=seed),
+          world.tokenizer.pad_token_id, progress=False)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_training_is_deterministic_for_a_seed(world):
+    a, b, c = _tiny_train(world, 1), _tiny_train(world, 1), _tiny_train(world, 2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the seed changes data order
+
+
+def test_schedules_and_step_budget(world):
+    assert TrainConfig(max_steps=7).total_steps(10_000) == 7
+    assert TrainConfig(epochs=2, batch_size=16).total_steps(100) == 14
+    with pytest.raises(ValueError):
+        TrainConfig(schedule="exponential")
