@@ -35,6 +35,7 @@ class RunConfig:
     attack_name: str = field(default="harmful-finetune", metadata={"help": "registered attack name"})
     seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
     model: str = field(default="safetyworld", metadata={"help": "safetyworld | local HF dir | hub id"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
     world: WorldConfig = field(default_factory=WorldConfig)
     attack: HarmfulFinetuneConfig = field(default_factory=HarmfulFinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

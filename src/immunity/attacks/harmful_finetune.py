@@ -24,7 +24,7 @@ class HarmfulFinetuneConfig:
     n: int = field(default=500, metadata={"help": "fine-tuning samples"})
     p: float = field(default=0.1, metadata={"help": "fraction of harmful samples"})
     mode: str = field(default="lora", metadata={"help": "lora (fresh adapter, merged after) | full"})
-    lr: float = field(default=2.5e-4, metadata={"help": "learning rate"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate"})
     epochs: float = field(default=3.0, metadata={"help": "passes over the n samples"})
     max_steps: int = field(default=0, metadata={"help": "if > 0, stop after this many steps"})
     batch_size: int = field(default=16, metadata={"help": "samples per step"})

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 
 from ..cache import cache_root, code_version, stable_hash
@@ -29,7 +30,6 @@ from ..world import SafetyWorld, clone_model, save_model
 def versions() -> dict[str, str]:
     import accelerate
     import peft
-    import transformers
 
     from .. import __version__
 
@@ -69,6 +69,8 @@ class Pipeline:
     def __init__(self, cfg: RunConfig, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
+        if not progress:
+            transformers.utils.logging.disable_progress_bar()  # weight loading/saving bars
         self.world = SafetyWorld(cfg.world, progress=progress)
         self.defense_cls = lookup(DEFENSES, "defense", cfg.defense)
         self.defense_config = build_config(self.defense_cls.Config, cfg.defense_args)
@@ -82,7 +84,7 @@ class Pipeline:
     def base_model(self):
         if self.cfg.model == "safetyworld":
             return self.world.pretrained_model(self.cfg.seed)
-        model, self.tokenizer = load_model(self.cfg.model)
+        model, self.tokenizer = load_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
         return model
 
     def context(self) -> DefenseContext:
