@@ -81,7 +81,7 @@ def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
     assert sorted(r["attack_config"]["p"] for r in results) == [0.0, 0.1]
     assert len({r["config_hash"] for r in results}) == 2
     assert cli.main(["report", "--store", "r.db"]) == 0
-    assert "| sft |" in capsys.readouterr().out
+    assert "| sft (epochs=0.1) |" in capsys.readouterr().out  # non-default settings are shown
 
 
 def test_alignment_is_cached_and_reused(tiny, monkeypatch):

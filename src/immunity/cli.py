@@ -98,6 +98,8 @@ def cmd_report(args) -> int:
     results = Store(args.store).results()
     if args.defense:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
+    if args.split:
+        results = [r for r in results if r["split"] == args.split]
     table = markdown_table(results)
     if args.out:
         with open(args.out, "w") as f:
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="markdown table from the results store")
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--defense", help="comma-separated defenses to include")
+    p.add_argument("--split", choices=("eval", "val"), help="only results on this split")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_report)
 

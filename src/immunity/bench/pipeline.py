@@ -79,6 +79,7 @@ class Pipeline:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.clock = StageClock()
         self.tokenizer = self.world.tokenizer
+        self.defense_seconds = 0.0  # the defense's own cost (alignment measured even when cached)
 
     # -- stages ---------------------------------------------------------------------------
     def base_model(self):
@@ -101,20 +102,29 @@ class Pipeline:
         """Run an alignment-stage defense, cached on disk for the built-in world."""
         path = self._aligned_cache_path(defense_cls.name, defense_config)
         if path is not None and (path / "model.safetensors").exists():
-            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
-        model = defense_cls(defense_config).apply(clone_model(base).to(self.device), self.context())
-        if path is not None:
-            save_model(model, path)
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
+        else:
+            start = time.perf_counter()
+            model = defense_cls(defense_config).apply(clone_model(base).to(self.device), self.context())
+            # Kept with the cached model, so a run that reuses it still reports what it cost.
+            model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
+            if path is not None:
+                save_model(model, path)
         return model
 
     def defend(self, base):
         """The released model: the defense at its stage (or `sft` under a later-stage defense)."""
         if self.defense_cls.stage == Stage.ALIGNMENT:
-            return self.align(base, self.defense_cls, self.defense_config)
+            model = self.align(base, self.defense_cls, self.defense_config)
+            self.defense_seconds = getattr(model.config, "immunity_align_seconds", 0.0)
+            return model
         sft = lookup(DEFENSES, "defense", "sft")
         aligned = self.align(base, sft, sft.Config())
         if self.defense_cls.stage == Stage.POST_ALIGNMENT:
-            return self.defense_cls(self.defense_config).apply(aligned, self.context())
+            start = time.perf_counter()
+            edited = self.defense_cls(self.defense_config).apply(aligned, self.context())
+            self.defense_seconds = round(time.perf_counter() - start, 2)
+            return edited
         return aligned
 
     def attack(self, model):
@@ -142,8 +152,10 @@ class Pipeline:
             before = self.evaluate(released, ["harmful", "heldout", "benign", task], "before")
         with clock.stage("attack"):
             attacked = self.attack(released)
-            if self.defense_cls.stage == Stage.POST_FINE_TUNING:
+        if self.defense_cls.stage == Stage.POST_FINE_TUNING:
+            with clock.stage("repair"):
                 attacked = self.defense_cls(self.defense_config).apply(attacked, self.context())
+            self.defense_seconds = clock.seconds["repair"]
         with clock.stage("eval_after"):
             after = self.evaluate(attacked, ["harmful", "heldout", "benign", task], "after")
         fa = f"fa_{cfg.attack.task}"
@@ -157,7 +169,8 @@ class Pipeline:
             "fa_after": after[fa], "helpful_after": after["helpful"],
             "hs_heldout_after": after["hs_heldout"],
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
-            "timings": clock.seconds, "peak_memory_mb": clock.peak_mb, "versions": versions(),
+            "timings": clock.seconds, "defense_seconds": self.defense_seconds,
+            "peak_memory_mb": clock.peak_mb, "versions": versions(),
         }
 
 

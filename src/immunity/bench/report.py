@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from statistics import mean, stdev
 
 METRICS = (
@@ -31,22 +32,33 @@ def _setting(result: dict) -> str:
     return f"{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}"
 
 
+def _defense_label(result: dict) -> str:
+    """The defense's name plus the settings that differ from its defaults."""
+    from ..registry import DEFENSES, lookup
+
+    cls = lookup(DEFENSES, "defense", result["defense"])
+    defaults = asdict(cls.Config())
+    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+               for k, v in result["defense_config"].items() if defaults.get(k) != v and not isinstance(v, (list, tuple))]
+    return result["defense"] + (f" ({', '.join(changed)})" if changed else "")
+
+
 def group_results(results: list[dict]) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        key = (r["defense"], json.dumps(r["defense_config"], sort_keys=True), _setting(r), r["model"],
+        key = (_defense_label(r), json.dumps(r["defense_config"], sort_keys=True), _setting(r), r["model"],
                r["judge"], r["split"])
         groups.setdefault(key, []).append(r)
     return groups
 
 
 def markdown_table(results: list[dict]) -> str:
-    header = ["defense", "attack", "model", "judge", "split", "seeds"] + [m[1] for m in METRICS] + ["wall s"]
+    header = ["defense", "attack", "model", "judge", "split", "seeds"] + [m[1] for m in METRICS] + ["defense s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (defense, _, setting, model, judge, split), runs in group_results(results).items():
         seeds = ",".join(str(s) for s in sorted(r["seed"] for r in runs))
         cells = [defense, setting, model, judge, split, seeds]
         cells += [mean_std([r.get(k) for r in runs]) for k, _ in METRICS]
-        cells.append(mean_std([sum(r["timings"].values()) for r in runs], percent=False))
+        cells.append(mean_std([r.get("defense_seconds", 0.0) for r in runs], percent=False))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 from ..data import encode_chat
+from ..models import attach_lora, merge_lora
+from ..training import TrainConfig, batches, lm_loss, train
 from ..world.generator import Example, WorldData, complied
 
 
@@ -39,6 +42,44 @@ class DefenseContext:
 
     def encode(self, examples: list[Example]) -> list[dict]:
         return [encode_chat(self.tokenizer, e.prompt, e.answer) for e in examples]
+
+    def batch_stream(self, examples: list[Example], batch_size: int, device) -> Iterator[dict]:
+        """An endless, seeded stream of batches (a defense's second data source, e.g. harmful)."""
+        loader = batches(self.encode(examples), batch_size, self.tokenizer.pad_token_id, self.seed + 1)
+        for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
+            yield {k: v.to(device) for k, v in batch.items()}
+
+
+@dataclass
+class AlignmentTraining:
+    """Training settings shared by the alignment-stage defenses (defaults = `sft`'s, so a
+    defense differs from the baseline only in its own update rule)."""
+
+    mode: str = field(default="lora", metadata={"help": "lora (merged after training) | full"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (AdamW)"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the alignment data"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    schedule: str = field(default="cosine", metadata={"help": "constant | linear | cosine"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps warming up"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (mode=lora)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (mode=lora)"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("full", "lora"):
+            raise ValueError(f"mode must be 'full' or 'lora', got {self.mode!r}")
+
+
+def align_with(model, context: DefenseContext, config: AlignmentTraining, step_loss: Callable = lm_loss,
+               examples: list[Example] | None = None, desc: str = "align"):
+    """Attach LoRA (or not), train on the alignment data with `step_loss`, merge."""
+    if config.mode == "lora":
+        model = attach_lora(model, config.lora_r, config.lora_alpha)
+    cfg = TrainConfig(lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+                      schedule=config.schedule, warmup_ratio=config.warmup_ratio, seed=context.seed)
+    data = context.encode(examples if examples is not None else context.alignment_examples())
+    train(model, data, cfg, context.tokenizer.pad_token_id, step_loss=step_loss, desc=desc,
+          progress=context.progress)
+    return merge_lora(model)
 
 
 class Defense(Protocol):

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data import collate
+from .losses import token_ce
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -51,8 +52,13 @@ class TrainConfig:
 
 
 def lm_loss(model, batch) -> torch.Tensor:
-    """Mean cross-entropy over unmasked (label != -100) tokens."""
-    return model(**batch).loss
+    """Mean next-token cross-entropy over unmasked (label != -100) tokens.
+
+    Computed here rather than by the model so that float64 stays float64 (mechanics tests) while
+    half-precision logits are still upcast to float32, as transformers does.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_ce(logits if logits.dtype == torch.float64 else logits.float(), batch["labels"])
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -76,7 +82,13 @@ def batches(features: list[dict], batch_size: int, pad_id: int, seed: int, shuff
 def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
           step_loss: Callable = lm_loss, desc: str = "train", progress: bool = True,
           on_step: Callable[[int], None] | None = None) -> list[float]:
-    """Train `model` in place on tokenised `features`; return the loss of every step."""
+    """Train `model` in place on tokenised `features`; return the loss of every step.
+
+    `step_loss(model, batch)` returns the tensor to differentiate, or (that tensor, the number
+    to log) when the differentiated objective is a surrogate (e.g. Booster's gradient terms), or
+    (None, the number to log) when it has already written the gradients itself (T-Vaccine must
+    run backward while inactive layers are frozen and checkpointed).
+    """
     if not features:
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
@@ -93,14 +105,16 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     while len(losses) < total:
         for batch in loader:
-            loss = step_loss(model, batch)
-            accelerator.backward(loss)
+            out = step_loss(model, batch)
+            loss, shown = out if isinstance(out, tuple) else (out, out)
+            if loss is not None:
+                accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(shown.item() if torch.is_tensor(shown) else float(shown))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step is not None:

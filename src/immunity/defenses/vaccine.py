@@ -1,0 +1,75 @@
+"""`vaccine`: perturbation-aware alignment (Huang, Hu, Liu, "Vaccine", NeurIPS 2024).
+
+Stage: alignment (safe data only: our refusals + helpful benign answers, like `sft`).
+
+Update rule (first-order SAM on hidden states). With e_l the output of layer l's attention block
+and L the alignment loss:
+    pass 1:  g_l = dL/de_l for every layer l;  eps_l = rho * g_l / (||g|| + 1e-7),
+             ||g|| = sqrt(sum_l ||g_l||^2)  (one global norm over all layers)
+    pass 2:  the weights' gradient is that of L(w; e_l + eps_l), eps held fixed (no gradient
+             through eps); only pass 2's gradient updates the weights.
+i.e. min_w max_{||eps|| <= rho} L(w; e + eps) to first order.
+
+Defaults: rho = 2 (reference `--rho`, git-disl/Vaccine). Training settings equal `sft`'s so the
+comparison isolates the update rule (the reference: LoRA r = 8, alpha = 4, lr 1e-3, 50 epochs).
+Deviation for speed, not for results: pass 1 differentiates to the attention outputs only
+(`torch.autograd.grad`), not to the weights, since the reference discards pass 1's weight
+gradients anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..registry import register_defense
+from ..training import edit_block_outputs, lm_loss
+from .base import AlignmentTraining, DefenseContext, Stage, align_with
+
+
+@dataclass
+class VaccineConfig(AlignmentTraining):
+    rho: float = field(default=2.0, metadata={"help": "perturbation radius (reference default 2)"})
+
+
+def attention_gradients(model, batch, layers: list[int] | None = None):
+    """Pass 1: the loss and its gradient w.r.t. each (chosen) layer's attention output."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index, output):
+        outputs[index] = output
+
+    with edit_block_outputs(model, "attention", keep, layers):
+        loss = lm_loss(model, batch)
+    layers = sorted(outputs)
+    grads = torch.autograd.grad(loss, [outputs[i] for i in layers])
+    return loss.detach(), dict(zip(layers, grads))
+
+
+def perturbations(grads: dict[int, torch.Tensor], rho: float) -> dict[int, torch.Tensor]:
+    """eps_l = rho * g_l / ||g||, one norm over all given layers."""
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    return {i: rho * g / (norm + 1e-7) for i, g in grads.items()}
+
+
+def perturbed_loss(model, batch, eps: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Pass 2: the loss with eps added to the attention outputs (eps is a constant)."""
+    with edit_block_outputs(model, "attention", lambda i, out: out + eps[i] if i in eps else None):
+        return lm_loss(model, batch)
+
+
+@register_defense("vaccine")
+class Vaccine:
+    stage = Stage.ALIGNMENT
+    Config = VaccineConfig
+
+    def __init__(self, config: VaccineConfig):
+        self.config = config
+
+    def step_loss(self, model, batch):
+        _, grads = attention_gradients(model, batch)
+        return perturbed_loss(model, batch, perturbations(grads, self.config.rho))
+
+    def apply(self, model, context: DefenseContext):
+        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (vaccine)")

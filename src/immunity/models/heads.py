@@ -1,0 +1,20 @@
+"""The final norm and output head, found generically (for the logit lens)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def final_norm(model) -> nn.Module:
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    for name in _FINAL_NORM_NAMES:
+        if isinstance(getattr(base, name, None), nn.Module):
+            return getattr(base, name)
+    raise ValueError(f"no final norm among {_FINAL_NORM_NAMES} on {type(base).__name__}")
+
+
+def logit_lens(model, hidden):
+    """Vocabulary logits read off an intermediate hidden state: head(final_norm(h))."""
+    return model.get_output_embeddings()(final_norm(model)(hidden))

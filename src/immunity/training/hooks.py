@@ -1,0 +1,45 @@
+"""Forward hooks on the blocks found by layer discovery, removed on exit (always).
+
+Attention and MLP modules return a tensor or a tuple whose first item is the block's output;
+`edit_block_outputs` lets a function read or replace that first item, whatever the model.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+from ..models import decoder_layers
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, new):
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@contextmanager
+def edit_block_outputs(model, block: str, fn: Callable[[int, torch.Tensor], torch.Tensor | None],
+                       layers: list[int] | None = None):
+    """Call fn(layer_index, output) on each chosen layer's `block` ("attention" | "mlp");
+    a returned tensor replaces the output."""
+    handles = []
+
+    def make_hook(index: int):
+        def hook(module, args, output):
+            new = fn(index, _first(output))
+            return None if new is None else _replace_first(output, new)
+        return hook
+
+    try:
+        for layer in decoder_layers(model):
+            if layers is None or layer.index in layers:
+                handles.append(getattr(layer, block).register_forward_hook(make_hook(layer.index)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
