@@ -80,3 +80,18 @@ def test_schedules_and_step_budget(world):
     assert TrainConfig(epochs=2, batch_size=16).total_steps(100) == 14
     with pytest.raises(ValueError):
         TrainConfig(schedule="exponential")
+
+
+def test_attack_result_does_not_depend_on_earlier_random_draws(world):
+    """A run's seed fixes everything: the LoRA init must not consume a drifting global RNG."""
+    from immunity.attacks.harmful_finetune import HarmfulFinetune, HarmfulFinetuneConfig
+    from immunity.models import build_model
+
+    def attacked(draws_before):
+        model = build_model("llama", len(world.tokenizer), 32, 2, 2, 64, 64, seed=0, tokenizer=world.tokenizer)
+        torch.rand(draws_before)  # whatever ran earlier in the process
+        out = HarmfulFinetune(HarmfulFinetuneConfig(n=32, epochs=1, lr=1e-3)).run(
+            model, world.tokenizer, world.data, seed=5, progress=False)
+        return torch.cat([p.detach().flatten() for p in out.parameters()])
+
+    assert torch.equal(attacked(0), attacked(1000))

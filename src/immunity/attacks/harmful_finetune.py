@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..data import encode_chat, harmful_mix
 from ..models import attach_lora, merge_lora
 from ..registry import register_attack
@@ -66,6 +68,7 @@ class HarmfulFinetune:
         c = self.config
         features = [encode_chat(tokenizer, e.prompt, e.answer) for e in attack_examples(data, c, seed)]
         if c.mode == "lora":
+            torch.manual_seed(seed)  # the adapter's init must not depend on what ran before
             model = attach_lora(model, c.lora_r, c.lora_alpha)
         train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)
         return merge_lora(model)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
+import torch
+
 from ..data import encode_chat
 from ..models import attach_lora, merge_lora
 from ..training import TrainConfig, batches, lm_loss, train
@@ -73,6 +75,7 @@ def align_with(model, context: DefenseContext, config: AlignmentTraining, step_l
                examples: list[Example] | None = None, desc: str = "align"):
     """Attach LoRA (or not), train on the alignment data with `step_loss`, merge."""
     if config.mode == "lora":
+        torch.manual_seed(context.seed)  # the adapter's init must not depend on what ran before
         model = attach_lora(model, config.lora_r, config.lora_alpha)
     cfg = TrainConfig(lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
                       schedule=config.schedule, warmup_ratio=config.warmup_ratio, seed=context.seed)

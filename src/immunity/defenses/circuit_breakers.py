@@ -96,6 +96,7 @@ class CircuitBreakers:
         device = next(model.parameters()).device
         self.retain = context.batch_stream(context.alignment_examples(), c.batch_size, device)
         self.step = 0
+        torch.manual_seed(context.seed)  # the adapter's init must not depend on what ran before
         model = attach_lora(model, c.lora_r, c.lora_alpha)
         cfg = TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=context.seed)
         train(model, context.encode(context.harmful_compliance_examples()), cfg, context.tokenizer.pad_token_id,
