@@ -161,10 +161,6 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None,
     return build_config(RunConfig, values)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def help_lines(cls: type, prefix: str = "") -> list[str]:
     """One line per key with its default and help text (for `immunity list --keys`)."""
     lines = []
