@@ -2,6 +2,11 @@
 
     python benchmarks/step_cost.py [--repeats 15]
 
+Part 1, representation defenses: one step each.
+Part 2, weight-space and meta-learning defenses: one outer step, against the method's ideal
+count of SFT-step equivalents (forward + backward passes its algorithm needs; a reference
+forward counts 1/3), and LoX's wall time per million matrix parameters.
+
 Setting (the issue's measurement of the official implementations): a 4-layer, hidden-128
 Llama, a 16 x 48 batch, forward + backward, no optimizer step, LoRA attached as in training.
 Time: median over `repeats` steps, the defenses interleaved round-robin so that machine noise
@@ -26,6 +31,7 @@ from immunity.models import attach_lora, build_model
 from immunity.training import lm_loss
 
 VOCAB, BATCH, LENGTH = 1263, 16, 48
+T_VACCINE = "t-vaccine (sampled layer"
 
 
 def random_batch(seed: int) -> dict:
@@ -48,14 +54,16 @@ def step_functions(model, harmful):
     repnoise.harmful = forever(harmful)
     cb = CircuitBreakers(CircuitBreakersConfig())
     cb.retain, cb.targets, cb.step = forever(harmful), (1, 3), 1
-    # T-Vaccine with its default S = depth // 4 = 1 layer; the sampled layer is the second of
-    # four, so the two above it run checkpointed (an average case, fixed for repeatability).
-    tvaccine = TVaccine(TVaccineConfig())
-    tvaccine.scores, tvaccine.active, tvaccine.step = torch.full((4,), 0.25), [1], 1
-    return {
-        "sft": lm_loss,
-        "vaccine": Vaccine(VaccineConfig()).step_loss,
-        "t-vaccine": tvaccine.step_loss,
+    fns = {"sft": lm_loss, "vaccine": Vaccine(VaccineConfig()).step_loss}
+    # T-Vaccine with its default S = depth // 4 = 1 layer. Its cost depends on where the sampled
+    # layer sits (the inactive layers above it run checkpointed, those below need no backward),
+    # so each of the four positions is measured; main() adds their mean, the expected cost when
+    # the scores are uniform.
+    for layer in range(4):
+        tvaccine = TVaccine(TVaccineConfig())
+        tvaccine.scores, tvaccine.active, tvaccine.step = torch.full((4,), 0.25), [layer], 1
+        fns[f"{T_VACCINE} {layer + 1} of 4)"] = tvaccine.step_loss
+    return fns | {
         "booster": booster.step_loss,
         "repnoise": repnoise.step_loss,
         "circuit-breakers": cb.step_loss,
@@ -111,15 +119,136 @@ def main() -> None:
             start = time.perf_counter()
             run_step(model, fn, batch)
             times[name].append(time.perf_counter() - start)
-    base_t, base_m = statistics.median(times["sft"]), memory["sft"]
+    rows = {name: (statistics.median(times[name]), memory[name]) for name in fns}
+    positions = [v for k, v in rows.items() if k.startswith(T_VACCINE)]
+    rows[f"{T_VACCINE}: mean over positions)"] = tuple(statistics.mean(c) for c in zip(*positions))
+    base_t, base_m = rows["sft"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{LENGTH}, "
           f"{args.repeats} repeats\n")
+    print("### Representation-space defenses (one step)\n")
     print("| defense | step ms | x sft time | saved activations MiB | x sft memory |")
     print("|---|---|---|---|---|")
+    for name, (t, m) in rows.items():
+        print(f"| {name} | {1000 * t:.1f} | {t / base_t:.2f} | {m / 2**20:.1f} | {m / base_m:.2f} |")
+    print("\n### Weight-space and meta-learning defenses\n")
+    weight_space_table(args.repeats)
+
+
+def ideal_counts() -> dict[str, float]:
+    from immunity.defenses.mlac import MLACConfig
+    from immunity.defenses.sophon import SophonConfig
+    from immunity.defenses.tar import TARConfig
+
+    k_mlac, k_sophon, tar = MLACConfig().inner_steps, SophonConfig().inner_steps, TARConfig()
+    return {
+        "ntl": 2,  # source + target pass
+        "condition-number": 2,  # alignment + harmful pass (+ two d x d eigendecompositions)
+        "mlac (first order)": k_mlac + 2,  # K inner passes, the pass at theta_K, the desired pass
+        "mlac (second order)": k_mlac + 2,  # same passes; Hessian-vector products come on top
+        "sophon": 2 * k_sophon + 1,  # K support + K query passes + 1 NTR pass
+        "tar": tar.inner_steps + tar.inner_steps // tar.entropy_every + 1 + 1 / 3,
+    }
+
+
+def outer_steps(batch, harmful) -> dict:
+    """Callables running one outer step of each weight-space defense on a fresh model."""
+    from immunity.defenses.condition_number import ConditionNumber, ConditionNumberConfig
+    from immunity.defenses.mlac import MLAC, MLACConfig
+    from immunity.defenses.ntl import NTL, NTLConfig
+    from immunity.defenses.sophon import SophonConfig, fts_gradient
+    from immunity.defenses.tar import TAR, TARConfig, retain_loss, tamper_gradient
+
+    def lora_model():
+        torch.manual_seed(0)
+        return attach_lora(build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0), r=16, alpha=32).train()
+
+    def with_loss(fn):
+        model = lora_model()
+        return lambda: run_step(model, fn, batch)
+
+    ntl = NTL(NTLConfig())
+    ntl.harmful, ntl.layer = forever(harmful), 1
+    cond = ConditionNumber(ConditionNumberConfig())
+    cond.harmful = forever(harmful)
+    mlac_fo, mlac_so = MLAC(MLACConfig(first_order=True)), MLAC(MLACConfig())
+    for m in (mlac_fo, mlac_so):
+        m.harmful, m.bound = forever(harmful), 7.0
+
+    sophon_model, sc = lora_model(), SophonConfig()
+    sophon_params = {n: p for n, p in sophon_model.named_parameters() if p.requires_grad}
+
+    def sophon_step():
+        fts_gradient(sophon_model, sophon_params, [harmful] * sc.inner_steps, [harmful] * sc.inner_steps,
+                     sc.inner_lr, sc.suppression)
+        run_step(sophon_model, lm_loss, batch)
+
+    full = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).train()
+    reference = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).eval()
+    tc, tar = TARConfig(), TAR(TARConfig())
+
+    def tar_step():
+        params = list(full.parameters())
+        tamper_gradient(full, params, [harmful] * tc.inner_steps, [harmful] * (tc.inner_steps // tc.entropy_every),
+                        tc.adversary_lrs[1], tc.entropy_every, tar.weight)
+        retain_loss(full, reference, batch).backward()
+        full.zero_grad(set_to_none=True)
+
+    full_sft = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).train()
+    return {
+        "sft": with_loss(lm_loss),
+        "sft (full parameters)": lambda: run_step(full_sft, lm_loss, batch),
+        "ntl": with_loss(ntl.step_loss),
+        "condition-number": with_loss(cond.step_loss),
+        "mlac (first order)": with_loss(mlac_fo.step_loss),
+        "mlac (second order)": with_loss(mlac_so.step_loss),
+        "sophon": sophon_step,
+        "tar": tar_step,
+    }
+
+
+def lox_seconds_per_million(repeats: int) -> list[tuple[str, float, float]]:
+    """LoX wall time per million matrix parameters on two model sizes (median of `repeats`)."""
+    from immunity.defenses.lox import extrapolated_weights
+
+    rows = []
+    for hidden, layers in ((128, 4), (512, 8)):
+        base = build_model("llama", VOCAB, hidden, layers, 4, 3 * hidden, 64, seed=0)
+        aligned = build_model("llama", VOCAB, hidden, layers, 4, 3 * hidden, 64, seed=1)
+        millions = sum(p.numel() for p in aligned.parameters() if p.ndim == 2) / 1e6
+        times = []
+        for _ in range(max(1, repeats // 5)):
+            start = time.perf_counter()
+            extrapolated_weights(base, aligned, 6, 1.25)
+            times.append(time.perf_counter() - start)
+        rows.append((f"llama h{hidden} x{layers}", millions, statistics.median(times) / millions))
+    return rows
+
+
+def weight_space_table(repeats: int) -> None:
+    batch, harmful = random_batch(0), random_batch(1)
+    fns = outer_steps(batch, harmful)
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(max(3, repeats // 3)):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    ideal = ideal_counts()
+    lora_t, full_t = statistics.median(times["sft"]), statistics.median(times["sft (full parameters)"])
+    print("| defense (one outer step) | step ms | x sft step | ideal x sft |")
+    print("|---|---|---|---|")
     for name in fns:
         t = statistics.median(times[name])
-        print(f"| {name} | {1000 * t:.1f} | {t / base_t:.2f} | {memory[name] / 2**20:.1f} | "
-              f"{memory[name] / base_m:.2f} |")
+        base = full_t if name in ("tar", "sft (full parameters)") else lora_t  # TAR trains all weights
+        print(f"| {name} | {1000 * t:.1f} | {t / base:.2f} | {ideal.get(name, 1):.2f} |")
+    print("\nTAR is compared with a full-parameter SFT step (it trains all weights); the others with a "
+          "LoRA step.\n")
+    print("| LoX (k=6) on | matrix params (M) | seconds per M params |")
+    print("|---|---|---|")
+    for label, millions, per in lox_seconds_per_million(repeats):
+        print(f"| {label} | {millions:.2f} | {per:.3f} |")
 
 
 if __name__ == "__main__":

@@ -102,3 +102,34 @@ def test_alignment_is_cached_and_reused(tiny, monkeypatch):
     b = second.defend(second.base_model())
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def _stored(defense, seed, capability, lr=3e-4):
+    from dataclasses import asdict
+
+    from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
+
+    return {"defense": defense, "defense_config": {}, "seed": seed, "model": "safetyworld", "judge": "safetyworld",
+            "split": "eval", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr)), "capability_after": capability,
+            "hs_after": capability}
+
+
+def test_report_pairs_each_seed_with_its_from_scratch_reference():
+    from immunity.bench.report import markdown_table
+
+    results = [_stored("scratch", 0, 0.1), _stored("scratch", 1, 0.3), _stored("sft", 0, 0.5), _stored("sft", 1, 0.4),
+               _stored("none", 0, 0.9, lr=1e-3)]  # another attack: no reference for it
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown_table(results).splitlines()[2:]}
+    regret = -2  # the column before "defense s"
+    assert rows["sft"][regret] == "25.0 ± 21.2"  # (0.5 - 0.1, 0.4 - 0.3) in %
+    assert rows["scratch"][regret] == "0.0 ± 0.0"
+    assert rows["none"][regret] == "–"
+
+
+def test_report_filters_by_attack(tmp_path, capsys):
+    store = Store(tmp_path / "r.db")
+    for i, r in enumerate([_stored("sft", 0, 0.5), _stored("sft", 1, 0.4, lr=1e-3)]):
+        store.put(r | {"config_hash": str(i), "attack": "harmful-finetune", "versions": {}}, {})
+    cli.main(["report", "--store", str(tmp_path / "r.db"), "--attack", "lr=1e-3"])
+    out = capsys.readouterr().out
+    assert "lr=0.001" in out and "lr=0.0003" not in out

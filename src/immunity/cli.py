@@ -18,7 +18,8 @@ from statistics import mean, stdev
 from .bench.pipeline import Pipeline, config_hash
 from .bench.report import markdown_table
 from .bench.store import Store
-from .config import ConfigError, RunConfig, help_lines, load_run_config, parse_overrides
+from .attacks.harmful_finetune import HarmfulFinetuneConfig
+from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides
 from .registry import ATTACKS, DEFENSES, JUDGES, _load_builtins
 from .world.generator import TASKS
 
@@ -100,6 +101,9 @@ def cmd_report(args) -> int:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
     if args.split:
         results = [r for r in results if r["split"] == args.split]
+    if args.attack is not None:  # the default attack with these overrides, exactly
+        wanted = asdict(build_config(HarmfulFinetuneConfig, parse_overrides(args.attack)))
+        results = [r for r in results if r["attack_config"] == wanted]
     table = markdown_table(results)
     if args.out:
         with open(args.out, "w") as f:
@@ -189,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--defense", help="comma-separated defenses to include")
     p.add_argument("--split", choices=("eval", "val"), help="only results on this split")
+    p.add_argument("--attack", nargs="*", metavar="KEY=VALUE",
+                   help="only results of exactly this attack: the default one with these overrides (e.g. mode=full)")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_report)
 

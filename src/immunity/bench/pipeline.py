@@ -88,8 +88,8 @@ class Pipeline:
         model, self.tokenizer = load_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
         return model
 
-    def context(self) -> DefenseContext:
-        return DefenseContext(self.tokenizer, self.world.data, self.cfg.seed, self.progress)
+    def context(self, base_model=None) -> DefenseContext:
+        return DefenseContext(self.tokenizer, self.world.data, self.cfg.seed, self.progress, base_model)
 
     def _aligned_cache_path(self, name: str, config) -> Path | None:
         if self.cfg.model != "safetyworld":
@@ -98,34 +98,37 @@ class Pipeline:
         return cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
                                f"-{deps}")
 
-    def align(self, base, defense_cls, defense_config):
-        """Run an alignment-stage defense, cached on disk for the built-in world."""
-        path = self._aligned_cache_path(defense_cls.name, defense_config)
+    def cached(self, name: str, config, build):
+        """`build()` a released model, cached on disk for the built-in world; its cost is kept
+        with it, so a run that reuses it still reports what it cost."""
+        path = self._aligned_cache_path(name, config)
         if path is not None and (path / "model.safetensors").exists():
-            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
-        else:
-            start = time.perf_counter()
-            model = defense_cls(defense_config).apply(clone_model(base).to(self.device), self.context())
-            # Kept with the cached model, so a run that reuses it still reports what it cost.
-            model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
-            if path is not None:
-                save_model(model, path)
+            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
+        start = time.perf_counter()
+        model = build()
+        model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
+        if path is not None:
+            save_model(model, path)
         return model
+
+    def align(self, base, defense_cls, defense_config):
+        """Run an alignment-stage defense on a copy of the base model."""
+        return self.cached(defense_cls.name, defense_config,
+                           lambda: defense_cls(defense_config).apply(clone_model(base).to(self.device), self.context()))
 
     def defend(self, base):
         """The released model: the defense at its stage (or `sft` under a later-stage defense)."""
         if self.defense_cls.stage == Stage.ALIGNMENT:
             model = self.align(base, self.defense_cls, self.defense_config)
-            self.defense_seconds = getattr(model.config, "immunity_align_seconds", 0.0)
-            return model
-        sft = lookup(DEFENSES, "defense", "sft")
-        aligned = self.align(base, sft, sft.Config())
-        if self.defense_cls.stage == Stage.POST_ALIGNMENT:
-            start = time.perf_counter()
-            edited = self.defense_cls(self.defense_config).apply(aligned, self.context())
-            self.defense_seconds = round(time.perf_counter() - start, 2)
-            return edited
-        return aligned
+        else:
+            sft = lookup(DEFENSES, "defense", "sft")
+            aligned = self.align(base, sft, sft.Config())
+            if self.defense_cls.stage == Stage.POST_FINE_TUNING:
+                return aligned  # the defense runs after the attack
+            model = self.cached(self.defense_cls.name, self.defense_config,
+                                lambda: self.defense_cls(self.defense_config).apply(aligned, self.context(base)))
+        self.defense_seconds = getattr(model.config, "immunity_align_seconds", 0.0)
+        return model
 
     def attack(self, model):
         attack = self.attack_cls(self.cfg.attack)
@@ -170,6 +173,8 @@ class Pipeline:
             "hs_heldout_after": after["hs_heldout"],
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
             "timings": clock.seconds, "defense_seconds": self.defense_seconds,
+            # What a defense decided while running (e.g. LoX's searched rank, SOPHON's early stop).
+            "defense_notes": getattr(released.config, "immunity_notes", {}),
             "peak_memory_mb": clock.peak_mb, "versions": versions(),
         }
 

@@ -1,6 +1,9 @@
 """Defenses, one file each. Importing this package registers them."""
 
-from . import antidote, booster, circuit_breakers, none, repnoise, sft, t_vaccine, vaccine  # noqa: F401
+from . import (  # noqa: F401
+    antidote, booster, circuit_breakers, condition_number, lox, mlac, none, ntl, repnoise, scratch, sft, sophon,
+    t_vaccine, tar, vaccine,
+)
 from .base import Defense, DefenseContext, Stage
 
 __all__ = ["Defense", "DefenseContext", "Stage"]

@@ -26,13 +26,15 @@ class Stage(str, Enum):
 class DefenseContext:
     """What the defender holds: the tokenizer, the world's alignment-side data, a seed.
 
-    Defenses see only the `align` split (and `val` for tuning); never `attack` or `eval`.
+    Defenses see only the `align` split (and `val` for tuning or stopping); never `attack` or
+    `eval`. A post-alignment defense also gets the model before alignment (`base_model`, LoX).
     """
 
     tokenizer: Any
     data: WorldData
     seed: int
     progress: bool = True
+    base_model: Any = None
 
     def alignment_examples(self) -> list[Example]:
         """Refusals on harmful requests + helpful answers on benign ones (the SFT data)."""
@@ -44,6 +46,13 @@ class DefenseContext:
 
     def encode(self, examples: list[Example]) -> list[dict]:
         return [encode_chat(self.tokenizer, e.prompt, e.answer) for e in examples]
+
+    def validation(self, model, sets: list[str], limit: int = 48) -> dict[str, float]:
+        """Judged metrics of `model` on the `val` split (e.g. {"hs", "helpful"})."""
+        from ..evaluation.judges import SafetyWorldJudge
+        from ..evaluation.suite import validation_metrics
+
+        return validation_metrics(model, self.tokenizer, self.data, sets, SafetyWorldJudge(self.data.lexicon), limit)
 
     def batch_stream(self, examples: list[Example], batch_size: int, device) -> Iterator[dict]:
         """An endless, seeded stream of batches (a defense's second data source, e.g. harmful)."""

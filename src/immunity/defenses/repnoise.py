@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from ..models.heads import logit_lens
 from ..registry import register_defense
@@ -49,9 +50,16 @@ def repnoise_terms(model, harmful: dict) -> tuple[torch.Tensor, torch.Tensor]:
                     output_hidden_states=True)
     mask = answer_mask(harmful["labels"])
     noise_mmd = torch.stack([mmd(h[mask], torch.randn_like(h[mask])) for h in mlp_outputs.values()]).mean()
+    # The lens reads only the positions that predict answer tokens: the loss is masked to them
+    # anyway, and the vocabulary projection is the dearest part of a small model's pass.
+    targets = harmful["labels"].roll(-1, dims=1)[mask]
     depths = [token_ce(out.logits, harmful["labels"])]
-    depths += [token_ce(logit_lens(model, h), harmful["labels"]) for h in out.hidden_states[1:-1]]
+    depths += [F.cross_entropy(_upcast(logit_lens(model, h[mask])), targets) for h in out.hidden_states[1:-1]]
     return noise_mmd, torch.stack(depths).mean()
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 @register_defense("repnoise")

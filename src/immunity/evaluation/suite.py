@@ -40,16 +40,30 @@ def _evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
     return [examples[i * len(examples) // limit] for i in range(limit)]
 
 
+def _records(name: str, examples: list[Example], responses: list[str]) -> list[dict]:
+    return [{"set": name, "prompt": e.prompt, "response": r, "kind": e.kind, "group": e.group,
+             "obj": e.obj, "label": e.group} for e, r in zip(examples, responses)]
+
+
 def generate_sets(model, tokenizer, sets: dict[str, list[Example]], max_new_tokens: int,
                   batch_size: int, path: Path, progress: bool = True) -> list[dict]:
     records = []
     for name, examples in sets.items():
         responses = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size,
                              progress=progress, desc=f"generate {name}")
-        records += [{"set": name, "prompt": e.prompt, "response": r, "kind": e.kind, "group": e.group,
-                     "obj": e.obj, "label": e.group} for e, r in zip(examples, responses)]
+        records += _records(name, examples, responses)
     save_generations(path, records)
     return records
+
+
+def validation_metrics(model, tokenizer, data: WorldData, sets: list[str], judge, limit: int = 48,
+                       max_new_tokens: int = 32) -> dict[str, float]:
+    """Metrics on the `val` split, unsaved: for defenses that tune or stop on validation."""
+    records = []
+    for name, examples in prompt_sets(data, sets, "val", limit).items():
+        responses = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens, progress=False)
+        records += _records(name, examples, responses)
+    return score(records, judge)
 
 
 def score(records: list[dict], judge) -> dict[str, float]:

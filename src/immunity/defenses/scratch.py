@@ -1,0 +1,38 @@
+"""`scratch`: the from-scratch reference (not a defense): a randomly initialised model of the
+same architecture, which the attack then trains like any released model.
+
+MLAC (Henderson et al. 2023) calls a defense successful when its "sample-efficiency regret" is
+at most zero: the attacker, with the same data and budget, does no better from the defended
+weights than from random ones. `immunity report` pairs every method's harmful capability after
+the attack with this reference on the same seed and attack (column "regret vs scratch").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from ..registry import register_defense
+from .base import DefenseContext, Stage
+
+
+@dataclass
+class ScratchConfig:
+    pass
+
+
+@register_defense("scratch")
+class Scratch:
+    stage = Stage.ALIGNMENT
+    Config = ScratchConfig
+
+    def __init__(self, config: ScratchConfig):
+        self.config = config
+
+    def apply(self, model, context: DefenseContext):
+        torch.manual_seed(context.seed)
+        fresh = AutoModelForCausalLM.from_config(model.config)
+        fresh.generation_config = model.generation_config
+        return fresh.to(next(model.parameters()).device)

@@ -1,0 +1,177 @@
+"""`sophon`: non-fine-tunable learning (Deng, Pang, Chen, Xia, Bai, Weng, Xu, "SOPHON", IEEE S&P 2024).
+
+Stage: post-alignment. SOPHON starts from a model already trained on its original task (here:
+the `sft`-aligned model, with a fresh adapter) and alternates two updates, each with its own
+Adam optimizer, for `loops` rounds (default: as many as `sft` takes steps):
+
+(a) Fine-tuning suppression (FTS), first-order MAML. From the current weights theta, simulate
+    the attacker: theta_k = theta_{k-1} - inner_lr * grad CE(theta_{k-1}; support_k), k = 1..K
+    (plain SGD on harmful compliance data). After each step, a suppression loss q_k on a
+    held-out harmful query batch at theta_k:
+        inverse: -log(1 - p_y) per answer token (high when the model predicts the harmful token)
+        uniform: KL(uniform || p) per answer token
+    L_FTS = sum_k n_k q_k / sum_k n_k (n_k: query answer tokens). First order: the gradient of
+    each q_k at theta_k is applied to theta (d theta_k / d theta taken as the identity), clipped
+    to norm 0.5, Adam step with `fts_lr`.
+(b) Normal-training reinforcement (NTR): one step of the alignment loss (refusals + helpful
+    answers) on theta, Adam with `lr`.
+Every `check_every` loops the benign helpfulness on the validation split is measured; below
+`min_helpful` the weights revert to the last checked good ones and training stops (the
+reference stops at 80 % accuracy on its original task). Starting from the aligned model makes
+the worst case of that rule the `sft` model; a first version started from the base model and,
+on one seed of three, stopped at the first check and released the unaligned base model
+(docs/reproduction.md).
+
+Defaults and provenance: reference ratio of learning rates FTS : NTR = 3e-4 : 5e-4 (kept as
+fts_lr = 0.6 * lr with `sft`'s lr 1e-3); clip 0.5 (reference); K = 8 support/query pairs (the
+reference uses 50 batches of 150 images; cost grows linearly with K); inner_lr 0.05 for plain
+SGD on the adapter, as `mlac`; suppression `inverse`.
+Deviations: (1) the reference's "inverse CE" is CrossEntropy(1 - logits), i.e. -log softmax(-z)_y,
+not the paper's -log(1 - p_y); we implement the paper's form. (2) The reference keeps all K query
+graphs until one backward (memory linear in K); we backpropagate each q_k as it comes, which
+gives the same first-order gradient at constant memory. (3) Adaptation to LMs: losses on answer
+tokens; "original-task accuracy" is SafetyWorld benign helpfulness judged on validation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..data import IGNORE
+from ..models import attach_lora, merge_lora
+from ..registry import register_defense
+from ..training import lm_loss
+from ..training.losses import token_ce
+from .base import AlignmentTraining, DefenseContext, Stage
+
+SUPPRESSIONS = ("inverse", "uniform")
+
+
+@dataclass
+class SophonConfig(AlignmentTraining):
+    loops: int = field(default=0, metadata={"help": "FTS + NTR rounds; 0 = sft's step count (epochs x batches)"})
+    fts_lr: float = field(default=6e-4, metadata={"help": "Adam lr of the suppression update (reference 3e-4 : 5e-4 NTR)"})
+    inner_steps: int = field(default=8, metadata={"help": "K simulated attacker steps (reference 50)"})
+    inner_lr: float = field(default=0.05, metadata={"help": "attacker's plain-SGD learning rate"})
+    suppression: str = field(default="inverse", metadata={"help": "inverse (-log(1-p_y)) | uniform (KL to uniform)"})
+    fts_clip: float = field(default=0.5, metadata={"help": "gradient-norm clip of the FTS update (reference 0.5)"})
+    check_every: int = field(default=20, metadata={"help": "loops between helpfulness checks on val"})
+    min_helpful: float = field(default=0.8, metadata={"help": "revert and stop below this val helpfulness"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.suppression not in SUPPRESSIONS:
+            raise ValueError(f"sophon suppression must be one of {SUPPRESSIONS}, got {self.suppression!r}")
+
+
+def suppression_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per answer token: -log(1 - p_y) ('inverse') or KL(uniform || p) ('uniform'); mean."""
+    logits = logits[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    log_p = F.log_softmax(logits[keep].double() if logits.dtype == torch.float64 else logits[keep].float(), dim=-1)
+    if kind == "uniform":
+        return (-math.log(log_p.shape[-1]) - log_p.mean(dim=-1)).mean()
+    log_p_y = log_p.gather(1, targets[keep][:, None]).squeeze(1)
+    return -torch.log1p(-log_p_y.exp().clamp(max=1 - 1e-6)).mean()
+
+
+def fts_gradient(model, params: dict, support: list[dict], query: list[dict], inner_lr: float,
+                 kind: str) -> tuple[list[torch.Tensor], float]:
+    """First-order FTS gradient w.r.t. `params` and L_FTS: token-weighted mean over k of
+    grad q_k taken at the adapted weights theta_k."""
+    names = list(params)
+    offset = {n: torch.zeros_like(p) for n, p in params.items()}  # theta_k = theta + offset_k
+    total = [torch.zeros_like(p) for p in params.values()]
+    weights, values = [], []
+    for support_batch, query_batch in zip(support, query):
+        theta = {n: params[n].detach() + offset[n] for n in names}
+        for w in theta.values():
+            w.requires_grad_(True)
+        ce = _run(model, theta, support_batch)
+        step = torch.autograd.grad(lm_ce(ce, support_batch), list(theta.values()))
+        for n, g in zip(names, step):
+            offset[n] = offset[n] - inner_lr * g
+        theta = {n: (params[n].detach() + offset[n]).requires_grad_(True) for n in names}
+        q = suppression_loss(_run(model, theta, query_batch), query_batch["labels"], kind)
+        n_tokens = int((query_batch["labels"][:, 1:] != IGNORE).sum())
+        for acc, g in zip(total, torch.autograd.grad(q, list(theta.values()))):
+            acc.add_(g * n_tokens)
+        weights.append(n_tokens)
+        values.append(q.item() * n_tokens)
+    return [g / sum(weights) for g in total], sum(values) / sum(weights)
+
+
+def _run(model, weights: dict, batch: dict) -> torch.Tensor:
+    return functional_call(model, weights, args=(batch["input_ids"],),
+                           kwargs={"attention_mask": batch["attention_mask"]}).logits
+
+
+def lm_ce(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    return token_ce(logits if logits.dtype == torch.float64 else logits.float(), batch["labels"])
+
+
+@register_defense("sophon")
+class Sophon:
+    stage = Stage.POST_ALIGNMENT
+    Config = SophonConfig
+
+    def __init__(self, config: SophonConfig):
+        self.config = config
+
+    def apply(self, model, context: DefenseContext):
+        c = self.config
+        device = next(model.parameters()).device
+        if c.mode == "lora":
+            torch.manual_seed(context.seed)  # the adapter's init must not depend on what ran before
+            model = attach_lora(model, c.lora_r, c.lora_alpha)
+        model.train()
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        ntr_opt = torch.optim.Adam(params.values(), lr=c.lr)
+        fts_opt = torch.optim.Adam(params.values(), lr=c.fts_lr)
+        align = context.alignment_examples()
+        loops = c.loops or math.ceil(c.epochs * math.ceil(len(align) / c.batch_size))
+        desired = context.batch_stream(align, c.batch_size, device)
+        harmful = context.harmful_compliance_examples()
+        half = len(harmful) // 2  # support and query sets are disjoint
+        support = context.batch_stream(harmful[:half], c.batch_size, device)
+        query = context.batch_stream(harmful[half:], c.batch_size, device)
+        good = {n: p.detach().clone() for n, p in params.items()}
+        stopped_at = None
+        for loop in tqdm(range(1, loops + 1), desc="align (sophon)", disable=not context.progress, leave=False):
+            grads, _ = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
+                                    [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
+            _apply(fts_opt, params, grads, c.fts_clip)
+            ntr_opt.zero_grad(set_to_none=True)
+            lm_loss(model, next(desired)).backward()
+            ntr_opt.step()
+            if loop % c.check_every == 0 or loop == loops:
+                model.eval()
+                helpful = context.validation(model, ["benign"])["helpful"]
+                model.train()
+                if helpful < c.min_helpful:
+                    stopped_at = loop
+                    break
+                good = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(good[n])
+        model.eval()
+        model = merge_lora(model) if c.mode == "lora" else model
+        model.config.immunity_notes = {"loops": loops, "stopped_at": stopped_at}
+        return model
+
+
+def _apply(optimizer, params: dict, grads: list[torch.Tensor], clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(params.values(), grads):
+        p.grad = g.to(p.dtype)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
+    optimizer.step()
