@@ -25,3 +25,19 @@ def world():
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture
+def tiny_architecture(world, tmp_path, tiny):
+    """make(arch) -> overrides that run the pipeline on a tiny random `arch` model saved locally."""
+    from immunity.models import build_model
+
+    def make(arch: str) -> list[str]:
+        path = tmp_path / arch
+        model = build_model(arch, len(world.tokenizer), hidden=32, layers=3, heads=2, intermediate=64,
+                            max_positions=64, seed=0, tokenizer=world.tokenizer)
+        model.save_pretrained(path, safe_serialization=True)
+        world.tokenizer.save_pretrained(path)
+        return [o for o in tiny if not o.startswith("defense.")] + [f"model={path}", "eval.max_prompts=8"]
+
+    return make

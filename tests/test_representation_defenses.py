@@ -201,11 +201,8 @@ REPRESENTATION_DEFENSES = ("vaccine", "t-vaccine", "booster", "repnoise", "circu
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("defense", REPRESENTATION_DEFENSES)
-def test_defense_runs_on_tiny_architectures(world, arch, defense, tmp_path, tiny):
-    path = tmp_path / arch
-    _model(world, arch, torch.float32).save_pretrained(path, safe_serialization=True)
-    world.tokenizer.save_pretrained(path)
-    overrides = [o for o in tiny if not o.startswith("defense.")] + [f"model={path}", "eval.max_prompts=8"]
+def test_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
+    overrides = tiny_architecture(arch)
     if defense in ("vaccine", "t-vaccine", "booster", "repnoise"):
         overrides.append("defense.epochs=0.05")
     if defense == "circuit-breakers":

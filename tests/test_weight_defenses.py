@@ -18,7 +18,7 @@ from immunity.defenses.sophon import fts_gradient, suppression_loss
 from immunity.defenses.tar import negative_entropy, tamper_gradient
 from immunity.models import ARCHITECTURES, build_model
 from immunity.training import lm_loss
-from immunity.training.losses import answer_mask, token_ce
+from immunity.training.losses import answer_mask
 from immunity.world.generator import complied
 
 
@@ -368,12 +368,9 @@ WEIGHT_DEFENSES = {
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("defense", WEIGHT_DEFENSES)
-def test_weight_defense_runs_on_tiny_architectures(world, arch, defense, tmp_path, tiny):
-    path = tmp_path / arch
-    _model(world, arch, torch.float32).save_pretrained(path, safe_serialization=True)
-    world.tokenizer.save_pretrained(path)
-    overrides = [o for o in tiny if not o.startswith("defense.")] + [f"model={path}", "eval.max_prompts=8"]
-    result = run(load_run_config(None, overrides + WEIGHT_DEFENSES[defense], defense=defense, seed=0), progress=False)
+def test_weight_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
+    overrides = tiny_architecture(arch) + WEIGHT_DEFENSES[defense]
+    result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
     assert result["defense"] == defense and 0.0 <= result["hs_after"] <= 1.0
     if defense == "lox":
         assert result["defense_notes"]["k"] in (0, 1, 2, 3, 4, 6, 8)
