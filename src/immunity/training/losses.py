@@ -13,20 +13,29 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multipli
 
     Bandwidths: the mean pairwise squared distance, scaled by multiplier^(i - kernels // 2),
     i = 0..kernels-1 (the common DAN/MMD recipe that RepNoise's reference uses).
+    Computed from the widest kernel F alone, since the others are its powers F^(multiplier^j):
+    with the usual multiplier 2, repeated squaring replaces the other exponentials.
     """
     z = torch.cat([x, y])
-    sq = torch.cdist(z, z).pow(2)
+    norms = z.pow(2).sum(1)
+    sq = (norms[:, None] + norms[None, :] - 2 * z @ z.T).clamp(min=0)  # no sqrt, unlike cdist
     n = z.shape[0]
     bandwidth = sq.sum() / (n * n - n)
-    bandwidths = [bandwidth * multiplier ** (i - kernels // 2) for i in range(kernels)]
-    return sum(torch.exp(-sq / b) for b in bandwidths)
+    widest = torch.exp(-sq / (bandwidth * multiplier ** (kernels - 1 - kernels // 2)))
+    total, power = widest, widest
+    for j in range(1, kernels):
+        power = power * power if multiplier == 2 else widest ** (multiplier ** j)
+        total = total + power
+    return total
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multiplier: float = 2.0) -> torch.Tensor:
-    """Biased MMD^2 estimate between samples x (n, d) and y (m, d)."""
+    """Biased MMD^2 estimate between samples x (n, d) and y (m, d): w^T K w with w = 1/n on x's
+    rows and -1/m on y's (the four block means in one quadratic form)."""
     k = gaussian_kernel(x, y, kernels, multiplier)
-    n = x.shape[0]
-    return k[:n, :n].mean() + k[n:, n:].mean() - k[:n, n:].mean() - k[n:, :n].mean()
+    n, m = x.shape[0], y.shape[0]
+    w = torch.cat([torch.full((n,), 1.0 / n, dtype=k.dtype), torch.full((m,), -1.0 / m, dtype=k.dtype)]).to(k.device)
+    return w @ k @ w
 
 
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
