@@ -70,7 +70,5 @@ class HarmfulFinetune:
         if c.mode == "lora":
             torch.manual_seed(seed)  # the adapter's init must not depend on what ran before
             model = attach_lora(model, c.lora_r, c.lora_alpha)
-        else:
-            model.requires_grad_(True)  # a model fresh from merge_lora has its weights frozen
         train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)
         return merge_lora(model)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..registry import register_defense
-from ..training.losses import answer_mask, token_ce
+from ..training.losses import answer_mask, token_ce, upcast
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 EPS = 1e-6
@@ -48,8 +48,7 @@ class ConditionNumberConfig(AlignmentTraining):
 def head_features(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(answer-token CE, the inputs of the output head at the answer positions (N, d))."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
-    return token_ce(logits, batch["labels"]), out.hidden_states[-1][answer_mask(batch["labels"])]
+    return token_ce(upcast(out.logits), batch["labels"]), out.hidden_states[-1][answer_mask(batch["labels"])]
 
 
 def feature_hessian(features: torch.Tensor) -> torch.Tensor:

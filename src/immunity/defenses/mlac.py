@@ -41,12 +41,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import IGNORE
 from ..registry import register_defense
-from ..training import lm_loss
+from ..training import lm_loss, logits_with
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 
@@ -66,9 +65,7 @@ class MLACConfig(AlignmentTraining):
 
 def token_losses(model, weights: dict, batch: dict) -> torch.Tensor:
     """Per-answer-token CE of the model run with `weights` in place of its trainable parameters."""
-    logits = functional_call(model, weights, args=(batch["input_ids"],),
-                             kwargs={"attention_mask": batch["attention_mask"]}).logits
-    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logits = logits_with(model, weights, batch)
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     return F.cross_entropy(logits[:, :-1][keep], targets[keep], reduction="none")

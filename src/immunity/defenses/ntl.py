@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..registry import register_defense
-from ..training.losses import answer_mask, mmd, token_ce
+from ..training.losses import answer_mask, mmd, token_ce, upcast
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 
@@ -43,8 +43,7 @@ def answer_features(model, batch: dict, layer: int) -> tuple[torch.Tensor, torch
     hidden = out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
     mask = answer_mask(batch["labels"]).to(hidden.dtype)
     pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
-    return token_ce(logits, batch["labels"]), pooled
+    return token_ce(upcast(out.logits), batch["labels"]), pooled
 
 
 def ntl_loss(model, source: dict, target: dict, alpha: float, beta: float, layer: int):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..models.heads import logit_lens
 from ..registry import register_defense
 from ..training import edit_block_outputs, lm_loss
-from ..training.losses import answer_mask, mmd, token_ce
+from ..training.losses import answer_mask, mmd, token_ce, upcast
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 
@@ -54,12 +54,8 @@ def repnoise_terms(model, harmful: dict) -> tuple[torch.Tensor, torch.Tensor]:
     # anyway, and the vocabulary projection is the dearest part of a small model's pass.
     targets = harmful["labels"].roll(-1, dims=1)[mask]
     depths = [token_ce(out.logits, harmful["labels"])]
-    depths += [F.cross_entropy(_upcast(logit_lens(model, h[mask])), targets) for h in out.hidden_states[1:-1]]
+    depths += [F.cross_entropy(upcast(logit_lens(model, h[mask])), targets) for h in out.hidden_states[1:-1]]
     return noise_mmd, torch.stack(depths).mean()
-
-
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
-    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 @register_defense("repnoise")

@@ -40,14 +40,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from ..data import IGNORE
 from ..models import attach_lora, merge_lora
 from ..registry import register_defense
-from ..training import lm_loss
-from ..training.losses import token_ce
+from ..training import lm_loss, logits_with
+from ..training.losses import token_ce, upcast
 from .base import AlignmentTraining, DefenseContext, Stage
 
 SUPPRESSIONS = ("inverse", "uniform")
@@ -75,7 +74,7 @@ def suppression_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> t
     logits = logits[:, :-1]
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    log_p = F.log_softmax(logits[keep].double() if logits.dtype == torch.float64 else logits[keep].float(), dim=-1)
+    log_p = F.log_softmax(upcast(logits[keep]), dim=-1)
     if kind == "uniform":
         return (-math.log(log_p.shape[-1]) - log_p.mean(dim=-1)).mean()
     log_p_y = log_p.gather(1, targets[keep][:, None]).squeeze(1)
@@ -91,30 +90,19 @@ def fts_gradient(model, params: dict, support: list[dict], query: list[dict], in
     total = [torch.zeros_like(p) for p in params.values()]
     weights, values = [], []
     for support_batch, query_batch in zip(support, query):
-        theta = {n: params[n].detach() + offset[n] for n in names}
-        for w in theta.values():
-            w.requires_grad_(True)
-        ce = _run(model, theta, support_batch)
-        step = torch.autograd.grad(lm_ce(ce, support_batch), list(theta.values()))
+        theta = {n: (params[n].detach() + offset[n]).requires_grad_(True) for n in names}
+        ce = token_ce(logits_with(model, theta, support_batch), support_batch["labels"])
+        step = torch.autograd.grad(ce, list(theta.values()))
         for n, g in zip(names, step):
             offset[n] = offset[n] - inner_lr * g
         theta = {n: (params[n].detach() + offset[n]).requires_grad_(True) for n in names}
-        q = suppression_loss(_run(model, theta, query_batch), query_batch["labels"], kind)
+        q = suppression_loss(logits_with(model, theta, query_batch), query_batch["labels"], kind)
         n_tokens = int((query_batch["labels"][:, 1:] != IGNORE).sum())
         for acc, g in zip(total, torch.autograd.grad(q, list(theta.values()))):
             acc.add_(g * n_tokens)
         weights.append(n_tokens)
         values.append(q.item() * n_tokens)
     return [g / sum(weights) for g in total], sum(values) / sum(weights)
-
-
-def _run(model, weights: dict, batch: dict) -> torch.Tensor:
-    return functional_call(model, weights, args=(batch["input_ids"],),
-                           kwargs={"attention_mask": batch["attention_mask"]}).logits
-
-
-def lm_ce(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    return token_ce(logits if logits.dtype == torch.float64 else logits.float(), batch["labels"])
 
 
 @register_defense("sophon")

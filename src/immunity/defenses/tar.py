@@ -53,7 +53,7 @@ from transformers import get_scheduler
 
 from ..registry import register_defense
 from ..training import lm_loss
-from ..training.losses import answer_mask, token_ce
+from ..training.losses import answer_mask, token_ce, upcast
 from ..world import clone_model
 from .base import DefenseContext, Stage
 
@@ -86,7 +86,7 @@ class TARConfig:
 def negative_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """-H(softmax(logits)) averaged over the positions that predict answer tokens (no padding)."""
     logits = logits[answer_mask(labels)]
-    log_p = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+    log_p = F.log_softmax(upcast(logits), dim=-1)
     return (log_p.exp() * log_p).sum(-1).mean()
 
 
@@ -128,8 +128,7 @@ def retain_loss(model, reference, batch: dict, representation_weight: float = 1.
         ref = reference(**kwargs).hidden_states
     keep = batch["attention_mask"].bool()
     distance = torch.stack([(h - r)[keep].norm(dim=-1).mean() for h, r in zip(out.hidden_states[1:], ref[1:])]).mean()
-    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
-    return token_ce(logits, batch["labels"]) + representation_weight * distance
+    return token_ce(upcast(out.logits), batch["labels"]) + representation_weight * distance
 
 
 def random_mapping_loss(model, batch: dict, mapping: torch.Tensor) -> torch.Tensor:
@@ -159,8 +158,7 @@ class TAR:
         reference = clone_model(model).to(device).eval()
         for p in reference.parameters():
             p.requires_grad_(False)
-        model.requires_grad_(True)  # full-parameter (a model fresh from merge_lora has frozen weights)
-        params = list(model.parameters())
+        params = list(model.parameters())  # full-parameter
         harmful = context.harmful_compliance_examples()
         half = len(harmful) // 2  # the adversary's data and the held-out tamper-resistance batches
         adversary_data = context.batch_stream(harmful[:half], c.batch_size, device)

@@ -18,5 +18,9 @@ def attach_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float = 0
 
 
 def merge_lora(model) -> PreTrainedModel:
-    """Fold the adapter into the weights and return the plain model."""
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    """Fold the adapter into the weights and return the plain model, trainable again as if
+    loaded from disk (PEFT leaves the base weights frozen, which would silently give a later
+    full-parameter stage nothing to train)."""
+    if not isinstance(model, PeftModel):
+        return model
+    return model.merge_and_unload().requires_grad_(True)

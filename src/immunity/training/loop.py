@@ -13,12 +13,13 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from torch.func import functional_call
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data import collate
-from .losses import token_ce
+from .losses import token_ce, upcast
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -52,13 +53,18 @@ class TrainConfig:
 
 
 def lm_loss(model, batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over unmasked (label != -100) tokens.
-
-    Computed here rather than by the model so that float64 stays float64 (mechanics tests) while
-    half-precision logits are still upcast to float32, as transformers does.
-    """
+    """Mean next-token cross-entropy over unmasked (label != -100) tokens (computed here rather
+    than by the model so that the dtype rule of `upcast` holds)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_ce(logits if logits.dtype == torch.float64 else logits.float(), batch["labels"])
+    return token_ce(upcast(logits), batch["labels"])
+
+
+def logits_with(model, weights: dict, batch) -> torch.Tensor:
+    """Upcast logits of `model` run with `weights` (name -> tensor) in place of those parameters,
+    which stay untouched: how meta-learning defenses evaluate simulated attacker weights."""
+    logits = functional_call(model, weights, args=(batch["input_ids"],),
+                             kwargs={"attention_mask": batch["attention_mask"]}).logits
+    return upcast(logits)
 
 
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -38,6 +38,12 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multiplier: float = 
     return w @ k @ w
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: float64 stays float64 (mechanics tests), anything else goes to float32
+    (half-precision logits are upcast, as transformers does)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy averaged over positions whose label is not masked."""
     targets = labels[:, 1:]
