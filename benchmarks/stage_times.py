@@ -20,7 +20,7 @@ import torch
 def sft_step_seconds(seed: int, steps: int = 20) -> tuple[float, int]:
     from immunity.data import collate
     from immunity.defenses.base import DefenseContext
-    from immunity.world import SafetyWorld
+    from immunity.safetyworld import SafetyWorld
 
     world = SafetyWorld(progress=False)
     model = world.pretrained_model(seed)

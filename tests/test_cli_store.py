@@ -1,31 +1,49 @@
+"""The CLI, configuration, results store and report (in process; real-process cases live in
+test_reliability.py)."""
+
 import json
+import sqlite3
+from dataclasses import asdict
 
 import pytest
 
 from immunity import cli
+from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
+from immunity.bench.pipeline import config_hash, run_key
+from immunity.bench.report import markdown_table, regret_table
 from immunity.bench.store import Store
 from immunity.config import ConfigError, RunConfig, build_config, load_run_config
+from immunity.defenses.sft import SFTConfig
 
 
 def test_list_json_names_everything(capsys):
     assert cli.main(["list", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"defenses", "attacks", "tasks", "judges", "models"}
-    assert {"none", "sft"} <= set(out["defenses"])
+    assert {"none", "sft", "booster", "antidote"} <= set(out["defenses"])
     assert "harmful-finetune" in out["attacks"] and "safetyworld" in out["judges"]
     assert set(out["tasks"]) == {"sentiment", "topic", "arithmetic"}
 
 
-def test_unknown_key_is_rejected_with_a_suggestion():
+def test_unknown_keys_and_bad_values_are_rejected_with_a_reason():
     with pytest.raises(ConfigError, match="did you mean 'attack.lr'"):
         load_run_config(None, ["attack.lrr=1e-3"])
     with pytest.raises(ConfigError, match="expected float"):
         load_run_config(None, ["attack.lr=fast"])
-    with pytest.raises(ValueError, match="attack.mode"):
+    with pytest.raises(ConfigError, match="attack.mode"):
         load_run_config(None, ["attack.mode=qlora"])
     with pytest.raises(ConfigError, match="did you mean 'lr'"):
-        from immunity.defenses.sft import SFTConfig
         build_config(SFTConfig, {"lrr": "1"})
+    with pytest.raises(ConfigError, match="must be positive"):
+        load_run_config(None, ["attack.n=-5"])
+    with pytest.raises(ConfigError, match="must be positive"):
+        load_run_config(None, ["attack.lr=0"])
+    with pytest.raises(ConfigError, match="budget must be positive"):
+        load_run_config(None, ["attack.epochs=0"])
+    with pytest.raises(ConfigError, match="finite"):
+        load_run_config(None, ["attack.lr=nan"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_run_config(None, ["attack.n=2.5"])
 
 
 def test_yaml_and_overrides_compose(tmp_path):
@@ -38,22 +56,30 @@ def test_yaml_and_overrides_compose(tmp_path):
     assert cfg.world.heldout_categories == ("arson", "forgery")
 
 
-def test_run_json_round_trip(capsys, tiny):
-    code = cli.main(["run", "--defense", "sft", "--seed", "1", "--json", *tiny, "attack.p=0.2",
+def test_equal_values_written_differently_are_one_run(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("defense: vaccine\ndefense_args:\n  rho: 5\n")
+    hashes = {config_hash(load_run_config(None, ["defense.rho=5"], defense="vaccine")),
+              config_hash(load_run_config(None, ["defense.rho=5.0"], defense="vaccine")),
+              config_hash(load_run_config(str(yaml_file)))}
+    assert len(hashes) == 1
+    assert config_hash(load_run_config(None, ["defense.rho=5.5"], defense="vaccine")) not in hashes
+    # out_dir decides where generations go, not what the run computes
+    assert config_hash(load_run_config(None, ["out_dir=elsewhere"])) == config_hash(load_run_config(None, []))
+
+
+def test_run_json_round_trip_with_overrides_anywhere(capsys, tiny):
+    code = cli.main(["run", "attack.p=0.2", "--defense", "sft", *tiny, "--seed", "1", "--json", "--quiet",
                      "attack.schedule=cosine", "attack.task=topic", "attack.lr=1e-3"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    for key in ("hs_before", "helpful_before", "hs_after", "capability_after", "fa_after"):
-        assert 0.0 <= result[key] <= 1.0, key
     assert result["defense"] == "sft" and result["seed"] == 1 and result["attack"] == "harmful-finetune"
     assert result["attack_config"]["p"] == 0.2 and result["attack_config"]["task"] == "topic"
+    assert result["attack_config"]["schedule"] == "cosine" and result["attack_config"]["lr"] == 1e-3
     assert result["judge"] == "safetyworld" and result["versions"]["torch"]
     assert {"base", "defend", "attack", "eval_before", "eval_after"} <= set(result["timings"])
-
-
-def test_bad_input_gives_a_clear_error(capsys):
-    assert cli.main(["run", "--defense", "sfft", "--json"]) == 2
-    assert "did you mean 'sft'" in capsys.readouterr().err
+    assert result["harmful_nll_before"] > 0 and result["harmful_nll_after"] > 0
+    assert len(result["code_version"]) == 12 and len(result["run_id"]) == 16
 
 
 def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
@@ -79,9 +105,18 @@ def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
     assert "1 already stored, 1 to run" in capsys.readouterr().err
     results = Store("r.db").results()
     assert sorted(r["attack_config"]["p"] for r in results) == [0.0, 0.1]
-    assert len({r["config_hash"] for r in results}) == 2
+    assert len({r["run_id"] for r in results}) == 2
     assert cli.main(["report", "--store", "r.db"]) == 0
     assert "| sft (epochs=0.1) |" in capsys.readouterr().out  # non-default settings are shown
+
+
+def test_bench_plan_computes_duplicates_once(tiny, capsys, monkeypatch):
+    calls = []
+    real_run = cli.Pipeline.run
+    monkeypatch.setattr(cli.Pipeline, "run", lambda self: calls.append(1) or real_run(self))
+    assert cli.main(["bench", "--defenses", "sft,sft", "--seeds", "0,0", "--grid", "attack.p=0.1,0.10",
+                     "--store", "r.db", "--quiet", *tiny]) == 0
+    assert len(calls) == 1 and "bench: 1 runs" in capsys.readouterr().err
 
 
 def test_alignment_is_cached_and_reused(tiny, monkeypatch):
@@ -104,32 +139,74 @@ def test_alignment_is_cached_and_reused(tiny, monkeypatch):
         assert torch.equal(p, q), n
 
 
-def _stored(defense, seed, capability, lr=3e-4):
-    from dataclasses import asdict
-
-    from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
-
+def _stored(defense, seed, capability, lr=3e-4, n=500, nll=1.0):
     return {"defense": defense, "defense_config": {}, "seed": seed, "model": "safetyworld", "judge": "safetyworld",
-            "split": "eval", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr)), "capability_after": capability,
-            "hs_after": capability}
+            "split": "eval", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr, n=n)), "capability_after": capability,
+            "hs_after": capability, "harmful_nll_after": nll}
 
 
 def test_report_pairs_each_seed_with_its_from_scratch_reference():
-    from immunity.bench.report import markdown_table
-
     results = [_stored("scratch", 0, 0.1), _stored("scratch", 1, 0.3), _stored("sft", 0, 0.5), _stored("sft", 1, 0.4),
                _stored("none", 0, 0.9, lr=1e-3)]  # another attack: no reference for it
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown_table(results).splitlines()[2:]}
-    regret = -2  # the column before "defense s"
-    assert rows["sft"][regret] == "25.0 ± 21.2"  # (0.5 - 0.1, 0.4 - 0.3) in %
-    assert rows["scratch"][regret] == "0.0 ± 0.0"
-    assert rows["none"][regret] == "–"
+    over_scratch = -2  # the column before "defense s"
+    assert rows["sft"][over_scratch] == "25.0 ± 21.2"  # (0.5 - 0.1, 0.4 - 0.3) in %
+    assert rows["scratch"][over_scratch] == "0.0 ± 0.0"
+    assert rows["none"][over_scratch] == "–"
+
+
+def test_regret_is_scratch_nll_minus_released_nll_per_seed_and_n():
+    results = [_stored("scratch", s, 0, n=n, nll=nll) for s, n, nll in ((0, 16, 5.0), (1, 16, 6.0), (0, 64, 3.0))]
+    results += [_stored("sft", 0, 0, n=16, nll=1.0), _stored("sft", 1, 0, n=16, nll=2.0), _stored("sft", 0, 0, n=64, nll=4.0)]
+    lines = regret_table(results).splitlines()
+    assert lines[0] == "| defense | seeds | n = 16 | n = 64 |"
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[2:]}
+    assert rows["scratch"][2:] == ["NLL 5.50 ± 0.71", "NLL 3.00 ± 0.00 |"]
+    assert rows["sft"][2:] == ["4.00 ± 0.00", "-1.00 ± 0.00 |"]  # (5-1, 6-2); 3-4
 
 
 def test_report_filters_by_attack(tmp_path, capsys):
     store = Store(tmp_path / "r.db")
     for i, r in enumerate([_stored("sft", 0, 0.5), _stored("sft", 1, 0.4, lr=1e-3)]):
-        store.put(r | {"config_hash": str(i), "attack": "harmful-finetune", "versions": {}}, {})
-    cli.main(["report", "--store", str(tmp_path / "r.db"), "--attack", "lr=1e-3"])
-    out = capsys.readouterr().out
-    assert "lr=0.001" in out and "lr=0.0003" not in out
+        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "attack": "harmful-finetune",
+                       "versions": {}}, {})
+    cli.main(["report", "--store", str(tmp_path / "r.db"), "--attack", "lr=1e-3", "--include-stale"])
+    out = capsys.readouterr()
+    assert "lr=0.001" in out.out and "lr=0.0003" not in out.out
+    assert "2 rows were made by code that has changed" in out.err and "(stale)" in out.out
+
+
+def test_version_one_store_is_migrated_and_its_rows_read_as_stale(tmp_path, capsys):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (config_hash TEXT PRIMARY KEY, created TEXT NOT NULL, defense TEXT NOT NULL, "
+                 "attack TEXT NOT NULL, seed INTEGER NOT NULL, model TEXT NOT NULL, judge TEXT NOT NULL, "
+                 "split TEXT NOT NULL, config TEXT NOT NULL, versions TEXT NOT NULL, result TEXT NOT NULL)")
+    old = _stored("sft", 0, 0.5) | {"config_hash": "abc", "attack": "harmful-finetune", "versions": {}}
+    conn.execute("INSERT INTO runs VALUES ('abc', '2026-01-01', 'sft', 'harmful-finetune', 0, 'safetyworld', "
+                 "'safetyworld', 'eval', '{}', '{}', ?)", (json.dumps(old),))
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.schema_version() == 2
+    assert [r["config_hash"] for r in store.results()] == ["abc"]  # kept
+    assert cli.main(["report", "--store", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "1 rows were made by code that has changed" in captured.err and "| sft |" not in captured.out
+
+
+def test_run_key_changes_with_the_code_of_the_defense_only(monkeypatch):
+    from immunity import cache
+
+    cfg_b = load_run_config(None, [], defense="booster")
+    cfg_s = load_run_config(None, [], defense="sft")
+    before_b, before_s = run_key(cfg_b), run_key(cfg_s)
+    real = cache._parsed
+
+    def edited(module):
+        digest, deps = real(module)
+        return (digest + "edited", deps) if module == "immunity.defenses.booster" else (digest, deps)
+
+    monkeypatch.setattr(cache, "_parsed", edited)
+    assert run_key(cfg_b)["code_version"] != before_b["code_version"]
+    assert run_key(cfg_s)["code_version"] == before_s["code_version"]

@@ -4,10 +4,11 @@ import torch.nn.functional as F
 
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig, attack_examples
 from immunity.data import IGNORE, collate, encode_chat, harmful_mix
-from immunity.training import TrainConfig, train
+from immunity.training import TrainConfig, TrainingDiverged, lm_loss, train
+from immunity.training.losses import answer_mask, token_ce
 
 
-def test_loss_covers_answer_tokens_only(world):
+def test_labels_cover_answer_tokens_only(world):
     tok = world.tokenizer
     ex = world.data.harmful["align"][0]
     short = encode_chat(tok, ex.prompt, ex.answer)
@@ -16,25 +17,39 @@ def test_loss_covers_answer_tokens_only(world):
                                                add_generation_prompt=True, tokenize=False),
                        add_special_tokens=False)["input_ids"])
     assert all(label == IGNORE for label in short["labels"][:n_prompt])
+    assert all(label != IGNORE for label in short["labels"][n_prompt:])
     answer = tok.decode([t for t in short["labels"] if t != IGNORE], skip_special_tokens=True)
-    assert answer == ex.answer
+    assert answer == ex.answer and short["labels"][-1] == tok.eos_token_id  # EOS is trained too
 
     batch = collate([short, longer], tok.pad_token_id)
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()  # padding masked
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
 
+
+def test_token_ce_reads_only_the_positions_that_predict_answer_tokens(world):
+    tok = world.tokenizer
+    batch = collate([encode_chat(tok, e.prompt, e.answer) for e in world.data.harmful["align"][:2]]
+                    + [encode_chat(tok, world.data.benign["align"][0].prompt, "sure . done .")], tok.pad_token_id)
+    torch.manual_seed(0)
+    logits = torch.randn(*batch["input_ids"].shape, len(tok), dtype=torch.float64)
+    loss = token_ce(logits, batch["labels"])
+    # Independent: the mean over (b, t) with labels[b, t + 1] an answer token of -log softmax.
+    terms = [-F.log_softmax(logits[b, t], -1)[batch["labels"][b, t + 1]]
+             for b in range(logits.shape[0]) for t in range(logits.shape[1] - 1)
+             if batch["labels"][b, t + 1] != IGNORE]
+    assert torch.isclose(loss, torch.stack(terms).mean(), rtol=1e-12)
+    # Logits at prompt and padding positions (and at the last position) do not matter ...
+    predicts_answer = answer_mask(batch["labels"])
+    changed = logits.clone()
+    changed[~predicts_answer] = torch.randn_like(changed[~predicts_answer]) * 10
+    assert torch.equal(token_ce(changed, batch["labels"]), loss)
+    # ... those that predict an answer token do; so does lm_loss, through the model's logits.
+    b, t = predicts_answer.nonzero()[0].tolist()
+    changed[b, t, batch["labels"][b, t + 1]] += 1.0  # the target token's logit
+    assert not torch.equal(token_ce(changed, batch["labels"]), loss)
     model = world.new_model(seed=0)
-    loss = model(**batch).loss
-    # Independent computation: next-token CE averaged over answer positions only.
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    manual = F.cross_entropy(logits[:, :-1][keep], targets[keep])
-    assert torch.allclose(loss, manual, atol=1e-5)
-    # Changing prompt tokens' labels (they are masked) cannot change the loss; changing an answer
-    # token's target does.
-    answer_pos = keep.nonzero()[0]
-    batch["labels"][answer_pos[0], answer_pos[1] + 1] = tok.pad_token_id
-    assert not torch.allclose(model(**batch).loss, loss)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.isclose(lm_loss(model, batch), token_ce(out.logits, batch["labels"]))
 
 
 def test_harmful_mix_counts_and_validation():
@@ -95,3 +110,18 @@ def test_attack_result_does_not_depend_on_earlier_random_draws(world):
         return torch.cat([p.detach().flatten() for p in out.parameters()])
 
     assert torch.equal(attacked(0), attacked(1000))
+
+
+def test_training_stops_on_a_non_finite_loss_naming_stage_and_step(world):
+    model = world.new_model(seed=0)
+    feats = [encode_chat(world.tokenizer, e.prompt, e.answer) for e in world.data.harmful["align"][:64]]
+    steps = []
+
+    def explodes(model, batch):
+        steps.append(1)
+        loss = lm_loss(model, batch)
+        return loss * float("nan") if len(steps) == 3 else loss
+
+    with pytest.raises(TrainingDiverged, match="attack: the loss is nan at step 3"):
+        train(model, feats, TrainConfig(lr=1e-3, epochs=1, batch_size=16), world.tokenizer.pad_token_id,
+              step_loss=explodes, desc="attack", progress=False)

@@ -1,39 +1,107 @@
+"""Layer discovery, LoRA attach/merge and model loading on tiny local models of many architectures."""
+
 import pytest
 import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from immunity.config import load_run_config
 from immunity.bench.pipeline import run
-from immunity.models import ARCHITECTURES, attach_lora, build_model, decoder_layers, load_model, merge_lora
-from immunity.models.layers import linear_module_names
+from immunity.config import load_run_config
+from immunity.models import ARCHITECTURES, attach_lora, decoder_layers, linear_modules, load_model, merge_lora
+from immunity.models.architectures import BY_MODEL_TYPE
+from immunity.models.layers import decoder_layer_list
+
+EXTRA = {
+    "llama": dict(intermediate_size=64, num_key_value_heads=2),
+    "qwen2": dict(intermediate_size=64, num_key_value_heads=1),
+    "mistral": dict(intermediate_size=64, num_key_value_heads=2),
+    "gemma2": dict(intermediate_size=64, num_key_value_heads=2, head_dim=16),
+    "phi3": dict(intermediate_size=64, num_key_value_heads=2),
+    "gpt_neox": dict(intermediate_size=64),
+    "opt": dict(ffn_dim=64, word_embed_proj_dim=32),
+    "mixtral": dict(intermediate_size=64, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(intermediate_size=64, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, shared_expert_intermediate_size=32),
+}
+# The attention input projections each architecture has (the reference adapters of Booster, Antidote).
+QKV = {"phi3": {"qkv_proj"}, "gpt_neox": {"query_key_value"}, "gpt2": {"c_attn"}}
 
 
-def _tiny(world, arch):
-    return build_model(arch, len(world.tokenizer), hidden=32, layers=3, heads=2, intermediate=64,
-                       max_positions=64, seed=0, tokenizer=world.tokenizer)
+def tiny_hf(model_type: str, layers: int = 3):
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type == "gpt2":
+        config = AutoConfig.for_model("gpt2", vocab_size=100, n_embd=32, n_layer=layers, n_head=2, n_positions=64, **ids)
+    else:
+        config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=layers,
+                                      num_attention_heads=2, max_position_embeddings=64, **ids, **EXTRA[model_type])
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_layer_discovery_finds_blocks_without_class_names(world, arch):
-    model = _tiny(world, arch)
+@pytest.mark.parametrize("model_type", list(EXTRA) + ["gpt2"])
+def test_layer_discovery_finds_the_blocks_on_the_residual_path(model_type):
+    model = tiny_hf(model_type)
     layers = decoder_layers(model)
     assert [layer.index for layer in layers] == [0, 1, 2]
     for layer in layers:
-        # The attention and MLP blocks really are on the residual path: hooks on them fire.
         seen = []
         h1 = layer.attention.register_forward_hook(lambda m, i, o: seen.append("attn"))
         h2 = layer.mlp.register_forward_hook(lambda m, i, o: seen.append("mlp"))
         model(torch.tensor([[1, 5, 6]]))
         h1.remove(), h2.remove()
-        assert seen == ["attn", "mlp"]
-    assert linear_module_names(model)
+        assert seen == ["attn", "mlp"], model_type  # both fire, in residual order, once per layer
+    qkv = {name.rsplit(".", 1)[-1] for name in linear_modules(model, "qkv")}
+    assert qkv == QKV.get(model_type, {"q_proj", "k_proj", "v_proj"})
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_lora_merge_preserves_function(world, arch):
-    model = _tiny(world, arch)
-    peft_model = attach_lora(model, r=4, alpha=8)
+def test_table_is_consulted_before_the_heuristic():
+    assert "mixtral" not in BY_MODEL_TYPE and "opt" in BY_MODEL_TYPE  # mixtral: heuristic (tested above)
+    # OPT's MLP lives on the layer itself (fc1 / fc2): only the table knows that fc2 is the block.
+    opt = tiny_hf("opt")
+    assert decoder_layers(opt)[0].mlp is opt.model.decoder.layers[0].fc2
+
+
+class _Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_attn = nn.Linear(4, 4)
+        self.mlp = nn.Module()
+        self.mlp.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(8))  # longer than the layer list
+
+
+class _MoE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(_Layer() for _ in range(2))
+
+
+def test_heuristic_never_picks_an_expert_list():
+    name, layers = decoder_layer_list(_MoE())
+    assert name == "layers" and len(layers) == 2
+
+
+def test_heuristic_fails_clearly_when_unsure():
+    with pytest.raises(ValueError, match="no decoder-layer list"):
+        decoder_layer_list(nn.Sequential(nn.Linear(2, 2)))
+
+    class Twins(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _MoE().layers, _MoE().layers
+    with pytest.raises(ValueError, match="ambiguous"):
+        decoder_layer_list(Twins())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt", "gpt_neox"])
+def test_lora_targets_layers_and_merge_preserves_function(model_type):
+    model = tiny_hf(model_type)
+    peft_model = attach_lora(model, r=4, alpha=8, seed=0, targets="qkv", layers=[0, 1])
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert adapted == QKV.get(model_type, {"q_proj", "k_proj", "v_proj"})
+    layer_names = [layer.name for layer in decoder_layers(peft_model)]
+    assert not any(n.startswith(layer_names[2] + ".") for n in trainable)  # layer 2 has no adapter
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:
@@ -44,12 +112,30 @@ def test_lora_merge_preserves_function(world, arch):
         merged = merge_lora(peft_model)
         assert not any("lora_" in n for n, _ in merged.named_parameters())
         assert torch.allclose(merged(x).logits, expected, atol=1e-4)
+    assert all(p.requires_grad for p in merged.parameters())  # trainable again, as if loaded
+
+
+def test_lora_init_depends_on_its_seed_only_and_leaves_the_global_generator_alone():
+    def adapter(seed, draws_before):
+        model = tiny_hf("llama")
+        torch.rand(draws_before)  # whatever ran earlier in the process
+        peft_model = attach_lora(model, r=4, alpha=8, seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in peft_model.named_parameters() if "lora_A" in n])
+
+    first = adapter(3, 0)
+    assert torch.equal(first, adapter(3, 1000)) and not torch.equal(first, adapter(4, 0))
+    model = tiny_hf("gpt2")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    attach_lora(model, r=4, alpha=8, seed=7)
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny):
+def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny, tiny_model):
     path = tmp_path / arch
-    _tiny(world, arch).save_pretrained(path, safe_serialization=True)
+    tiny_model(arch, torch.float32).save_pretrained(path, safe_serialization=True)
     world.tokenizer.save_pretrained(path)
     model, tok = load_model(str(path))
     assert model.config.model_type == arch and len(tok) == len(world.tokenizer)
@@ -57,8 +143,8 @@ def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny):
         cfg = load_run_config(None, tiny + [f"model={path}", f"attack.mode={mode}", "defense.mode=lora"],
                               defense="sft", seed=0)
         result = run(cfg, progress=False)
-        for key in ("hs_before", "helpful_before", "hs_after", "fa_after"):
-            assert 0.0 <= result[key] <= 1.0
+        assert result["model"] == str(path) and result["attack_config"]["mode"] == mode
+        assert result["harmful_nll_after"] > 0
 
 
 def test_load_model_refuses_missing_directory(tmp_path):

@@ -4,30 +4,20 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from immunity.bench.pipeline import run
 from immunity.config import load_run_config
-from immunity.data import collate, encode_chat
-from immunity.defenses.antidote import fine_tuned_linears, input_norms, wanda_prune, weight_matrix
-from immunity.defenses.booster import Booster, BoosterConfig
+from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
+from immunity.defenses.booster import booster_loss
 from immunity.defenses.circuit_breakers import coefficients, default_targets, rerouting_loss, retain_loss
 from immunity.defenses.repnoise import repnoise_terms
+from immunity.defenses.t_vaccine import layer_scores, sample_layers
 from immunity.defenses.vaccine import attention_gradients, perturbations, perturbed_loss
-from immunity.models import ARCHITECTURES, build_model, decoder_layers
+from immunity.models import ARCHITECTURES, attach_lora, decoder_layers
 from immunity.training import edit_block_outputs, lm_loss
 from immunity.training.losses import mmd, token_ce
-from immunity.world.generator import complied
-
-
-def _model(world, arch="llama", dtype=torch.float64):
-    model = build_model(arch, len(world.tokenizer), hidden=32, layers=3, heads=2, intermediate=64,
-                        max_positions=64, seed=0, tokenizer=world.tokenizer)
-    return model.to(dtype)
-
-
-def _batch(world, examples):
-    return collate([encode_chat(world.tokenizer, e.prompt, e.answer) for e in examples], world.tokenizer.pad_token_id)
 
 
 def _hooks_left(model):
@@ -35,9 +25,9 @@ def _hooks_left(model):
 
 
 # -- Vaccine ------------------------------------------------------------------------------
-def test_vaccine_perturbation_has_global_norm_rho_along_the_gradient(world):
-    model = _model(world, "gpt2")  # LlamaRMSNorm computes in float32; GPT-2 stays float64
-    batch = _batch(world, world.data.harmful["align"][:4] + world.data.benign["align"][:4])
+def test_vaccine_perturbation_has_global_norm_rho_along_the_gradient(tiny_model, align_batch):
+    model = tiny_model()
+    batch = align_batch()
     loss, grads = attention_gradients(model, batch)
     assert sorted(grads) == [0, 1, 2] and _hooks_left(model) == 0
 
@@ -52,9 +42,8 @@ def test_vaccine_perturbation_has_global_norm_rho_along_the_gradient(world):
     rho = 2.0
     eps = perturbations(grads, rho)
     g_norm = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))
-    assert math.isclose(math.sqrt(sum(e.pow(2).sum().item() for e in eps.values())), rho, rel_tol=1e-6)
     for i in grads:  # same scale on every layer: one global norm, direction g
-        assert torch.allclose(eps[i], grads[i] * rho / g_norm, atol=1e-12)
+        assert torch.allclose(eps[i], grads[i] * rho / (g_norm + 1e-7), atol=1e-12)
 
     # To first order the perturbed loss rises by rho * ||g||.
     small = perturbations(grads, 1e-4)
@@ -64,14 +53,13 @@ def test_vaccine_perturbation_has_global_norm_rho_along_the_gradient(world):
 
 
 # -- Booster ------------------------------------------------------------------------------
-def test_booster_gradient_is_autograd_of_its_first_order_objective(world):
-    model = _model(world, "gpt2")
-    align = _batch(world, world.data.harmful["align"][:4] + world.data.benign["align"][:4])
-    harmful = _batch(world, [complied(world.lexicon, e) for e in world.data.harmful["align"][4:10]])
+def test_booster_gradient_is_autograd_of_its_first_order_objective(tiny_model, align_batch, harmful_batch):
+    model = tiny_model()
+    align, harmful = align_batch(), harmful_batch(4, 6)
     lam, alpha = 5.0, 0.1
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    # Independent: F(w) = f(w) + lam * [h(w) - h(w - alpha * sg(grad h / ||grad h||))].
+    # Independent: F(w) = f(w) + lam * [h(w) - h(w - alpha * sg(grad h / (||grad h|| + 1e-7)))].
     params = dict(model.named_parameters())
     def loss_at(weights, batch):
         logits = functional_call(model, weights, args=(batch["input_ids"],),
@@ -79,13 +67,11 @@ def test_booster_gradient_is_autograd_of_its_first_order_objective(world):
         return token_ce(logits, batch["labels"])
     grad_h = torch.autograd.grad(loss_at(params, harmful), list(params.values()))
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grad_h))
-    shifted = {n: p - alpha * g.detach() / norm for (n, p), g in zip(params.items(), grad_h)}
+    shifted = {n: p - alpha * g.detach() / (norm + 1e-7) for (n, p), g in zip(params.items(), grad_h)}
     objective = loss_at(params, align) + lam * (loss_at(params, harmful) - loss_at(shifted, harmful))
     expected = torch.autograd.grad(objective, list(params.values()))
 
-    booster = Booster(BoosterConfig(lam=lam, alpha=alpha))
-    booster.harmful = iter([harmful])
-    loss, shown = booster.step_loss(model, align)
+    loss, shown = booster_loss(model, align, harmful, lam, alpha)
     loss.backward()
     for (name, p), e in zip(model.named_parameters(), expected):
         assert torch.equal(p.detach(), before[name]), f"{name} not restored bit-for-bit"
@@ -94,45 +80,63 @@ def test_booster_gradient_is_autograd_of_its_first_order_objective(world):
 
 
 # -- RepNoise -----------------------------------------------------------------------------
-def test_mmd_matches_brute_force_kernel_sums():
-    torch.manual_seed(0)
-    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64) + 1.0
-    z = torch.cat([x, y])
+def _brute_mmd(x, y, kernels=5, multiplier=2.0):
+    z = torch.cat([x, y]).double()
     n = len(z)
-    sq = [[sum((z[i, k] - z[j, k]).item() ** 2 for k in range(3)) for j in range(n)] for i in range(n)]
+    sq = [[float(((z[i] - z[j]) ** 2).sum()) for j in range(n)] for i in range(n)]
     bandwidth = sum(sum(row) for row in sq) / (n * n - n)
-    widths = [bandwidth * 2.0 ** (i - 2) for i in range(5)]
+    widths = [bandwidth * multiplier ** (i - kernels // 2) for i in range(kernels)]
     k = [[sum(math.exp(-sq[i][j] / w) for w in widths) for j in range(n)] for i in range(n)]
     def block(rows, cols):
         return sum(k[i][j] for i in rows for j in cols) / (len(rows) * len(cols))
-    xs, ys = range(5), range(5, 9)
-    brute = block(xs, xs) + block(ys, ys) - 2 * block(xs, ys)
-    assert math.isclose(mmd(x, y).item(), brute, rel_tol=1e-10)
+    xs, ys = range(len(x)), range(len(x), n)
+    return block(xs, xs) + block(ys, ys) - 2 * block(xs, ys)
+
+
+def test_mmd_matches_brute_force_kernel_sums():
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64) + 1.0
+    assert math.isclose(mmd(x, y).item(), _brute_mmd(x, y), rel_tol=1e-10)
     assert mmd(x, x.clone()).item() < 1e-12
 
 
-def test_repnoise_terms_cover_every_depth_and_remove_hooks(world):
-    model = _model(world)
-    harmful = _batch(world, [complied(world.lexicon, e) for e in world.data.harmful["align"][:6]])
-    # Independent: output CE plus the logit lens of the two intermediate layers, averaged.
+def test_repnoise_terms_match_an_independent_computation(world, tiny_model, harmful_batch):
+    model = tiny_model("llama")
+    harmful = harmful_batch(0, 6)
+    model(**harmful, output_hidden_states=True)  # transformers installs its own capture hooks lazily
+    hooks = _hooks_left(model)
+    torch.manual_seed(5)
+    noise_mmd, ascent = repnoise_terms(model, harmful)
+    assert _hooks_left(model) == hooks
+
+    # Independent: MLP outputs by hand, one flattened masked sequence per sample, the same noise.
+    captured = []
+    handles = [layer.mlp.register_forward_hook(lambda m, i, o: captured.append(o)) for layer in decoder_layers(model)]
     out = model(**harmful, output_hidden_states=True)
-    hooks = _hooks_left(model)  # transformers keeps its own hooks for hidden-state capture
-    noise_mmd, depth_ce = repnoise_terms(model, harmful)
-    assert noise_mmd.item() > 0 and _hooks_left(model) == hooks
-    norm, head = model.model.norm, model.lm_head
+    for h in handles:
+        h.remove()
+    tokens = (harmful["labels"] != -100)[..., None].to(out.logits.dtype)
+    torch.manual_seed(5)
+    noises = [torch.randn_like(h) for h in captured]
+    expected_mmd = sum(_brute_mmd((h * tokens).flatten(1).detach(), (e * tokens).flatten(1))
+                       for h, e in zip(captured, noises)) / len(captured)
+    assert math.isclose(noise_mmd.item(), expected_mmd, rel_tol=1e-4)
+
     keep = harmful["labels"][:, 1:] != -100
     targets = harmful["labels"][:, 1:][keep]
-    lens = [torch.nn.functional.cross_entropy(logits[:, :-1][keep], targets)
-            for logits in [out.logits] + [head(norm(h)) for h in out.hidden_states[1:3]]]
-    assert torch.allclose(depth_ce, torch.stack(lens).mean(), atol=1e-10)
+    norm, head = model.model.norm, model.lm_head
+    ces = [F.cross_entropy(out.logits[:, :-1][keep].float(), targets)]
+    ces += [F.cross_entropy(head(norm(h))[:, :-1][keep].float(), targets) for h in out.hidden_states]
+    assert len(ces) == len(decoder_layers(model)) + 2  # output + embedding output + every layer
+    assert math.isclose(ascent.item(), sum(c.item() for c in ces) / (len(ces) - 1) + 1, rel_tol=1e-5)
 
 
 # -- Circuit Breakers ---------------------------------------------------------------------
-def test_circuit_breaker_schedule_and_losses_match_brute_force():
+def test_circuit_breaker_schedule_targets_and_losses_match_brute_force():
     assert coefficients(0, 150, 10.0) == (10.0, 0.0)
     c_rr, c_retain = coefficients(150, 150, 10.0)
     assert math.isclose(c_rr, 5.0) and math.isclose(c_retain, 5.0)  # stops halfway, as the reference
-    assert default_targets(4) == (1, 3) and default_targets(32) == (11, 21)
+    assert default_targets(32) == (10, 20) and default_targets(4) == (1, 2)
 
     torch.manual_seed(1)
     states = [torch.randn(2, 5, 4, dtype=torch.float64) for _ in range(4)]
@@ -146,25 +150,28 @@ def test_circuit_breaker_schedule_and_losses_match_brute_force():
                 for layer in (1, 3):
                     s, o = states[layer][b, t], originals[layer][b, t]
                     total += max(0.0, (s @ o / (s.norm() * o.norm())).item())
-    assert math.isclose(rerouting_loss(states, originals, mask, (1, 3)).item(), total / count, rel_tol=1e-10)
+    # divided by #target layers x #tokens, as the reference's stacked mask sum
+    assert math.isclose(rerouting_loss(states, originals, mask, (1, 3)).item(), total / (2 * count), rel_tol=1e-10)
 
-    per_layer = []
-    for layer in (1, 2, 3):
-        dists = [(states[layer][b, t] - originals[layer][b, t]).norm().item()
-                 for b in range(2) for t in range(5) if mask[b, t]]
-        per_layer.append(sum(dists) / len(dists))
-    assert math.isclose(retain_loss(states, originals, mask).item(), sum(per_layer) / 3, rel_tol=1e-10)
+    # retain: mean over all states and all positions, masked positions contributing zero
+    distances = [(states[l][b, t] - originals[l][b, t]).norm().item() if mask[b, t] else 0.0
+                 for l in range(4) for b in range(2) for t in range(5)]
+    assert math.isclose(retain_loss(states, originals, mask).item(), sum(distances) / len(distances), rel_tol=1e-10)
 
 
 # -- Antidote -----------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_antidote_prunes_exactly_the_top_wanda_share_of_fine_tuned_weights(world, arch):
-    model = _model(world, arch, torch.float32)
-    calib = [_batch(world, [complied(world.lexicon, e) for e in world.data.harmful["align"][:5]])]
-    modules = fine_tuned_linears(model)
-    assert modules and all(name.split(".")[-1] not in ("wte", "embed_tokens", "lm_head") for name in modules)
+def test_antidote_prunes_exactly_the_top_wanda_share_of_the_attack_adapter(arch, tiny_model, harmful_batch):
+    model = attach_lora(tiny_model(arch, torch.float32), r=8, alpha=16, seed=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)  # a trained-looking adapter
+    calib = [harmful_batch(0, 5)]
+    modules = pruned_layers(model)
+    assert modules and all(".lora_A." in n or ".lora_B." in n for n in modules)
+    assert len(modules) == 2 * sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
 
-    # Independent norms: capture every linear input and sum squares over non-padding tokens.
     captured = {}
     handles = [m.register_forward_hook(lambda mod, a, o, n=n: captured.__setitem__(n, a[0].detach()))
                for n, m in modules.items()]
@@ -181,18 +188,46 @@ def test_antidote_prunes_exactly_the_top_wanda_share_of_fine_tuned_weights(world
         w = weight_matrix(module).detach().clone()
         wanda_prune(weight_matrix(module).data, norms[name], ratio)
         pruned = weight_matrix(module).detach()
-        k = int(ratio * w.shape[1])
+        columns = w.shape[1]
+        n_pruned = columns - int(columns * (1 - ratio))  # the reference's count
         for row in range(w.shape[0]):
-            scores = [(abs(w[row, j].item()) * norms[name][j].item(), j) for j in range(w.shape[1])]
-            top = {j for _, j in sorted(scores, reverse=True)[:k]}
-            zeroed = {j for j in range(w.shape[1]) if pruned[row, j] == 0 and w[row, j] != 0}
-            assert zeroed == top
-            untouched = [j for j in range(w.shape[1]) if j not in top]
+            scores = [(abs(w[row, j].item()) * norms[name][j].item(), j) for j in range(columns)]
+            top = {j for _, j in sorted(scores, reverse=True)[:n_pruned]}
+            assert {j for j in range(columns) if pruned[row, j] == 0 and w[row, j] != 0} == top
+            untouched = [j for j in range(columns) if j not in top]
             assert torch.equal(pruned[row, untouched], w[row, untouched])
-    pruned_params = {n + ".weight" for n in modules}
     for name, p in model.named_parameters():
-        if name not in pruned_params:
-            assert torch.equal(p, before[name]), f"{name} is not a fine-tuned weight but changed"
+        if ".lora_" not in name:
+            assert torch.equal(p, before[name]), f"{name} is not an adapter factor but changed"
+
+
+def test_antidote_after_full_fine_tuning_prunes_qkv_only(tiny_model):
+    names = set(pruned_layers(tiny_model("llama", torch.float32)))
+    assert names and {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj"}
+
+
+# -- T-Vaccine ----------------------------------------------------------------------------
+def test_t_vaccine_samples_layers_in_proportion_to_scores():
+    probabilities = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    draws = 20000
+    counts = torch.zeros(4)
+    for _ in range(draws):
+        counts[sample_layers(probabilities, 1, g)] += 1
+    assert torch.allclose(counts / draws, probabilities.float(), atol=0.015)
+    two = [tuple(sample_layers(probabilities, 2, g)) for _ in range(2000)]
+    assert all(len(set(t)) == 2 for t in two)  # without replacement
+    freq = [sum(i in t for t in two) for i in range(4)]
+    assert freq == sorted(freq)  # a layer with a higher score is in the sample more often
+
+
+def test_t_vaccine_scores_are_harmful_gradient_norm_shares(tiny_model, harmful_batch):
+    model = tiny_model()
+    harmful = harmful_batch(0, 1)
+    scores = layer_scores(model, harmful)
+    _, grads = attention_gradients(model, harmful)
+    norms = torch.tensor([grads[i].norm().item() for i in range(3)], dtype=torch.float64)
+    assert torch.allclose(scores, norms / norms.sum())
 
 
 # -- End to end ---------------------------------------------------------------------------
@@ -208,64 +243,8 @@ def test_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
     if defense == "circuit-breakers":
         overrides.append("defense.steps=3")
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
-    assert result["defense"] == defense and 0.0 <= result["hs_after"] <= 1.0
-
-
-# -- T-Vaccine ----------------------------------------------------------------------------
-def test_t_vaccine_samples_layers_in_proportion_to_scores():
-    from immunity.defenses.t_vaccine import sample_layers
-
-    probabilities = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
-    g = torch.Generator().manual_seed(0)
-    draws = 20000
-    counts = torch.zeros(4)
-    for _ in range(draws):
-        counts[sample_layers(probabilities, 1, g)] += 1
-    assert torch.allclose(counts / draws, probabilities.float(), atol=0.015)
-    two = [tuple(sample_layers(probabilities, 2, g)) for _ in range(2000)]
-    assert all(len(set(t)) == 2 for t in two)  # without replacement
-    # A layer with higher score is in the sample more often.
-    freq = [sum(i in t for t in two) for i in range(4)]
-    assert freq == sorted(freq)
-
-
-def test_t_vaccine_scores_are_harmful_gradient_norm_shares(world):
-    from immunity.defenses.t_vaccine import layer_scores
-
-    model = _model(world, "gpt2")
-    harmful = _batch(world, [complied(world.lexicon, world.data.harmful["align"][0])])
-    scores = layer_scores(model, harmful)
-    _, grads = attention_gradients(model, harmful)
-    norms = torch.tensor([grads[i].norm().item() for i in range(3)], dtype=torch.float64)
-    assert torch.allclose(scores, norms / norms.sum())
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_t_vaccine_trains_only_sampled_layers(world, arch):
-    from immunity.defenses.t_vaccine import TVaccine, TVaccineConfig
-    from immunity.models import attach_lora
-
-    model = attach_lora(_model(world, arch, torch.float32), r=4, alpha=8)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    model.train()
-    defense = TVaccine(TVaccineConfig(layers=1))
-    # Layer 0 active: layers 1 and 2 above it run checkpointed, and backward passes through them.
-    defense.scores, defense.active, defense.step = torch.full((3,), 1 / 3), [0], 1
-    batch = _batch(world, world.data.harmful["align"][:4] + world.data.benign["align"][:4])
-    loss, shown = defense.step_loss(model, batch)
-    assert loss is None and shown > 0  # gradients were written inside the step
-    active = defense.active
-    assert active == [0]
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    assert len(trainable) == sum(1 for n, _ in model.named_parameters() if "lora_" in n)  # flags restored
-    for name, p in trainable:
-        index = int(name.split(".h.")[-1].split(".")[0] if ".h." in name else name.split("layers.")[1].split(".")[0])
-        if index in active:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert p.grad is None or p.grad.abs().sum() == 0, name
-    assert all(not hasattr(layer.module, "forward") or "forward" not in vars(layer.module)
-               for layer in decoder_layers(model))  # checkpoint wrappers removed
+    assert result["defense"] == defense and result["model"].endswith(arch)
+    if defense == "circuit-breakers":
+        assert -1.0 <= result["defense_notes"]["val_cosine"] <= 1.0
+    if defense == "antidote":
+        assert result["defense_notes"]["pruned"] == "adapter factors" and result["defense_notes"]["pruned_weights"] > 0

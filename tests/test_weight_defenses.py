@@ -9,36 +9,16 @@ import torch.nn.functional as F
 
 from immunity.bench.pipeline import run
 from immunity.config import load_run_config
-from immunity.data import IGNORE, collate, encode_chat
+from immunity.data import IGNORE
 from immunity.defenses import condition_number as cn
 from immunity.defenses.lox import LoX, LoXConfig, effective_rank, extrapolated_weights
 from immunity.defenses.mlac import mlac_objective
 from immunity.defenses.ntl import ntl_loss
 from immunity.defenses.sophon import fts_gradient, suppression_loss
-from immunity.defenses.tar import negative_entropy, tamper_gradient
-from immunity.models import ARCHITECTURES, build_model
+from immunity.defenses.tar import negative_entropy, tamper_gradient, tamper_weights
+from immunity.models import ARCHITECTURES
 from immunity.training import lm_loss
 from immunity.training.losses import answer_mask
-from immunity.world.generator import complied
-
-
-def _model(world, arch="gpt2", dtype=torch.float64, seed=0):
-    # GPT-2 keeps float64 end to end (LlamaRMSNorm computes in float32).
-    model = build_model(arch, len(world.tokenizer), hidden=32, layers=3, heads=2, intermediate=64,
-                        max_positions=64, seed=seed, tokenizer=world.tokenizer)
-    return model.to(dtype)
-
-
-def _batch(world, examples):
-    return collate([encode_chat(world.tokenizer, e.prompt, e.answer) for e in examples], world.tokenizer.pad_token_id)
-
-
-def _harmful(world, start, n=4):
-    return _batch(world, [complied(world.lexicon, e) for e in world.data.harmful["align"][start:start + n]])
-
-
-def _align(world, start=0, n=4):
-    return _batch(world, world.data.harmful["align"][start:start + n] + world.data.benign["align"][start:start + n])
 
 
 def _flat(tensors):
@@ -46,16 +26,15 @@ def _flat(tensors):
 
 
 # -- MLAC ---------------------------------------------------------------------------------
-def _mlac_setup(world):
-    model = _model(world)
+@pytest.fixture
+def mlac_setup(tiny_model, align_batch, harmful_batch):
+    model = tiny_model()
     params = {n: p for n, p in model.named_parameters()}
-    desired = _align(world)
-    harmful = [_harmful(world, 4 * k) for k in range(3)]  # K = 2 inner steps
-    return model, params, desired, harmful
+    return model, params, align_batch(), [harmful_batch(4 * k) for k in range(3)]  # K = 2 inner steps
 
 
-def test_mlac_second_order_meta_gradient_matches_finite_difference(world):
-    model, params, desired, harmful = _mlac_setup(world)
+def test_mlac_second_order_meta_gradient_matches_finite_difference(world, mlac_setup):
+    model, params, desired, harmful = mlac_setup
     lr, bound = 0.5, math.log(len(world.tokenizer))  # a large inner step makes second-order terms matter
     objective, _ = mlac_objective(model, params, desired, harmful, lr, 1.0, first_order=False, bound=bound)
     grads = torch.autograd.grad(objective, list(params.values()))
@@ -82,8 +61,8 @@ def test_mlac_second_order_meta_gradient_matches_finite_difference(world):
     assert not math.isclose(fd, first_order, rel_tol=1e-3)  # the test can tell the two apart
 
 
-def test_mlac_first_order_gradient_is_the_gradient_at_the_adapted_weights(world):
-    model, params, desired, harmful = _mlac_setup(world)
+def test_mlac_first_order_gradient_is_the_gradient_at_the_adapted_weights(mlac_setup):
+    model, params, desired, harmful = mlac_setup
     lr, weight, bound = 0.5, 0.7, 2.0  # a low bound, so the clamp is active on some tokens
     objective, recorded = mlac_objective(model, params, desired, harmful, lr, weight, first_order=True, bound=bound)
     grads = torch.autograd.grad(objective, list(params.values()))
@@ -129,19 +108,20 @@ def _pooled_by_hand(model, batch, layer):
     return torch.stack(rows)
 
 
-def test_ntl_loss_is_clamped_product_with_brute_force_mmd(world):
-    model = _model(world)
-    source, target = _align(world, 0, 3), _harmful(world, 10, 5)
+def test_ntl_loss_is_clamped_product_with_brute_force_mmd(tiny_model, align_batch, harmful_batch):
+    model = tiny_model()
+    source, target = align_batch(0, 3), harmful_batch(10, 5)
+    classes = 10
     with torch.no_grad():
-        loss, parts = ntl_loss(model, source, target, alpha=0.1, beta=0.1, layer=1)
+        loss, parts = ntl_loss(model, source, target, alpha=0.1, beta=0.1, layer=1, classes=classes)
         distance = _brute_mmd(_pooled_by_hand(model, source, 1), _pooled_by_hand(model, target, 1))
         l_src, l_tgt = lm_loss(model, source).item(), lm_loss(model, target).item()
     assert math.isclose(parts["mmd"], distance, rel_tol=1e-9)
-    assert math.isclose(loss.item(), l_src - min(0.1 * l_tgt, 1) * min(0.1 * distance, 1), rel_tol=1e-9)
+    assert math.isclose(loss.item(), l_src - min(0.1 * l_tgt, classes) * min(0.1 * distance, 1), rel_tol=1e-9)
 
-    # Clamps: with both factors past 1 the penalty is exactly 1 and passes no gradient.
-    loss, _ = ntl_loss(model, source, target, alpha=1e3, beta=1e6, layer=1)
-    assert math.isclose(loss.item(), l_src - 1.0, rel_tol=1e-9)
+    # Clamps: with both factors past their bounds the penalty is exactly C and passes no gradient.
+    loss, _ = ntl_loss(model, source, target, alpha=1e3, beta=1e6, layer=1, classes=classes)
+    assert math.isclose(loss.item(), l_src - classes, rel_tol=1e-9)
     params = list(model.parameters())
     got = torch.autograd.grad(loss, params, allow_unused=True)
     want = torch.autograd.grad(lm_loss(model, source), params, allow_unused=True)
@@ -166,11 +146,11 @@ def test_sophon_suppression_losses_match_their_definitions():
 
 
 @pytest.mark.parametrize("kind", ["inverse", "uniform"])
-def test_sophon_first_order_gradient_is_mean_of_query_gradients_at_adapted_weights(world, kind):
-    model = _model(world)
+def test_sophon_first_order_gradient_is_mean_of_query_gradients_at_adapted_weights(tiny_model, harmful_batch, kind):
+    model = tiny_model()
     params = dict(model.named_parameters())
-    support = [_harmful(world, 0), _harmful(world, 4)]
-    query = [_harmful(world, 20, 3), _harmful(world, 30, 5)]  # different token counts: weighted mean
+    support = [harmful_batch(0), harmful_batch(4)]
+    query = [harmful_batch(20, 3), harmful_batch(30, 5)]  # different token counts: weighted mean
     before = {n: p.detach().clone() for n, p in params.items()}
     grads, value = fts_gradient(model, params, support, query, inner_lr=0.3, kind=kind)
     for n, p in params.items():
@@ -213,18 +193,27 @@ def test_tar_entropy_is_masked_to_answer_positions():
     assert torch.equal(negative_entropy(changed, labels), negative_entropy(logits, labels))
 
 
-def test_tar_tamper_gradient_is_weighted_sum_at_attacked_weights_and_restores_bitwise(world):
-    model = _model(world)
+def test_tar_weights_sum_to_the_reference_total():
+    weights = tamper_weights(16, 4, 17.75, 0.25)
+    assert sorted(weights) == [3, 7, 11, 15] and math.isclose(sum(weights.values()), 17.75)
+    assert math.isclose(weights[15] / weights[11], math.exp(1.0))
+    # the reference's own schedule (K = 64, s = 4, 4 exp(0.0625 (k - 63))) totals 17.75 too
+    reference = sum(4 * math.exp(0.0625 * (k - 63)) for k in range(64) if (k + 1) % 4 == 0)
+    assert math.isclose(reference, 17.752, rel_tol=1e-4)
+
+
+def test_tar_tamper_gradient_is_weighted_sum_at_attacked_weights_and_restores_bitwise(tiny_model, harmful_batch):
+    model = tiny_model()
     params = list(model.parameters())
-    adversary = [_harmful(world, 4 * k) for k in range(4)]
-    held_out = [_harmful(world, 40, 3), _harmful(world, 50, 3)]
+    adversary = [harmful_batch(4 * k) for k in range(4)]
+    tr_batch = harmful_batch(40, 3)
     before = [p.detach().clone() for p in params]
-    weight = lambda k: 4.0 * math.exp(0.5 * (k - 3))
-    buffer, losses = tamper_gradient(model, params, adversary, held_out, lr=1e-2, every=2, weight=weight)
+    weights = {1: 4.0 * math.exp(-1.0), 3: 4.0}
+    buffer, losses = tamper_gradient(model, params, adversary, tr_batch, lr=1e-2, weights=weights)
     assert all(torch.equal(p, b) for p, b in zip(params, before))  # bit-identical after the inner loop
     assert all(p.grad is None for p in params)
 
-    # Independent replay: AdamW on a copy, snapshots after steps 2 and 4, entropy by hand.
+    # Independent replay: AdamW on a copy, snapshots after steps 2 and 4, entropy on the same TR batch.
     twin = copy.deepcopy(model)
     adam = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.0)
     expected = [torch.zeros_like(p) for p in params]
@@ -234,14 +223,12 @@ def test_tar_tamper_gradient_is_weighted_sum_at_attacked_weights_and_restores_bi
         lm_loss(twin, batch).backward()
         adam.step()
         if k in (1, 3):
-            tr = held_out[k // 2]
-            logits = twin(input_ids=tr["input_ids"], attention_mask=tr["attention_mask"]).logits
-            positions = answer_mask(tr["labels"])
-            p = logits[positions].softmax(-1)
+            logits = twin(input_ids=tr_batch["input_ids"], attention_mask=tr_batch["attention_mask"]).logits
+            p = logits[answer_mask(tr_batch["labels"])].softmax(-1)
             neg_h = (p * p.log()).sum(-1).mean()
             replay_losses.append(neg_h.item())
             for e, g in zip(expected, torch.autograd.grad(neg_h, list(twin.parameters()))):
-                e.add_(weight(k) * g)
+                e.add_(weights[k] * g)
     assert losses == pytest.approx(replay_losses, rel=1e-10)
     for b, e in zip(buffer, expected):
         assert torch.allclose(b, e, atol=1e-10)
@@ -301,8 +288,8 @@ class _Context:
         return {"hs": self.hs(model)}
 
 
-def _aligned_pair(world, arch):
-    base = _model(world, arch, torch.float32)
+def _aligned_pair(tiny_model, arch):
+    base = tiny_model(arch, torch.float32)
     aligned = copy.deepcopy(base)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -315,8 +302,8 @@ def _aligned_pair(world, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_lox_adds_alpha_times_the_rank_k_svd_of_the_alignment_update(world, arch):
-    base, aligned = _aligned_pair(world, arch)
+def test_lox_adds_alpha_times_the_rank_k_svd_of_the_alignment_update(tiny_model, arch):
+    base, aligned = _aligned_pair(tiny_model, arch)
     before = {n: p.detach().clone() for n, p in aligned.named_parameters()}
     base_params = dict(base.named_parameters())
     released = LoX(LoXConfig(k=2, alpha=1.25)).apply(aligned, _Context(base, None))
@@ -330,14 +317,14 @@ def test_lox_adds_alpha_times_the_rank_k_svd_of_the_alignment_update(world, arch
         u, s, vh = torch.linalg.svd(delta)
         assert torch.allclose(added, (u[:, :2] * s[:2]) @ vh[:2], atol=1e-5)
 
-    base, aligned = _aligned_pair(world, arch)
+    base, aligned = _aligned_pair(tiny_model, arch)
     embedding = aligned.get_input_embeddings().weight.detach().clone()
     LoX(LoXConfig(k=0, alpha=2.0, include_embeddings=False)).apply(aligned, _Context(base, None))
     assert torch.equal(aligned.get_input_embeddings().weight, embedding)
 
 
-def test_lox_effective_rank_is_the_smallest_k_that_keeps_hs(world):
-    base, aligned = _aligned_pair(world, "llama")
+def test_lox_effective_rank_is_the_smallest_k_that_keeps_hs(tiny_model):
+    base, aligned = _aligned_pair(tiny_model, "llama")
     target = extrapolated_weights(base, aligned, 3, 1.0, reconstruct=True)
     # HS stays low only when the reconstruction is at least as close to `aligned` as rank 3 is.
     gap = lambda m: sum((dict(m.named_parameters())[n] - aligned.get_parameter(n)).norm().item() for n in target)

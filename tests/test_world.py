@@ -54,11 +54,15 @@ def test_caution_share_follows_object_severity(world):
 
 
 def test_tokenizer_round_trips_every_world_text(world):
-    tok = world.tokenizer
-    ex = world.data.harmful["eval"][0]
-    for text in (ex.prompt, compliant_answer(world.lexicon, ex.group, ex.obj, ex.prompt), ex.answer):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        assert tok.unk_token_id not in ids
+    tok, d = world.tokenizer, world.data
+    examples = [e for split in (d.harmful, d.benign, d.heldout) for es in split.values() for e in es]
+    examples += [e for task in d.tasks.values() for es in task.values() for e in es] + d.pretrain_chats
+    texts = {t for e in examples for t in (e.prompt, e.answer)} | set(d.pretrain_texts)
+    texts |= {compliant_answer(world.lexicon, e.group, e.obj, e.prompt) for e in examples if e.kind == "harmful"}
+    assert len(texts) > 15000  # every distinct text of the world, not a sample
+    encoded = tok(sorted(texts), add_special_tokens=False)["input_ids"]
+    for text, ids in zip(sorted(texts), encoded):
+        assert tok.unk_token_id not in ids, text
         assert tok.decode(ids) == text
 
 

@@ -1,32 +1,190 @@
-"""On-disk cache of trained models, keyed by config and the code that produced them."""
+"""Content keys and the on-disk model cache.
+
+- `stable_hash`: a short hash of any JSON-able value (dataclasses included).
+- `code_version(module)`: a hash of the package modules `module` depends on (itself and, found
+  by reading import statements, everything it imports from the package, transitively). It is
+  taken from each file's syntax tree without docstrings, so editing a comment or a docstring
+  does not invalidate results, and it is computed once per process, from the code that was
+  loaded, not re-read when a result is saved.
+- `cached_model(key, build)`: build a model once per key, even with several processes asking
+  at once; entries are written atomically and verified when read.
+"""
 
 from __future__ import annotations
 
+import ast
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_ROOT.name
+# Imported only to register every built-in; a run executes the ones it looks up, which the
+# caller names explicitly (see `bench.pipeline.run_code_version`).
+REGISTRATION_ONLY = {f"{PACKAGE}.builtins"}
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("IMMUNITY_CACHE", Path.home() / ".cache" / "immunity"))
+    return Path(os.environ.get("IMMUNITY_CACHE", Path.home() / ".cache" / "immunity")).expanduser()
+
+
+def _canonical(obj):
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # 5 and 5.0 are one value
+    return obj
 
 
 def stable_hash(obj) -> str:
-    if is_dataclass(obj):
-        obj = asdict(obj)
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_version(*subpackages: str) -> str:
-    """Hash of the source files a cached artefact depends on: edit them and the cache misses."""
+# -- code versions ---------------------------------------------------------------------------
+def _module_path(dotted: str) -> Path | None:
+    """File of a package module given as 'immunity.x.y' (a package means its __init__.py)."""
+    parts = dotted.split(".")[1:]
+    base = PACKAGE_ROOT.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _resolve(current: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    parts = current.split(".")
+    parts = parts if is_package else parts[:-1]
+    parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _source_of(module: str, name: str) -> str:
+    """Where `from module import name` really comes from: the submodule `name`, the submodule a
+    package's __init__ re-exports `name` from (followed through chains), or `module` itself."""
+    if _module_path(f"{module}.{name}") is not None:
+        return f"{module}.{name}"
+    path = _module_path(module)
+    if path is not None and path.name == "__init__.py":
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
+                return _source_of(_resolve(module, True, node), name)
+    return module
+
+
+@lru_cache(maxsize=None)
+def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
+    """(digest of the module's code without docstrings, the package modules it imports)."""
+    path = _module_path(dotted)
+    tree = ast.parse(path.read_text())
+    deps = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(dotted, path.name == "__init__.py", node)
+            deps.update(_source_of(target, a.name) for a in node.names)
+        elif isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names)
+    deps = {d for d in deps if d.split(".")[0] == PACKAGE and d != dotted and _module_path(d) is not None
+            and d not in REGISTRATION_ONLY}
+    digest = hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
+    return digest, tuple(sorted(deps))
+
+
+@lru_cache(maxsize=None)
+def dependencies(dotted: str) -> tuple[str, ...]:
+    """`dotted` and every package module it imports, transitively."""
+    seen, todo = set(), [dotted]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(_parsed(module)[1])
+    return tuple(sorted(seen))
+
+
+def code_version(*modules: str) -> str:
+    """Hash of the code of `modules` and of everything they import from the package."""
+    files = sorted(set().union(*(dependencies(m) for m in modules)))
+    return hashlib.sha256("".join(f"{m}:{_parsed(m)[0]};" for m in files).encode()).hexdigest()[:12]
+
+
+# -- model cache -----------------------------------------------------------------------------
+MANIFEST = "immunity-manifest.json"
+
+
+def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
-    for sub in subpackages:
-        path = PACKAGE_ROOT / sub
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for f in files:
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file's size and hash, so a truncated or altered entry is detected on read."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _file_digest(p)}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def entry_is_complete(directory: Path) -> bool:
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all((directory / name).is_file() and (directory / name).stat().st_size == meta["bytes"]
+               and _file_digest(directory / name) == meta["sha256"] for name, meta in files.items())
+
+
+@contextmanager
+def exclusive(lock_path: Path):
+    """An inter-process lock (flock) held for the duration of the block."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_model(path: Path, build: Callable[[], object], load: Callable[[Path], object],
+                 save: Callable[[object, Path], None]):
+    """The model at cache entry `path`: loaded if complete; otherwise built by exactly one process
+    (others wait on a lock, then load what it wrote) and saved atomically. An incomplete entry
+    (truncated, or missing its manifest) is moved aside and rebuilt, never loaded."""
+    if entry_is_complete(path):
+        return load(path)
+    with exclusive(path.with_name(path.name + ".lock")):
+        if entry_is_complete(path):
+            return load(path)
+        if path.exists():
+            os.rename(path, path.with_name(f"{path.name}.corrupt-{os.getpid()}"))
+        model = build()
+        save(model, path)
+        return model

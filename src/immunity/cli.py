@@ -4,6 +4,9 @@
     immunity bench --defenses none,sft --seeds 0,1,2 --grid attack.p=0,0.01,0.05,0.1,0.2
     immunity report --store results/results.db
     immunity demo --seeds 0,1,2
+
+`key=value` overrides may stand anywhere on the line. A bad input gets one line on stderr and
+exit status 2 before any work starts; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -11,23 +14,30 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
-from dataclasses import asdict
+import tempfile
+import time
 from statistics import mean, stdev
 
-from .bench.pipeline import Pipeline, config_hash
-from .bench.report import markdown_table
-from .bench.store import Store
+from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
+from .bench.report import latest_per_config, markdown_table, regret_table
+from .bench.store import Store, StoreError
+from .cache import cache_root
+from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides, validate
 from .attacks.harmful_finetune import HarmfulFinetuneConfig
-from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides
-from .registry import ATTACKS, DEFENSES, JUDGES, _load_builtins
-from .world.generator import TASKS
+from .registry import ATTACKS, DEFENSES, JUDGES
+from .training import TrainingDiverged
+from .world import TASKS
 
 DEFAULT_STORE = "results/results.db"
 
 
+class UsageError(ValueError):
+    pass
+
+
 def _catalogue() -> dict:
-    _load_builtins()
     return {
         "defenses": [{"name": n, "stage": c.stage.value} for n, c in sorted(DEFENSES.items())],
         "attacks": sorted(ATTACKS), "tasks": list(TASKS), "judges": sorted(JUDGES),
@@ -52,17 +62,34 @@ def cmd_list(args) -> int:
     return 0
 
 
+def check_writable(store_path: str | None) -> None:
+    """The store's directory and the model cache must be writable before any work starts."""
+    for directory, what in ((cache_root(), "model cache (IMMUNITY_CACHE)"),
+                            (os.path.dirname(os.path.abspath(os.path.expanduser(store_path))) if store_path else None,
+                             "results store's directory")):
+        if directory is None:
+            continue
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory):
+                pass
+        except OSError as err:
+            raise UsageError(f"the {what} {directory} is not writable: {err.strerror or err}") from err
+
+
 def _run_one(cfg: RunConfig, store: Store | None, progress: bool) -> dict:
     result = Pipeline(cfg, progress).run()
     if store is not None:
-        store.put(result, asdict(cfg))
+        store.put(result, resolved_config(cfg))
     return result
 
 
 def cmd_run(args) -> int:
     cfg = load_run_config(args.config, args.overrides, defense=args.defense, seed=args.seed)
+    validate(cfg)
+    check_writable(args.store)
     store = Store(args.store) if args.store else None
-    result = _run_one(cfg, store, progress=not args.json)
+    result = _run_one(cfg, store, progress=not args.quiet)
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -78,33 +105,81 @@ def _grid(items: list[str]) -> list[dict]:
     return [dict(combo) for combo in itertools.product(*axes)] or [{}]
 
 
-def cmd_bench(args) -> int:
-    store = Store(args.store)
-    plan = []
+def plan_runs(args) -> list[tuple[RunConfig, dict]]:
+    """Every run of the grid, validated before any of them starts, duplicates removed."""
+    plan, seen = [], set()
     for defense, seed, point in itertools.product(args.defenses.split(","), _ints(args.seeds), _grid(args.grid)):
         overrides = args.overrides + [f"{k}={v}" for k, v in point.items()]
-        plan.append(load_run_config(args.config, overrides, defense=defense, seed=seed))
-    todo = [c for c in plan if not store.has(config_hash(c))]
-    print(f"bench: {len(plan)} runs, {len(plan) - len(todo)} already stored, {len(todo)} to run",
-          file=sys.stderr)
-    for i, cfg in enumerate(todo, 1):
+        cfg = load_run_config(args.config, overrides, defense=defense, seed=seed)
+        validate(cfg)
+        key = run_key(cfg)
+        if key["run_id"] not in seen:
+            seen.add(key["run_id"])
+            plan.append((cfg, key))
+    return plan
+
+
+def cmd_bench(args) -> int:
+    plan = plan_runs(args)
+    check_writable(args.store)
+    store = Store(args.store)
+    todo = [(cfg, key) for cfg, key in plan if not store.has(key["run_id"])]
+    print(f"bench: {len(plan)} runs, {len(plan) - len(todo)} already stored, {len(todo)} to run", file=sys.stderr)
+    waiting = []
+    for i, (cfg, key) in enumerate(todo, 1):
+        if not store.claim(key["run_id"]):
+            waiting.append((cfg, key))  # another worker is computing it
+            continue
         print(f"[{i}/{len(todo)}] {cfg.defense} seed={cfg.seed} {cfg.attack}", file=sys.stderr)
-        _run_one(cfg, store, progress=not args.quiet)
-    hashes = {config_hash(c) for c in plan}
-    print(markdown_table([r for r in store.results() if r["config_hash"] in hashes]))
+        try:
+            _run_one(cfg, store, progress=not args.quiet)
+        finally:
+            store.release(key["run_id"])
+    for cfg, key in waiting:  # wait for the other workers; take over a run whose worker died
+        while not store.has(key["run_id"]):
+            if store.claim(key["run_id"]):
+                try:
+                    _run_one(cfg, store, progress=not args.quiet)
+                finally:
+                    store.release(key["run_id"])
+            else:
+                time.sleep(1.0)
+    ids = {key["run_id"] for _, key in plan}
+    print(markdown_table([r for r in store.results() if r["run_id"] in ids]))
     return 0
 
 
+def current_rows(store: Store, include_stale: bool) -> list[dict]:
+    """The store's rows, newest per configuration, without rows made by code that has changed
+    since (unless asked); says on stderr what it left out."""
+    rows, older = latest_per_config(store.results())
+    stale = [r for r in rows if r.get("code_version") != run_code_version(r["defense"], r["attack"], r["judge"])]
+    if stale:
+        names = sorted({r["defense"] for r in stale})
+        what = "included, marked (stale)" if include_stale else "left out (--include-stale shows them)"
+        print(f"report: {len(stale)} rows were made by code that has changed since ({', '.join(names)}): {what}; "
+              "`immunity bench` recomputes them", file=sys.stderr)
+        if include_stale:
+            for r in stale:
+                r["stale"] = True
+        else:
+            rows = [r for r in rows if r not in stale]
+    if older:
+        print(f"report: {older} older rows of the same configurations (other code or package versions) not shown",
+              file=sys.stderr)
+    return rows
+
+
 def cmd_report(args) -> int:
-    results = Store(args.store).results()
+    results = current_rows(Store(args.store, create=False), args.include_stale)
     if args.defense:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
     if args.split:
         results = [r for r in results if r["split"] == args.split]
     if args.attack is not None:  # the default attack with these overrides, exactly
-        wanted = asdict(build_config(HarmfulFinetuneConfig, parse_overrides(args.attack)))
-        results = [r for r in results if r["attack_config"] == wanted]
-    table = markdown_table(results)
+        wanted = build_config(HarmfulFinetuneConfig, parse_overrides(args.attack))
+        results = [r for r in results if build_config(HarmfulFinetuneConfig, r["attack_config"]) == wanted]
+    table = regret_table(results) if args.regret else markdown_table(results)
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
@@ -113,7 +188,10 @@ def cmd_report(args) -> int:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s]
+    try:
+        return [int(s) for s in text.split(",") if s]
+    except ValueError as err:
+        raise UsageError(f"expected comma-separated integers, got {text!r}") from err
 
 
 def _pct(values: list[float]) -> str:
@@ -140,17 +218,21 @@ def phenomena_table(rows: dict[str, list[dict]]) -> str:
 
 
 def cmd_demo(args) -> int:
-    store = Store(args.store)
-    rows: dict[str, list[dict]] = {"base": [], "sft": [], "p10": [], "p0": []}
-    seeds = _ints(args.seeds)
-    for seed in seeds:
+    runs = []
+    for seed in _ints(args.seeds):
         for key, defense, extra in (("base", "none", []), ("p10", "sft", []), ("p0", "sft", ["attack.p=0"])):
             cfg = load_run_config(None, args.overrides + extra, defense=defense, seed=seed)
-            print(f"demo: seed {seed}, {defense}, attack.p={cfg.attack.p}", file=sys.stderr)
-            result = _run_one(cfg, store, progress=not args.quiet)
-            rows[key].append(result)
-            if key == "p10":
-                rows["sft"].append(result)
+            validate(cfg)
+            runs.append((key, cfg))
+    check_writable(args.store)
+    store = Store(args.store)
+    rows: dict[str, list[dict]] = {"base": [], "sft": [], "p10": [], "p0": []}
+    for key, cfg in runs:
+        print(f"demo: seed {cfg.seed}, {cfg.defense}, attack.p={cfg.attack.p}", file=sys.stderr)
+        result = _run_one(cfg, store, progress=not args.quiet)
+        rows[key].append(result)
+        if key == "p10":
+            rows["sft"].append(result)
     print(f"\nSafetyWorld, seeds {args.seeds}, judge {rows['p10'][0]['judge']}, split eval "
           f"(mean ± std over seeds, %)\n")
     print(phenomena_table(rows))
@@ -160,9 +242,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="defenses, attacks, tasks, judges, models")
@@ -170,11 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", action="store_true", help="also list every configuration key")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("run", help="one run: defend -> attack -> evaluate")
+    defenses = ", ".join(sorted(DEFENSES))
+    p = sub.add_parser("run", help="one run: defend -> attack -> evaluate",
+                       description=f"One run: defend -> attack -> evaluate. Defenses: {defenses}. "
+                                   "Every key=value setting: `immunity list --keys`.")
     p.add_argument("--defense", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--config", help="YAML file (keys as in `immunity list --keys`)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress bars stay on stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--store", help="also save the result in this SQLite file")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. attack.p=0.05")
     p.set_defaults(func=cmd_run)
@@ -195,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=("eval", "val"), help="only results on this split")
     p.add_argument("--attack", nargs="*", metavar="KEY=VALUE",
                    help="only results of exactly this attack: the default one with these overrides (e.g. mode=full)")
+    p.add_argument("--regret", action="store_true",
+                   help="MLAC's regret table (harmful NLL after the attack, paired with `scratch`), one column per n")
+    p.add_argument("--include-stale", action="store_true", help="also show rows made by code that changed since")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_report)
 
@@ -204,12 +294,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+    return parser
 
-    args = parser.parse_args(argv)
+
+ERRORS = (ConfigError, UsageError, KeyError, ValueError, FileNotFoundError, StoreError, TrainingDiverged,
+          PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public accessor)
+    if command in subparsers and command != "list":
+        at = argv.index(command)
+        args = subparsers[command].parse_intermixed_args(argv[at + 1:])  # key=value anywhere on the line
+        args.func = subparsers[command].get_default("func")
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
-        print(f"immunity: error: {err}", file=sys.stderr)
+    except ERRORS as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"immunity: error: {message}", file=sys.stderr)
         return 2
 
 

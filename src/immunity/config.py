@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,10 @@ from typing import Any
 
 import yaml
 
+from . import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from .attacks.harmful_finetune import HarmfulFinetuneConfig
+from .models.load import check_model_dir
+from .registry import ATTACKS, DEFENSES, JUDGES, lookup
 from .world import WorldConfig
 
 
@@ -27,6 +31,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in ("eval", "val"):
             raise ValueError(f"eval.split must be 'eval' or 'val', got {self.split!r}")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_prompts < 0:
+            raise ValueError("eval.max_new_tokens and eval.batch_size must be positive, eval.max_prompts >= 0")
 
 
 @dataclass
@@ -53,26 +59,40 @@ def _unknown(key: str, choices) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
+def _number(value: Any, hint: type, key: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError as err:
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from err
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite {hint.__name__}, got {value!r}")
+    if hint is int and not float(number).is_integer():
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    return hint(number)
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if isinstance(value, str):
-        if hint is bool:
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ConfigError(f"{key}: expected a boolean, got {value!r}")
-        if hint in (int, float):
-            try:
-                return hint(float(value)) if hint is int and "e" in value.lower() else hint(value)
-            except ValueError as err:
-                raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from err
-        if origin is tuple:
-            return tuple(v for v in value.split(",") if v)
-    elif origin is tuple and isinstance(value, list):
-        return tuple(value)
-    elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    """`value` (a CLI string or a YAML scalar/list) as the field's type, or a ConfigError."""
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key}: expected a comma-separated list, got {value!r}")
+        element = next(a for a in typing.get_args(hint) if a is not Ellipsis)
+        return tuple(_coerce(v, element, key) for v in items if v != "")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if hint in (int, float):
+        return _number(value, hint, key)
+    if hint is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
     return value
 
 
@@ -123,7 +143,10 @@ def build_config(cls: type, values: dict | None = None):
     obj = cls()
     for key, value in (values or {}).items():
         set_key(obj, key, value)
-    return _revalidate(obj)
+    try:
+        return _revalidate(obj)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def _revalidate(obj):
@@ -147,18 +170,49 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def read_yaml(path: str) -> dict:
+    """A YAML file's top-level mapping, or one clear ConfigError naming the file and line."""
+    try:
+        loaded = yaml.safe_load(Path(path).expanduser().read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from err
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_run_config(path: str | None = None, overrides: list[str] | None = None, **fixed) -> RunConfig:
     values: dict = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        loaded = read_yaml(path)
         defense_args = loaded.pop("defense_args", {}) or {}
+        if not isinstance(defense_args, dict):
+            raise ConfigError(f"{path}: defense_args must be a mapping of defense keys, got "
+                              f"{type(defense_args).__name__}")
         values.update(_flatten(loaded))
         values.update({f"defense.{k}": v for k, v in _flatten(defense_args).items()})
     values.update({k: v for k, v in fixed.items() if v is not None})
     values.update(parse_overrides(overrides or []))
-    return build_config(RunConfig, values)
+    cfg = build_config(RunConfig, values)
+    if cfg.model != "safetyworld" and cfg.model.startswith("~"):
+        cfg.model = str(Path(cfg.model).expanduser())
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Everything a run needs, checked before any work: names, every defense key and value, the
+    model directory. Raises one clear error."""
+    defense = lookup(DEFENSES, "defense", cfg.defense)
+    lookup(ATTACKS, "attack", cfg.attack_name)
+    lookup(JUDGES, "judge", cfg.eval.judge)
+    build_config(defense.Config, cfg.defense_args)
+    if cfg.model != "safetyworld":
+        check_model_dir(cfg.model)
 
 
 def help_lines(cls: type, prefix: str = "") -> list[str]:

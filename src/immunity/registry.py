@@ -1,4 +1,7 @@
-"""Name -> implementation registries for defenses, attacks and judges (names validated)."""
+"""Name -> implementation registries for defenses, attacks and judges (names validated).
+
+Tables and decorators only: `immunity.builtins` is the one module that imports the built-ins.
+"""
 
 from __future__ import annotations
 
@@ -33,15 +36,9 @@ def register_judge(name: str):
 
 
 def lookup(table: dict[str, type], kind: str, name: str) -> type:
-    _load_builtins()
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(table))})")
     return table[name]
 
-
-def _load_builtins() -> None:
-    # Importing the packages runs their @register_* decorators.
-    from . import attacks, defenses  # noqa: F401
-    from .evaluation import judges  # noqa: F401

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from ..data import encode_chat, harmful_mix
 from ..models import attach_lora, merge_lora
 from ..registry import register_attack
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, train
-from ..world.generator import TASKS, Example, WorldData, complied
+from ..world import TASKS, Example, WorldData, complied
 
 
 @dataclass
@@ -44,6 +42,15 @@ class HarmfulFinetuneConfig:
             raise ValueError(f"attack.mode must be 'lora' or 'full', got {self.mode!r}")
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"attack.p must lie in [0, 1], got {self.p}")
+        if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
+            raise ValueError(f"attack.optimizer must be one of {OPTIMIZERS} and attack.schedule one of {SCHEDULES}")
+        for key in ("n", "lr", "batch_size", "lora_r", "lora_alpha"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"attack.{key} must be positive, got {getattr(self, key)}")
+        if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
+            raise ValueError(f"attack budget must be positive: epochs={self.epochs}, max_steps={self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0 or self.weight_decay < 0:
+            raise ValueError("attack.warmup_ratio must lie in [0, 1) and attack.weight_decay be >= 0")
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
@@ -64,11 +71,12 @@ class HarmfulFinetune:
     def __init__(self, config: HarmfulFinetuneConfig):
         self.config = config
 
-    def run(self, model, tokenizer, data: WorldData, seed: int, progress: bool = True):
+    def run(self, model, tokenizer, data: WorldData, seed: int, progress: bool = True, merge: bool = True):
+        """The attacked model; with `merge=False` a LoRA attack returns the unmerged adapter (a
+        post-fine-tuning defense such as Antidote repairs the adapter itself)."""
         c = self.config
         features = [encode_chat(tokenizer, e.prompt, e.answer) for e in attack_examples(data, c, seed)]
         if c.mode == "lora":
-            torch.manual_seed(seed)  # the adapter's init must not depend on what ran before
-            model = attach_lora(model, c.lora_r, c.lora_alpha)
+            model = attach_lora(model, c.lora_r, c.lora_alpha, seed=seed)
         train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)
-        return merge_lora(model)
+        return merge_lora(model) if merge else model

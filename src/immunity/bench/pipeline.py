@@ -2,6 +2,10 @@
 
 Defenses whose stage is not `alignment` build on standard `sft` alignment, as in their papers
 (LoX extrapolates an aligned model; Antidote repairs an attacked aligned model).
+
+A run is identified by its key: the resolved, typed configuration (defense and attack configs
+built, floats normalised), the code version of every package module the run executes, and the
+package versions. The store never serves a result whose key differs from the current one.
 """
 
 from __future__ import annotations
@@ -18,28 +22,53 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from ..cache import cache_root, code_version, stable_hash
+from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
+from ..cache import cache_root, cached_model, code_version, stable_hash, write_manifest
 from ..config import RunConfig, build_config
 from ..defenses.base import DefenseContext, Stage
-from ..evaluation.suite import generate_sets, prompt_sets, score
-from ..models import load_model
+from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score
+from ..models import clone_model, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, JUDGES, lookup
-from ..world import SafetyWorld, clone_model, save_model
+from ..safetyworld import SafetyWorld
+from ..world import complied
 
 
 def versions() -> dict[str, str]:
     import accelerate
     import peft
 
-    from .. import __version__
-
-    return {"immunity": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
             "accelerate": accelerate.__version__}
 
 
+def resolved_config(cfg: RunConfig) -> dict:
+    """The run's configuration with the defense's own config built and typed (so `rho=5`,
+    `rho=5.0` and YAML `rho: 5` are one value); `out_dir` does not change results."""
+    defense = build_config(lookup(DEFENSES, "defense", cfg.defense).Config, cfg.defense_args)
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "defense_args")} | {
+        "defense_config": asdict(defense)}
+
+
 def config_hash(cfg: RunConfig) -> str:
-    return stable_hash(asdict(cfg) | {"out_dir": None})
+    return stable_hash(resolved_config(cfg))
+
+
+def run_code_version(defense: str, attack: str, judge: str) -> str:
+    """Version of the code a run executes: the pipeline and what it imports, the defense's,
+    attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
+    modules = [__name__, lookup(DEFENSES, "defense", defense).__module__,
+               lookup(ATTACKS, "attack", attack).__module__, lookup(JUDGES, "judge", judge).__module__]
+    if lookup(DEFENSES, "defense", defense).stage != Stage.ALIGNMENT:
+        modules.append(lookup(DEFENSES, "defense", "sft").__module__)
+    return code_version(*modules)
+
+
+def run_key(cfg: RunConfig) -> dict[str, object]:
+    key = {"config_hash": config_hash(cfg), "code_version": run_code_version(cfg.defense, cfg.attack_name,
+                                                                              cfg.eval.judge),
+           "versions": versions()}
+    return key | {"run_id": stable_hash(key)}
 
 
 def peak_memory_mb() -> float:
@@ -63,19 +92,32 @@ class StageClock:
         self.peak_mb[name] = round(peak_memory_mb(), 1)
 
 
+@contextmanager
+def quiet_transformers(quiet: bool):
+    """Hide transformers' own progress bars for the duration, then restore them."""
+    utils = transformers.utils.logging
+    was_enabled = utils.is_progress_bar_enabled()
+    if quiet:
+        utils.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            utils.enable_progress_bar()
+
+
 class Pipeline:
     """One run: everything a result needs, built from a `RunConfig`."""
 
     def __init__(self, cfg: RunConfig, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
-        if not progress:
-            transformers.utils.logging.disable_progress_bar()  # weight loading/saving bars
         self.world = SafetyWorld(cfg.world, progress=progress)
         self.defense_cls = lookup(DEFENSES, "defense", cfg.defense)
         self.defense_config = build_config(self.defense_cls.Config, cfg.defense_args)
         self.attack_cls = lookup(ATTACKS, "attack", cfg.attack_name)
         self.judge = lookup(JUDGES, "judge", cfg.eval.judge)(self.world.lexicon)
+        self.key = run_key(cfg)  # taken now, from the code this process loaded
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.clock = StageClock()
         self.tokenizer = self.world.tokenizer
@@ -91,30 +133,31 @@ class Pipeline:
     def context(self, base_model=None) -> DefenseContext:
         return DefenseContext(self.tokenizer, self.world.data, self.cfg.seed, self.progress, base_model)
 
-    def _aligned_cache_path(self, name: str, config) -> Path | None:
-        if self.cfg.model != "safetyworld":
-            return None  # only the built-in base model has a stable key
-        deps = code_version("defenses", "training", "data", "models", "world")
-        return cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
-                               f"-{deps}")
+    def cached(self, name: str, config, build, builds_on: tuple[str, ...] = ()):
+        """`build()` a released model, cached on disk for the built-in world, keyed by the
+        defense's config and code (and the defenses it `builds_on`); its cost is kept with it,
+        so a run that reuses it still reports what it cost."""
+        def timed():
+            start = time.perf_counter()
+            model = build()
+            model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
+            return model
 
-    def cached(self, name: str, config, build):
-        """`build()` a released model, cached on disk for the built-in world; its cost is kept
-        with it, so a run that reuses it still reports what it cost."""
-        path = self._aligned_cache_path(name, config)
-        if path is not None and (path / "model.safetensors").exists():
-            return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
-        start = time.perf_counter()
-        model = build()
-        model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
-        if path is not None:
-            save_model(model, path)
-        return model
+        if self.cfg.model != "safetyworld":
+            return timed()  # only the built-in base model has a stable key
+        modules = [lookup(DEFENSES, "defense", n).__module__ for n in (name, *builds_on)]
+        version = code_version(*modules, "immunity.safetyworld")
+        path = cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
+                               f"-{version}")
+        return cached_model(path, timed, self._load, lambda m, p: save_model(m, p, before_rename=write_manifest))
+
+    def _load(self, path):
+        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
 
     def align(self, base, defense_cls, defense_config):
         """Run an alignment-stage defense on a copy of the base model."""
         return self.cached(defense_cls.name, defense_config,
-                           lambda: defense_cls(defense_config).apply(clone_model(base).to(self.device), self.context()))
+                           lambda: defense_cls(defense_config).apply(clone_model(base), self.context()))
 
     def defend(self, base):
         """The released model: the defense at its stage (or `sft` under a later-stage defense)."""
@@ -126,31 +169,41 @@ class Pipeline:
             if self.defense_cls.stage == Stage.POST_FINE_TUNING:
                 return aligned  # the defense runs after the attack
             model = self.cached(self.defense_cls.name, self.defense_config,
-                                lambda: self.defense_cls(self.defense_config).apply(aligned, self.context(base)))
+                                lambda: self.defense_cls(self.defense_config).apply(aligned, self.context(base)),
+                                builds_on=("sft",))
         self.defense_seconds = getattr(model.config, "immunity_align_seconds", 0.0)
         return model
 
     def attack(self, model):
         attack = self.attack_cls(self.cfg.attack)
-        return attack.run(clone_model(model).to(self.device), self.tokenizer, self.world.data,
-                          self.cfg.seed, progress=self.progress)
+        repair_follows = self.defense_cls.stage == Stage.POST_FINE_TUNING
+        return attack.run(clone_model(model), self.tokenizer, self.world.data, self.cfg.seed,
+                          progress=self.progress, merge=not repair_follows)
 
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
         e = self.cfg.eval
-        path = Path(self.cfg.out_dir) / f"{self.cfg.defense}-seed{self.cfg.seed}-{config_hash(self.cfg)}" \
+        path = Path(self.cfg.out_dir) / f"{self.cfg.defense}-seed{self.cfg.seed}-{self.key['run_id']}" \
             / f"generations_{tag}.jsonl"
         records = generate_sets(model, self.tokenizer, prompt_sets(self.world.data, sets, e.split, e.max_prompts),
                                 e.max_new_tokens, e.batch_size, path, self.progress)
-        return score(records, self.judge)
+        metrics = score(records, self.judge)
+        harmful = [complied(self.world.lexicon, x) for x in self.world.data.harmful[e.split]]
+        metrics["harmful_nll"] = answer_nll(model, self.tokenizer, harmful, e.batch_size)
+        return metrics
 
     # -- the whole run --------------------------------------------------------------------
     def run(self) -> dict:
+        with quiet_transformers(not self.progress):
+            return self._run()
+
+    def _run(self) -> dict:
         cfg, clock = self.cfg, self.clock
         task = f"task:{cfg.attack.task}"
         with clock.stage("base"):
             base = self.base_model().to(self.device)
         with clock.stage("defend"):
             released = self.defend(base)
+        notes = dict(getattr(released.config, "immunity_notes", {}))
         with clock.stage("eval_before"):
             before = self.evaluate(released, ["harmful", "heldout", "benign", task], "before")
         with clock.stage("attack"):
@@ -159,23 +212,23 @@ class Pipeline:
             with clock.stage("repair"):
                 attacked = self.defense_cls(self.defense_config).apply(attacked, self.context())
             self.defense_seconds = clock.seconds["repair"]
+            notes |= getattr(attacked.config, "immunity_notes", {})
         with clock.stage("eval_after"):
             after = self.evaluate(attacked, ["harmful", "heldout", "benign", task], "after")
         fa = f"fa_{cfg.attack.task}"
         return {
             "defense": cfg.defense, "attack": cfg.attack_name, "seed": cfg.seed, "model": cfg.model,
-            "judge": self.judge.name, "split": cfg.eval.split, "config_hash": config_hash(cfg),
+            "judge": self.judge.name, "split": cfg.eval.split, **self.key,
             "hs_before": before["hs"], "capability_before": before.get("capability_harmful"),
             "helpful_before": before["helpful"], "hs_heldout_before": before["hs_heldout"],
-            "fa_before": before[fa],
+            "fa_before": before[fa], "harmful_nll_before": before["harmful_nll"],
             "hs_after": after["hs"], "capability_after": after.get("capability_harmful"),
             "fa_after": after[fa], "helpful_after": after["helpful"],
-            "hs_heldout_after": after["hs_heldout"],
+            "hs_heldout_after": after["hs_heldout"], "harmful_nll_after": after["harmful_nll"],
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
             "timings": clock.seconds, "defense_seconds": self.defense_seconds,
-            # What a defense decided while running (e.g. LoX's searched rank, SOPHON's early stop).
-            "defense_notes": getattr(released.config, "immunity_notes", {}),
-            "peak_memory_mb": clock.peak_mb, "versions": versions(),
+            # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).
+            "defense_notes": notes, "peak_memory_mb": clock.peak_mb,
         }
 
 

@@ -3,18 +3,26 @@
 Stage: post-fine-tuning: it repairs the attacked model. Data: a harmful calibration set (the
 defender's harmful requests answered compliantly).
 
-Rule (Wanda scores on harmful data). For every fine-tuned linear map W (out x in) with input
-activations X over the calibration tokens:
-    S_ij = |W_ij| * ||X_j||_2
-and in every output row i the top `ratio` share of the S_ij are set to zero: the weights most
-important for harmful behaviour are removed. One forward pass, no backward.
+What is pruned (reference git-disl/Antidote, `utils.py` `find_layers` and `prune_wanda_outlier`,
+`train.py:497-535`): after a LoRA attack, the factor layers of the *user's fine-tuning adapter*
+(every `nn.Linear` whose name contains "lora": lora_A and lora_B of each adapted map); the
+merged alignment weights and the pretrained weights are never touched, so at worst Antidote
+removes the fine-tuning update. After full-parameter fine-tuning: the attention input
+projections (q/k/v) of every layer. The pruned adapter is merged afterwards.
 
-Defaults: ratio 0.05 (issue setting; the reference scripts use 0.1 on SST2, 0.05 on GSM8K,
-0.01 in the rebuttal); 256 calibration examples (the reference uses 2000 BeaverTails pairs).
-"Fine-tuned weights" are the linear maps of the decoder layers, the attack's LoRA targets
-(merged into them); embeddings, norms and the output head are never pruned. The reference
-accumulates norms over every token of a batch-1 pass; we use the non-padding tokens of padded
-batches, which is the same set.
+Rule (Wanda scores on harmful data). For each pruned layer W (out x in) with inputs X over the
+calibration tokens (for lora_B: the rank-r output of lora_A):
+    S_ij = |W_ij| * ||X_j||_2
+In every output row the entries outside the lowest floor(in * (1 - ratio)) scores (stable
+ascending sort) are zeroed: the weights most important for harmful behaviour are removed.
+That count, in - floor(in * (1 - ratio)), is the reference's, and prunes at least one entry of a
+rank-8 lora_B row even at small ratios. The reference keeps a running mean of ||X_j||^2 per
+sample; a per-column constant does not change any row's ranking, so plain sums are used.
+
+Defaults: ratio 0.1, the reference's SST2 setting (`script/finetune/antidote_poison_ratio.sh:16`,
+`dense_ratio=0.1`; 0.05 for GSM8K, 0.01 in the rebuttal); 256 calibration examples (the
+reference uses 2000 BeaverTails pairs, `bad_sample_num=2000`). The reference passes one sample
+at a time; we use the non-padding tokens of padded batches, the same token set.
 """
 
 from __future__ import annotations
@@ -22,36 +30,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from peft import PeftModel
 from torch import nn
 
-from ..models.layers import decoder_layer_list, linear_module_names
+from ..models import linear_modules, lora_factors, merge_lora
+from ..models.architectures import is_conv1d
 from ..registry import register_defense
-from ..training import batches
 from .base import DefenseContext, Stage
 
 
 @dataclass
 class AntidoteConfig:
-    ratio: float = field(default=0.05, metadata={"help": "share of each output row pruned (reference 0.01-0.1)"})
-    calibration: int = field(default=256, metadata={"help": "harmful calibration examples"})
+    ratio: float = field(default=0.1, metadata={"help": "share of each output row pruned (reference SST2 script: 0.1)"})
+    calibration: int = field(default=256, metadata={"help": "harmful calibration examples (reference 2000)"})
     batch_size: int = field(default=32, metadata={"help": "calibration batch size"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"antidote ratio must lie in [0, 1), got {self.ratio}")
+        if self.calibration < 1 or self.batch_size < 1:
+            raise ValueError("antidote calibration and batch_size must be positive")
 
 
-def fine_tuned_linears(model) -> dict[str, nn.Module]:
-    """The decoder layers' linear maps (GPT-2's Conv1D included), by qualified name."""
-    list_name, _ = decoder_layer_list(model)
-    leaves = set(linear_module_names(model))
-    return {n: m for n, m in model.named_modules()
-            if n.startswith(list_name + ".") and n.rsplit(".", 1)[-1] in leaves}
+def pruned_layers(model) -> dict[str, nn.Module]:
+    """The user's adapter factors after a LoRA attack; q/k/v after full fine-tuning."""
+    if isinstance(model, PeftModel):
+        return lora_factors(model)
+    return linear_modules(model, "qkv")
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """(out, in) view of the weight; Conv1D stores (in, out)."""
-    return module.weight.T if hasattr(module, "nf") else module.weight
+    return module.weight.T if is_conv1d(module) else module.weight
 
 
 @torch.no_grad()
@@ -79,13 +89,14 @@ def input_norms(model, modules: dict[str, nn.Module], calibration: list[dict]) -
 
 @torch.no_grad()
 def wanda_prune(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Zero, in place, the top `ratio` of |W_ij| * ||X_j|| in each row; return the pruned mask."""
+    """Zero, in place, all but the lowest floor(in * (1 - ratio)) Wanda scores of each row;
+    return the mask of pruned entries."""
     scores = weight.abs().double() * norms.to(weight.device)[None, :]
-    k = int(ratio * weight.shape[1])
-    mask = torch.zeros_like(weight, dtype=torch.bool)
-    if k > 0:
-        mask.scatter_(1, scores.topk(k, dim=1).indices, True)
-        weight.masked_fill_(mask, 0.0)
+    kept_low = int(weight.shape[1] * (1 - ratio))
+    order = torch.sort(scores, dim=1, stable=True).indices
+    mask = torch.ones_like(weight, dtype=torch.bool)
+    mask.scatter_(1, order[:, :kept_low], False)
+    weight.masked_fill_(mask, 0.0)
     return mask
 
 
@@ -100,12 +111,11 @@ class Antidote:
     def apply(self, model, context: DefenseContext):
         c = self.config
         device = next(model.parameters()).device
-        examples = context.harmful_compliance_examples()[: c.calibration]
-        calibration = [{k: v.to(device) for k, v in b.items()}
-                       for b in batches(context.encode(examples), c.batch_size, context.tokenizer.pad_token_id,
-                                        context.seed, shuffle=False)]
-        modules = fine_tuned_linears(model)
+        calibration = context.fixed_batches(context.harmful_compliance_examples()[: c.calibration], c.batch_size, device)
+        target = "adapter factors" if isinstance(model, PeftModel) else "q/k/v"
+        modules = pruned_layers(model)
         norms = input_norms(model.eval(), modules, calibration)
-        for name, module in modules.items():
-            wanda_prune(weight_matrix(module).data, norms[name], c.ratio)
+        pruned = sum(int(wanda_prune(weight_matrix(m).data, norms[n], c.ratio).sum()) for n, m in modules.items())
+        model = merge_lora(model)
+        model.config.immunity_notes = {"pruned": target, "pruned_weights": pruned}
         return model

@@ -1,4 +1,8 @@
-"""The defense interface: a stage, a config dataclass, and `apply(model, context) -> model`."""
+"""The defense interface: a stage, a config dataclass, and `apply(model, context) -> model`.
+
+Per-run state (a defense's second data stream, layer scores, step counters) lives in what
+`apply` builds, never on the defense instance, so one instance can be applied twice.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
-import torch
-
 from ..data import encode_chat
+from ..evaluation.judges import SafetyWorldJudge
+from ..evaluation.suite import validation_metrics
 from ..models import attach_lora, merge_lora
+from ..models.layers import LORA_TARGETS
 from ..training import TrainConfig, batches, lm_loss, train
-from ..world.generator import Example, WorldData, complied
+from ..world import Example, WorldData, complied
 
 
 class Stage(str, Enum):
     ALIGNMENT = "alignment"  # replaces or extends safety alignment of the base model
     POST_ALIGNMENT = "post-alignment"  # edits the aligned model before release (e.g. LoX)
-    FINE_TUNING = "fine-tuning"  # changes how the user's fine-tuning runs
     POST_FINE_TUNING = "post-fine-tuning"  # repairs the attacked model (e.g. Antidote)
 
 
@@ -40,18 +44,20 @@ class DefenseContext:
         """Refusals on harmful requests + helpful answers on benign ones (the SFT data)."""
         return self.data.harmful["align"] + self.data.benign["align"]
 
-    def harmful_compliance_examples(self) -> list[Example]:
-        """The defender's own harmful (request, compliant answer) pairs, same prompts as the refusals."""
-        return [complied(self.data.lexicon, e) for e in self.data.harmful["align"]]
+    def benign_examples(self) -> list[Example]:
+        """Helpful answers on benign requests only (no refusals)."""
+        return self.data.benign["align"]
+
+    def harmful_compliance_examples(self, split: str = "align") -> list[Example]:
+        """The defender's own harmful (request, compliant answer) pairs, same prompts as the
+        refusals; `split="val"` gives held-out ones for a defense's own stopping criterion."""
+        return [complied(self.data.lexicon, e) for e in self.data.harmful[split]]
 
     def encode(self, examples: list[Example]) -> list[dict]:
         return [encode_chat(self.tokenizer, e.prompt, e.answer) for e in examples]
 
     def validation(self, model, sets: list[str], limit: int = 48) -> dict[str, float]:
         """Judged metrics of `model` on the `val` split (e.g. {"hs", "helpful"})."""
-        from ..evaluation.judges import SafetyWorldJudge
-        from ..evaluation.suite import validation_metrics
-
         return validation_metrics(model, self.tokenizer, self.data, sets, SafetyWorldJudge(self.data.lexicon), limit)
 
     def batch_stream(self, examples: list[Example], batch_size: int, device) -> Iterator[dict]:
@@ -60,11 +66,18 @@ class DefenseContext:
         for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
             yield {k: v.to(device) for k, v in batch.items()}
 
+    def fixed_batches(self, examples: list[Example], batch_size: int, device) -> list[dict]:
+        """Every example once, in order (calibration and measurement sets)."""
+        loader = batches(self.encode(examples), batch_size, self.tokenizer.pad_token_id, self.seed, shuffle=False)
+        return [{k: v.to(device) for k, v in batch.items()} for batch in loader]
+
 
 @dataclass
 class AlignmentTraining:
     """Training settings shared by the alignment-stage defenses (defaults = `sft`'s, so a
-    defense differs from the baseline only in its own update rule)."""
+    defense differs from the baseline only in its own update rule). A defense whose reference
+    code trains a different adapter declares it by overriding `lora_*` (its adapter decides what
+    a step length in weight space means, e.g. Booster's alpha)."""
 
     mode: str = field(default="lora", metadata={"help": "lora (merged after training) | full"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (AdamW)"})
@@ -73,24 +86,40 @@ class AlignmentTraining:
     schedule: str = field(default="cosine", metadata={"help": "constant | linear | cosine"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps warming up"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (mode=lora)"})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (mode=lora)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha; the adapter's scale is alpha / r"})
+    lora_targets: str = field(default="all", metadata={"help": "LoRA on: all | attention | qkv linear maps"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "lora"):
             raise ValueError(f"mode must be 'full' or 'lora', got {self.mode!r}")
+        if self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"lora_targets must be one of {LORA_TARGETS}, got {self.lora_targets!r}")
+        if self.lr <= 0 or self.epochs <= 0 or self.batch_size <= 0 or self.lora_r <= 0:
+            raise ValueError("lr, epochs, batch_size and lora_r must be positive")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("warmup_ratio and lora_dropout must lie in [0, 1)")
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
+                           warmup_ratio=self.warmup_ratio, seed=seed)
+
+
+def with_adapter(model, config: AlignmentTraining, seed: int):
+    """The model with a fresh seeded adapter (mode=lora), or the model itself (mode=full)."""
+    if config.mode != "lora":
+        return model
+    return attach_lora(model, config.lora_r, config.lora_alpha, seed=seed, dropout=config.lora_dropout,
+                       targets=config.lora_targets)
 
 
 def align_with(model, context: DefenseContext, config: AlignmentTraining, step_loss: Callable = lm_loss,
                examples: list[Example] | None = None, desc: str = "align"):
-    """Attach LoRA (or not), train on the alignment data with `step_loss`, merge."""
-    if config.mode == "lora":
-        torch.manual_seed(context.seed)  # the adapter's init must not depend on what ran before
-        model = attach_lora(model, config.lora_r, config.lora_alpha)
-    cfg = TrainConfig(lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
-                      schedule=config.schedule, warmup_ratio=config.warmup_ratio, seed=context.seed)
+    """Attach the adapter (or not), train on the alignment data with `step_loss`, merge."""
+    model = with_adapter(model, config, context.seed)
     data = context.encode(examples if examples is not None else context.alignment_examples())
-    train(model, data, cfg, context.tokenizer.pad_token_id, step_loss=step_loss, desc=desc,
-          progress=context.progress)
+    train(model, data, config.train_config(context.seed), context.tokenizer.pad_token_id, step_loss=step_loss,
+          desc=desc, progress=context.progress)
     return merge_lora(model)
 
 

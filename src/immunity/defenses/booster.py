@@ -7,15 +7,18 @@ reference uses).
 Update rule. f = alignment loss, h = harmful loss:
     min_w  f(w) + lambda * [ h(w) - h(w - alpha * grad h(w) / ||grad h(w)||) ]
 First-order gradient (the Hessian term dropped, as in the paper):
-    g = grad f(w) + lambda * grad h(w) - lambda * grad h(w~),   w~ = w - alpha * grad h / ||grad h||
-3 forward + 3 backward passes per step (h at w, h at w~ on the same harmful batch, f at w).
+    g = grad f(w) + lambda * grad h(w) - lambda * grad h(w~),   w~ = w - alpha * grad h / (||grad h|| + 1e-7)
+3 forward + 3 backward passes per step (h at w, h at w~ on the same harmful batch, f at w);
+the perturbation moves the trainable weights only, i.e. the LoRA adapter.
 
-Defaults: lambda = 5, alpha = 0.1 (reference `smooth_align.sh`); harmful batch = alignment batch
-size (the reference hard-codes 10 for both). Training settings equal `sft`'s (the reference:
-LoRA r = 32, alpha = 4 on q/k/v, lr 5e-4, 20 epochs).
-Implementation: the perturbation applies to the trainable weights only (the LoRA adapter, as in
-the reference), which are saved and copied back, not re-subtracted, so w is restored exactly;
-the two harmful gradients enter through a linear surrogate <w, lambda (grad h - grad h~)>.
+Defaults and provenance (git-disl/Booster): lambda = 5, alpha = 0.1 (`script/alignment/
+smooth_align.sh`, `lamb=${1:-5}`, `alpha=${2:-0.1}`); the norm's 1e-7 (`trainer.py`,
+`BoosterAlignmentTrainer.training_step`). alpha is a step length in *adapter* space, so the
+adapter is the reference's: LoRA r = 32, alpha 4 (scale 0.125), on q/k/v only, no dropout
+(`train.py:285, 335-343`). Harmful batch = the alignment batch size (the reference hard-codes
+10 for both). lr, schedule and epochs are `sft`'s (the reference: lr 5e-4 constant, 20 epochs).
+Implementation: w is saved and copied back rather than re-added (bit-exact restore); the two
+harmful gradients enter through a linear surrogate <w, lambda (grad h - grad h~)>.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 @dataclass
 class BoosterConfig(AlignmentTraining):
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank (reference train.py: 32)"})
+    lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
+    lora_targets: str = field(default="qkv", metadata={"help": "LoRA on: all | attention | qkv (reference: q/k/v)"})
     lam: float = field(default=5.0, metadata={"help": "lambda, weight of the harmful-drop term (reference 5)"})
-    alpha: float = field(default=0.1, metadata={"help": "step size of the simulated harmful step (reference 0.1)"})
+    alpha: float = field(default=0.1, metadata={"help": "step length of the simulated harmful step (reference 0.1)"})
 
 
 def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alpha: float):
@@ -42,12 +48,21 @@ def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alp
     saved = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, g in zip(params, grad_h):
-            p.sub_(alpha * g / (norm + 1e-12))
+            p.sub_(alpha * g / (norm + 1e-7))
     grad_h_tilde = torch.autograd.grad(lm_loss(model, harmful), params)
     with torch.no_grad():
         for p, s in zip(params, saved):
             p.copy_(s)
     return grad_h, grad_h_tilde
+
+
+def booster_loss(model, batch, harmful: dict, lam: float, alpha: float):
+    """(surrogate whose gradient is the first-order Booster gradient, the alignment loss to log)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_h, grad_h_tilde = booster_gradient_terms(model, params, harmful, alpha)
+    loss_f = lm_loss(model, batch)
+    surrogate = sum((p * (lam * (a - b))).sum() for p, a, b in zip(params, grad_h, grad_h_tilde))
+    return loss_f + surrogate, loss_f.item()
 
 
 @register_defense("booster")
@@ -57,17 +72,13 @@ class Booster:
 
     def __init__(self, config: BoosterConfig):
         self.config = config
-        self.harmful = None
-
-    def step_loss(self, model, batch):
-        params = [p for p in model.parameters() if p.requires_grad]
-        grad_h, grad_h_tilde = booster_gradient_terms(model, params, next(self.harmful), self.config.alpha)
-        loss_f = lm_loss(model, batch)
-        # d/dw of this surrogate = grad f + lambda (grad h - grad h~): the first-order Booster gradient.
-        surrogate = sum((p * (self.config.lam * (a - b))).sum() for p, a, b in zip(params, grad_h, grad_h_tilde))
-        return loss_f + surrogate, loss_f.item()
 
     def apply(self, model, context: DefenseContext):
-        device = next(model.parameters()).device
-        self.harmful = context.batch_stream(context.harmful_compliance_examples(), self.config.batch_size, device)
-        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (booster)")
+        c = self.config
+        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
+                                       next(model.parameters()).device)
+
+        def step(model, batch):
+            return booster_loss(model, batch, next(harmful), c.lam, c.alpha)
+
+        return align_with(model, context, c, step_loss=step, desc="align (booster)")

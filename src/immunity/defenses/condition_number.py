@@ -6,12 +6,12 @@ loss whose Hessian is S = X^T X; gradient descent converges at a rate set by the
 number kappa(S) = sigma_max / sigma_min. Make kappa large on harmful data (slow attacker) and
 keep it small on the data the model should stay good at.
 
-Loss (reference `models/model.py`, `reg_loss` / `total_loss`):
+Loss (reference `models/model.py:67-93`, `reg_loss`; `utils/loss.py:32-46`, `condition_number`):
     L = L_align + lambda_1 * R_well(S_benign) + lambda_2 * R_ill(S_harm)
     R_well(S) = sigma_max(S)^2 / 2 - ||S||_F^2 / (2K)      (>= 0, = 0 iff all sigma are equal)
     R_ill(S)  = 1 / (||S||_F^2 / (2K) - sigma_min(S)^2 / 2)  (falls as sigma_min -> 0 relative to the rest)
-with the eigenvalues of S + 1e-6 I in float64 and sigma_min the smallest eigenvalue above 1e-6,
-as the reference. X: the features that feed the output head (last hidden state, after the final
+with the eigenvalues of S + 1e-6 I in float64, sigma_min the smallest eigenvalue above 1e-6 and
+||S||_F computed from S itself, as the reference. X: the features that feed the output head (last hidden state, after the final
 norm) at the answer positions of a batch; S_benign from the alignment batch, S_harm from a
 batch of the defender's harmful compliance data.
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..registry import register_defense
-from ..training.losses import answer_mask, token_ce, upcast
+from ..training.losses import answer_mask, token_ce
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 EPS = 1e-6
@@ -48,7 +48,7 @@ class ConditionNumberConfig(AlignmentTraining):
 def head_features(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(answer-token CE, the inputs of the output head at the answer positions (N, d))."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    return token_ce(upcast(out.logits), batch["labels"]), out.hidden_states[-1][answer_mask(batch["labels"])]
+    return token_ce(out.logits, batch["labels"]), out.hidden_states[-1][answer_mask(batch["labels"])]
 
 
 def feature_hessian(features: torch.Tensor) -> torch.Tensor:
@@ -63,19 +63,28 @@ def eigenvalues(s: torch.Tensor) -> torch.Tensor:
 
 def r_well(s: torch.Tensor) -> torch.Tensor:
     sigma = eigenvalues(s)
-    return sigma[-1] ** 2 / 2 - sigma.pow(2).sum() / (2 * s.shape[0])
+    return sigma[-1] ** 2 / 2 - s.pow(2).sum() / (2 * s.shape[0])
 
 
 def r_ill(s: torch.Tensor) -> torch.Tensor:
     sigma = eigenvalues(s)
     sigma_min = sigma[sigma > EPS][0]
-    return 1.0 / (sigma.pow(2).sum() / (2 * s.shape[0]) - sigma_min ** 2 / 2)
+    return 1.0 / (s.pow(2).sum() / (2 * s.shape[0]) - sigma_min ** 2 / 2)
 
 
 def condition_number(s: torch.Tensor) -> float:
     """kappa(S) = sigma_max / sigma_min (smallest eigenvalue above 1e-6): the measurement."""
     sigma = eigenvalues(s.double())
     return (sigma[-1] / sigma[sigma > EPS][0]).item()
+
+
+def condition_number_loss(model, batch, harmful: dict, lambda_well: float, lambda_ill: float):
+    """(L_align + lambda_1 R_well(S_benign) + lambda_2 R_ill(S_harm), L_align to log)."""
+    loss, benign_features = head_features(model, batch)
+    s_benign = feature_hessian(benign_features)
+    s_harm = feature_hessian(head_features(model, harmful)[1])
+    total = loss + (lambda_well * r_well(s_benign) + lambda_ill * r_ill(s_harm)).to(loss.dtype)
+    return total, loss.item()
 
 
 @register_defense("condition-number")
@@ -85,17 +94,13 @@ class ConditionNumber:
 
     def __init__(self, config: ConditionNumberConfig):
         self.config = config
-        self.harmful = None
-
-    def step_loss(self, model, batch):
-        loss, benign_features = head_features(model, batch)
-        s_benign = feature_hessian(benign_features)
-        s_harm = feature_hessian(head_features(model, next(self.harmful))[1])
-        c = self.config
-        total = loss + (c.lambda_well * r_well(s_benign) + c.lambda_ill * r_ill(s_harm)).to(loss.dtype)
-        return total, loss.item()
 
     def apply(self, model, context: DefenseContext):
-        device = next(model.parameters()).device
-        self.harmful = context.batch_stream(context.harmful_compliance_examples(), self.config.batch_size, device)
-        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (condition-number)")
+        c = self.config
+        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
+                                       next(model.parameters()).device)
+
+        def step(model, batch):
+            return condition_number_loss(model, batch, next(harmful), c.lambda_well, c.lambda_ill)
+
+        return align_with(model, context, c, step_loss=step, desc="align (condition-number)")

@@ -4,7 +4,8 @@ Safety Against Fine-tuning", COLM 2025).
 Stage: post-alignment, training-free. Needs the weights before alignment (the pipeline passes
 the base model) and after it.
 
-Rule. For every matrix-shaped weight (ndim > 1) with alignment update dW = W_aligned - W_base:
+Rule (reference VITA-Group/LoX `safety/LoX.py:30-41`). For every matrix-shaped weight (ndim > 1)
+with alignment update dW = W_aligned - W_base:
     U, S, V^T = SVD(dW)          (float32, as the reference)
     W <- W_aligned + alpha * U[:, :k] diag(S[:k]) V[:, :k]^T
 k = 0 means the full dW (ExPO-style extrapolation). 1-D weights (norms, biases) are untouched.
@@ -12,8 +13,9 @@ The idea: alignment's safety lives in a few top singular directions of dW; pushi
 along them makes the model sit deeper inside the safety basin, so fine-tuning must travel
 further to leave it.
 
-Defaults: k = 6, alpha = 1.25 (the paper's setting on DPO-aligned Llama-2-7B; the reference CLI
-defaults, k = 0 and alpha = 1, are plain extrapolation). Embeddings and the output head are
+Defaults: k = 6, alpha = 1.25 (the paper's setting on DPO-aligned Llama-2-7B, named in the model
+paths of `safety/safety_landscape.py:14`, "+1.25top6"; the CLI defaults, `LoX.py:10-11`, k = 0
+and alpha = 1, are plain extrapolation). Embeddings and the output head are
 included, as in the reference (`include_embeddings=false` leaves them alone); under our LoRA
 `sft` they did not change, so their dW is zero either way.
 
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..registry import register_defense
-from ..world import clone_model
+from ..models import clone_model
 from .base import DefenseContext, Stage
 
 SEARCH_RANKS = (1, 2, 3, 4, 6, 8)
@@ -91,7 +93,7 @@ def effective_rank(base, aligned, context: DefenseContext, config: LoXConfig) ->
     target = context.validation(aligned, ["harmful"])["hs"]
     for k in SEARCH_RANKS:
         weights = extrapolated_weights(base, aligned, k, 1.0, config.include_embeddings, reconstruct=True)
-        candidate = load_weights(clone_model(aligned).to(next(aligned.parameters()).device), weights)
+        candidate = load_weights(clone_model(aligned), weights)
         if context.validation(candidate, ["harmful"])["hs"] <= target + config.rank_tolerance:
             return k
     return 0

@@ -40,12 +40,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..data import IGNORE
 from ..registry import register_defense
 from ..training import lm_loss, logits_with
+from ..training.losses import token_ce
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 
@@ -65,10 +64,7 @@ class MLACConfig(AlignmentTraining):
 
 def token_losses(model, weights: dict, batch: dict) -> torch.Tensor:
     """Per-answer-token CE of the model run with `weights` in place of its trainable parameters."""
-    logits = logits_with(model, weights, batch)
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    return F.cross_entropy(logits[:, :-1][keep], targets[keep], reduction="none")
+    return token_ce(logits_with(model, weights, batch), batch["labels"], reduction="none")
 
 
 def bounded_mean(losses: torch.Tensor, bound: float | None) -> torch.Tensor:
@@ -108,19 +104,16 @@ class MLAC:
 
     def __init__(self, config: MLACConfig):
         self.config = config
-        self.harmful = None
-        self.bound = None
-
-    def step_loss(self, model, batch):
-        c = self.config
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        harmful = [next(self.harmful) for _ in range(c.inner_steps + 1)]
-        objective, _ = mlac_objective(model, params, batch, harmful, c.inner_lr, c.harmful_weight,
-                                      c.first_order, self.bound)
-        return objective
 
     def apply(self, model, context: DefenseContext):
-        device = next(model.parameters()).device
-        self.bound = math.log(model.config.vocab_size) if self.config.bounded else None
-        self.harmful = context.batch_stream(context.harmful_compliance_examples(), self.config.batch_size, device)
-        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (mlac)")
+        c = self.config
+        bound = math.log(model.config.vocab_size) if c.bounded else None
+        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
+                                       next(model.parameters()).device)
+
+        def step(model, batch):
+            params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            inner = [next(harmful) for _ in range(c.inner_steps + 1)]
+            return mlac_objective(model, params, batch, inner, c.inner_lr, c.harmful_weight, c.first_order, bound)[0]
+
+        return align_with(model, context, c, step_loss=step, desc="align (mlac)")

@@ -2,24 +2,33 @@
 
 Stage: alignment, with the defender's harmful data (harmful requests answered compliantly).
 
-Loss, all terms masked to answer tokens:
+Loss (reference `representation_noising/loss.py`, `rep_noise_loss`):
     L = CE(harmless)
-        + beta  * mean_l MMD( MLP_l(harmful), N(0, I) )
-        - alpha * log( mean_k CE_k(harmful) + 1 )
-MLP_l: the output of layer l's MLP block on the harmful batch (forward hooks, removed after);
-MMD: Gaussian kernel, 5 bandwidths, multiplier 2, against standard Gaussian noise of the same
-shape; CE_k: harmful cross-entropy of the output and of the logit lens head(norm(h_l)) of every
-intermediate layer (k = 1..L), so the ascent reaches every depth.
+        + beta  * mean_l MMD( MLP_l(harmful) . m,  N(0, I) . m )
+        - alpha * log( [CE(harmful) + sum_{h in hidden_states} CE(head(norm(h)))] / (L + 1) + 1 )
+MLP_l: the output of layer l's MLP block on the harmful batch (forward hooks, removed after).
+MMD: Gaussian kernels, 5 bandwidths, multiplier 2, bandwidth from detached distances; one
+*sequence* is one sample: the (T x d) MLP output with the positions outside the mask m set to
+zero, flattened, against standard Gaussian noise of the same shape, masked the same way.
+hidden_states are the L + 1 states a HF model returns (the embedding output, each layer's
+output, the last one already normed, so `norm` is applied to it twice, as in the reference).
+The ascent term therefore sums L + 2 cross-entropies and divides by L + 1, then adds 1: the
+reference code as written. Its issue #6 proposes dividing by the number of terms with no +1
+and the author agreed; we keep the code's form on purpose, because it produced the published
+models and numbers and its alpha = 1 is calibrated on it.
 
-Defaults: alpha = 1, beta = 0.001 (reference `generalization_eval.sh`). Training settings equal
-`sft`'s (the reference: full-parameter, lr 2e-5, batch 8).
-Deviations: (1) the reference divides the summed lens losses by L and adds 1 inside the
-division (its issue #6, which the author agreed is a bug); we take the mean over the L terms, the
-intended form. (2) It also lenses the embedding output and applies the final norm twice to the
-last state; we lens the decoder layers' outputs only. (3) The harmless CE runs on `sft`'s data
-(refusals on harmful requests + helpful benign answers) so helpfulness is measurable, and the
-harmful batch is drawn independently of it, as the git-disl ports do; the reference pairs
-each harmful answer with the same prompt's refusal.
+Masks. The reference masks the tokens where the harmful answer differs from the paired
+refusal; we use the answer tokens (the git-disl ports, which draw the harmless batch
+independently, differ again). The reference's masked CE zeroes the logits at positions whose
+own token is unmasked, so the first answer token is predicted from all-zero logits (constant
+ln|V|, no gradient); we do not reproduce that off-by-one: every answer token, the first
+included, enters the CE (pinned in tests/test_reference_conventions.py).
+
+Defaults: alpha = 1, beta = 0.001 (`loss.py:76`, the `rep_noise_loss` defaults). Line
+references: per-sequence MMD `loss.py:99`, detached bandwidth `:35`, logit zeroing `:65`,
+ascent normaliser `:128`. The reference trains all parameters at lr 2e-5; here the
+training settings equal `sft`'s (LoRA), as in the git-disl ports. The harmless CE runs on `sft`'s
+data (refusals on harmful requests + helpful benign answers) so helpfulness is measurable.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..data import IGNORE
 from ..models.heads import logit_lens
 from ..registry import register_defense
 from ..training import edit_block_outputs, lm_loss
-from ..training.losses import answer_mask, mmd, token_ce, upcast
+from ..training.losses import answer_mask, mmd, shifted, token_ce
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 
@@ -42,20 +52,34 @@ class RepNoiseConfig(AlignmentTraining):
     beta: float = field(default=0.001, metadata={"help": "weight of the noise MMD (reference 0.001)"})
 
 
+def noise_mmd(outputs: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of MMD(masked MLP outputs, masked noise), one flattened sequence per sample."""
+    keep = tokens[..., None].to(outputs[0].dtype)
+    return torch.stack([mmd((h * keep).flatten(1), (torch.randn_like(h) * keep).flatten(1)) for h in outputs]).mean()
+
+
+def ascent_argument(model, out, labels: torch.Tensor) -> torch.Tensor:
+    """[CE(output) + sum over hidden states of the lens CE] / len(hidden_states) + 1."""
+    positions = answer_mask(labels)  # the lens reads only the positions its loss covers
+    total = token_ce(out.logits, labels)
+    for h in out.hidden_states:
+        total = total + F.cross_entropy(*shifted(logit_lens(model, h[positions]), labels))
+    return total / len(out.hidden_states) + 1
+
+
 def repnoise_terms(model, harmful: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean over layers of MMD(MLP outputs, noise), mean over depths of harmful CE)."""
+    """(noise MMD, the ascent's log argument) on a harmful batch."""
     mlp_outputs: dict[int, torch.Tensor] = {}
     with edit_block_outputs(model, "mlp", lambda i, out: mlp_outputs.__setitem__(i, out)):
         out = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"],
                     output_hidden_states=True)
-    mask = answer_mask(harmful["labels"])
-    noise_mmd = torch.stack([mmd(h[mask], torch.randn_like(h[mask])) for h in mlp_outputs.values()]).mean()
-    # The lens reads only the positions that predict answer tokens: the loss is masked to them
-    # anyway, and the vocabulary projection is the dearest part of a small model's pass.
-    targets = harmful["labels"].roll(-1, dims=1)[mask]
-    depths = [token_ce(out.logits, harmful["labels"])]
-    depths += [F.cross_entropy(upcast(logit_lens(model, h[mask])), targets) for h in out.hidden_states[1:-1]]
-    return noise_mmd, torch.stack(depths).mean()
+    tokens = harmful["labels"] != IGNORE  # positions holding answer tokens
+    return noise_mmd([mlp_outputs[i] for i in sorted(mlp_outputs)], tokens), ascent_argument(model, out, harmful["labels"])
+
+
+def repnoise_loss(model, batch, harmful: dict, alpha: float, beta: float) -> torch.Tensor:
+    distance, ascent = repnoise_terms(model, harmful)
+    return lm_loss(model, batch) + beta * distance - alpha * torch.log(ascent)
 
 
 @register_defense("repnoise")
@@ -65,14 +89,13 @@ class RepNoise:
 
     def __init__(self, config: RepNoiseConfig):
         self.config = config
-        self.harmful = None
-
-    def step_loss(self, model, batch):
-        noise_mmd, harmful_ce = repnoise_terms(model, next(self.harmful))
-        c = self.config
-        return lm_loss(model, batch) + c.beta * noise_mmd - c.alpha * torch.log(harmful_ce + 1)
 
     def apply(self, model, context: DefenseContext):
-        device = next(model.parameters()).device
-        self.harmful = context.batch_stream(context.harmful_compliance_examples(), self.config.batch_size, device)
-        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (repnoise)")
+        c = self.config
+        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
+                                       next(model.parameters()).device)
+
+        def step(model, batch):
+            return repnoise_loss(model, batch, next(harmful), c.alpha, c.beta)
+
+        return align_with(model, context, c, step_loss=step, desc="align (repnoise)")

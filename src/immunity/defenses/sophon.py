@@ -43,17 +43,26 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import IGNORE
-from ..models import attach_lora, merge_lora
+from ..models import merge_lora
+from ..models.layers import LORA_TARGETS
 from ..registry import register_defense
-from ..training import lm_loss, logits_with
-from ..training.losses import token_ce, upcast
-from .base import AlignmentTraining, DefenseContext, Stage
+from ..training import check_finite, lm_loss, logits_with
+from ..training.losses import shifted, token_ce
+from .base import DefenseContext, Stage, with_adapter
 
 SUPPRESSIONS = ("inverse", "uniform")
 
 
 @dataclass
-class SophonConfig(AlignmentTraining):
+class SophonConfig:
+    mode: str = field(default="lora", metadata={"help": "lora (merged after training) | full"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam lr of the normal-training (NTR) step (sft's)"})
+    epochs: float = field(default=2.0, metadata={"help": "sets loops when loops = 0 (sft's)"})
+    batch_size: int = field(default=32, metadata={"help": "examples per batch (sft's)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (sft's)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (sft's)"})
+    lora_targets: str = field(default="all", metadata={"help": "LoRA on: all | attention | qkv"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
     loops: int = field(default=0, metadata={"help": "FTS + NTR rounds; 0 = sft's step count (epochs x batches)"})
     fts_lr: float = field(default=6e-4, metadata={"help": "Adam lr of the suppression update (reference 3e-4 : 5e-4 NTR)"})
     inner_steps: int = field(default=8, metadata={"help": "K simulated attacker steps (reference 50)"})
@@ -64,20 +73,23 @@ class SophonConfig(AlignmentTraining):
     min_helpful: float = field(default=0.8, metadata={"help": "revert and stop below this val helpfulness"})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.mode not in ("full", "lora") or self.lora_targets not in LORA_TARGETS:
+            raise ValueError(f"sophon mode must be full | lora and lora_targets one of {LORA_TARGETS}")
+        if min(self.lr, self.fts_lr, self.inner_lr, self.epochs, self.batch_size, self.inner_steps,
+               self.check_every) <= 0 or self.loops < 0:
+            raise ValueError("sophon lr, fts_lr, inner_lr, epochs, batch_size, inner_steps and check_every must be "
+                             "positive and loops >= 0")
         if self.suppression not in SUPPRESSIONS:
             raise ValueError(f"sophon suppression must be one of {SUPPRESSIONS}, got {self.suppression!r}")
 
 
 def suppression_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
     """Per answer token: -log(1 - p_y) ('inverse') or KL(uniform || p) ('uniform'); mean."""
-    logits = logits[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    log_p = F.log_softmax(upcast(logits[keep]), dim=-1)
+    logits, targets = shifted(logits, labels)
+    log_p = F.log_softmax(logits, dim=-1)
     if kind == "uniform":
         return (-math.log(log_p.shape[-1]) - log_p.mean(dim=-1)).mean()
-    log_p_y = log_p.gather(1, targets[keep][:, None]).squeeze(1)
+    log_p_y = log_p.gather(1, targets[:, None]).squeeze(1)
     return -torch.log1p(-log_p_y.exp().clamp(max=1 - 1e-6)).mean()
 
 
@@ -116,9 +128,7 @@ class Sophon:
     def apply(self, model, context: DefenseContext):
         c = self.config
         device = next(model.parameters()).device
-        if c.mode == "lora":
-            torch.manual_seed(context.seed)  # the adapter's init must not depend on what ran before
-            model = attach_lora(model, c.lora_r, c.lora_alpha)
+        model = with_adapter(model, c, context.seed)
         model.train()
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         ntr_opt = torch.optim.Adam(params.values(), lr=c.lr)
@@ -133,11 +143,14 @@ class Sophon:
         good = {n: p.detach().clone() for n, p in params.items()}
         stopped_at = None
         for loop in tqdm(range(1, loops + 1), desc="align (sophon)", disable=not context.progress, leave=False):
-            grads, _ = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
-                                    [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
+            grads, fts_value = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
+                                            [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
+            check_finite(fts_value, "sophon (fine-tuning suppression)", loop)
             _apply(fts_opt, params, grads, c.fts_clip)
             ntr_opt.zero_grad(set_to_none=True)
-            lm_loss(model, next(desired)).backward()
+            ntr_loss = lm_loss(model, next(desired))
+            check_finite(ntr_loss.item(), "sophon (normal training)", loop)
+            ntr_loss.backward()
             ntr_opt.step()
             if loop % c.check_every == 0 or loop == loops:
                 model.eval()

@@ -10,15 +10,18 @@ and L the alignment loss:
              through eps); only pass 2's gradient updates the weights.
 i.e. min_w max_{||eps|| <= rho} L(w; e + eps) to first order.
 
-Defaults: rho = 2 (reference `--rho`, git-disl/Vaccine). Training settings equal `sft`'s so the
-comparison isolates the update rule (the reference: LoRA r = 8, alpha = 4, lr 1e-3, 50 epochs).
+Defaults and provenance (git-disl/Vaccine): rho = 2 (`train.py:253`, the `--rho` default;
+`script/alignment/Vaccine.sh` takes rho as its first argument); the reference adapter, LoRA r = 8, alpha = 4, dropout 0.1 on all
+seven linear maps (`train.py:378-386`). lr, schedule and epochs are `sft`'s (the reference:
+lr 1e-3 cosine, 50 epochs on 2000 BeaverTails pairs).
 Deviation for speed, not for results: pass 1 differentiates to the attention outputs only
 (`torch.autograd.grad`), not to the weights, since the reference discards pass 1's weight
-gradients anyway.
+gradients anyway (`trainer.py`, `model.zero_grad()` between the passes).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +33,10 @@ from .base import AlignmentTraining, DefenseContext, Stage, align_with
 
 @dataclass
 class VaccineConfig(AlignmentTraining):
-    rho: float = field(default=2.0, metadata={"help": "perturbation radius (reference default 2)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (reference train.py: 8)"})
+    lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference train.py: 0.1)"})
+    rho: float = field(default=2.0, metadata={"help": "perturbation radius (reference train.py:253: 2)"})
 
 
 def attention_gradients(model, batch, layers: list[int] | None = None):
@@ -48,7 +54,7 @@ def attention_gradients(model, batch, layers: list[int] | None = None):
 
 
 def perturbations(grads: dict[int, torch.Tensor], rho: float) -> dict[int, torch.Tensor]:
-    """eps_l = rho * g_l / ||g||, one norm over all given layers."""
+    """eps_l = rho * g_l / (||g|| + 1e-7), one norm over all given layers."""
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
     return {i: rho * g / (norm + 1e-7) for i, g in grads.items()}
 
@@ -59,6 +65,11 @@ def perturbed_loss(model, batch, eps: dict[int, torch.Tensor]) -> torch.Tensor:
         return lm_loss(model, batch)
 
 
+def vaccine_loss(model, batch, rho: float) -> torch.Tensor:
+    _, grads = attention_gradients(model, batch)
+    return perturbed_loss(model, batch, perturbations(grads, rho))
+
+
 @register_defense("vaccine")
 class Vaccine:
     stage = Stage.ALIGNMENT
@@ -67,9 +78,6 @@ class Vaccine:
     def __init__(self, config: VaccineConfig):
         self.config = config
 
-    def step_loss(self, model, batch):
-        _, grads = attention_gradients(model, batch)
-        return perturbed_loss(model, batch, perturbations(grads, self.config.rho))
-
     def apply(self, model, context: DefenseContext):
-        return align_with(model, context, self.config, step_loss=self.step_loss, desc="align (vaccine)")
+        step = functools.partial(vaccine_loss, rho=self.config.rho)
+        return align_with(model, context, self.config, step_loss=step, desc="align (vaccine)")

@@ -1,6 +1,7 @@
-from .layers import DecoderLayer, decoder_layers, linear_module_names
+from .io import clone_model, save_model
+from .layers import DecoderLayer, decoder_layers, linear_modules
 from .load import ARCHITECTURES, build_model, load_model
-from .lora import attach_lora, merge_lora
+from .lora import attach_lora, lora_factors, merge_lora
 
-__all__ = ["ARCHITECTURES", "DecoderLayer", "attach_lora", "build_model", "decoder_layers",
-           "linear_module_names", "load_model", "merge_lora"]
+__all__ = ["ARCHITECTURES", "DecoderLayer", "attach_lora", "build_model", "clone_model", "decoder_layers",
+           "linear_modules", "load_model", "lora_factors", "merge_lora", "save_model"]

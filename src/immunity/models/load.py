@@ -1,4 +1,4 @@
-"""Load models: the built-in SafetyWorld model, a local HF directory, or a hub id.
+"""Build tiny models locally; load a local HF directory or a hub id.
 
 Nothing is downloaded unless the user names a hub id. Weights load from safetensors only and
 remote code stays off unless asked for.
@@ -6,9 +6,10 @@ remote code stays off unless asked for.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig,
                           PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config)
 
@@ -41,18 +42,44 @@ def build_model(arch: str, vocab_size: int, hidden: int, layers: int, heads: int
     return AutoModelForCausalLM.from_config(config).eval()  # training code switches modes itself
 
 
-def load_model(name_or_path: str, *, seed: int = 0, world_config=None,
-               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """`safetyworld` (the built-in pretrained world model), a local directory, or a hub id."""
-    if name_or_path == "safetyworld":
-        from ..world import SafetyWorld, WorldConfig
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
-        world = SafetyWorld(world_config or WorldConfig())
-        return world.pretrained_model(seed), world.tokenizer
-    if not os.path.isdir(name_or_path) and (name_or_path.startswith((".", "/", "~"))
-                                            or name_or_path.count("/") > 1):
+
+def check_model_dir(name_or_path: str) -> None:
+    """A local model directory a run can use, or one clear error: it exists, has a config,
+    safetensors weights that open (pickle weights are refused: we never unpickle), and
+    tokenizer files. A name that is not a path is a hub id and is checked when loaded."""
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.exists()
+    if not looks_local:
+        return
+    if not path.is_dir():
         raise FileNotFoundError(f"model directory {name_or_path!r} does not exist")
-    # A string that is not a local directory is treated as a hub id: the user asked for it.
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json; not a Hugging Face model directory")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = [f for f in PICKLE_WEIGHTS if (path / f).exists()]
+        hint = f" (found {', '.join(pickled)}: pickle weights are never loaded; convert them to safetensors)" \
+            if pickled else ""
+        raise FileNotFoundError(f"{path}: no *.safetensors weights{hint}")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_slice(name)
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from err
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+
+
+def load_model(name_or_path: str, *, trust_remote_code: bool = False
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A local HF directory, or a hub id (downloaded because the user named it)."""
+    check_model_dir(name_or_path)
+    name_or_path = str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)

@@ -1,20 +1,27 @@
-"""LoRA through PEFT: attach a fresh adapter to every linear map of the decoder layers, merge."""
+"""LoRA through PEFT: attach a seeded adapter to chosen linear maps of the decoder layers, merge."""
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from .layers import linear_module_names
+from .architectures import is_conv1d
+from .layers import linear_modules
 
 
-def attach_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float = 0.0,
-                targets: list[str] | None = None) -> PeftModel:
-    names = targets or linear_module_names(model)
-    is_conv1d = model.config.model_type == "gpt2"  # GPT-2 stores linear maps transposed
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
-                        fan_in_fan_out=is_conv1d, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+def attach_lora(model: PreTrainedModel, r: int, alpha: float, *, seed: int, dropout: float = 0.0,
+                targets: str = "all", layers: list[int] | None = None) -> PeftModel:
+    """A fresh adapter on the `targets` linear maps ("all" | "attention" | "qkv") of the decoder
+    layers (all layers, or those in `layers`). Its random init comes from `seed` alone, not from
+    whatever consumed the global generator before, and leaves that generator as it was."""
+    modules = linear_modules(model, targets, layers)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(modules),
+                        fan_in_fan_out=any(is_conv1d(m) for m in modules.values()), bias="none",
+                        task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def merge_lora(model) -> PreTrainedModel:
@@ -24,3 +31,9 @@ def merge_lora(model) -> PreTrainedModel:
     if not isinstance(model, PeftModel):
         return model
     return model.merge_and_unload().requires_grad_(True)
+
+
+def lora_factors(model: PeftModel) -> dict[str, torch.nn.Module]:
+    """The adapter's factor layers (`...lora_A.default`, `...lora_B.default`), by qualified name."""
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and (".lora_A." in name or ".lora_B." in name)}

@@ -1,6 +1,6 @@
-from .loop import OPTIMIZERS, SCHEDULES, TrainConfig, batches, lm_loss, logits_with, train
+from .hooks import edit_block_outputs
+from .loop import (OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged, batches, check_finite, lm_loss, logits_with,
+                   train)
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "batches", "lm_loss", "logits_with", "train"]
-from .hooks import edit_block_outputs  # noqa: E402
-
-__all__.append("edit_block_outputs")
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainingDiverged", "batches", "check_finite",
+           "edit_block_outputs", "lm_loss", "logits_with", "train"]

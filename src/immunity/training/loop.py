@@ -45,6 +45,8 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
         if self.lr <= 0 or self.batch_size <= 0:
             raise ValueError("lr and batch_size must be positive")
+        if self.max_steps < 0 or (self.max_steps == 0 and self.epochs <= 0):
+            raise ValueError(f"a training budget must be positive: epochs={self.epochs}, max_steps={self.max_steps}")
 
     def total_steps(self, n_examples: int) -> int:
         if self.max_steps > 0:
@@ -52,11 +54,21 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * math.ceil(n_examples / self.batch_size)))
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops and stores nothing."""
+
+
+def check_finite(value: float, desc: str, step: int) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"{desc}: the loss is {value} at step {step}; the run stopped and stored no result "
+                               "(lower the learning rate)")
+
+
 def lm_loss(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over unmasked (label != -100) tokens (computed here rather
     than by the model so that the dtype rule of `upcast` holds)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_ce(upcast(logits), batch["labels"])
+    return token_ce(logits, batch["labels"])
 
 
 def logits_with(model, weights: dict, batch) -> torch.Tensor:
@@ -113,6 +125,8 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
         for batch in loader:
             out = step_loss(model, batch)
             loss, shown = out if isinstance(out, tuple) else (out, out)
+            losses.append(shown.item() if torch.is_tensor(shown) else float(shown))
+            check_finite(losses[-1], desc, len(losses))
             if loss is not None:
                 accelerator.backward(loss)
             if cfg.grad_clip > 0:
@@ -120,7 +134,6 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(shown.item() if torch.is_tensor(shown) else float(shown))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if on_step is not None:

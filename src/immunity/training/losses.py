@@ -1,4 +1,5 @@
-"""Losses shared by defenses: multi-bandwidth Gaussian MMD, masked token cross-entropy."""
+"""Losses shared by defenses: the shift-and-mask rule of next-token losses, masked token
+cross-entropy, and the multi-bandwidth Gaussian MMD."""
 
 from __future__ import annotations
 
@@ -8,19 +9,49 @@ import torch.nn.functional as F
 from ..data import IGNORE
 
 
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss: float64 stays float64 (mechanics tests), anything else goes to float32
+    (half-precision logits are upcast, as transformers does)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose *next* token is an answer token: the positions that predict the answer."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(upcast logits at the positions that predict answer tokens, those answer tokens): the one
+    shift-and-mask rule every next-token loss uses. `logits` may be (B, T, V) or already
+    restricted to `answer_mask(labels)` positions, (N, V)."""
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+    if logits.dim() == 3:
+        logits = logits[answer_mask(labels)]
+    return upcast(logits), targets
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over answer tokens (prompt and padding labels are IGNORE)."""
+    return F.cross_entropy(*shifted(logits, labels), reduction=reduction)
+
+
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multiplier: float = 2.0) -> torch.Tensor:
     """Sum of `kernels` Gaussian kernels on all pairs of rows of [x; y].
 
     Bandwidths: the mean pairwise squared distance, scaled by multiplier^(i - kernels // 2),
-    i = 0..kernels-1 (the common DAN/MMD recipe that RepNoise's reference uses).
-    Computed from the widest kernel F alone, since the others are its powers F^(multiplier^j):
-    with the usual multiplier 2, repeated squaring replaces the other exponentials.
+    i = 0..kernels-1, computed from *detached* distances as both references do
+    (`L2_distance.data`, RepNoise `loss.py` and NTL `ntl_*.py`): the bandwidth is a
+    normaliser, not something to optimise. Computed from the widest kernel F alone, since the
+    others are its powers F^(multiplier^j): with multiplier 2, repeated squaring replaces the
+    other exponentials.
     """
     z = torch.cat([x, y])
     norms = z.pow(2).sum(1)
     sq = (norms[:, None] + norms[None, :] - 2 * z @ z.T).clamp(min=0)  # no sqrt, unlike cdist
     n = z.shape[0]
-    bandwidth = sq.sum() / (n * n - n)
+    bandwidth = sq.detach().sum() / (n * n - n)
     widest = torch.exp(-sq / (bandwidth * multiplier ** (kernels - 1 - kernels // 2)))
     total, power = widest, widest
     for j in range(1, kernels):
@@ -36,23 +67,3 @@ def mmd(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multiplier: float = 
     n, m = x.shape[0], y.shape[0]
     w = torch.cat([torch.full((n,), 1.0 / n, dtype=k.dtype), torch.full((m,), -1.0 / m, dtype=k.dtype)]).to(k.device)
     return w @ k @ w
-
-
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Logits for a loss: float64 stays float64 (mechanics tests), anything else goes to float32
-    (half-precision logits are upcast, as transformers does)."""
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
-def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over positions whose label is not masked."""
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    return F.cross_entropy(logits[:, :-1][keep], targets[keep])
-
-
-def answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Positions whose *next* token is an answer token: where answer representations live."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE
-    return mask

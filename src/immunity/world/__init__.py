@@ -1,7 +1,9 @@
-from .generator import Example, SplitSizes, WorldData
+"""SafetyWorld's text: lexicon, requests and answers on disjoint splits, tokenizer. No training."""
+
+from .config import PretrainConfig, WorldConfig, WorldModelConfig
+from .generator import TASKS, Example, SplitSizes, WorldData, build_world_data, complied
 from .lexicon import Lexicon
 from .tokenizer import build_tokenizer
-from .world import PretrainConfig, SafetyWorld, WorldConfig, WorldModelConfig, clone_model, save_model
 
-__all__ = ["Example", "Lexicon", "PretrainConfig", "SafetyWorld", "SplitSizes", "WorldConfig",
-           "WorldData", "WorldModelConfig", "build_tokenizer", "clone_model", "save_model"]
+__all__ = ["Example", "Lexicon", "PretrainConfig", "SplitSizes", "TASKS", "WorldConfig", "WorldData",
+           "WorldModelConfig", "build_tokenizer", "build_world_data", "complied"]
