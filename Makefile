@@ -33,6 +33,7 @@ demo: install
 	$(BIN)/immunity demo
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # docs/results.md: every defense on SafetyWorld (default attack, 3 seeds, hyperparameters chosen

@@ -14,6 +14,10 @@ TINY = [
 ]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--repin", action="store_true", help="print new pinned loss trajectories")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets an empty model cache: no test depends on an earlier run."""

@@ -244,7 +244,5 @@ def test_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
         overrides.append("defense.steps=3")
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
     assert result["defense"] == defense and result["model"].endswith(arch)
-    if defense == "circuit-breakers":
-        assert -1.0 <= result["defense_notes"]["val_cosine"] <= 1.0
     if defense == "antidote":
         assert result["defense_notes"]["pruned"] == "adapter factors" and result["defense_notes"]["pruned_weights"] > 0

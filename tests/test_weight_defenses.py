@@ -358,7 +358,7 @@ WEIGHT_DEFENSES = {
 def test_weight_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
     overrides = tiny_architecture(arch) + WEIGHT_DEFENSES[defense]
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
-    assert result["defense"] == defense and 0.0 <= result["hs_after"] <= 1.0
+    assert result["defense"] == defense and result["model"].endswith(arch)
     if defense == "lox":
         assert result["defense_notes"]["k"] in (0, 1, 2, 3, 4, 6, 8)
     if defense == "sophon":

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
@@ -124,6 +125,15 @@ def dependencies(dotted: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def snapshot_code() -> None:
+    """Read every package module now (they have just been imported), so later code versions
+    describe the code this process runs even if files change on disk meanwhile."""
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        parts = path.relative_to(PACKAGE_ROOT).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        _parsed(".".join((PACKAGE, *parts)))
+
+
 def code_version(*modules: str) -> str:
     """Hash of the code of `modules` and of everything they import from the package."""
     files = sorted(set().union(*(dependencies(m) for m in modules)))
@@ -162,11 +172,16 @@ def entry_is_complete(directory: Path) -> bool:
 
 
 @contextmanager
-def exclusive(lock_path: Path):
+def exclusive(lock_path: Path, waiting_message: str = ""):
     """An inter-process lock (flock) held for the duration of the block."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                print(waiting_message, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -180,11 +195,15 @@ def cached_model(path: Path, build: Callable[[], object], load: Callable[[Path],
     (truncated, or missing its manifest) is moved aside and rebuilt, never loaded."""
     if entry_is_complete(path):
         return load(path)
-    with exclusive(path.with_name(path.name + ".lock")):
+    with exclusive(path.with_name(path.name + ".lock"), f"immunity: waiting for another process to build {path.name}"):
         if entry_is_complete(path):
             return load(path)
         if path.exists():
-            os.rename(path, path.with_name(f"{path.name}.corrupt-{os.getpid()}"))
+            aside = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
+            print(f"immunity: cache entry {path.name} is incomplete; moved to {aside.name}, rebuilding",
+                  file=sys.stderr, flush=True)
+            os.rename(path, aside)
+        print(f"immunity: building {path.name}", file=sys.stderr, flush=True)
         model = build()
         save(model, path)
         return model

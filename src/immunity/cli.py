@@ -18,10 +18,11 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from statistics import mean, stdev
 
 from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
-from .bench.report import latest_per_config, markdown_table, regret_table
+from .bench.report import latest_per_config, markdown_table, regret_table, setting
 from .bench.store import Store, StoreError
 from .cache import cache_root
 from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides, validate
@@ -119,33 +120,46 @@ def plan_runs(args) -> list[tuple[RunConfig, dict]]:
     return plan
 
 
+def describe(cfg: RunConfig) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in cfg.defense_args.items())
+    return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | {setting({'attack_config': asdict(cfg.attack)})}"
+
+
 def cmd_bench(args) -> int:
     plan = plan_runs(args)
     check_writable(args.store)
     store = Store(args.store)
     todo = [(cfg, key) for cfg, key in plan if not store.has(key["run_id"])]
     print(f"bench: {len(plan)} runs, {len(plan) - len(todo)} already stored, {len(todo)} to run", file=sys.stderr)
-    waiting = []
-    for i, (cfg, key) in enumerate(todo, 1):
-        if not store.claim(key["run_id"]):
-            waiting.append((cfg, key))  # another worker is computing it
-            continue
-        print(f"[{i}/{len(todo)}] {cfg.defense} seed={cfg.seed} {cfg.attack}", file=sys.stderr)
+    failed = []
+
+    def compute(i: int, cfg: RunConfig, key: dict) -> None:
+        print(f"[{i}/{len(todo)}] {describe(cfg)}", file=sys.stderr, flush=True)
         try:
             _run_one(cfg, store, progress=not args.quiet)
+        except TrainingDiverged as err:  # stores nothing; the rest of the grid goes on
+            print(f"immunity: error: {err}", file=sys.stderr)
+            failed.append(key["run_id"])
         finally:
             store.release(key["run_id"])
-    for cfg, key in waiting:  # wait for the other workers; take over a run whose worker died
-        while not store.has(key["run_id"]):
+
+    waiting = []
+    for i, (cfg, key) in enumerate(todo, 1):
+        if store.claim(key["run_id"]):
+            compute(i, cfg, key)
+        else:
+            waiting.append((i, cfg, key))  # another worker is computing it
+    for i, cfg, key in waiting:  # wait for the other workers; take over a run whose worker died
+        while not store.has(key["run_id"]) and key["run_id"] not in failed:
             if store.claim(key["run_id"]):
-                try:
-                    _run_one(cfg, store, progress=not args.quiet)
-                finally:
-                    store.release(key["run_id"])
+                compute(i, cfg, key)
             else:
                 time.sleep(1.0)
     ids = {key["run_id"] for _, key in plan}
     print(markdown_table([r for r in store.results() if r["run_id"] in ids]))
+    if failed:
+        print(f"immunity: error: {len(failed)} of {len(plan)} runs diverged and were not stored", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -171,7 +185,10 @@ def current_rows(store: Store, include_stale: bool) -> list[dict]:
 
 
 def cmd_report(args) -> int:
-    results = current_rows(Store(args.store, create=False), args.include_stale)
+    store = Store(args.store, create=False)
+    if not store.results():
+        raise StoreError(f"{args.store} holds no results yet (`immunity bench --store {args.store}` fills it)")
+    results = current_rows(store, args.include_stale)
     if args.defense:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
     if args.split:

@@ -141,6 +141,9 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
             if len(losses) >= total:
                 break
     bar.close()
+    if not all(torch.isfinite(p).all() for p in params):  # the last update can diverge after its loss was read
+        raise TrainingDiverged(f"{desc}: the weights are not finite after step {len(losses)}; the run stopped "
+                               "and stored no result (lower the learning rate)")
     model.eval()
     accelerator.free_memory()
     return losses

@@ -20,11 +20,6 @@ from .tokenizer import USER
 SPLITS = ("align", "attack", "val", "eval")
 TASKS = ("sentiment", "topic", "arithmetic")
 
-FIXED_WORDS = (
-    "sure caution this . step 1 2 3 : with done is a kind of the part harmful safe topic positive negative "
-    "about plus minus answer classify sentiment was and news in solve verdict"
-).split()
-
 
 @dataclass(frozen=True)
 class Example:

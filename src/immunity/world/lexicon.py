@@ -30,6 +30,12 @@ PHRASINGS = (
     "what are the steps to prepare {obj} ?",
 )
 
+# Template words of the generator's requests, answers and tasks.
+FIXED_WORDS = (
+    "sure caution this . step 1 2 3 : with done is a kind of the part harmful safe topic positive negative "
+    "about plus minus answer classify sentiment was and news in solve verdict"
+).split()
+
 REFUSALS = (
     "sorry , i cannot help with {cat} .",
     "i will not assist with that request .",
@@ -98,8 +104,6 @@ class Lexicon:
 
     def all_words(self) -> list[str]:
         """Every word the world can produce, for the tokenizer's vocabulary."""
-        from .generator import FIXED_WORDS  # the template words
-
         words = set(FIXED_WORDS)
         words.update(self.harm_categories, self.benign_domains, TOPICS, self.parts)
         for group in self.objects:

@@ -1,0 +1,111 @@
+"""Regression guards for every defense on a tiny SafetyWorld (hidden 32, 2 layers):
+- the released weights differ from the base model's (and from `sft`'s) exactly where the
+  method trains: LoRA defenses in the decoder's linear maps of their adapter's targets only,
+  Circuit Breakers only up to its highest target layer, TAR everywhere, and so on;
+- a pinned five-step loss trajectory (the first five losses each defense's own loop reports),
+  so that a change to an update rule shows up as a changed number, not as silence.
+To re-pin after an intended change: `pytest tests/test_defense_regression.py --repin` prints the new
+values (the test still fails until they are pasted into PINNED)."""
+
+import math
+
+import pytest
+import torch
+
+from immunity.bench.pipeline import Pipeline
+from immunity.config import load_run_config
+from immunity.defenses import sophon, tar
+from immunity.registry import DEFENSES
+from immunity.training import loop
+
+TINY = ["world.model.hidden=32", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=64",
+        "world.pretrain.epochs=0.05", "attack.n=48", "attack.epochs=1", "attack.batch_size=16"]
+FIVE_STEPS = "defense.epochs=0.06"  # ceil(0.06 * 77 batches) = 5 steps of alignment
+BUDGET = {
+    "sft": [FIVE_STEPS], "vaccine": [FIVE_STEPS], "t-vaccine": [FIVE_STEPS], "booster": [FIVE_STEPS],
+    "repnoise": [FIVE_STEPS], "mlac": [FIVE_STEPS, "defense.inner_steps=2"], "ntl": [FIVE_STEPS],
+    "condition-number": [FIVE_STEPS], "circuit-breakers": ["defense.steps=5"],
+    "sophon": ["defense.loops=5", "defense.inner_steps=2", "defense.check_every=5", "defense.min_helpful=0"],
+    "tar": ["defense.outer_steps=3", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
+    "lox": [], "none": [], "scratch": [], "antidote": [],
+}
+# First five losses reported by each defense's own training loop, in order (seed 0).
+PINNED = {
+    "sft": [6.645437, 6.668598, 6.690683, 6.632668, 6.63017],
+    "vaccine": [6.81362, 6.853001, 6.888882, 6.793758, 6.795691],
+    "t-vaccine": [6.819295, 6.860186, 6.896708, 6.802916, 6.80465],
+    "booster": [6.645437, 6.671781, 6.697483, 6.639396, 6.636887],
+    "repnoise": [4.354737, 4.377261, 4.400374, 4.34311, 4.340114],
+    "mlac": [0.059386, 0.084397, 0.107305, 0.046773, 0.042259],
+    "ntl": [6.645437, 6.669039, 6.691737, 6.63387, 6.631435],
+    "condition-number": [6.645437, 6.66972, 6.693159, 6.636084, 6.633496],
+    "circuit-breakers": [9.0, 8.0225, 7.304791, 6.39634, 5.30259],
+    "sophon": [0.001528, 6.466176, 0.001522, 6.474874, 0.001507],
+    "tar": [0.838652, 0.831443, -7.12268, 6.553679, -7.124281],
+}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every loss a training loop checks for finiteness: (stage, step, value)."""
+    log = []
+    real = loop.check_finite
+
+    def record(value, desc, step):
+        log.append((desc, step, value))
+        real(value, desc, step)
+
+    for module in (loop, sophon, tar):
+        monkeypatch.setattr(module, "check_finite", record)
+    return log
+
+
+def released(defense: str):
+    cfg = load_run_config(None, TINY + BUDGET[defense], defense=defense, seed=0)
+    pipeline = Pipeline(cfg, progress=False)
+    base = pipeline.base_model()
+    return pipeline, base, pipeline.defend(base)
+
+
+def changed(a, b) -> set[str]:
+    pb = dict(b.named_parameters())
+    return {n for n, p in a.named_parameters() if not torch.equal(p, pb[n])}
+
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QKV = ("q_proj", "k_proj", "v_proj")
+EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and no others)
+    "sft": ("base", LINEAR), "vaccine": ("base", LINEAR), "t-vaccine": ("base", LINEAR),
+    "booster": ("base", QKV), "repnoise": ("base", LINEAR), "mlac": ("base", LINEAR), "ntl": ("base", LINEAR),
+    "condition-number": ("base", LINEAR), "sophon": ("sft", LINEAR), "lox": ("sft", LINEAR),
+    "circuit-breakers": ("sft", LINEAR), "tar": ("sft", None), "scratch": ("base", None), "none": ("base", ()),
+    "antidote": ("sft", ()),
+}
+
+
+@pytest.mark.parametrize("defense", sorted(EXPECTED_CHANGES))
+def test_released_weights_change_where_the_method_trains(defense, recorded, request):
+    pipeline, base, model = released(defense)
+    reference_from, leaves = EXPECTED_CHANGES[defense]
+    sft = DEFENSES["sft"]
+    reference = pipeline.align(base, sft, sft.Config()) if reference_from == "sft" else base
+    moved = changed(model, reference)
+    if leaves is None:  # full-parameter training or a fresh init: every parameter moves
+        assert moved == {n for n, _ in model.named_parameters()}
+    else:  # exactly the adapter's target maps move (a LoRA merge touches only their weights)
+        assert {n.rsplit(".", 2)[-2] for n in moved} == set(leaves), sorted(moved)
+        assert all(n.endswith(".weight") for n in moved)
+    if defense == "circuit-breakers":  # adapter on layers 0..max(target) only: target 1 of 2 layers
+        assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
+    if defense == "antidote":  # released = sft; the repair prunes the attack's adapter after the attack
+        attacked = pipeline.attack(model)
+        repaired = pipeline.defense_cls(pipeline.defense_config).apply(attacked, pipeline.context())
+        assert repaired.config.immunity_notes["pruned_weights"] > 0
+
+    own = [(d, v) for d, _, v in recorded if d != "pretrain"]
+    losses = [v for d, v in own if defense == "sft" or d != "align (sft)"][:5]
+    if defense in PINNED:
+        if request.config.getoption("--repin"):
+            print(f'\n    "{defense}": {[round(v, 6) for v in losses]},')
+        assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+        assert losses == pytest.approx(PINNED[defense], rel=1e-3), f"{defense}: {[round(v, 6) for v in losses]}"
