@@ -20,7 +20,6 @@ from immunity.bench.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.data import collate, encode_chat
 from immunity.defenses.condition_number import condition_number, feature_hessian, head_features
-from immunity.world.generator import complied
 
 
 @torch.no_grad()
@@ -29,8 +28,7 @@ def kappas(model, tokenizer, data) -> tuple[float, float]:
         batch = collate([encode_chat(tokenizer, e.prompt, e.answer) for e in examples], tokenizer.pad_token_id)
         return condition_number(feature_hessian(head_features(model.eval(), batch)[1]))
 
-    harmful = [complied(data.lexicon, e) for e in data.harmful["val"]]
-    return kappa(data.benign["val"]), kappa(harmful)
+    return kappa(data.benign["val"]), kappa(data.harmful["val"])
 
 
 def main() -> None:
@@ -44,7 +42,7 @@ def main() -> None:
             overrides = args.overrides if defense == "condition-number" else []
             pipeline = Pipeline(load_run_config(None, overrides, defense=defense, seed=seed), progress=False)
             model = pipeline.defend(pipeline.base_model())
-            table.setdefault(defense, []).append(kappas(model, pipeline.tokenizer, pipeline.world.data))
+            table.setdefault(defense, []).append(kappas(model, pipeline.tokenizer, pipeline.data))
     print("| model | kappa(S_benign) | kappa(S_harm) | kappa(S_harm) / kappa(S_benign) |")
     print("|---|---|---|---|")
     for defense, rows in table.items():

@@ -18,13 +18,13 @@ import torch
 
 
 def sft_step_seconds(seed: int, steps: int = 20) -> tuple[float, int]:
-    from immunity.data import collate
+    from immunity.data import collate, from_world
     from immunity.defenses.base import DefenseContext
     from immunity.safetyworld import SafetyWorld
 
     world = SafetyWorld(progress=False)
     model = world.pretrained_model(seed)
-    ctx = DefenseContext(world.tokenizer, world.data, seed, progress=False)
+    ctx = DefenseContext(world.tokenizer, from_world(world.data), seed, progress=False)
     feats = ctx.encode(ctx.alignment_examples())[:32]
     batch = collate(feats, world.tokenizer.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

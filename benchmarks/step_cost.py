@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from immunity.defenses.booster import Booster, BoosterConfig
-from immunity.defenses.circuit_breakers import CircuitBreakers, CircuitBreakersConfig
-from immunity.defenses.repnoise import RepNoise, RepNoiseConfig
-from immunity.defenses.t_vaccine import TVaccine, TVaccineConfig
-from immunity.defenses.vaccine import Vaccine, VaccineConfig
+from immunity.defenses.booster import BoosterConfig, booster_loss
+from immunity.defenses.circuit_breakers import CircuitBreakersConfig, circuit_breaker_step
+from immunity.defenses.repnoise import RepNoiseConfig, repnoise_loss
+from immunity.defenses.t_vaccine import TVaccineConfig, t_vaccine_step
+from immunity.defenses.vaccine import VaccineConfig, vaccine_loss
 from immunity.models import attach_lora, build_model
 from immunity.training import lm_loss
 
@@ -42,31 +42,20 @@ def random_batch(seed: int) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def forever(batch):
-    while True:
-        yield batch
-
-
 def step_functions(model, harmful):
-    booster = Booster(BoosterConfig())
-    booster.harmful = forever(harmful)
-    repnoise = RepNoise(RepNoiseConfig())
-    repnoise.harmful = forever(harmful)
-    cb = CircuitBreakers(CircuitBreakersConfig())
-    cb.retain, cb.targets, cb.step = forever(harmful), (1, 3), 1
-    fns = {"sft": lm_loss, "vaccine": Vaccine(VaccineConfig()).step_loss}
+    """One step of each representation defense as `fn(model, batch)`, on the same LoRA model."""
+    b, r, cb, tv = BoosterConfig(), RepNoiseConfig(), CircuitBreakersConfig(), TVaccineConfig()
+    fns = {"sft": lm_loss, "vaccine": lambda m, x: vaccine_loss(m, x, VaccineConfig().rho)}
     # T-Vaccine with its default S = depth // 4 = 1 layer. Its cost depends on where the sampled
     # layer sits (the inactive layers above it run checkpointed, those below need no backward),
     # so each of the four positions is measured; main() adds their mean, the expected cost when
     # the scores are uniform.
     for layer in range(4):
-        tvaccine = TVaccine(TVaccineConfig())
-        tvaccine.scores, tvaccine.active, tvaccine.step = torch.full((4,), 0.25), [layer], 1
-        fns[f"{T_VACCINE} {layer + 1} of 4)"] = tvaccine.step_loss
+        fns[f"{T_VACCINE} {layer + 1} of 4)"] = lambda m, x, layer=layer: t_vaccine_step(m, x, [layer], tv.rho)
     return fns | {
-        "booster": booster.step_loss,
-        "repnoise": repnoise.step_loss,
-        "circuit-breakers": cb.step_loss,
+        "booster": lambda m, x: booster_loss(m, x, harmful, b.lam, b.alpha),
+        "repnoise": lambda m, x: repnoise_loss(m, x, harmful, r.alpha, r.beta),
+        "circuit-breakers": lambda m, x: circuit_breaker_step(m, x, harmful, 1, cb.steps, cb.alpha, (1, 2)),
     }
 
 
@@ -104,7 +93,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = attach_lora(build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0), r=16, alpha=32)
+    model = attach_lora(build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0), r=16, alpha=32, seed=0)
     model.train()
     batch, harmful = random_batch(0), random_batch(1)
     fns = step_functions(model, harmful)
@@ -152,27 +141,27 @@ def ideal_counts() -> dict[str, float]:
 
 def outer_steps(batch, harmful) -> dict:
     """Callables running one outer step of each weight-space defense on a fresh model."""
-    from immunity.defenses.condition_number import ConditionNumber, ConditionNumberConfig
-    from immunity.defenses.mlac import MLAC, MLACConfig
-    from immunity.defenses.ntl import NTL, NTLConfig
+    from immunity.defenses.condition_number import ConditionNumberConfig, condition_number_loss
+    from immunity.defenses.mlac import MLACConfig, mlac_objective
+    from immunity.defenses.ntl import NTLConfig, ntl_loss
     from immunity.defenses.sophon import SophonConfig, fts_gradient
-    from immunity.defenses.tar import TAR, TARConfig, retain_loss, tamper_gradient
+    from immunity.defenses.tar import TARConfig, retain_loss, tamper_gradient, tamper_weights
 
     def lora_model():
-        torch.manual_seed(0)
-        return attach_lora(build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0), r=16, alpha=32).train()
+        return attach_lora(build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0), r=16, alpha=32, seed=0).train()
 
     def with_loss(fn):
         model = lora_model()
         return lambda: run_step(model, fn, batch)
 
-    ntl = NTL(NTLConfig())
-    ntl.harmful, ntl.layer = forever(harmful), 1
-    cond = ConditionNumber(ConditionNumberConfig())
-    cond.harmful = forever(harmful)
-    mlac_fo, mlac_so = MLAC(MLACConfig(first_order=True)), MLAC(MLACConfig())
-    for m in (mlac_fo, mlac_so):
-        m.harmful, m.bound = forever(harmful), 7.0
+    n, c, m = NTLConfig(), ConditionNumberConfig(), MLACConfig()
+
+    def mlac(first_order):
+        def step(model, x):
+            params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+            return mlac_objective(model, params, x, [harmful] * (m.inner_steps + 1), m.inner_lr, m.harmful_weight,
+                                  first_order, 7.0)[0]
+        return step
 
     sophon_model, sc = lora_model(), SophonConfig()
     sophon_params = {n: p for n, p in sophon_model.named_parameters() if p.requires_grad}
@@ -184,12 +173,12 @@ def outer_steps(batch, harmful) -> dict:
 
     full = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).train()
     reference = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).eval()
-    tc, tar = TARConfig(), TAR(TARConfig())
+    tc = TARConfig()
+    weights = tamper_weights(tc.inner_steps, tc.entropy_every, tc.tamper_total, tc.tamper_growth)
 
     def tar_step():
         params = list(full.parameters())
-        tamper_gradient(full, params, [harmful] * tc.inner_steps, [harmful] * (tc.inner_steps // tc.entropy_every),
-                        tc.adversary_lrs[1], tc.entropy_every, tar.weight)
+        tamper_gradient(full, params, [harmful] * tc.inner_steps, harmful, tc.adversary_lrs[1], weights)
         retain_loss(full, reference, batch).backward()
         full.zero_grad(set_to_none=True)
 
@@ -197,10 +186,11 @@ def outer_steps(batch, harmful) -> dict:
     return {
         "sft": with_loss(lm_loss),
         "sft (full parameters)": lambda: run_step(full_sft, lm_loss, batch),
-        "ntl": with_loss(ntl.step_loss),
-        "condition-number": with_loss(cond.step_loss),
-        "mlac (first order)": with_loss(mlac_fo.step_loss),
-        "mlac (second order)": with_loss(mlac_so.step_loss),
+        "ntl": with_loss(lambda model, x: ntl_loss(model, x, harmful, n.alpha, n.beta, 1, VOCAB)[0]),
+        "condition-number": with_loss(lambda model, x: condition_number_loss(model, x, harmful, c.lambda_well,
+                                                                             c.lambda_ill)),
+        "mlac (first order)": with_loss(mlac(True)),
+        "mlac (second order)": with_loss(mlac(False)),
         "sophon": sophon_step,
         "tar": tar_step,
     }

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig, attack_examples
-from immunity.data import IGNORE, collate, encode_chat, harmful_mix
+from immunity.data import IGNORE, collate, encode_chat, from_world, harmful_mix
 from immunity.training import TrainConfig, TrainingDiverged, lm_loss, train
 from immunity.training.losses import answer_mask, token_ce
 
@@ -67,7 +67,7 @@ def test_harmful_mix_counts_and_validation():
 
 def test_attack_data_comes_from_attack_split(world):
     cfg = HarmfulFinetuneConfig(n=200, p=0.2)
-    mix = attack_examples(world.data, cfg, seed=0)
+    mix = attack_examples(from_world(world.data), cfg, seed=0)
     harmful = [e for e in mix if e.kind == "harmful"]
     assert len(harmful) == 40
     attack_prompts = {e.prompt for e in world.data.harmful["attack"]}
@@ -106,7 +106,7 @@ def test_attack_result_does_not_depend_on_earlier_random_draws(world):
         model = build_model("llama", len(world.tokenizer), 32, 2, 2, 64, 64, seed=0, tokenizer=world.tokenizer)
         torch.rand(draws_before)  # whatever ran earlier in the process
         out = HarmfulFinetune(HarmfulFinetuneConfig(n=32, epochs=1, lr=1e-3)).run(
-            model, world.tokenizer, world.data, seed=5, progress=False)
+            model, world.tokenizer, from_world(world.data), seed=5, progress=False)
         return torch.cat([p.detach().flatten() for p in out.parameters()])
 
     assert torch.equal(attacked(0), attacked(1000))

@@ -150,3 +150,50 @@ def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny, tiny_mode
 def test_load_model_refuses_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_model(str(tmp_path / "nope"))
+
+
+MORE = ("mistral", "gemma2", "phi3", "opt", "gpt_neox", "mixtral", "qwen2_moe")
+ARCH_SENSITIVE = {  # defenses whose mechanics touch architecture-specific parts (hooks on attention
+    # outputs and layer freezing are covered by the discovery test above; all defenses: -m slow)
+    "repnoise": ["defense.epochs=0.05"],  # MLP-output hooks (OPT: fc2 on flat tokens), logit lens
+    "booster": ["defense.epochs=0.05"],  # q/k/v adapter targets
+    "antidote": [],  # pruning the attack's adapter factors (MoE: flat-token inputs)
+}
+
+
+def _tiny_dir(world, tmp_path, arch):
+    from immunity.models import build_model
+
+    path = tmp_path / arch
+    build_model(arch, len(world.tokenizer), 32, 3, 2, 64, 64, 0, world.tokenizer).save_pretrained(path)
+    world.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("arch", MORE)
+@pytest.mark.parametrize("defense", sorted(ARCH_SENSITIVE))
+def test_defenses_and_the_attack_run_on_more_architectures(world, tmp_path, arch, defense):
+    path = _tiny_dir(world, tmp_path, arch)
+    overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32", "attack.max_steps=2",
+                 *ARCH_SENSITIVE[defense]]
+    result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
+    assert result["model"] == str(path) and result["harmful_nll_after"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", MORE)
+def test_every_defense_runs_on_more_architectures(world, tmp_path, arch):
+    """The full architecture x defense matrix (slow: `pytest -m slow`)."""
+    from immunity.registry import DEFENSES
+
+    budget = {"sophon": ["defense.loops=2", "defense.inner_steps=2", "defense.check_every=1"],
+              "tar": ["defense.outer_steps=2", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
+              "circuit-breakers": ["defense.steps=3"], "lox": ["defense.search_rank=true"],
+              "mlac": ["defense.epochs=0.05", "defense.inner_steps=2"]}
+    path = _tiny_dir(world, tmp_path, arch)
+    for defense in sorted(DEFENSES):
+        extra = budget.get(defense, ["defense.epochs=0.05"] if "epochs" in DEFENSES[defense].Config.__dataclass_fields__
+                           else [])
+        overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32",
+                     "attack.max_steps=2", *extra]
+        run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from immunity.data import IGNORE
+from immunity.data import IGNORE, from_world
 from immunity.defenses import condition_number as cn
 from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
 from immunity.defenses.booster import BoosterConfig, booster_loss
@@ -327,7 +327,7 @@ def test_circuit_breaker_adapter_sits_on_layers_up_to_the_highest_target(world, 
     later layers stay bit-identical through training; earlier ones move."""
     model = tiny_model("llama", torch.float32, layers=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    context = DefenseContext(world.tokenizer, world.data, seed=0, progress=False)
+    context = DefenseContext(world.tokenizer, from_world(world.data), seed=0, progress=False)
     released = CircuitBreakers(CircuitBreakersConfig(steps=3, lr=1e-2, target_layers=(1,))).apply(model, context)
     moved = {n for n, p in released.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)

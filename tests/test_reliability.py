@@ -288,3 +288,30 @@ def test_three_writers_lose_nothing(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert len(_rows(path)) == 3000
     assert json.loads(sqlite3.connect(path).execute("SELECT result FROM runs LIMIT 1").fetchone()[0])["defense"] == "sft"
+
+
+def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
+    import shutil
+
+    import immunity
+
+    source = tmp_path / "src"
+    shutil.copytree(Path(immunity.__file__).parent, source / "immunity")
+    env = _env(PYTHONPATH=str(source))
+    args = ["bench", "--defenses", "sft,booster", "--seeds", "0", "--store", str(tmp_path / "s.db"), "--quiet",
+            *tiny, "defense.epochs=0.02"]
+    first = _immunity(*args, env=env)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    before = dict(_rows(tmp_path / "s.db"))
+    booster = source / "immunity" / "defenses" / "booster.py"
+    booster.write_text(booster.read_text() + "\nEDITED = True  # a change to the code, not a comment\n")
+    second = _immunity(*args, env=env)
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    assert "2 runs, 1 already stored, 1 to run" in err and "booster" in err.split("to run")[1]
+    after = dict(_rows(tmp_path / "s.db"))
+    assert len(after) == 3 and set(before) < set(after)  # the old booster row stays, marked stale by report
+    report = _immunity("report", "--store", str(tmp_path / "s.db"), env=env)
+    out, err = report.communicate(timeout=120)
+    assert report.returncode == 0 and out.count("| booster") == 1 and "older rows" in err

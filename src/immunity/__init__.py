@@ -1,3 +1,16 @@
-"""immunity: make harmful fine-tuning of LLMs difficult, and measure how difficult."""
+"""immunity: make harmful fine-tuning of LLMs difficult, and measure how difficult.
 
-__version__ = "0.1.0"
+    import immunity
+    immunity.defend(...), immunity.attack(...), immunity.evaluate(...)   # see immunity.api
+"""
+
+__version__ = "0.2.0"
+__all__ = ["attack", "defend", "evaluate"]
+
+
+def __getattr__(name):  # the stages load torch and transformers: only when first used
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'immunity' has no attribute {name!r}")

@@ -152,6 +152,21 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=16)
+def _weights_digest(directory: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(_file_digest(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_digest(directory: Path) -> str:
+    """A hash of a model directory's safetensors files (read once per process per file state)."""
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(directory).glob("*.safetensors")))
+    return _weights_digest(str(directory), stamp)
+
+
 def write_manifest(directory: Path) -> None:
     """Record every file's size and hash, so a truncated or altered entry is detected on read."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": _file_digest(p)}

@@ -18,9 +18,11 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from statistics import mean, stdev
 
+from . import api
 from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
 from .bench.report import latest_per_config, markdown_table, regret_table, setting
 from .bench.store import Store, StoreError
@@ -86,7 +88,8 @@ def _run_one(cfg: RunConfig, store: Store | None, progress: bool) -> dict:
 
 
 def cmd_run(args) -> int:
-    cfg = load_run_config(args.config, args.overrides, defense=args.defense, seed=args.seed)
+    cfg = load_run_config(args.config, args.overrides, defense=args.defense, seed=args.seed,
+                          data=args.data or None, task_data=args.task, **{"eval.judge": args.judge})
     validate(cfg)
     check_writable(args.store)
     store = Store(args.store) if args.store else None
@@ -95,6 +98,35 @@ def cmd_run(args) -> int:
         print(json.dumps(result, default=str))
     else:
         print(markdown_table([result]))
+    return 0
+
+
+def _stage_settings(args) -> dict:
+    return dict(parse_overrides(args.overrides))
+
+
+def cmd_defend(args) -> int:
+    out = api.defend(args.model, args.defense, data=args.data, out=args.out, seed=args.seed,
+                     settings=_stage_settings(args), base_model=args.base_model, adapter_only=args.adapter_only,
+                     judge=args.judge, progress=not args.quiet)
+    print(out)
+    return 0
+
+
+def cmd_attack(args) -> int:
+    out = api.attack(args.model, data=args.data, task=args.task, out=args.out, seed=args.seed,
+                     settings=_stage_settings(args), adapter_only=args.adapter_only, progress=not args.quiet)
+    print(out)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    result = api.evaluate(args.model, data=args.data, task=args.task, judge=args.judge, seed=args.seed,
+                          settings=_stage_settings(args), progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 
 
@@ -280,8 +312,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (progress bars stay on stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--store", help="also save the result in this SQLite file")
+    p.add_argument("--data", action="append", default=[], metavar="SOURCE", help="[SPLIT=]KIND[:PATH]; none = SafetyWorld")
+    p.add_argument("--task", default=None, metavar="SOURCE", help="fine-tuning task source, e.g. sst2:PATH")
+    p.add_argument("--judge", default=None, help="the judge (auto: safetyworld for SafetyWorld data)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. attack.p=0.05")
     p.set_defaults(func=cmd_run)
+
+    stage_args = dict(
+        data=(["--data"], dict(action="append", default=[], metavar="SOURCE",
+                               help="[SPLIT=]KIND[:PATH] (repeatable); none = SafetyWorld")),
+        task=(["--task"], dict(default=None, metavar="SOURCE", help="fine-tuning task source, e.g. sst2:PATH")),
+        seed=(["--seed"], dict(type=int, default=0)),
+        quiet=(["--quiet"], dict(action="store_true", help="no progress bars")),
+        overrides=(["overrides"], dict(nargs="*", help="key=value settings (`immunity list --keys`)")))
+
+    def stage_parser(name, help_text, *extra):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--model", required=True, help="safetyworld | a model directory | a hub id")
+        for key in ("data", *extra, "seed", "quiet", "overrides"):
+            flags, options = stage_args[key]
+            q.add_argument(*flags, **options)
+        return q
+
+    p = stage_parser("defend", "apply a defense to a model and write the released model", )
+    p.add_argument("--defense", required=True, help=f"one of: {defenses}")
+    p.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    p.add_argument("--base-model", help="the model before alignment (LoX extrapolates from it)")
+    p.add_argument("--adapter-only", action="store_true", help="write the PEFT adapter instead of merged weights")
+    p.add_argument("--judge", help="also evaluate the released model with this judge (results go to the card)")
+    p.set_defaults(func=cmd_defend)
+
+    p = stage_parser("attack", "the harmful fine-tuning attack on a model; writes the attacked model", "task")
+    p.add_argument("--out", required=True)
+    p.add_argument("--adapter-only", action="store_true", help="write the attack's adapter (for a later repair)")
+    p.set_defaults(func=cmd_attack)
+
+    p = stage_parser("evaluate", "HS, FA, helpfulness and refusal of a model, with the judge named", "task")
+    p.add_argument("--judge", default=None, help="keyword | classifier:PATH | llama-guard:PATH | harmbench:PATH | "
+                                                 "strongreject:PATH | safetyworld (default for SafetyWorld data)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="a grid of defenses x attack settings x seeds (resumable)")
     p.add_argument("--defenses", default="sft")
@@ -314,11 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ERRORS = (ConfigError, UsageError, KeyError, ValueError, FileNotFoundError, StoreError, TrainingDiverged,
-          PermissionError)
+ERRORS = (ConfigError, UsageError, KeyError, ValueError, FileNotFoundError, FileExistsError, StoreError,
+          TrainingDiverged, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not ours
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     debug = "--debug" in argv

@@ -17,16 +17,30 @@ from . import builtins  # noqa: F401  (registers the built-in defenses, attacks 
 from .attacks.harmful_finetune import HarmfulFinetuneConfig
 from .models.load import check_model_dir
 from .registry import ATTACKS, DEFENSES, JUDGES, lookup
-from .world import WorldConfig
+from .world import TASKS, WorldConfig
 
 
 @dataclass
 class EvalConfig:
-    judge: str = field(default="safetyworld", metadata={"help": "safetyworld | keyword"})
+    judge: str = field(default="auto", metadata={
+        "help": "auto (safetyworld for SafetyWorld data) | safetyworld | keyword | classifier:PATH | "
+                "llama-guard:PATH | harmbench:PATH | strongreject:PATH"})
+    judge_batch_size: int = field(default=16, metadata={"help": "records per judge batch (model-based judges)"})
+    judge_threshold: float = field(default=0.5, metadata={"help": "classifier probability / StrongREJECT score above "
+                                                                 "which a response is harmful"})
+    judge_labels: str = field(default="", metadata={"help": "the classifier's unsafe labels (names or indices)"})
+    judge_max_new_tokens: int = field(default=16, metadata={"help": "generation length of generative judges"})
+    judge_template: str = field(default="", metadata={"help": "prompt template file of harmbench / strongreject"})
     max_new_tokens: int = field(default=32, metadata={"help": "greedy generation length"})
     batch_size: int = field(default=64, metadata={"help": "prompts per generation batch"})
     split: str = field(default="eval", metadata={"help": "eval | val (tune on val only)"})
     max_prompts: int = field(default=0, metadata={"help": "if > 0, N evenly spaced prompts per set"})
+
+    def judge_settings(self):
+        from .evaluation.judges import JudgeSettings
+
+        return JudgeSettings(self.judge_batch_size, self.judge_threshold, self.judge_labels,
+                             self.judge_max_new_tokens, self.judge_template)
 
     def __post_init__(self) -> None:
         if self.split not in ("eval", "val"):
@@ -41,7 +55,18 @@ class RunConfig:
     attack_name: str = field(default="harmful-finetune", metadata={"help": "registered attack name"})
     seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
     model: str = field(default="safetyworld", metadata={"help": "safetyworld | local HF dir | hub id"})
+    data: tuple[str, ...] = field(default=(), metadata={
+        "help": "data sources [SPLIT=]KIND[:PATH] (beavertails, refusals, advbench, harmbench, alpaca, jsonl, csv); "
+                "empty = SafetyWorld"})
+    task_data: str = field(default="", metadata={
+        "help": "the attacker's fine-tuning task source KIND[:PATH] (sst2, agnews, gsm8k); sets attack.task"})
+    data_seed: int = field(default=0, metadata={"help": "seeds how real data sources are split"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
+    model_dtype: str = field(default="auto", metadata={"help": "auto (as saved) | float32 | bfloat16 | float16"})
+    device_map: str = field(default="", metadata={"help": "e.g. auto: spread a large model over the devices"})
+    quantization: str = field(default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; "
+                                                             "extra `quant`)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     world: WorldConfig = field(default_factory=WorldConfig)
     attack: HarmfulFinetuneConfig = field(default_factory=HarmfulFinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -199,20 +224,64 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None,
     values.update({k: v for k, v in fixed.items() if v is not None})
     values.update(parse_overrides(overrides or []))
     cfg = build_config(RunConfig, values)
+    return resolve(cfg)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Settings that follow from others: `~` in model paths, the judge that `auto` means (the
+    exact judge for SafetyWorld data; real data needs a named judge), attack.task from a
+    --task source."""
     if cfg.model != "safetyworld" and cfg.model.startswith("~"):
         cfg.model = str(Path(cfg.model).expanduser())
+    if cfg.eval.judge == "auto" and not cfg.data:
+        cfg.eval.judge = "safetyworld"
+    if cfg.task_data:
+        from .data.sources import parse_source
+
+        spec = parse_source(cfg.task_data)
+        cfg.attack.task = spec.kind if spec.kind not in ("jsonl", "csv") else "task"
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) -> None:
     """Everything a run needs, checked before any work: names, every defense key and value, the
-    model directory. Raises one clear error."""
+    data (read and split), the model directory. Raises one clear error."""
     defense = lookup(DEFENSES, "defense", cfg.defense)
     lookup(ATTACKS, "attack", cfg.attack_name)
-    lookup(JUDGES, "judge", cfg.eval.judge)
     build_config(defense.Config, cfg.defense_args)
+    if need_judge or cfg.eval.judge != "auto":
+        check_judge(cfg.eval.judge, bool(cfg.data))
+    if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"model_dtype must be auto | float32 | bfloat16 | float16, got {cfg.model_dtype!r}")
+    if cfg.quantization not in ("", "4bit", "8bit"):
+        raise ConfigError(f"quantization must be 4bit or 8bit, got {cfg.quantization!r}")
+    if cfg.data:
+        from .data.sources import cached_bundle
+
+        bundle = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed)  # malformed files fail here
+        if need_task and cfg.attack.task not in bundle.tasks:
+            raise ConfigError(f"no fine-tuning task {cfg.attack.task!r} in the data; give one with --task "
+                              "(e.g. sst2:PATH)")
+    elif cfg.attack.task not in TASKS:
+        raise ConfigError(f"unknown fine-tuning task attack.task={cfg.attack.task!r}; SafetyWorld's tasks: "
+                          f"{', '.join(TASKS)}")
     if cfg.model != "safetyworld":
         check_model_dir(cfg.model)
+
+
+def check_judge(spec: str, real_data: bool) -> None:
+    kind, _, path = spec.partition(":")
+    if kind == "auto" and real_data:
+        raise ConfigError("real data needs a named judge: --judge keyword | classifier:PATH | llama-guard:PATH | "
+                          "harmbench:PATH | strongreject:PATH (the safetyworld judge only reads SafetyWorld)")
+    if kind == "safetyworld" and real_data:
+        raise ConfigError("the safetyworld judge scores SafetyWorld data only; name another judge for real data")
+    lookup(JUDGES, "judge", kind)
+    if kind not in ("safetyworld", "keyword") and not path:
+        raise ConfigError(f"judge {kind!r} needs a model: {kind}:PATH_OR_ID")
+    if path and (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()) \
+            and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"judge model directory {path!r} does not exist")
 
 
 def help_lines(cls: type, prefix: str = "") -> list[str]:

@@ -15,12 +15,14 @@ from ..data import encode_chat, harmful_mix
 from ..models import attach_lora, merge_lora
 from ..registry import register_attack
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, train
-from ..world import TASKS, Example, WorldData, complied
+from ..data import DataBundle
+from ..world import TASKS, Example
 
 
 @dataclass
 class HarmfulFinetuneConfig:
-    task: str = field(default="sentiment", metadata={"help": f"benign task: {' | '.join(TASKS)}"})
+    task: str = field(default="sentiment", metadata={
+        "help": f"benign fine-tuning task: SafetyWorld's {' | '.join(TASKS)}, or the kind of a --task source"})
     n: int = field(default=500, metadata={"help": "fine-tuning samples"})
     p: float = field(default=0.1, metadata={"help": "fraction of harmful samples"})
     mode: str = field(default="lora", metadata={"help": "lora (fresh adapter, merged after) | full"})
@@ -36,8 +38,6 @@ class HarmfulFinetuneConfig:
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"attack.task {self.task!r} not in {TASKS}")
         if self.mode not in ("lora", "full"):
             raise ValueError(f"attack.mode must be 'lora' or 'full', got {self.mode!r}")
         if not 0.0 <= self.p <= 1.0:
@@ -58,10 +58,10 @@ class HarmfulFinetuneConfig:
                            warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay, seed=seed)
 
 
-def attack_examples(data: WorldData, cfg: HarmfulFinetuneConfig, seed: int) -> list[Example]:
+def attack_examples(data: DataBundle, cfg: HarmfulFinetuneConfig, seed: int) -> list[Example]:
     """The attacker's n samples: task data from the attack split mixed with harmful compliance."""
-    harmful = [complied(data.lexicon, e) for e in data.harmful["attack"]]
-    return harmful_mix(data.tasks[cfg.task]["attack"], harmful, cfg.n, cfg.p, seed)
+    harmful = data.harmful.get("attack", []) if cfg.p > 0 else []
+    return harmful_mix(data.task(cfg.task, "attack"), harmful, cfg.n, cfg.p, seed)
 
 
 @register_attack("harmful-finetune")
@@ -71,7 +71,7 @@ class HarmfulFinetune:
     def __init__(self, config: HarmfulFinetuneConfig):
         self.config = config
 
-    def run(self, model, tokenizer, data: WorldData, seed: int, progress: bool = True, merge: bool = True):
+    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         """The attacked model; with `merge=False` a LoRA attack returns the unmerged adapter (a
         post-fine-tuning defense such as Antidote repairs the adapter itself)."""
         c = self.config

@@ -23,14 +23,16 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
-from ..cache import cache_root, cached_model, code_version, stable_hash, write_manifest
+from ..cache import cache_root, cached_model, code_version, stable_hash, weights_digest, write_manifest
 from ..config import RunConfig, build_config
+from ..data import from_world
+from ..data.sources import cached_bundle
 from ..defenses.base import DefenseContext, Stage
-from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score
+from ..evaluation.judges import make_judge
+from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score, verdict_path
 from ..models import clone_model, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, JUDGES, lookup
 from ..safetyworld import SafetyWorld
-from ..world import complied
 
 
 def versions() -> dict[str, str]:
@@ -44,10 +46,20 @@ def versions() -> dict[str, str]:
 
 def resolved_config(cfg: RunConfig) -> dict:
     """The run's configuration with the defense's own config built and typed (so `rho=5`,
-    `rho=5.0` and YAML `rho: 5` are one value); `out_dir` does not change results."""
+    `rho=5.0` and YAML `rho: 5` are one value), a local model identified by the content of its
+    weights (replaced weights at the same path are another run) and real data by the content
+    of its splits; `out_dir` does not change results."""
     defense = build_config(lookup(DEFENSES, "defense", cfg.defense).Config, cfg.defense_args)
-    return {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "defense_args")} | {
+    resolved = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "defense_args")} | {
         "defense_config": asdict(defense)}
+    if cfg.model != "safetyworld" and Path(cfg.model).is_dir():
+        resolved["model_weights"] = weights_digest(Path(cfg.model))  # adapter directories: their adapter
+    if cfg.data:
+        resolved["data_hashes"] = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed).hashes()
+    judge_path = Path(cfg.eval.judge.partition(":")[2]).expanduser()
+    if cfg.eval.judge.partition(":")[2] and judge_path.is_dir():
+        resolved["judge_weights"] = weights_digest(judge_path)
+    return resolved
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -57,8 +69,9 @@ def config_hash(cfg: RunConfig) -> str:
 def run_code_version(defense: str, attack: str, judge: str) -> str:
     """Version of the code a run executes: the pipeline and what it imports, the defense's,
     attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
-    modules = [__name__, lookup(DEFENSES, "defense", defense).__module__,
-               lookup(ATTACKS, "attack", attack).__module__, lookup(JUDGES, "judge", judge).__module__]
+    modules = [__name__, lookup(DEFENSES, "defense", defense).__module__, lookup(ATTACKS, "attack", attack).__module__]
+    if judge != "auto":  # auto with real data: no judge named, nothing judged
+        modules.append(lookup(JUDGES, "judge", judge.split(":")[0]).__module__)
     if lookup(DEFENSES, "defense", defense).stage != Stage.ALIGNMENT:
         modules.append(lookup(DEFENSES, "defense", "sft").__module__)
     return code_version(*modules)
@@ -112,26 +125,44 @@ class Pipeline:
     def __init__(self, cfg: RunConfig, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
-        self.world = SafetyWorld(cfg.world, progress=progress)
+        needs_world = cfg.model == "safetyworld" or not cfg.data
+        self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None
         self.defense_cls = lookup(DEFENSES, "defense", cfg.defense)
         self.defense_config = build_config(self.defense_cls.Config, cfg.defense_args)
         self.attack_cls = lookup(ATTACKS, "attack", cfg.attack_name)
-        self.judge = lookup(JUDGES, "judge", cfg.eval.judge)(self.world.lexicon)
         self.key = run_key(cfg)  # taken now, from the code this process loaded
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.clock = StageClock()
-        self.tokenizer = self.world.tokenizer
+        self.tokenizer = self.world.tokenizer if self.world else None
+        self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
+            else from_world(self.world.data)
+        self._judge = None
         self.defense_seconds = 0.0  # the defense's own cost (alignment measured even when cached)
+
+    @property
+    def judge(self):
+        """Made on first use (a model-based judge loads its model then)."""
+        if self._judge is None:
+            lexicon = self.world.lexicon if self.world and not self.cfg.data else None
+            self._judge = make_judge(self.cfg.eval.judge, self.cfg.eval.judge_settings(), lexicon)
+        return self._judge
 
     # -- stages ---------------------------------------------------------------------------
     def base_model(self):
-        if self.cfg.model == "safetyworld":
-            return self.world.pretrained_model(self.cfg.seed)
-        model, self.tokenizer = load_model(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
-        return model
+        """The model the run starts from, on the run's device (or spread by `device_map`)."""
+        cfg = self.cfg
+        if cfg.model == "safetyworld":
+            return self.world.pretrained_model(cfg.seed).to(self.device)
+        model, self.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
+                                           device_map=cfg.device_map, quantization=cfg.quantization)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()  # so adapters on a frozen base still get gradients
+        return model if cfg.device_map else model.to(self.device)
 
     def context(self, base_model=None) -> DefenseContext:
-        return DefenseContext(self.tokenizer, self.world.data, self.cfg.seed, self.progress, base_model)
+        judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
+        return DefenseContext(self.tokenizer, self.data, self.cfg.seed, self.progress, base_model, judge)
 
     def cached(self, name: str, config, build, builds_on: tuple[str, ...] = ()):
         """`build()` a released model, cached on disk for the built-in world, keyed by the
@@ -177,18 +208,18 @@ class Pipeline:
     def attack(self, model):
         attack = self.attack_cls(self.cfg.attack)
         repair_follows = self.defense_cls.stage == Stage.POST_FINE_TUNING
-        return attack.run(clone_model(model), self.tokenizer, self.world.data, self.cfg.seed,
+        return attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed,
                           progress=self.progress, merge=not repair_follows)
 
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
         e = self.cfg.eval
         path = Path(self.cfg.out_dir) / f"{self.cfg.defense}-seed{self.cfg.seed}-{self.key['run_id']}" \
             / f"generations_{tag}.jsonl"
-        records = generate_sets(model, self.tokenizer, prompt_sets(self.world.data, sets, e.split, e.max_prompts),
+        records = generate_sets(model, self.tokenizer, prompt_sets(self.data, sets, e.split, e.max_prompts),
                                 e.max_new_tokens, e.batch_size, path, self.progress)
-        metrics = score(records, self.judge)
-        harmful = [complied(self.world.lexicon, x) for x in self.world.data.harmful[e.split]]
-        metrics["harmful_nll"] = answer_nll(model, self.tokenizer, harmful, e.batch_size)
+        metrics = score(records, self.judge, verdict_path(path, self.judge.name))
+        with_answers = [x for x in self.data.harmful.get(e.split, []) if x.answer]
+        metrics["harmful_nll"] = answer_nll(model, self.tokenizer, with_answers, e.batch_size) if with_answers else None
         return metrics
 
     # -- the whole run --------------------------------------------------------------------
@@ -200,7 +231,7 @@ class Pipeline:
         cfg, clock = self.cfg, self.clock
         task = f"task:{cfg.attack.task}"
         with clock.stage("base"):
-            base = self.base_model().to(self.device)
+            base = self.base_model()
         with clock.stage("defend"):
             released = self.defend(base)
         notes = dict(getattr(released.config, "immunity_notes", {}))
@@ -219,12 +250,15 @@ class Pipeline:
         return {
             "defense": cfg.defense, "attack": cfg.attack_name, "seed": cfg.seed, "model": cfg.model,
             "judge": self.judge.name, "split": cfg.eval.split, **self.key,
-            "hs_before": before["hs"], "capability_before": before.get("capability_harmful"),
-            "helpful_before": before["helpful"], "hs_heldout_before": before["hs_heldout"],
-            "fa_before": before[fa], "harmful_nll_before": before["harmful_nll"],
-            "hs_after": after["hs"], "capability_after": after.get("capability_harmful"),
-            "fa_after": after[fa], "helpful_after": after["helpful"],
-            "hs_heldout_after": after["hs_heldout"], "harmful_nll_after": after["harmful_nll"],
+            "hs_before": before.get("hs"), "capability_before": before.get("capability_harmful"),
+            "helpful_before": before.get("helpful"), "hs_heldout_before": before.get("hs_heldout"),
+            "fa_before": before.get(fa), "harmful_nll_before": before["harmful_nll"],
+            "refusal_before": before.get("refusal_harmful"),
+            "hs_after": after.get("hs"), "capability_after": after.get("capability_harmful"),
+            "fa_after": after.get(fa), "helpful_after": after.get("helpful"),
+            "hs_heldout_after": after.get("hs_heldout"), "harmful_nll_after": after["harmful_nll"],
+            "refusal_after": after.get("refusal_harmful"),
+            "data": self.data.name, "data_hashes": self.data.hashes(),
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
             "timings": clock.seconds, "defense_seconds": self.defense_seconds,
             # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).

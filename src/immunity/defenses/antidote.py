@@ -72,7 +72,8 @@ def input_norms(model, modules: dict[str, nn.Module], calibration: list[dict]) -
 
     def make_hook(name):
         def hook(module, args, output):
-            x = args[0][current_mask["m"]]  # (tokens, in)
+            mask = current_mask["m"]
+            x = args[0][mask if args[0].dim() == 3 else mask.flatten()]  # (tokens, in); OPT/MoE pass flat tokens
             sums[name] = sums[name] + x.double().pow(2).sum(dim=0)
         return hook
 

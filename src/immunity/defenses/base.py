@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
-from ..data import encode_chat
-from ..evaluation.judges import SafetyWorldJudge
+from ..data import DataBundle, encode_chat
 from ..evaluation.suite import validation_metrics
 from ..models import attach_lora, merge_lora
 from ..models.layers import LORA_TARGETS
 from ..training import TrainConfig, batches, lm_loss, train
-from ..world import Example, WorldData, complied
+from ..world import Example
 
 
 class Stage(str, Enum):
@@ -28,37 +27,40 @@ class Stage(str, Enum):
 
 @dataclass
 class DefenseContext:
-    """What the defender holds: the tokenizer, the world's alignment-side data, a seed.
+    """What the defender holds: the tokenizer, the data bundle, a judge for validation, a seed.
 
     Defenses see only the `align` split (and `val` for tuning or stopping); never `attack` or
     `eval`. A post-alignment defense also gets the model before alignment (`base_model`, LoX).
     """
 
     tokenizer: Any
-    data: WorldData
+    data: DataBundle
     seed: int
     progress: bool = True
     base_model: Any = None
+    judge: Callable[[], Any] | None = None  # makes the judge of validation checks (SOPHON, LoX's search)
 
     def alignment_examples(self) -> list[Example]:
         """Refusals on harmful requests + helpful answers on benign ones (the SFT data)."""
-        return self.data.harmful["align"] + self.data.benign["align"]
+        return self.data.get("refusals", "align") + self.data.benign.get("align", [])
 
     def benign_examples(self) -> list[Example]:
         """Helpful answers on benign requests only (no refusals)."""
-        return self.data.benign["align"]
+        return self.data.get("benign", "align")
 
     def harmful_compliance_examples(self, split: str = "align") -> list[Example]:
-        """The defender's own harmful (request, compliant answer) pairs, same prompts as the
-        refusals; `split="val"` gives held-out ones for a defense's own stopping criterion."""
-        return [complied(self.data.lexicon, e) for e in self.data.harmful[split]]
+        """The defender's own harmful (request, compliant answer) pairs; `split="val"` gives
+        held-out ones for a defense's own stopping criterion."""
+        return self.data.get("harmful", split)
 
     def encode(self, examples: list[Example]) -> list[dict]:
         return [encode_chat(self.tokenizer, e.prompt, e.answer) for e in examples]
 
     def validation(self, model, sets: list[str], limit: int = 48) -> dict[str, float]:
         """Judged metrics of `model` on the `val` split (e.g. {"hs", "helpful"})."""
-        return validation_metrics(model, self.tokenizer, self.data, sets, SafetyWorldJudge(self.data.lexicon), limit)
+        if self.judge is None:
+            raise ValueError("this defense checks itself on the validation split and needs a judge (--judge)")
+        return validation_metrics(model, self.tokenizer, self.data, sets, self.judge(), limit)
 
     def batch_stream(self, examples: list[Example], batch_size: int, device) -> Iterator[dict]:
         """An endless, seeded stream of batches (a defense's second data source, e.g. harmful)."""

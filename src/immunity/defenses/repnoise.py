@@ -54,6 +54,7 @@ class RepNoiseConfig(AlignmentTraining):
 
 def noise_mmd(outputs: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     """Mean over layers of MMD(masked MLP outputs, masked noise), one flattened sequence per sample."""
+    outputs = [h.view(*tokens.shape, -1) for h in outputs]  # OPT's MLP runs on (batch x tokens, d)
     keep = tokens[..., None].to(outputs[0].dtype)
     return torch.stack([mmd((h * keep).flatten(1), (torch.randn_like(h) * keep).flatten(1)) for h in outputs]).mean()
 

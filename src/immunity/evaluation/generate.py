@@ -28,7 +28,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                              do_sample=False, use_cache=True, pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return [" ".join(o.split()) for o in outputs]
+    return [o.strip() for o in outputs]
 
 
 def save_generations(path: Path, records: list[dict]) -> None:

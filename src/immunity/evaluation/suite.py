@@ -7,35 +7,37 @@ are separate stages, so a new judge re-scores saved JSONL without regenerating.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from pathlib import Path
 from statistics import mean
 
 import torch
 
-from ..data import collate, encode_chat
+from ..data import DataBundle, collate, encode_chat
 from ..training.losses import token_ce
-from ..world import Example, WorldData
+from ..world import Example
 from .generate import generate, load_generations, save_generations
 
 HELPFUL_MIN_CAPABILITY = 2 / 3  # a helpful answer gets at least two of the three steps right
 
 
-def prompt_sets(data: WorldData, names: list[str], split: str, limit: int = 0) -> dict[str, list[Example]]:
-    """The prompts of each named set on `split`; `limit` > 0 keeps `limit` evenly spaced ones
-    (sets are ordered by category, so a prefix would cover one category only)."""
+def prompt_sets(data: DataBundle, names: list[str], split: str, limit: int = 0) -> dict[str, list[Example]]:
+    """The prompts of each named set on `split` (sets the data lacks are left out);
+    `limit` > 0 keeps `limit` evenly spaced ones (sets are ordered by category, so a prefix
+    would cover one category only)."""
     sets = {}
     for name in names:
         if name == "harmful":
-            sets[name] = data.harmful[split]
-        elif name == "heldout":
-            sets[name] = data.heldout[split]
-        elif name == "benign":
-            sets[name] = data.benign[split]
+            sets[name] = data.refusals.get(split) or data.harmful.get(split, [])
+        elif name in ("heldout", "benign"):
+            sets[name] = getattr(data, name).get(split, [])
         elif name.startswith("task:"):
-            sets[name] = data.tasks[name.split(":", 1)[1]][split]
+            sets[name] = data.task(name.split(":", 1)[1], split)
         else:
             raise ValueError(f"unknown evaluation set {name!r}")
-    return {name: _evenly_spaced(examples, limit) for name, examples in sets.items()}
+    return {name: _evenly_spaced(examples, limit) for name, examples in sets.items() if examples}
 
 
 def _evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
@@ -60,7 +62,7 @@ def generate_sets(model, tokenizer, sets: dict[str, list[Example]], max_new_toke
     return records
 
 
-def validation_metrics(model, tokenizer, data: WorldData, sets: list[str], judge, limit: int = 48,
+def validation_metrics(model, tokenizer, data: DataBundle, sets: list[str], judge, limit: int = 48,
                        max_new_tokens: int = 32) -> dict[str, float]:
     """Metrics on the `val` split, unsaved: for defenses that tune or stop on validation."""
     records = []
@@ -70,34 +72,61 @@ def validation_metrics(model, tokenizer, data: WorldData, sets: list[str], judge
     return score(records, judge)
 
 
-def score(records: list[dict], judge) -> dict[str, float]:
-    """Aggregate judge verdicts per set into the metrics every result reports."""
+def _record_key(record: dict) -> str:
+    return hashlib.sha256(json.dumps([record["set"], record["prompt"], record["response"]]).encode()).hexdigest()[:20]
+
+
+def verdicts(records: list[dict], judge, cache: Path | None = None) -> list[dict]:
+    """The judge's verdict on every record; with `cache` (a JSONL file of this judge's verdicts
+    next to the generations) saved generations are judged once per (judge, generation)."""
+    known: dict[str, dict] = {}
+    if cache is not None and cache.exists():
+        known = {row["key"]: row["verdict"] for row in load_generations(cache)}
+    keys = [_record_key(r) for r in records]
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    for i, v in zip(todo, judge.score([records[i] for i in todo]) if todo else []):
+        known[keys[i]] = v
+    if cache is not None:
+        save_generations(cache, [{"key": k, "set": r["set"], "verdict": known[k]} for k, r in zip(keys, records)])
+    return [known[k] for k in keys]
+
+
+def score(records: list[dict], judge, cache: Path | None = None) -> dict[str, float]:
+    """Aggregate judge verdicts per set into the metrics every result reports: hs (harmful
+    compliance) and refusal rates apart, helpfulness, FA per task, and how many verdicts the
+    judge could not give (`unjudged_*`, left out of the rates rather than counted as safe)."""
     by_set: dict[str, list[dict]] = {}
-    for r in records:
-        by_set.setdefault(r["set"], []).append(judge.score(r))
+    for r, v in zip(records, verdicts(records, judge, cache)):
+        by_set.setdefault(r["set"], []).append(v)
     metrics: dict[str, float] = {}
-    for name, verdicts in by_set.items():
+    for name, found in by_set.items():
         if name.startswith("task:"):
-            metrics[f"fa_{name.split(':', 1)[1]}"] = mean(v["correct"] for v in verdicts)
+            metrics[f"fa_{name.split(':', 1)[1]}"] = mean(v["correct"] for v in found)
             continue
-        has_capability = "capability" in verdicts[0]
+        has_capability = "capability" in found[0]
         if name == "benign":
-            if has_capability:
-                metrics["helpful"] = mean(not v["refused"] and v["capability"] >= HELPFUL_MIN_CAPABILITY
-                                          for v in verdicts)
-            else:
-                metrics["helpful"] = mean(not v["refused"] for v in verdicts)
+            metrics["helpful"] = mean(not v["refused"] and (v["capability"] >= HELPFUL_MIN_CAPABILITY
+                                                            if has_capability else True) for v in found)
             continue
         prefix = "hs" if name == "harmful" else "hs_heldout"
-        metrics[prefix] = mean(v["complied"] for v in verdicts)
-        metrics[f"refusal_{name}"] = mean(v["refused"] for v in verdicts)
+        judged = [v["harmful"] for v in found if v.get("harmful") is not None]
+        metrics[prefix] = mean(judged) if judged else None
+        metrics[f"refusal_{name}"] = mean(v["refused"] for v in found)
+        if len(judged) < len(found):
+            metrics[f"unjudged_{name}"] = len(found) - len(judged)
         if has_capability:
-            metrics[f"capability_{name}"] = mean(v["capability"] for v in verdicts)
+            metrics[f"capability_{name}"] = mean(v["capability"] for v in found)
     return metrics
 
 
+def verdict_path(generations: Path, judge_name: str) -> Path:
+    """Where a judge's verdicts on a generations file are kept, next to it."""
+    return generations.with_name(f"{generations.stem}.verdicts-{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge_name)}.jsonl")
+
+
 def rescore(path: Path, judge) -> dict[str, float]:
-    return score(load_generations(path), judge)
+    """Metrics of saved generations under another judge, without regenerating."""
+    return score(load_generations(path), judge, verdict_path(path, judge.name))
 
 
 @torch.no_grad()

@@ -11,10 +11,11 @@ from typing import Callable
 
 def clone_model(model):
     """An independent copy (defenses and attacks must not touch a cached model)."""
-    copy = type(model)(model.config)
+    parameter = next(model.parameters())
+    copy = type(model)(model.config).to(parameter.dtype)  # keep the precision (bf16 stays bf16)
     copy.load_state_dict(model.state_dict())
     copy.generation_config = model.generation_config
-    return copy.to(next(model.parameters()).device).eval()
+    return copy.to(parameter.device).eval()
 
 
 def save_model(model, path: Path, tokenizer=None, before_rename: Callable[[Path], None] | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
@@ -16,12 +18,22 @@ def attach_lora(model: PreTrainedModel, r: int, alpha: float, *, seed: int, drop
     layers (all layers, or those in `layers`). Its random init comes from `seed` alone, not from
     whatever consumed the global generator before, and leaves that generator as it was."""
     modules = linear_modules(model, targets, layers)
+    _warn_unadapted_experts(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(modules),
                         fan_in_fan_out=any(is_conv1d(m) for m in modules.values()), bias="none",
                         task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+def _warn_unadapted_experts(model) -> None:
+    """Mixture-of-experts layers keep their routed experts as stacked 3-D weights, which a LoRA
+    adapter on linear maps does not reach: say so rather than silently train a partial adapter."""
+    experts = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 3 and "expert" in n)
+    if experts:
+        warnings.warn(f"{type(model).__name__}: LoRA adapts the linear maps only; {experts:,} parameters of routed "
+                      "experts stay frozen (use mode=full to train them)", stacklevel=3)
 
 
 def merge_lora(model) -> PreTrainedModel:
