@@ -210,3 +210,18 @@ def test_run_key_changes_with_the_code_of_the_defense_only(monkeypatch):
     monkeypatch.setattr(cache, "_parsed", edited)
     assert run_key(cfg_b)["code_version"] != before_b["code_version"]
     assert run_key(cfg_s)["code_version"] == before_s["code_version"]
+
+
+def test_recipes_are_valid_configurations():
+    from pathlib import Path
+
+    from immunity.data.sources import parse_source
+
+    recipes = sorted((Path(__file__).parents[1] / "configs" / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        cfg = load_run_config(str(path))  # every key known, every value typed
+        assert cfg.model != "safetyworld" and cfg.data and cfg.eval.judge != "auto", path
+        for source in cfg.data:
+            if ":" not in source.split("#")[0].split("=", 1)[-1]:  # hub sources parse offline
+                parse_source(source)

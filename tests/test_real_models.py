@@ -302,3 +302,11 @@ def test_readme_python_example_runs(files, tmp_path, monkeypatch):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert {"hs", "fa", "judge"} <= set(namespace["scores"])
+
+
+def test_a_bf16_model_stays_bf16_through_defense_and_release(files, tmp_path):
+    out = immunity.defend(str(files["model"]), "sft", data=[f"beavertails:{files['bt']}"], out=str(tmp_path / "B"),
+                          settings={"model_dtype": "bfloat16", "defense.epochs": 0.2}, progress=False)
+    released = AutoModelForCausalLM.from_pretrained(out)
+    assert released.dtype == torch.bfloat16
+    assert json.loads((tmp_path / "B" / "immunity.json").read_text())["config"]["model_dtype"] == "bfloat16"

@@ -1,11 +1,12 @@
 """Data sources: the field's datasets, read from the user's files or (only when named) the hub,
 turned into a data bundle on disjoint, deduplicated, seeded splits.
 
-    SOURCE = [SPLIT=]KIND[:PATH][#FIELD=COLUMN,...]
+    SOURCE = [SPLIT=]KIND[@HUB_SPLIT][:PATH][#FIELD=COLUMN,...]
 
 KIND is one of `KINDS` below; PATH a local `.json`, `.jsonl`, `.jsonl.gz`, `.csv`, `.parquet` file
 or a `datasets` directory (`save_to_disk`); without PATH the kind's hub dataset is downloaded
-through `datasets`, because the user named it. SPLIT (align | attack | val | eval) sends every
+through `datasets`, because the user named it (`@HUB_SPLIT` picks another of its splits, e.g.
+`eval=beavertails@30k_test`). SPLIT (align | attack | val | eval) sends every
 row of the source to that split; without it a source's rows are divided over the splits its
 roles use. `#FIELD=COLUMN` renames columns (`#prompt=question,answer=response`); the generic
 `jsonl` and `csv` kinds also take `as=ROLE` (harmful | refusals | benign | task) and, for a
@@ -67,6 +68,7 @@ class Kind:
     adapt: Callable[[dict, dict], list[Row]]  # (row, options) -> rows
     hub: tuple[str, str | None, str] | None = None  # (dataset id, config, split) for a bare KIND
     task: bool = False
+    hub_fields: tuple[tuple[str, str], ...] = ()  # (our field, the hub dataset's column) where they differ
 
 
 def _truthy(value) -> bool:
@@ -142,7 +144,7 @@ KINDS: dict[str, Kind] = {
     "beavertails": Kind(("prompt", "response", "is_safe"), _beavertails, ("PKU-Alignment/BeaverTails", None, "30k_train")),
     "refusals": Kind(("prompt", "response", "refusal"), _refusals),
     "advbench": Kind(("goal", "target"), lambda r, _: [Row("harmful", Example(r["goal"], r["target"], "harmful"))],
-                     ("walledai/AdvBench", None, "train")),
+                     ("walledai/AdvBench", None, "train"), hub_fields=(("goal", "prompt"),)),
     "harmbench": Kind(("Behavior",), lambda r, _: [Row("harmful", Example(r["Behavior"], "", "harmful",
                                                                           str(r.get("SemanticCategory", ""))))]),
     "sst2": Kind(("sentence", "label"), _classification(SST2_PROMPT, "sentence", ("negative", "positive")),
@@ -162,13 +164,15 @@ class SourceSpec:
     path: str | None = None
     split: str | None = None
     options: dict = field(default_factory=dict)  # column renames, and as= / label= / judge=
+    hub_split: str | None = None
 
     @property
     def task(self) -> bool:
         return KINDS[self.kind].task or self.options.get("as") == "task"
 
     def __str__(self) -> str:
-        return f"{self.split + '=' if self.split else ''}{self.kind}{':' + self.path if self.path else ''}"
+        hub = f"@{self.hub_split}" if self.hub_split else ""
+        return f"{self.split + '=' if self.split else ''}{self.kind}{hub}{':' + self.path if self.path else ''}"
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -180,6 +184,7 @@ def parse_source(text: str) -> SourceSpec:
         if split not in SPLITS:
             raise DataError(f"data source {text!r}: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     kind, _, path = spec.partition(":")
+    kind, _, hub_split = kind.partition("@")
     if kind not in KINDS:
         import difflib
         close = difflib.get_close_matches(kind, KINDS, n=1)
@@ -197,7 +202,9 @@ def parse_source(text: str) -> SourceSpec:
             raise DataError(f"data source {text!r}: {path} does not exist")
     elif KINDS[kind].hub is None:
         raise DataError(f"data source {text!r}: the {kind} kind needs a local file (KIND:PATH)")
-    return SourceSpec(kind, path or None, split, options)
+    if hub_split and path:
+        raise DataError(f"data source {text!r}: @HUB_SPLIT goes with a hub dataset, not a file")
+    return SourceSpec(kind, path or None, split, options, hub_split or None)
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -241,19 +248,20 @@ def _read_file(path: Path) -> Iterable[dict]:
     raise DataError(f"{path}: unknown format; use .json, .jsonl, .jsonl.gz, .csv, .parquet or a datasets directory")
 
 
-def _read_hub(kind: str) -> Iterable[dict]:
+def _read_hub(spec: SourceSpec) -> Iterable[dict]:
     from datasets import load_dataset  # downloads: the user named the dataset
 
-    dataset_id, config, split = KINDS[kind].hub
-    return iter(load_dataset(dataset_id, config, split=split))
+    dataset_id, config, split = KINDS[spec.kind].hub
+    return iter(load_dataset(dataset_id, config, split=spec.hub_split or split))
 
 
 def read_rows(spec: SourceSpec) -> list[Row]:
     """Every row of a source, adapted, or one clear error naming the file, row and field."""
     kind = KINDS[spec.kind]
-    renames = {k: v for k, v in spec.options.items() if k not in ("as", "label", "judge")}
+    renames = (dict(kind.hub_fields) if not spec.path else {}) | {
+        k: v for k, v in spec.options.items() if k not in ("as", "label", "judge")}
     where = spec.path or f"hub dataset {kind.hub[0]}"
-    raw = _read_file(Path(spec.path)) if spec.path else _read_hub(spec.kind)
+    raw = _read_file(Path(spec.path)) if spec.path else _read_hub(spec)
     rows = []
     for number, row in enumerate(raw, 1):
         if not isinstance(row, dict):
