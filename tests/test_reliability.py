@@ -315,3 +315,23 @@ def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
     report = _immunity("report", "--store", str(tmp_path / "s.db"), env=env)
     out, err = report.communicate(timeout=120)
     assert report.returncode == 0 and out.count("| booster") == 1 and "older rows" in err
+
+
+def test_local_workers_share_a_grid_and_a_rerun_computes_nothing(tiny, tmp_path):
+    store = tmp_path / "w.db"
+    args = ["bench", "--defenses", "sft", "--seeds", "0,1", "--grid", "attack.p=0,0.1", "--store", str(store),
+            "--quiet", "--workers", "2", *tiny]
+    proc = _immunity(*args, env=_env())
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    computed = [line for line in err.splitlines() if line.startswith("[")]
+    assert len(_rows(store)) == 4 and len(computed) == 4, err
+    proc = _immunity(*args, env=_env())
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "4 already stored, 0 to run" in err
+
+
+def test_a_hub_name_that_cannot_be_reached_is_one_line(capsys):
+    assert cli.main(["run", "model=no-such-org-immunity/no-such-model"]) == 2
+    line = _error_line(capsys)
+    assert "not a local directory" in line

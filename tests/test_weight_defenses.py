@@ -363,3 +363,15 @@ def test_weight_defense_runs_on_tiny_architectures(arch, defense, tiny_architect
         assert result["defense_notes"]["k"] in (0, 1, 2, 3, 4, 6, 8)
     if defense == "sophon":
         assert set(result["defense_notes"]) == {"loops", "stopped_at"}
+
+
+def test_lox_gives_stacked_expert_weights_a_rank_k_update_per_expert():
+    from immunity.defenses.lox import low_rank
+
+    torch.manual_seed(0)
+    delta = torch.randn(3, 6, 5)
+    update = low_rank(delta, 2)
+    for expert in range(3):
+        u, s, vh = torch.linalg.svd(delta[expert], full_matrices=False)
+        assert torch.allclose(update[expert], (u[:, :2] * s[:2]) @ vh[:2], atol=1e-5)
+        assert torch.linalg.matrix_rank(update[expert]).item() == 2

@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -157,10 +158,33 @@ def describe(cfg: RunConfig) -> str:
     return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | {setting({'attack_config': asdict(cfg.attack)})}"
 
 
+def start_workers(args) -> list[subprocess.Popen]:
+    """`--workers K` on one machine: K - 1 more `bench` processes on the same plan and store (the
+    store's claims share the runs out), and threads split so that threads x workers <= cores
+    (oversubscribed OpenMP threads slow torch down many times)."""
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    torch_threads(threads)
+    argv = list(args.argv)
+    at = argv.index("--workers")
+    argv = argv[:at] + argv[at + 2:] + ["--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return [subprocess.Popen([sys.executable, "-m", "immunity", *argv], env=env, stdout=subprocess.DEVNULL)
+            for _ in range(args.workers - 1)]
+
+
+def torch_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
 def cmd_bench(args) -> int:
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     plan = plan_runs(args)
     check_writable(args.store)
     store = Store(args.store)
+    workers = start_workers(args) if args.workers > 1 else []
     todo = [(cfg, key) for cfg, key in plan if not store.has(key["run_id"])]
     print(f"bench: {len(plan)} runs, {len(plan) - len(todo)} already stored, {len(todo)} to run", file=sys.stderr)
     failed = []
@@ -187,10 +211,13 @@ def cmd_bench(args) -> int:
                 compute(i, cfg, key)
             else:
                 time.sleep(1.0)
+    if any(worker.wait() != 0 for worker in workers):
+        failed.append("a worker")
     ids = {key["run_id"] for _, key in plan}
     print(markdown_table([r for r in store.results() if r["run_id"] in ids]))
     if failed:
-        print(f"immunity: error: {len(failed)} of {len(plan)} runs diverged and were not stored", file=sys.stderr)
+        print(f"immunity: error: {len(failed)} of {len(plan)} runs diverged or failed and were not stored",
+              file=sys.stderr)
         return 2
     return 0
 
@@ -360,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1,
+                   help="bench processes on this machine sharing the grid (threads split between them)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_bench)
 
@@ -402,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func = subparsers[command].get_default("func")
     else:
         args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except ERRORS as err:

@@ -9,6 +9,8 @@ with alignment update dW = W_aligned - W_base:
     U, S, V^T = SVD(dW)          (float32, as the reference)
     W <- W_aligned + alpha * U[:, :k] diag(S[:k]) V[:, :k]^T
 k = 0 means the full dW (ExPO-style extrapolation). 1-D weights (norms, biases) are untouched.
+Stacked expert weights (E x m x n) get a rank-k update per expert; the reference's `S[k:] = 0`
+on a batched SVD would instead zero whole experts' spectra.
 The idea: alignment's safety lives in a few top singular directions of dW; pushing further
 along them makes the model sit deeper inside the safety basin, so fine-tuning must travel
 further to leave it.
@@ -52,11 +54,12 @@ class LoXConfig:
 
 
 def low_rank(delta: torch.Tensor, k: int) -> torch.Tensor:
-    """Best rank-k approximation of `delta` (truncated SVD in float32); k = 0: `delta` itself."""
+    """Best rank-k approximation of `delta` (truncated SVD in float32); k = 0: `delta` itself.
+    A stack of matrices (a mixture-of-experts layer's experts, ndim 3) is approximated per matrix."""
     if k == 0:
         return delta.float()
     u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    return (u[:, :k] * s[:k]) @ vh[:k]
+    return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]
 
 
 def extrapolated_weights(base, aligned, k: int, alpha: float, include_embeddings: bool = True,

@@ -36,6 +36,7 @@ BY_MODEL_TYPE: dict[str, Architecture] = {
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
 QKV_NAMES = ("q_proj", "k_proj", "v_proj", "c_attn", "query_key_value", "qkv_proj", "Wqkv")
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")  # on the decoder (logit lens)
 
 
 def architecture(model: nn.Module) -> Architecture | None:

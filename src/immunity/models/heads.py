@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+from .architectures import FINAL_NORM_NAMES
 
 
 def final_norm(model) -> nn.Module:
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    for name in _FINAL_NORM_NAMES:
+    for name in FINAL_NORM_NAMES:
         if isinstance(getattr(base, name, None), nn.Module):
             return getattr(base, name)
-    raise ValueError(f"no final norm among {_FINAL_NORM_NAMES} on {type(base).__name__}")
+    raise ValueError(f"no final norm among {FINAL_NORM_NAMES} on {type(base).__name__}")
 
 
 def logit_lens(model, hidden):
