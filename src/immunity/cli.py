@@ -121,6 +121,22 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .bench.probe import ProbeConfig, run_probes
+
+    probe_args = {k.split(".", 1)[1]: v for k, v in parse_overrides(args.overrides).items() if k.startswith("probe.")}
+    rest = [o for o in args.overrides if not o.startswith("probe.")]
+    cfg = load_run_config(args.config, rest, defense=args.defense, seed=args.seed)
+    validate(cfg)
+    check_writable(None)
+    result = run_probes(cfg, build_config(ProbeConfig, probe_args), progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     result = api.evaluate(args.model, data=args.data, task=args.task, judge=args.judge, seed=args.seed,
                           settings=_stage_settings(args), progress=not args.quiet)
@@ -379,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "strongreject:PATH | safetyworld (default for SafetyWorld data)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("probe", help="drift, shallow alignment, Hessian spectrum and safety basin of a run",
+                       description="Mechanistic probes on the base, released and attacked models of one run "
+                                   "(validation split). Settings: probe.prompts, probe.lanczos_steps, "
+                                   "probe.basin_points, ... and every run key.")
+    p.add_argument("--defense", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("bench", help="a grid of defenses x attack settings x seeds (resumable)")
     p.add_argument("--defenses", default="sft")
