@@ -6,18 +6,27 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean results
+.PHONY: demo test install clean results validation
 
 RESULTS_STORE ?= results/safetyworld.db
-BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds 0,1,2 --quiet
+WORKERS ?= 2
+BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds 0,1,2 --quiet --workers $(WORKERS)
 REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
-REPRESENTATION = scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,antidote
-WEIGHT_SPACE = scratch,sft,mlac,ntl,sophon,tar,condition-number,lox
+# Settings chosen on the validation split (docs/reproduction.md); the rest are each defense's defaults.
+CHOSEN = "mlac defense.harmful_weight=0.3" "condition-number defense.lambda_ill=300" \
+	"lox defense.alpha=0.5" "lox defense.alpha=1.25"
+# The reference adapters' own baselines: sft with the same adapter and budget.
+MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8"
+DEFAULTS = scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,antidote,ntl,sophon,tar
+ALL = $(DEFAULTS),mlac,condition-number,lox
 # TAR's own adversary (full fine-tuning on harmful data, lr in its set, K = 16 steps) and changes to it.
 TAR_TRAINED = mode=full p=1 n=256 lr=1e-4 max_steps=16
 TAR_ATTACKS = "$(TAR_TRAINED)" "mode=full p=1 n=256 lr=1e-3 max_steps=16" \
 	"mode=full p=1 n=256 lr=1e-4 max_steps=64" \
 	"mode=full p=1 n=256 lr=3e-4 max_steps=16 schedule=cosine warmup_ratio=0.25"
+# MLAC's sample-efficiency regret: full fine-tuning on n harmful pairs, a budget in which a
+# random init learns (its harmful NLL falls with n).
+REGRET = mode=full p=1 lr=1e-3 epochs=20
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,35 +45,55 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-# docs/results.md: every defense on SafetyWorld (default attack, 3 seeds, hyperparameters chosen
-# on the validation split, docs/reproduction.md), TAR under changed attacks, and step costs.
+# docs/results.md: every defense on SafetyWorld (default attack, 3 seeds, settings chosen on the
+# validation split, docs/reproduction.md), full-parameter attacks, MLAC's regret, step costs.
 results: install
-	$(BENCH) --defenses sft,vaccine,t-vaccine,repnoise,circuit-breakers
-	$(BENCH) --defenses vaccine defense.rho=5
-	$(BENCH) --defenses booster defense.alpha=0.01
-	$(BENCH) --defenses antidote defense.ratio=0.01
-	$(BENCH) --defenses scratch,sophon,tar
-	$(BENCH) --defenses mlac defense.harmful_weight=0.3
-	$(BENCH) --defenses ntl defense.alpha=1
-	$(BENCH) --defenses condition-number defense.lambda_ill=300
-	$(BENCH) --defenses lox --grid defense.alpha=0.5,1.25
+	$(BENCH) --defenses $(DEFAULTS)
+	for c in $(CHOSEN) $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --defenses $$d "$$@"; done
 	for a in $(TAR_ATTACKS); do \
 	  $(BENCH) --defenses scratch,sft,tar,sophon $$(printf 'attack.%s ' $$a); \
 	  $(BENCH) --defenses mlac defense.harmful_weight=0.3 $$(printf 'attack.%s ' $$a); done
+	$(BENCH) --defenses $(DEFAULTS) --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET))
+	for c in $(CHOSEN); do set -- $$c; d=$$1; shift; \
+	  $(BENCH) --defenses $$d "$$@" --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET)); done
 	{ echo "# Results on SafetyWorld"; echo; \
 	  echo "Regenerate: \`make results\` (runs what the store lacks, then rewrites this file)."; \
-	  echo "Evaluation split, exact judge, mean ± std over seeds 0, 1, 2. \"regret vs scratch\": harmful"; \
-	  echo "capability after the attack minus what the same attack reaches from a random init (\`scratch\`),"; \
-	  echo "per seed; ≤ 0 is MLAC's criterion of success."; echo; \
-	  echo "## Representation-space defenses, default attack"; echo; \
-	  $(REPORT) --defense $(REPRESENTATION) --attack; echo; \
-	  echo "## Weight-space and meta-learning defenses, default attack"; echo; \
-	  $(REPORT) --defense $(WEIGHT_SPACE) --attack; echo; \
+	  echo "Evaluation split, exact judge, mean ± std over seeds 0, 1, 2; settings chosen on the validation"; \
+	  echo "split (docs/reproduction.md). \"capability over scratch\": harmful capability after the attack minus"; \
+	  echo "what the same attack reaches from a random init (\`scratch\`), per seed."; echo; \
+	  echo "## Every defense, default attack"; echo; \
+	  $(REPORT) --attack; echo; \
 	  echo "## Full-parameter attacks on harmful data only: TAR's own adversary and changed ones"; echo; \
 	  for a in $(TAR_ATTACKS); do $(REPORT) --defense scratch,sft,tar,sophon,mlac --attack $$a; echo; done; \
+	  echo "## MLAC's sample-efficiency regret"; echo; \
+	  echo "Full fine-tuning on n harmful pairs ($(REGRET)). Row \`scratch\`: harmful answer NLL (nats per"; \
+	  echo "token) after fine-tuning a random init, falling with n. Other rows: that NLL minus the released"; \
+	  echo "model's after the same fine-tuning, per seed (> 0: the released weights are a better start than"; \
+	  echo "random ones; MLAC's criterion of success is <= 0)."; echo; \
+	  $(REPORT) --regret --attack $(REGRET); echo; \
 	  echo "## Condition number of the head's input features (validation data, seeds 0, 1, 2)"; echo; \
 	  $(BIN)/python benchmarks/feature_kappa.py defense.lambda_ill=300; echo; \
 	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; } > docs/results.md
+
+# The validation sweeps behind the chosen settings (validation split, seeds 0, 1; the table in
+# docs/reproduction.md comes from `python benchmarks/validation_table.py`).
+VAL = $(BIN)/immunity bench --store results/validation.db --seeds 0,1 --quiet --workers $(WORKERS) eval.split=val
+validation: install
+	$(VAL) --defenses scratch,sft,ntl,antidote,repnoise,tar,sophon,mlac,condition-number,lox
+	$(VAL) --defenses vaccine,t-vaccine,booster --grid defense.epochs=2,4,8
+	$(VAL) --defenses vaccine,t-vaccine defense.epochs=8 --grid defense.rho=1,5
+	$(VAL) --defenses sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 --grid defense.epochs=2,4,8
+	$(VAL) --defenses sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv --grid defense.epochs=2,4,8
+	$(VAL) --defenses sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3 defense.epochs=8
+	$(VAL) --defenses booster defense.lr=4e-3 defense.epochs=8 --grid defense.alpha=0.01,0.1
+	$(VAL) --defenses circuit-breakers --grid defense.lr=1e-4,1e-3,3e-3 --grid defense.steps=150,300
+	$(VAL) --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=600
+	$(VAL) --defenses circuit-breakers defense.lr=1e-2 defense.steps=300
+	$(VAL) --defenses antidote --grid defense.ratio=0.01,0.05,0.2,0.3
+	$(VAL) --defenses ntl --grid defense.alpha=1,10
+	$(VAL) --defenses tar --grid defense.random_mapping_steps=0,100
+	$(VAL) --defenses tar --grid defense.lr=2e-5,5e-5
+	$(VAL) --defenses repnoise defense.alpha=0.1
 
 clean:
 	rm -rf $(VENV) runs results

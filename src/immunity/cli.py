@@ -102,21 +102,20 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _stage_settings(args) -> dict:
-    return dict(parse_overrides(args.overrides))
-
-
 def cmd_defend(args) -> int:
+    check_writable(None)
     out = api.defend(args.model, args.defense, data=args.data, out=args.out, seed=args.seed,
-                     settings=_stage_settings(args), base_model=args.base_model, adapter_only=args.adapter_only,
-                     judge=args.judge, progress=not args.quiet)
+                     settings=parse_overrides(args.overrides), base_model=args.base_model,
+                     adapter_only=args.adapter_only, judge=args.judge, progress=not args.quiet)
     print(out)
     return 0
 
 
 def cmd_attack(args) -> int:
+    check_writable(None)
     out = api.attack(args.model, data=args.data, task=args.task, out=args.out, seed=args.seed,
-                     settings=_stage_settings(args), adapter_only=args.adapter_only, progress=not args.quiet)
+                     settings=parse_overrides(args.overrides), adapter_only=args.adapter_only,
+                     progress=not args.quiet)
     print(out)
     return 0
 
@@ -130,16 +129,14 @@ def cmd_probe(args) -> int:
     validate(cfg)
     check_writable(None)
     result = run_probes(cfg, build_config(ProbeConfig, probe_args), progress=not args.quiet)
-    if args.json:
-        print(json.dumps(result, default=str))
-    else:
-        print(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result, default=str, indent=None if args.json else 1))
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    check_writable(None)
     result = api.evaluate(args.model, data=args.data, task=args.task, judge=args.judge, seed=args.seed,
-                          settings=_stage_settings(args), progress=not args.quiet)
+                          settings=parse_overrides(args.overrides), progress=not args.quiet)
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -268,9 +265,13 @@ def cmd_report(args) -> int:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
     if args.split:
         results = [r for r in results if r["split"] == args.split]
-    if args.attack is not None:  # the default attack with these overrides, exactly
-        wanted = build_config(HarmfulFinetuneConfig, parse_overrides(args.attack))
-        results = [r for r in results if build_config(HarmfulFinetuneConfig, r["attack_config"]) == wanted]
+    if args.attack is not None:  # the default attack with these overrides, exactly (--regret: any n)
+        ignore = {"n"} if args.regret else set()
+        wanted = {k: v for k, v in asdict(build_config(HarmfulFinetuneConfig, parse_overrides(args.attack))).items()
+                  if k not in ignore}
+        results = [r for r in results if {k: v for k, v in asdict(build_config(HarmfulFinetuneConfig,
+                                                                                r["attack_config"])).items()
+                                          if k not in ignore} == wanted]
     table = regret_table(results) if args.regret else markdown_table(results)
     if args.out:
         with open(args.out, "w") as f:
