@@ -19,8 +19,9 @@ That count, in - floor(in * (1 - ratio)), is the reference's, and prunes at leas
 rank-8 lora_B row even at small ratios. The reference keeps a running mean of ||X_j||^2 per
 sample; a per-column constant does not change any row's ranking, so plain sums are used.
 
-Defaults: ratio 0.1, the reference's SST2 setting (`script/finetune/antidote_poison_ratio.sh:16`,
-`dense_ratio=0.1`; 0.05 for GSM8K, 0.01 in the rebuttal); 256 calibration examples (the
+Defaults: ratio 0.05, the reference's GSM8K setting, chosen on the validation split (its SST2
+setting 0.1, `script/finetune/antidote_poison_ratio.sh:16`, costs fine-tune accuracy here: FA
+75 % against 92 % at 0.05; 0.01 is the rebuttal's); 256 calibration examples (the
 reference uses 2000 BeaverTails pairs, `bad_sample_num=2000`). The reference passes one sample
 at a time; we use the non-padding tokens of padded batches, the same token set.
 """
@@ -41,7 +42,8 @@ from .base import DefenseContext, Stage
 
 @dataclass
 class AntidoteConfig:
-    ratio: float = field(default=0.1, metadata={"help": "share of each output row pruned (reference SST2 script: 0.1)"})
+    ratio: float = field(default=0.05, metadata={"help": "share of each output row pruned (reference: 0.1 SST2, "
+                                                             "0.05 GSM8K; 0.05 chosen on validation)"})
     calibration: int = field(default=256, metadata={"help": "harmful calibration examples (reference 2000)"})
     batch_size: int = field(default=32, metadata={"help": "calibration batch size"})
 

@@ -26,8 +26,12 @@ both losses have zero gradient (cosine at its maximum, the norm at zero): only r
 moves the adapter (measured: max gradient 9e-9 at step 1, below AdamW's epsilon in float32;
 the reference trains in bf16, whose noise is far larger). At lr 1e-4 for 150 steps the adapter
 barely moves and the cosine at the targets stays 1.0. lr and steps were therefore chosen on
-the validation split by the rerouting criterion "mean cosine on held-out harmful completions
-<= 0.1" (docs/reproduction.md); the final cosine is recorded in `defense_notes`.
+the validation split (docs/reproduction.md): at lr 1e-4 or 1e-3 for 150 steps the cosine stays
+1.000 and the model is `sft`'s; from lr 3e-3 and 300 steps it reroutes, but the mean cosine on
+held-out harmful completions plateaus near 0.2 (lr 3e-3 or 1e-2, 300 or 600 steps: 0.21-0.23),
+so the criterion "cosine <= 0.1" is not reached; among the settings that reroute, lr 3e-3 for
+300 steps has the lowest HS after the attack with helpfulness kept. The final cosine is
+recorded in `defense_notes`.
 
 Defaults and provenance (`scripts/lorra_circuit_breaker_llama3_8b.sh` of the reference; `src/
 args.py` has other defaults, lorra_alpha 5 and r 8, that the script overrides): alpha = 10,
@@ -52,8 +56,8 @@ from .base import DefenseContext, Stage
 @dataclass
 class CircuitBreakersConfig:
     alpha: float = field(default=10.0, metadata={"help": "coefficient scale (reference 10)"})
-    steps: int = field(default=150, metadata={"help": "training steps (reference 150; chosen on validation)"})
-    lr: float = field(default=1e-3, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
+    steps: int = field(default=300, metadata={"help": "training steps (reference 150; chosen on validation)"})
+    lr: float = field(default=3e-3, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
     batch_size: int = field(default=16, metadata={"help": "examples per step in each set (reference 16)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (reference 16)"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (reference 16)"})

@@ -20,8 +20,9 @@ Defaults and provenance: rho = 3 (README: "perturbation intensity=3"), S = 8 of 
 J = 20, K = 200 (`script/alignment/T-Vaccine.sh`: lisa_activated_layers, lisa_interval_steps,
 probability_steps); S = a quarter of the depth here unless set. One harmful example per scoring
 pass (`get_dataloader` batch size 1). Adapter: LoRA r = 8, alpha = 4, dropout 0.1 on all seven
-linear maps (`train.py:685-693`). lr, schedule and epochs are `sft`'s (the reference: lr 1e-3
-cosine, 20 epochs).
+linear maps (`train.py:685-693`); lr 1e-3 cosine as the reference. Epochs: 8, chosen on the
+validation split as Vaccine's (2 epochs: HS before 42 %; 4: 6.5 %; 8: 2.5 %); the reference
+trains 20.
 Not reproduced: for models deeper than 26 layers the reference also leaves layer i - 1 of each
 active layer i un-checkpointed (memory only; it also lets that layer's MLP adapter train).
 """
@@ -46,6 +47,8 @@ class TVaccineConfig(AlignmentTraining):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (reference train.py: 8)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference train.py: 0.1)"})
+    epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 20; chosen on "
+                                                          "validation, as Vaccine's)"})
     rho: float = field(default=3.0, metadata={"help": "perturbation radius (reference 3)"})
     layers: int = field(default=0, metadata={"help": "S, layers sampled; 0 = a quarter of the depth (reference 8 of 32)"})
     resample_every: int = field(default=20, metadata={"help": "J, steps between layer samples (reference 20)"})

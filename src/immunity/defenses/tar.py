@@ -39,8 +39,9 @@ Defaults and provenance (reference `run_tar_bio.sh`, scaled to SafetyWorld): K =
 750 outer steps, adversary lr in {2e-6, 2e-5, 4e-5} on an 8B model, outer ScheduleFree AdamW
 2e-5 with 32 warm-up steps. Here: K = 16, s = 4, 40 outer steps, adversary lrs {3e-5, 1e-4,
 3e-4} (full fine-tuning of the 1M-parameter world model; the default attack is LoRA at 3e-4),
-outer AdamW 1e-4 with 4 warm-up steps (plain AdamW; no schedule-free optimizer in our
-dependencies). Retain data: the `sft` alignment data (refusals + helpful answers), so the
+outer AdamW 5e-5 with 4 warm-up steps (plain AdamW; no schedule-free optimizer in our
+dependencies), chosen on validation: with the reference's total TR weight the earlier 1e-4
+left helpfulness at 12 %, 5e-5 keeps it at 91 % (2e-5: 98 %, with a higher HS after). Retain data: the `sft` alignment data (refusals + helpful answers), so the
 safeguard is kept; the reference's retain data are general text and its TR loss on the refusal
 setting is DPO.
 Deviations: (1) the reference computes the entropy over every position, padding included
@@ -77,7 +78,8 @@ class TARConfig:
     adversary_lrs: tuple[float, ...] = field(default=(3e-5, 1e-4, 3e-4),
                                              metadata={"help": "adversary AdamW lrs, sampled uniformly"})
     switch_probability: float = field(default=1 / 3, metadata={"help": "share of retain-then-harmful adversaries"})
-    lr: float = field(default=1e-4, metadata={"help": "outer AdamW learning rate (reference 2e-5, ScheduleFree)"})
+    lr: float = field(default=5e-5, metadata={"help": "outer AdamW learning rate (reference 2e-5, ScheduleFree; "
+                                                       "chosen on validation)"})
     warmup_steps: int = field(default=4, metadata={"help": "outer warm-up steps (reference 32 of 750)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batch, inner and outer"})
     tamper_total: float = field(default=17.75, metadata={

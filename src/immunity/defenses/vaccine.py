@@ -12,8 +12,11 @@ i.e. min_w max_{||eps|| <= rho} L(w; e + eps) to first order.
 
 Defaults and provenance (git-disl/Vaccine): rho = 2 (`train.py:253`, the `--rho` default;
 `script/alignment/Vaccine.sh` takes rho as its first argument); the reference adapter, LoRA r = 8, alpha = 4, dropout 0.1 on all
-seven linear maps (`train.py:378-386`). lr, schedule and epochs are `sft`'s (the reference:
-lr 1e-3 cosine, 50 epochs on 2000 BeaverTails pairs).
+seven linear maps (`train.py:378-386`); lr 1e-3 cosine as the reference (and `sft`). Epochs: 8,
+chosen on the validation split (docs/reproduction.md): this adapter (scale alpha / r = 0.5, a
+quarter of `sft`'s 2) does not learn refusal in `sft`'s 2 epochs (HS before 30 %), 4 epochs are at
+the edge (4.9 %), 8 align (1.4 %); the reference trains 50 epochs on 2000 BeaverTails pairs.
+Compare with `sft` on the same adapter and budget (the matched baseline in docs/results.md).
 Deviation for speed, not for results: pass 1 differentiates to the attention outputs only
 (`torch.autograd.grad`), not to the weights, since the reference discards pass 1's weight
 gradients anyway (`trainer.py`, `model.zero_grad()` between the passes).
@@ -36,6 +39,8 @@ class VaccineConfig(AlignmentTraining):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (reference train.py: 8)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference train.py: 0.1)"})
+    epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 50; chosen on "
+                                                          "validation: the reference adapter needs 4x sft's 2)"})
     rho: float = field(default=2.0, metadata={"help": "perturbation radius (reference train.py:253: 2)"})
 
 
