@@ -11,12 +11,18 @@ First-order gradient (the Hessian term dropped, as in the paper):
 3 forward + 3 backward passes per step (h at w, h at w~ on the same harmful batch, f at w);
 the perturbation moves the trainable weights only, i.e. the LoRA adapter.
 
-Defaults and provenance (git-disl/Booster): lambda = 5, alpha = 0.1 (`script/alignment/
-smooth_align.sh`, `lamb=${1:-5}`, `alpha=${2:-0.1}`); the norm's 1e-7 (`trainer.py`,
-`BoosterAlignmentTrainer.training_step`). alpha is a step length in *adapter* space, so the
-adapter is the reference's: LoRA r = 32, alpha 4 (scale 0.125), on q/k/v only, no dropout
-(`train.py:285, 335-343`). Harmful batch = the alignment batch size (the reference hard-codes
-10 for both). lr, schedule and epochs are `sft`'s (the reference: lr 5e-4 constant, 20 epochs).
+Defaults and provenance (git-disl/Booster): lambda = 5 (`script/alignment/smooth_align.sh`,
+`lamb=${1:-5}`); the norm's 1e-7 (`trainer.py`, `BoosterAlignmentTrainer.training_step`). alpha
+is a step length in *adapter* space, so the adapter is the reference's: LoRA r = 32, alpha 4
+(scale 0.125), on q/k/v only, no dropout (`train.py:285, 335-343`). Harmful batch = the
+alignment batch size (the reference hard-codes 10 for both).
+Chosen on the validation split (docs/reproduction.md), because the reference's values do not
+work here: this adapter needs a larger step than `sft`'s to learn refusal at all (plain SFT with
+it: HS before 74 % at lr 1e-3 for 2 epochs, 5 % for 8 epochs, 2 % at lr 4e-3 for 8 epochs), so
+lr 4e-3 (cosine, as `sft`) for 8 epochs (the reference: lr 5e-4 constant for 20 epochs over
+5000 pairs, about 16x our steps); and at that budget the reference alpha = 0.1 keeps the model
+from aligning (HS before 30 %; lambda = 1 aligns), while alpha = 0.01 aligns; no setting tried
+(lambda 1-20, alpha 0.01-0.1) lowered HS after the attack below `sft`'s on this adapter.
 Implementation: w is saved and copied back rather than re-added (bit-exact restore); the two
 harmful gradients enter through a linear surrogate <w, lambda (grad h - grad h~)>.
 """
@@ -37,8 +43,12 @@ class BoosterConfig(AlignmentTraining):
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (reference train.py: 32)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_targets: str = field(default="qkv", metadata={"help": "LoRA on: all | attention | qkv (reference: q/k/v)"})
+    lr: float = field(default=4e-3, metadata={"help": "learning rate (reference 5e-4 for 20 epochs; chosen on "
+                                                       "validation for this adapter)"})
+    epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 20)"})
     lam: float = field(default=5.0, metadata={"help": "lambda, weight of the harmful-drop term (reference 5)"})
-    alpha: float = field(default=0.1, metadata={"help": "step length of the simulated harmful step (reference 0.1)"})
+    alpha: float = field(default=0.01, metadata={"help": "step length of the simulated harmful step (reference 0.1; "
+                                                          "0.01 chosen on validation)"})
 
 
 def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alpha: float):
