@@ -14,9 +14,11 @@ BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds 0,1,2 --quiet --w
 REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
 # Settings chosen on the validation split (docs/reproduction.md); the rest are each defense's defaults.
 CHOSEN = "mlac defense.harmful_weight=0.3" "condition-number defense.lambda_ill=300" \
-	"lox defense.alpha=0.5" "lox defense.alpha=1.25"
-# The reference adapters' own baselines: sft with the same adapter and budget.
-MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8"
+	"lox defense.alpha=0.5" "lox defense.alpha=1.25" "t-vaccine defense.rho=5"
+# The reference adapters' own baselines: sft with the same adapter and budget (Vaccine and
+# T-Vaccine; Booster).
+MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8" \
+	"sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3 defense.epochs=8"
 DEFAULTS = scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,antidote,ntl,sophon,tar
 ALL = $(DEFAULTS),mlac,condition-number,lox
 # TAR's own adversary (full fine-tuning on harmful data, lr in its set, K = 16 steps) and changes to it.

@@ -34,14 +34,14 @@ PINNED = {
     "sft": [6.645437, 6.668598, 6.690683, 6.632668, 6.63017],
     "vaccine": [6.81362, 6.853001, 6.888882, 6.793758, 6.795691],
     "t-vaccine": [6.819295, 6.860186, 6.896708, 6.802916, 6.80465],
-    "booster": [6.645437, 6.671781, 6.697483, 6.639396, 6.636887],
+    "booster": [6.645437, 6.671413, 6.696622, 6.63823, 6.635747],
     "repnoise": [4.354737, 4.377261, 4.400374, 4.34311, 4.340114],
-    "mlac": [0.059386, 0.084397, 0.107305, 0.046773, 0.042259],
+    "mlac": [0.05938625, 0.08439684, 0.1073046, 0.04677343, 0.04225922],
     "ntl": [6.645437, 6.669039, 6.691737, 6.63387, 6.631435],
     "condition-number": [6.645437, 6.66972, 6.693159, 6.636084, 6.633496],
-    "circuit-breakers": [9.0, 8.0225, 7.304791, 6.39634, 5.30259],
-    "sophon": [0.001528, 6.466176, 0.001522, 6.474874, 0.001507],
-    "tar": [0.838652, 0.831443, -7.12268, 6.553679, -7.124281],
+    "circuit-breakers": [9, 8.06636, 7.818297, 6.955776, 5.678728],
+    "sophon": [0.00152842, 6.466176, 0.001522312, 6.474874, 0.001506868],
+    "tar": [0.8386518, 0.8314425, -7.12268, 6.553679, -7.124281],
 }
 
 
@@ -106,6 +106,7 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     losses = [v for d, v in own if defense == "sft" or d != "align (sft)"][:5]
     if defense in PINNED:
         if request.config.getoption("--repin"):
-            print(f'\n    "{defense}": {[round(v, 6) for v in losses]},')
+            print(f'\n    "{defense}": [{", ".join(f"{v:.7g}" for v in losses)}],')
         assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
-        assert losses == pytest.approx(PINNED[defense], rel=1e-3), f"{defense}: {[round(v, 6) for v in losses]}"
+        # 2e-5: tight enough to see a changed learning rate in five steps, loose enough for other CPUs' sums
+        assert losses == pytest.approx(PINNED[defense], rel=2e-5), f"{defense}: {[round(v, 6) for v in losses]}"
