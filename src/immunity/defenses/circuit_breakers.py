@@ -21,17 +21,16 @@ change the states above) and restrict the adapter the same way; the retain stack
 states those layers produce. Deviation: in the reference's truncated model the last retained
 state has passed the final norm; ours has not.
 
-Why the defaults are not the reference's lr. At LoRA initialisation h = h^orig exactly, where
-both losses have zero gradient (cosine at its maximum, the norm at zero): only rounding noise
-moves the adapter (measured: max gradient 9e-9 at step 1, below AdamW's epsilon in float32;
-the reference trains in bf16, whose noise is far larger). At lr 1e-4 for 150 steps the adapter
-barely moves and the cosine at the targets stays 1.0. lr and steps were therefore chosen on
-the validation split (docs/reproduction.md): at lr 1e-4 or 1e-3 for 150 steps the cosine stays
-1.000 and the model is `sft`'s; from lr 3e-3 and 300 steps it reroutes, but the mean cosine on
-held-out harmful completions plateaus near 0.2 (lr 3e-3 or 1e-2, 300 or 600 steps: 0.21-0.23),
-so the criterion "cosine <= 0.1" is not reached; among the settings that reroute, lr 3e-3 for
-300 steps has the lowest HS after the attack with helpfulness kept. The final cosine is
-recorded in `defense_notes`.
+Deliberate deviation: the adapter's B starts at N(0, 1e-4), not 0. At the reference's zero
+init h = h^orig exactly, where both losses have zero gradient (cosine at its maximum, the norm
+at zero): only rounding noise moves the adapter (measured: max gradient 9e-9 at step 1, below
+AdamW's epsilon in float32; the reference trains in bf16, whose noise is far larger). With a
+zero init our float32 runs stayed at cosine 1.000 (no change from `sft`) at lr 1e-4 and 1e-3,
+and at lr 3e-3 escaped on two seeds of three; the tiny random B gives the losses a gradient
+from the first step on every seed (`init_b_std=0` restores the reference's init). lr and
+steps were chosen on the validation split by the rerouting criterion "mean cosine on held-out
+harmful completions <= 0.1" where reachable, else the lowest cosine that keeps helpfulness
+(docs/reproduction.md). The final cosine is recorded in `defense_notes`.
 
 Defaults and provenance (`scripts/lorra_circuit_breaker_llama3_8b.sh` of the reference; `src/
 args.py` has other defaults, lorra_alpha 5 and r 8, that the script overrides): alpha = 10,
@@ -64,10 +63,12 @@ class CircuitBreakersConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference 0.05)"})
     target_layers: tuple[int, ...] = field(default=(), metadata={
         "help": "hidden-state indices rerouted (0 = embeddings); empty = 10/32 and 20/32 of the depth"})
+    init_b_std: float = field(default=1e-4, metadata={
+        "help": "std of the adapter's B at init (0 = the reference's zero init, a stationary point; see the docstring)"})
 
     def __post_init__(self) -> None:
         self.target_layers = tuple(int(t) for t in self.target_layers)
-        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.lora_r < 1:
+        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.lora_r < 1 or self.init_b_std < 0:
             raise ValueError("circuit-breakers steps, lr, batch_size and lora_r must be positive")
 
 
@@ -115,6 +116,17 @@ def rerouting_cosine(model, batches: list[dict], targets) -> float:
     return total / count
 
 
+@torch.no_grad()
+def break_symmetry(model, std: float, seed: int) -> None:
+    """B ~ N(0, std) instead of 0: the adapter starts a hair away from the frozen model, where the
+    losses have a gradient (at B = 0 they have none)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+
+
 def circuit_breaker_step(model, batch, retain: dict, step: int, total: int, alpha: float, targets):
     c_rr, c_retain = coefficients(step, total, alpha)
     depth = max(targets) + 2  # the states that the adapter (layers 0..max(targets)) can change
@@ -143,6 +155,7 @@ class CircuitBreakers:
         retain = context.batch_stream(context.alignment_examples(), c.batch_size, device)
         model = attach_lora(model, c.lora_r, c.lora_alpha, seed=context.seed, dropout=c.lora_dropout,
                             layers=list(range(max(targets) + 1)))
+        break_symmetry(model, c.init_b_std, context.seed)
         steps = iter(range(1, c.steps + 1))
 
         def step(model, batch):
