@@ -14,7 +14,7 @@ BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds 0,1,2 --quiet --w
 REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
 # Settings chosen on the validation split (docs/reproduction.md); the rest are each defense's defaults.
 CHOSEN = "mlac defense.harmful_weight=0.3" "condition-number defense.lambda_ill=300" \
-	"lox defense.alpha=0.5" "lox defense.alpha=1.25" "t-vaccine defense.rho=5"
+	"lox defense.alpha=0.5" "lox defense.alpha=1.25" "t-vaccine defense.rho=5" "vaccine defense.rho=5"
 # The reference adapters' own baselines: sft with the same adapter and budget (Vaccine and
 # T-Vaccine; Booster).
 MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8" \
@@ -82,12 +82,16 @@ results: install
 VAL = $(BIN)/immunity bench --store results/validation.db --seeds 0,1 --quiet --workers $(WORKERS) eval.split=val
 validation: install
 	$(VAL) --defenses scratch,sft,ntl,antidote,repnoise,tar,sophon,mlac,condition-number,lox
-	$(VAL) --defenses vaccine,t-vaccine,booster --grid defense.epochs=2,4,8
-	$(VAL) --defenses vaccine,t-vaccine defense.epochs=8 --grid defense.rho=1,5
+	$(VAL) --defenses vaccine,t-vaccine --grid defense.epochs=2,4,8
+	$(VAL) --defenses vaccine,t-vaccine --grid defense.rho=1,5
+	$(VAL) --defenses t-vaccine defense.layers=2
 	$(VAL) --defenses sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 --grid defense.epochs=2,4,8
 	$(VAL) --defenses sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv --grid defense.epochs=2,4,8
 	$(VAL) --defenses sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3 defense.epochs=8
-	$(VAL) --defenses booster defense.lr=4e-3 defense.epochs=8 --grid defense.alpha=0.01,0.1
+	$(VAL) --defenses booster --grid defense.alpha=0.01,0.03,0.1
+	$(VAL) --defenses booster defense.lr=1e-3 defense.alpha=0.1 --grid defense.epochs=2,4,8
+	$(VAL) --defenses booster defense.alpha=0.1 defense.lam=1
+	$(VAL) --defenses booster defense.lam=20 --grid defense.alpha=0.01,0.03
 	$(VAL) --defenses circuit-breakers --grid defense.lr=1e-4,1e-3,3e-3 --grid defense.steps=150,300
 	$(VAL) --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=600
 	$(VAL) --defenses circuit-breakers defense.lr=1e-2 defense.steps=300

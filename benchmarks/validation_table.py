@@ -42,7 +42,7 @@ def main() -> None:
             continue
         if args.defenses and r["defense"] not in args.defenses:
             continue
-        defaults = asdict(DEFENSES[r["defense"]].Config())
+        defaults = json.loads(json.dumps(asdict(DEFENSES[r["defense"]].Config())))
         changed = {k: v for k, v in r["defense_config"].items() if defaults.get(k) != v and k != "target_layers"}
         groups[(r["defense"], json.dumps(changed, sort_keys=True))].append(r)
     print("| setting | seeds | HS before | HS held-out before | helpful before | HS after | FA after | helpful after "
