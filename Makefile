@@ -95,10 +95,11 @@ validation: install
 	$(VAL) --defenses circuit-breakers --grid defense.lr=1e-4,1e-3,3e-3 --grid defense.steps=150,300
 	$(VAL) --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=600
 	$(VAL) --defenses circuit-breakers defense.lr=1e-2 defense.steps=300
-	$(VAL) --defenses antidote --grid defense.ratio=0.01,0.05,0.2,0.3
+	$(VAL) --defenses circuit-breakers --grid defense.alpha=1,100
+	$(VAL) --defenses antidote --grid defense.ratio=0.01,0.1,0.2,0.3
 	$(VAL) --defenses ntl --grid defense.alpha=1,10
-	$(VAL) --defenses tar --grid defense.random_mapping_steps=0,100
-	$(VAL) --defenses tar --grid defense.lr=2e-5,5e-5
+	$(VAL) --defenses tar defense.lr=1e-4 --grid defense.random_mapping_steps=0,40,100
+	$(VAL) --defenses tar --grid defense.lr=2e-5,1e-4
 	$(VAL) --defenses repnoise defense.alpha=0.1
 
 clean:
