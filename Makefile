@@ -14,7 +14,8 @@ BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds 0,1,2 --quiet --w
 REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
 # Settings chosen on the validation split (docs/reproduction.md); the rest are each defense's defaults.
 CHOSEN = "mlac defense.harmful_weight=0.3" "condition-number defense.lambda_ill=300" \
-	"lox defense.alpha=0.5" "lox defense.alpha=1.25" "t-vaccine defense.rho=5" "vaccine defense.rho=5"
+	"lox defense.alpha=0.5" "lox defense.alpha=1.25" "t-vaccine defense.rho=5" \
+	"t-vaccine defense.layers=2" "vaccine defense.rho=5"
 # The reference adapters' own baselines: sft with the same adapter and budget (Vaccine and
 # T-Vaccine; Booster).
 MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8" \
@@ -95,7 +96,7 @@ validation: install
 	$(VAL) --defenses circuit-breakers --grid defense.lr=1e-4,1e-3,3e-3 --grid defense.steps=150,300
 	$(VAL) --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=600
 	$(VAL) --defenses circuit-breakers defense.lr=1e-2 defense.steps=300
-	$(VAL) --defenses circuit-breakers --grid defense.alpha=1,100
+	$(VAL) --defenses circuit-breakers defense.lr=3e-3 --grid defense.alpha=1,100
 	$(VAL) --defenses antidote --grid defense.ratio=0.01,0.1,0.2,0.3
 	$(VAL) --defenses ntl --grid defense.alpha=1,10
 	$(VAL) --defenses tar defense.lr=1e-4 --grid defense.random_mapping_steps=0,40,100

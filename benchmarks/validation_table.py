@@ -5,7 +5,8 @@ default attack on the validation split, mean ± std over its seeds, with each de
     python benchmarks/validation_table.py [--store results/validation.db] [defense ...]
 
 Rows made by code older than the current one are included (the sweep ran while the code
-evolved; `immunity report` marks them stale) and flagged in the last column.
+evolved; `immunity report` marks them stale) and flagged in the last column. A setting run again
+by newer code keeps only the newest row per seed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--store", default="results/validation.db")
     parser.add_argument("defenses", nargs="*")
     args = parser.parse_args()
-    groups = defaultdict(list)
+    groups = defaultdict(dict)  # (defense, changed settings) -> seed -> newest run
     for r in Store(args.store, create=False).results():
         a = r["attack_config"]
         if r["split"] != "val" or (a["mode"], a["p"], a["n"], a["max_steps"], a["lr"]) != DEFAULT_ATTACK:
@@ -44,11 +45,12 @@ def main() -> None:
             continue
         defaults = json.loads(json.dumps(asdict(DEFENSES[r["defense"]].Config())))
         changed = {k: v for k, v in r["defense_config"].items() if defaults.get(k) != v and k != "target_layers"}
-        groups[(r["defense"], json.dumps(changed, sort_keys=True))].append(r)
+        groups[(r["defense"], json.dumps(changed, sort_keys=True))][r["seed"]] = r  # results() is oldest first
     print("| setting | seeds | HS before | HS held-out before | helpful before | HS after | FA after | helpful after "
           "| notes |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for (defense, changed), runs in sorted(groups.items()):
+    for (defense, changed), by_seed in sorted(groups.items()):
+        runs = [by_seed[seed] for seed in sorted(by_seed)]
         settings = ", ".join(f"{k}={v}" for k, v in json.loads(changed).items())
         cosines = [r["defense_notes"]["val_cosine"] for r in runs if "val_cosine" in r.get("defense_notes", {})]
         notes = [f"cosine {statistics.mean(cosines):.3f}"] if cosines else []

@@ -30,7 +30,10 @@ and at lr 3e-3 escaped on two seeds of three; the tiny random B gives the losses
 from the first step on every seed (`init_b_std=0` restores the reference's init). lr and
 steps were chosen on the validation split by the rerouting criterion "mean cosine on held-out
 harmful completions <= 0.1" where reachable, else the lowest cosine that keeps helpfulness
-(docs/reproduction.md). The final cosine is recorded in `defense_notes`.
+>= 90 % (docs/reproduction.md). No setting reached 0.1: at 300 steps the cosine fell to 0.507
+(lr 1e-3), 0.241 (3e-3) and 0.206 (1e-2), helpfulness 96 / 96 / 95 %; 600 steps lowered
+neither cosine nor HS and cost helpfulness. Hence lr 1e-2, 300 steps. The final cosine is
+recorded in `defense_notes`.
 
 Defaults and provenance (`scripts/lorra_circuit_breaker_llama3_8b.sh` of the reference; `src/
 args.py` has other defaults, lorra_alpha 5 and r 8, that the script overrides): alpha = 10,
@@ -56,7 +59,7 @@ from .base import DefenseContext, Stage
 class CircuitBreakersConfig:
     alpha: float = field(default=10.0, metadata={"help": "coefficient scale (reference 10)"})
     steps: int = field(default=300, metadata={"help": "training steps (reference 150; chosen on validation)"})
-    lr: float = field(default=3e-3, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
+    lr: float = field(default=1e-2, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
     batch_size: int = field(default=16, metadata={"help": "examples per step in each set (reference 16)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (reference 16)"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (reference 16)"})
