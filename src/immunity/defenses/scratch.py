@@ -3,8 +3,9 @@ same architecture, which the attack then trains like any released model.
 
 MLAC (Henderson et al. 2023) calls a defense successful when its "sample-efficiency regret" is
 at most zero: the attacker, with the same data and budget, does no better from the defended
-weights than from random ones. `immunity report` pairs every method's harmful capability after
-the attack with this reference on the same seed and attack (column "regret vs scratch").
+weights than from random ones. `immunity report` pairs every method with this reference on the
+same seed and attack: harmful capability (column "capability over scratch") and, with
+`--regret`, MLAC's regret in harmful answer NLL over the attacker's n.
 """
 
 from __future__ import annotations
