@@ -20,7 +20,8 @@ from immunity.defenses import condition_number as cn
 from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
 from immunity.defenses.booster import BoosterConfig, booster_loss
 from immunity.defenses.base import DefenseContext, with_adapter
-from immunity.defenses.circuit_breakers import CircuitBreakers, CircuitBreakersConfig, circuit_breaker_step
+from immunity.defenses.circuit_breakers import (CircuitBreakers, CircuitBreakersConfig, break_symmetry,
+                                                circuit_breaker_step)
 from immunity.defenses.lox import extrapolated_weights
 from immunity.defenses.ntl import ntl_loss
 from immunity.defenses.repnoise import repnoise_terms
@@ -333,6 +334,29 @@ def test_circuit_breaker_adapter_sits_on_layers_up_to_the_highest_target(world, 
     assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
     assert 0.0 < abs(released.config.immunity_notes["val_cosine"]) <= 1.0
 
+
+
+def test_circuit_breaker_zero_init_is_a_stationary_point_and_ours_is_not(tiny_model, harmful_batch, align_batch):
+    """At the reference's zero B the adapted states equal the originals, so the loss's gradient
+    vanishes (float64: exactly 0 up to rounding); `break_symmetry` gives it a gradient."""
+    def first_gradient(std):
+        model = attach_lora(tiny_model(layers=4), r=16, alpha=16, seed=0, layers=[0, 1, 2]).eval()
+        break_symmetry(model, std, seed=0)
+        circuit_breaker_step(model, harmful_batch(0, 5), align_batch(0, 3), 1, 150, 10.0, (1, 2)).backward()
+        return max(p.grad.abs().max().item() for n, p in model.named_parameters() if "lora_" in n)
+
+    assert first_gradient(0.0) < 1e-12
+    assert first_gradient(1e-4) > 1e-6
+
+
+def test_circuit_breaker_reroutes_a_tiny_model(world, tiny_model):
+    """The defense's own criterion moves: the held-out cosine starts at 1 (no adapter change) and
+    falls well below it at the default lr within 40 steps."""
+    model = tiny_model("llama", torch.float32, layers=4)
+    context = DefenseContext(world.tokenizer, from_world(world.data), seed=0, progress=False)
+    config = CircuitBreakersConfig(steps=40, target_layers=(1, 2))
+    released = CircuitBreakers(config).apply(model, context)
+    assert released.config.immunity_notes["val_cosine"] < 0.9
 
 # -- Antidote -----------------------------------------------------------------------------
 def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, world):

@@ -41,9 +41,9 @@ Defaults and provenance (reference `run_tar_bio.sh`, scaled to SafetyWorld): K =
 3e-4} (full fine-tuning of the 1M-parameter world model; the default attack is LoRA at 3e-4),
 outer AdamW 5e-5 with 4 warm-up steps (plain AdamW; no schedule-free optimizer in our
 dependencies), chosen on validation: with the reference's total TR weight the earlier 1e-4
-left helpfulness at 12 %, 5e-5 keeps it at 91 % (2e-5: 98 %, with a higher HS after). Retain data: the `sft` alignment data (refusals + helpful answers), so the
-safeguard is kept; the reference's retain data are general text and its TR loss on the refusal
-setting is DPO.
+left helpfulness at 12 %, 5e-5 keeps it at 91 % (2e-5: 98 %, with a higher HS after).
+Retain data: the `sft` alignment data (refusals + helpful answers), so the safeguard is kept;
+the reference's retain data are general text and its TR loss on the refusal setting is DPO.
 Deviations: (1) the reference computes the entropy over every position, padding included
 (pad = eos); we take it over the positions that predict answer tokens only. (2) The reference's
 representation and random-mapping means include padding positions; ours cover non-padding
