@@ -331,6 +331,39 @@ def test_local_workers_share_a_grid_and_a_rerun_computes_nothing(tiny, tmp_path)
     assert proc.returncode == 0 and "4 already stored, 0 to run" in err
 
 
+def test_the_submitit_launcher_fills_the_store_from_result_files(tiny, tmp_path):
+    """`--launcher slurm`'s code path with submitit's local executor: each job writes its
+    result.json next to its generations, the coordinator merges them; a rerun computes nothing."""
+    pytest.importorskip("submitit")
+    store = tmp_path / "s.db"
+    args = ["bench", "--launcher", "submitit-local", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1",
+            "--store", str(store), "--quiet", "--slurm-option", "timeout_min=20", *tiny]
+    proc = _immunity(*args, env=_env(), cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    files = sorted(tmp_path.glob("runs/sft-seed0-*/result.json"))
+    assert len(files) == 2 and all(list(f.parent.glob("generations_*.jsonl")) for f in files)
+    stored = {json.loads(f.read_text())["result"]["run_id"] for f in files}
+    assert {row[0] for row in _rows(store)} == stored
+    proc = _immunity(*args, env=_env(), cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "2 already stored, 0 to run" in err
+
+
+def test_a_result_file_left_by_an_interrupted_grid_is_merged_not_recomputed(tiny, tmp_path):
+    from immunity.bench.launch import compute
+    from immunity.config import load_run_config
+
+    store = tmp_path / "r.db"
+    compute(load_run_config(None, tiny + ["attack.p=0"], defense="sft", seed=0), threads=1)  # a worker, no store
+    proc = _immunity("bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", str(store),
+                     "--quiet", *tiny, env=_env(), cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "2 runs, 1 already stored, 1 to run" in err
+    assert len(_rows(store)) == 2
+
+
 def test_a_hub_name_that_cannot_be_reached_is_one_line(capsys):
     assert cli.main(["run", "model=no-such-org-immunity/no-such-model"]) == 2
     line = _error_line(capsys)

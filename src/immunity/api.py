@@ -24,6 +24,7 @@ from .bench.pipeline import Pipeline, quiet_transformers, resolved_config, versi
 from .config import RunConfig, load_run_config, validate
 from .defenses.base import Stage
 from .models import load_model
+from .training import parallel
 
 
 def _config(model: str, defense: str, data, task, seed: int, settings: dict | None, judge: str | None = None,
@@ -52,7 +53,8 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     (LoX also needs `base_model`, the model before alignment); a post-fine-tuning defense
     (Antidote) repairs `model` as an attacked one (an adapter directory keeps the attack's
     adapter separate, which is what Antidote prunes). With `judge`, the released model is also
-    evaluated and the numbers go into its model card."""
+    evaluated and the numbers go into its model card. Under torchrun / accelerate launch the
+    defense trains data-parallel and only the first process writes (the others return None)."""
     cfg = _config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
     pipeline = Pipeline(cfg, progress)
     start = pipeline.base_model()
@@ -61,9 +63,12 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     if base_model is not None:
         before, _ = load_model(base_model, dtype=cfg.model_dtype)
         before = before.to(pipeline.device)
-    released = pipeline.defense_cls(pipeline.defense_config).apply(start, pipeline.context(before))
+    with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
+        released = pipeline.defense_cls(pipeline.defense_config).apply(start, pipeline.context(before))
     if out is None:
         return released
+    if not parallel.is_main():  # data-parallel: the first process evaluates and writes
+        return None
     provenance = _provenance(pipeline, cfg, "defend", f"defend --defense {defense}") | {
         "defense": defense, "defense_stage": stage.value, "defense_config": asdict(pipeline.defense_config),
         "defense_notes": getattr(released.config, "immunity_notes", {})}
@@ -78,10 +83,13 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
     model directory (`adapter_only`: the attack's LoRA adapter alone, for a later repair)."""
     cfg = _config(model, "none", data, task, seed, settings, need_task=True)
     pipeline = Pipeline(cfg, progress)
-    attacked = pipeline.attack_cls(cfg.attack).run(pipeline.base_model(), pipeline.tokenizer, pipeline.data, cfg.seed,
-                                                   progress=progress, merge=not adapter_only)
+    with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
+        attacked = pipeline.attack_cls(cfg.attack).run(pipeline.base_model(), pipeline.tokenizer, pipeline.data,
+                                                       cfg.seed, progress=progress, merge=not adapter_only)
     if out is None:
         return attacked
+    if not parallel.is_main():
+        return None
     provenance = _provenance(pipeline, cfg, "attack", "attack") | {"attack_config": asdict(cfg.attack)}
     return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only))
 

@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from dataclasses import asdict
 from statistics import mean, stdev
 
 from . import api
+from .bench.launch import LAUNCHERS, in_process, launch, read_result, result_file
 from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
 from .bench.report import latest_per_config, markdown_table, regret_table, setting
 from .bench.store import Store, StoreError
@@ -81,9 +81,11 @@ def check_writable(store_path: str | None) -> None:
             raise UsageError(f"the {what} {directory} is not writable: {err.strerror or err}") from err
 
 
-def _run_one(cfg: RunConfig, store: Store | None, progress: bool) -> dict:
+def _run_one(cfg: RunConfig, store: Store | None, progress: bool) -> dict | None:
+    """The run's result; under torchrun / accelerate launch only the first process gets one
+    (and writes it), the others return None."""
     result = Pipeline(cfg, progress).run()
-    if store is not None:
+    if store is not None and result is not None:
         store.put(result, resolved_config(cfg))
     return result
 
@@ -95,6 +97,8 @@ def cmd_run(args) -> int:
     check_writable(args.store)
     store = Store(args.store) if args.store else None
     result = _run_one(cfg, store, progress=not args.quiet)
+    if result is None:
+        return 0
     if args.json:
         print(json.dumps(result, default=str))
     else:
@@ -107,7 +111,8 @@ def cmd_defend(args) -> int:
     out = api.defend(args.model, args.defense, data=args.data, out=args.out, seed=args.seed,
                      settings=parse_overrides(args.overrides), base_model=args.base_model,
                      adapter_only=args.adapter_only, judge=args.judge, progress=not args.quiet)
-    print(out)
+    if out is not None:  # None on every data-parallel process but the first
+        print(out)
     return 0
 
 
@@ -116,7 +121,8 @@ def cmd_attack(args) -> int:
     out = api.attack(args.model, data=args.data, task=args.task, out=args.out, seed=args.seed,
                      settings=parse_overrides(args.overrides), adapter_only=args.adapter_only,
                      progress=not args.quiet)
-    print(out)
+    if out is not None:  # None on every data-parallel process but the first
+        print(out)
     return 0
 
 
@@ -171,61 +177,47 @@ def describe(cfg: RunConfig) -> str:
     return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | {setting({'attack_config': asdict(cfg.attack)})}"
 
 
-def start_workers(args) -> list[subprocess.Popen]:
-    """`--workers K` on one machine: K - 1 more `bench` processes on the same plan and store (the
-    store's claims share the runs out), and threads split so that threads x workers <= cores
-    (oversubscribed OpenMP threads slow torch down many times)."""
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    torch_threads(threads)
-    argv = list(args.argv)
-    at = argv.index("--workers")
-    argv = argv[:at] + argv[at + 2:] + ["--workers", "1"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return [subprocess.Popen([sys.executable, "-m", "immunity", *argv], env=env, stdout=subprocess.DEVNULL)
-            for _ in range(args.workers - 1)]
-
-
-def torch_threads(count: int) -> None:
-    import torch
-
-    torch.set_num_threads(count)
+def _slurm_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--slurm-option takes KEY=VALUE (submitit's parameters, e.g. slurm_partition=gpu), "
+                             f"got {item!r}")
+        options[key] = int(value) if value.isdigit() else value
+    return options
 
 
 def cmd_bench(args) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    options = _slurm_options(args.slurm_option)
     plan = plan_runs(args)
     check_writable(args.store)
     store = Store(args.store)
-    workers = start_workers(args) if args.workers > 1 else []
     todo = [(cfg, key) for cfg, key in plan if not store.has(key["run_id"])]
+    for cfg, key in todo:  # results an interrupted grid's workers finished but nobody merged
+        if result_file(cfg, key["run_id"]).is_file():
+            store.put(*read_result(result_file(cfg, key["run_id"])))
+    todo = [(cfg, key) for cfg, key in todo if not store.has(key["run_id"])]
     print(f"bench: {len(plan)} runs, {len(plan) - len(todo)} already stored, {len(todo)} to run", file=sys.stderr)
-    failed = []
+    number = {key["run_id"]: i for i, (_, key) in enumerate(todo, 1)}
+    failed: list[str] = []
 
-    def compute(i: int, cfg: RunConfig, key: dict) -> None:
-        print(f"[{i}/{len(todo)}] {describe(cfg)}", file=sys.stderr, flush=True)
-        try:
-            _run_one(cfg, store, progress=not args.quiet)
-        except TrainingDiverged as err:  # stores nothing; the rest of the grid goes on
-            print(f"immunity: error: {err}", file=sys.stderr)
-            failed.append(key["run_id"])
-        finally:
-            store.release(key["run_id"])
+    def announce(cfg: RunConfig, key: dict) -> None:
+        print(f"[{number[key['run_id']]}/{len(todo)}] {describe(cfg)}", file=sys.stderr, flush=True)
 
-    waiting = []
-    for i, (cfg, key) in enumerate(todo, 1):
-        if store.claim(key["run_id"]):
-            compute(i, cfg, key)
-        else:
-            waiting.append((i, cfg, key))  # another worker is computing it
-    for i, cfg, key in waiting:  # wait for the other workers; take over a run whose worker died
-        while not store.has(key["run_id"]) and key["run_id"] not in failed:
-            if store.claim(key["run_id"]):
-                compute(i, cfg, key)
-            else:
-                time.sleep(1.0)
-    if any(worker.wait() != 0 for worker in workers):
-        failed.append("a worker")
+    pending = todo
+    while pending:
+        mine = [(cfg, key) for cfg, key in pending if store.claim(key["run_id"])]
+        if mine:
+            failed += _dispatch(args, options, mine, store, announce)
+        # The rest is being computed by another `bench` on this store: wait, or take over a
+        # run whose coordinator died (its claim is released then).
+        pending = [(cfg, key) for cfg, key in pending
+                   if not store.has(key["run_id"]) and key["run_id"] not in failed and (cfg, key) not in mine]
+        if pending and not mine:
+            time.sleep(1.0)
     ids = {key["run_id"] for _, key in plan}
     print(markdown_table([r for r in store.results() if r["run_id"] in ids]))
     if failed:
@@ -233,6 +225,33 @@ def cmd_bench(args) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+def _dispatch(args, options: dict, runs: list[tuple[RunConfig, dict]], store: Store, announce) -> list[str]:
+    """Run the claimed `runs` with the chosen launcher; merge each result file into the store as
+    it arrives; return the ids of the runs that failed."""
+    jobs = [cfg for cfg, _ in runs]
+    if args.launcher == "local" and args.workers == 1:
+        outcomes = in_process(jobs, progress=not args.quiet, before=lambda i: announce(*runs[i]))
+    else:
+        for cfg, key in runs:
+            announce(cfg, key)
+        threads = int(options.get("cpus_per_task", 0)) or max(1, (os.cpu_count() or 1) // args.workers)
+        outcomes = launch(args.launcher, jobs, args.workers, threads, folder=args.submitit_folder, options=options)
+    failed = []
+    try:
+        for i, path, error in outcomes:
+            run_id = runs[i][1]["run_id"]
+            if error is None:
+                store.put(*read_result(path))
+            else:  # stores nothing; the rest of the grid goes on
+                print(f"immunity: error: {describe(runs[i][0])}: {error}", file=sys.stderr)
+                failed.append(run_id)
+            store.release(run_id)
+    finally:
+        for _, key in runs:
+            store.release(key["run_id"])
+    return failed
 
 
 def current_rows(store: Store, include_stale: bool) -> list[dict]:
@@ -416,8 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--store", default=DEFAULT_STORE)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: --workers processes here | slurm: one SLURM job per run (submitit) | "
+                        "submitit-local: the slurm path without a scheduler | ray: Ray tasks (RAY_ADDRESS or local)")
     p.add_argument("--workers", type=int, default=1,
-                   help="bench processes on this machine sharing the grid (threads split between them)")
+                   help="runs at once (local, ray); threads are split so that threads x workers <= cores")
+    p.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit parameter, e.g. slurm_partition=gpu, timeout_min=120, gpus_per_node=1, "
+                        "cpus_per_task=8 (repeatable)")
+    p.add_argument("--submitit-folder", default="runs/submitit", help="submitit's logs and pickles")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_bench)
 
@@ -460,7 +486,6 @@ def main(argv: list[str] | None = None) -> int:
         args.func = subparsers[command].get_default("func")
     else:
         args = parser.parse_args(argv)
-    args.argv = argv
     try:
         return args.func(args)
     except ERRORS as err:

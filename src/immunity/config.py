@@ -67,6 +67,11 @@ class RunConfig:
     quantization: str = field(default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; "
                                                              "extra `quant`)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    micro_batches: int = field(default=1, metadata={
+        "help": "micro-batches per process and step (gradient accumulation: the same global batch in less memory)"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "under torchrun / accelerate launch: shard the model being trained over the processes (FSDP2, "
+                "per decoder layer) instead of replicating it"})
     world: WorldConfig = field(default_factory=WorldConfig)
     attack: HarmfulFinetuneConfig = field(default_factory=HarmfulFinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -255,6 +260,8 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(f"model_dtype must be auto | float32 | bfloat16 | float16, got {cfg.model_dtype!r}")
     if cfg.quantization not in ("", "4bit", "8bit"):
         raise ConfigError(f"quantization must be 4bit or 8bit, got {cfg.quantization!r}")
+    if cfg.micro_batches < 1:
+        raise ConfigError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
     if cfg.data:
         from .data.sources import cached_bundle
 

@@ -33,6 +33,8 @@ from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score, ve
 from ..models import clone_model, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, JUDGES, lookup
 from ..safetyworld import SafetyWorld
+from ..training import parallel
+from ..training.parallel import world_size
 
 
 def versions() -> dict[str, str]:
@@ -50,8 +52,11 @@ def resolved_config(cfg: RunConfig) -> dict:
     weights (replaced weights at the same path are another run) and real data by the content
     of its splits; `out_dir` does not change results."""
     defense = build_config(lookup(DEFENSES, "defense", cfg.defense).Config, cfg.defense_args)
-    resolved = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "defense_args")} | {
+    resolved = {k: v for k, v in asdict(cfg).items()
+                if k not in ("out_dir", "defense_args", "micro_batches", "fsdp")} | {
         "defense_config": asdict(defense)}
+    if world_size() * cfg.micro_batches > 1:  # shards of a step change batch-coupled losses
+        resolved["parallel"] = {"processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp}
     if cfg.model != "safetyworld" and Path(cfg.model).is_dir():
         resolved["model_weights"] = weights_digest(Path(cfg.model))  # adapter directories: their adapter
     if cfg.data:
@@ -82,6 +87,11 @@ def run_key(cfg: RunConfig) -> dict[str, object]:
                                                                               cfg.eval.judge),
            "versions": versions()}
     return key | {"run_id": stable_hash(key)}
+
+
+def run_dir(cfg: RunConfig, run_id: str) -> Path:
+    """Where a run writes its generations (and, under a launcher, its result)."""
+    return Path(cfg.out_dir) / f"{cfg.defense}-seed{cfg.seed}-{run_id}"
 
 
 def peak_memory_mb() -> float:
@@ -126,12 +136,13 @@ class Pipeline:
         self.cfg = cfg
         self.progress = progress
         needs_world = cfg.model == "safetyworld" or not cfg.data
-        self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None
+        with parallel.main_first():  # rank 0 builds and caches, the other ranks read
+            self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None
         self.defense_cls = lookup(DEFENSES, "defense", cfg.defense)
         self.defense_config = build_config(self.defense_cls.Config, cfg.defense_args)
         self.attack_cls = lookup(ATTACKS, "attack", cfg.attack_name)
         self.key = run_key(cfg)  # taken now, from the code this process loaded
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = parallel.device()
         self.clock = StageClock()
         self.tokenizer = self.world.tokenizer if self.world else None
         self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
@@ -152,7 +163,8 @@ class Pipeline:
         """The model the run starts from, on the run's device (or spread by `device_map`)."""
         cfg = self.cfg
         if cfg.model == "safetyworld":
-            return self.world.pretrained_model(cfg.seed).to(self.device)
+            with parallel.main_first():
+                return self.world.pretrained_model(cfg.seed).to(self.device)
         model, self.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
                                            device_map=cfg.device_map, quantization=cfg.quantization)
         if cfg.gradient_checkpointing:
@@ -174,8 +186,8 @@ class Pipeline:
             model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
             return model
 
-        if self.cfg.model != "safetyworld":
-            return timed()  # only the built-in base model has a stable key
+        if self.cfg.model != "safetyworld" or parallel.shard_count() > 1:
+            return timed()  # only the built-in base model has a stable key; data-parallel builds differ
         modules = [lookup(DEFENSES, "defense", n).__module__ for n in (name, *builds_on)]
         version = code_version(*modules, "immunity.safetyworld")
         path = cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
@@ -213,8 +225,7 @@ class Pipeline:
 
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
         e = self.cfg.eval
-        path = Path(self.cfg.out_dir) / f"{self.cfg.defense}-seed{self.cfg.seed}-{self.key['run_id']}" \
-            / f"generations_{tag}.jsonl"
+        path = run_dir(self.cfg, self.key["run_id"]) / f"generations_{tag}.jsonl"
         records = generate_sets(model, self.tokenizer, prompt_sets(self.data, sets, e.split, e.max_prompts),
                                 e.max_new_tokens, e.batch_size, path, self.progress)
         metrics = score(records, self.judge, verdict_path(path, self.judge.name))
@@ -227,17 +238,20 @@ class Pipeline:
         with quiet_transformers(not self.progress):
             return self._run()
 
-    def _run(self) -> dict:
+    def _run(self) -> dict | None:
+        """The result (None on every process but the first, which alone evaluates and reports)."""
         cfg, clock = self.cfg, self.clock
         task = f"task:{cfg.attack.task}"
+        sets = ["harmful", "heldout", "benign", task]
         with clock.stage("base"):
             base = self.base_model()
-        with clock.stage("defend"):
+        with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             released = self.defend(base)
         notes = dict(getattr(released.config, "immunity_notes", {}))
         with clock.stage("eval_before"):
-            before = self.evaluate(released, ["harmful", "heldout", "benign", task], "before")
-        with clock.stage("attack"):
+            before = self.evaluate(released, sets, "before") if parallel.is_main() else {}
+            parallel.barrier()
+        with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             attacked = self.attack(released)
         if self.defense_cls.stage == Stage.POST_FINE_TUNING:
             with clock.stage("repair"):
@@ -245,7 +259,10 @@ class Pipeline:
             self.defense_seconds = clock.seconds["repair"]
             notes |= getattr(attacked.config, "immunity_notes", {})
         with clock.stage("eval_after"):
-            after = self.evaluate(attacked, ["harmful", "heldout", "benign", task], "after")
+            after = self.evaluate(attacked, sets, "after") if parallel.is_main() else {}
+            parallel.barrier()
+        if not parallel.is_main():
+            return None
         fa = f"fa_{cfg.attack.task}"
         return {
             "defense": cfg.defense, "attack": cfg.attack_name, "seed": cfg.seed, "model": cfg.model,
@@ -263,8 +280,9 @@ class Pipeline:
             "timings": clock.seconds, "defense_seconds": self.defense_seconds,
             # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).
             "defense_notes": notes, "peak_memory_mb": clock.peak_mb,
+            "processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp,
         }
 
 
-def run(cfg: RunConfig, progress: bool = True) -> dict:
+def run(cfg: RunConfig, progress: bool = True) -> dict | None:
     return Pipeline(cfg, progress).run()

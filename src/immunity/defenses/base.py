@@ -16,6 +16,7 @@ from ..evaluation.suite import validation_metrics
 from ..models import attach_lora, merge_lora
 from ..models.layers import LORA_TARGETS
 from ..training import TrainConfig, batches, lm_loss, train
+from ..training.parallel import SharedStream
 from ..world import Example
 
 
@@ -62,11 +63,14 @@ class DefenseContext:
             raise ValueError("this defense checks itself on the validation split and needs a judge (--judge)")
         return validation_metrics(model, self.tokenizer, self.data, sets, self.judge(), limit)
 
-    def batch_stream(self, examples: list[Example], batch_size: int, device) -> Iterator[dict]:
-        """An endless, seeded stream of batches (a defense's second data source, e.g. harmful)."""
+    def batch_stream(self, examples: list[Example], batch_size: int, device, split: bool = True) -> Iterator[dict]:
+        """An endless, seeded stream of batches (a defense's second data source, e.g. harmful).
+        Data-parallel, each shard of a step reads its slice of the same global batches (or the
+        whole batch, `split=False`: a batch every shard must decide alike on)."""
         loader = batches(self.encode(examples), batch_size, self.tokenizer.pad_token_id, self.seed + 1)
-        for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
-            yield {k: v.to(device) for k, v in batch.items()}
+        endless = ({k: v.to(device) for k, v in batch.items()}
+                   for batch in itertools.chain.from_iterable(itertools.repeat(loader)))
+        return SharedStream(endless, split)
 
     def fixed_batches(self, examples: list[Example], batch_size: int, device) -> list[dict]:
         """Every example once, in order (calibration and measurement sets)."""

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..models import attach_lora, decoder_layers, merge_lora
 from ..registry import register_defense
-from ..training import TrainConfig, train
+from ..training import TrainConfig, current_step, train
 from .base import DefenseContext, Stage
 
 
@@ -159,10 +159,9 @@ class CircuitBreakers:
         model = attach_lora(model, c.lora_r, c.lora_alpha, seed=context.seed, dropout=c.lora_dropout,
                             layers=list(range(max(targets) + 1)))
         break_symmetry(model, c.init_b_std, context.seed)
-        steps = iter(range(1, c.steps + 1))
 
         def step(model, batch):
-            return circuit_breaker_step(model, batch, next(retain), next(steps), c.steps, c.alpha, targets)
+            return circuit_breaker_step(model, batch, next(retain), current_step(), c.steps, c.alpha, targets)
 
         cfg = TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=context.seed)
         train(model, context.encode(context.harmful_compliance_examples()), cfg, context.tokenizer.pad_token_id,

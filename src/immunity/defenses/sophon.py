@@ -47,6 +47,7 @@ from ..models import merge_lora
 from ..models.layers import LORA_TARGETS
 from ..registry import register_defense
 from ..training import check_finite, lm_loss, logits_with
+from ..training.parallel import accumulate
 from ..training.losses import shifted, token_ce
 from .base import DefenseContext, Stage, with_adapter
 
@@ -142,15 +143,29 @@ class Sophon:
         query = context.batch_stream(harmful[half:], c.batch_size, device)
         good = {n: p.detach().clone() for n, p in params.items()}
         stopped_at = None
+        trained = list(params.values())
+
+        def fts() -> float:  # writes the FTS gradient
+            grads, value = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
+                                        [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
+            for p, g in zip(trained, grads):
+                p.grad = g.to(p.dtype)
+            return value
+
+        def ntr() -> float:
+            loss = lm_loss(model, next(desired))
+            loss.backward()
+            return loss.item()
+
         for loop in tqdm(range(1, loops + 1), desc="align (sophon)", disable=not context.progress, leave=False):
-            grads, fts_value = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
-                                            [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
-            check_finite(fts_value, "sophon (fine-tuning suppression)", loop)
-            _apply(fts_opt, params, grads, c.fts_clip)
+            fts_opt.zero_grad(set_to_none=True)
+            check_finite(accumulate(trained, fts, context.seed, 2 * loop - 1), "sophon (fine-tuning suppression)",
+                         loop)
+            if c.fts_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trained, c.fts_clip)
+            fts_opt.step()
             ntr_opt.zero_grad(set_to_none=True)
-            ntr_loss = lm_loss(model, next(desired))
-            check_finite(ntr_loss.item(), "sophon (normal training)", loop)
-            ntr_loss.backward()
+            check_finite(accumulate(trained, ntr, context.seed, 2 * loop), "sophon (normal training)", loop)
             ntr_opt.step()
             if loop % c.check_every == 0 or loop == loops:
                 model.eval()
@@ -168,11 +183,3 @@ class Sophon:
         model.config.immunity_notes = {"loops": loops, "stopped_at": stopped_at}
         return model
 
-
-def _apply(optimizer, params: dict, grads: list[torch.Tensor], clip: float) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    for p, g in zip(params.values(), grads):
-        p.grad = g.to(p.dtype)
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
-    optimizer.step()

@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..models import decoder_layers
 from ..registry import register_defense
+from ..training import current_step
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 from .vaccine import attention_gradients, perturbations, perturbed_loss
 
@@ -117,13 +118,17 @@ class LayerSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.scores, self.active = 0, None, []
 
-    def next_active(self, model) -> list[int]:
+    def active_at(self, model, step: int) -> list[int]:
+        """The layers of training step `step` (1-based); decided once per step, so every
+        micro-batch and every process of a data-parallel step trains the same layers."""
         c = self.config
-        if self.step % c.rescore_every == 0:
+        if step == self.step:
+            return self.active
+        self.step = step
+        if (step - 1) % c.rescore_every == 0:
             self.scores = layer_scores(model, next(self.harmful)).detach().cpu()
-        if self.step % c.resample_every == 0:
+        if (step - 1) % c.resample_every == 0:
             self.active = sample_layers(self.scores, self.count, self.generator)
-        self.step += 1
         return self.active
 
 
@@ -146,10 +151,11 @@ class TVaccine:
         self.config = config
 
     def apply(self, model, context: DefenseContext):
-        harmful = context.batch_stream(context.harmful_compliance_examples(), 1, next(model.parameters()).device)
+        harmful = context.batch_stream(context.harmful_compliance_examples(), 1, next(model.parameters()).device,
+                                       split=False)
         sampler = LayerSampler(self.config, harmful, len(decoder_layers(model)), context.seed)
 
         def step(model, batch):
-            return t_vaccine_step(model, batch, sampler.next_active(model), self.config.rho)
+            return t_vaccine_step(model, batch, sampler.active_at(model, current_step()), self.config.rho)
 
         return align_with(model, context, self.config, step_loss=step, desc="align (t-vaccine)")

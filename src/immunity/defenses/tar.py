@@ -66,6 +66,7 @@ from transformers import get_scheduler
 from ..models import clone_model
 from ..registry import register_defense
 from ..training import check_finite, lm_loss
+from ..training.parallel import accumulate
 from ..training.losses import answer_mask, token_ce, upcast
 from .base import DefenseContext, Stage
 
@@ -174,13 +175,17 @@ def random_mapping(model, params, forget, retain, config: TARConfig, seed: int) 
     mapping = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=generator)
     mapping = mapping.to(next(model.parameters()).device)
     optimizer = torch.optim.AdamW(params, lr=config.random_mapping_lr, weight_decay=0.0)
+
+    def gradient() -> float:
+        loss = random_mapping_loss(model, next(forget), mapping)
+        (loss + lm_loss(model, next(retain))).backward()
+        return loss.item()
+
     log = []
     for step in range(1, config.random_mapping_steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss = random_mapping_loss(model, next(forget), mapping)
-        log.append(loss.item())
+        log.append(accumulate(params, gradient, seed, step))
         check_finite(log[-1], "tar (random mapping)", step)
-        (loss + lm_loss(model, next(retain))).backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -214,19 +219,25 @@ class TAR:
         optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0)
         schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=c.warmup_steps)
         tamper_log = []
-        for step in tqdm(range(1, c.outer_steps + 1), desc="tar", disable=not context.progress, leave=False):
-            lr = rng.choice(c.adversary_lrs)
-            switch = int(rng.betavariate(6, 3) * c.inner_steps) if rng.random() < c.switch_probability else 0
+
+        def gradient(lr: float, switch: int) -> tuple[float, float]:
+            """Tamper-resistance gradient (the simulated adversary, on this shard) plus retain."""
             adversary = [next(benign) if k < switch else next(adversary_data) for k in range(c.inner_steps)]
             buffer, losses = tamper_gradient(model, params, adversary, next(held_out), lr, weights)
-            tamper_log.append(sum(losses) / max(len(losses), 1))
-            check_finite(tamper_log[-1], "tar (tamper resistance)", step)
             optimizer.zero_grad(set_to_none=True)
             loss = retain_loss(model, reference, next(retain), c.representation_weight)
-            check_finite(loss.item(), "tar (retain)", step)
             loss.backward()
             for p, b in zip(params, buffer):
                 p.grad.add_(b)
+            return sum(losses) / max(len(losses), 1), loss.item()
+
+        for step in tqdm(range(1, c.outer_steps + 1), desc="tar", disable=not context.progress, leave=False):
+            lr = rng.choice(c.adversary_lrs)  # drawn once per step: every shard simulates the same attacker
+            switch = int(rng.betavariate(6, 3) * c.inner_steps) if rng.random() < c.switch_probability else 0
+            tamper, retained = accumulate(params, lambda: gradient(lr, switch), context.seed, step)
+            tamper_log.append(tamper)
+            check_finite(tamper, "tar (tamper resistance)", step)
+            check_finite(retained, "tar (retain)", step)
             torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
             optimizer.step()
             schedule.step()

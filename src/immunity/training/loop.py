@@ -2,7 +2,8 @@
 
 A defense composes its update from `train(..., step_loss=...)` rather than subclassing
 `transformers.Trainer`: the loop owns data order, optimizer, schedule, clipping and progress; the
-caller owns the loss. `accelerate launch` scales the same loop to several devices.
+caller owns the loss. Under `torchrun` / `accelerate launch` the same loop trains data-parallel
+(`parallel`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from accelerate import Accelerator
 from torch.func import functional_call
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..data import collate
+from . import parallel
 from .losses import token_ce, upcast
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -105,32 +106,46 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
     `step_loss(model, batch)` returns the tensor to differentiate, or (that tensor, the number
     to log) when the differentiated objective is a surrogate (e.g. Booster's gradient terms), or
     (None, the number to log) when it has already written the gradients itself (T-Vaccine must
-    run backward while inactive layers are frozen and checkpointed).
+    run backward while inactive layers are frozen and checkpointed). Inside
+    `parallel.data_parallel()` each process computes its shards of every batch and the
+    gradients are synchronised before the update (see `parallel`).
     """
     if not features:
         raise ValueError(f"{desc}: no training examples")
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    with parallel.sharded(model) as trained:
+        losses = _steps(trained, features, cfg, pad_id, step_loss, desc, progress, on_step)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not all(torch.isfinite(p).all() for p in params):  # the last update can diverge after its loss was read
+        raise TrainingDiverged(f"{desc}: the weights are not finite after step {len(losses)}; the run stopped "
+                               "and stored no result (lower the learning rate)")
+    model.eval()
+    return losses
+
+
+def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, desc: str, progress: bool,
+           on_step) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, cfg)
     total = cfg.total_steps(len(features))
     scheduler = get_scheduler(_schedule_name(cfg), optimizer,
                               num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
     loader = batches(features, cfg.batch_size, pad_id, cfg.seed)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    device = model.get_input_embeddings().weight.device
     model.train()
     losses: list[float] = []
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, disable=not progress or not parallel.is_main(), leave=False)
     while len(losses) < total:
         for batch in loader:
-            out = step_loss(model, batch)
-            loss, shown = out if isinstance(out, tuple) else (out, out)
-            losses.append(shown.item() if torch.is_tensor(shown) else float(shown))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            losses.append(parallel.accumulate(params, lambda: _backward(model, batch, step_loss), cfg.seed,
+                                              len(losses) + 1, weights=_example_shares(batch)))
             check_finite(losses[-1], desc, len(losses))
-            if loss is not None:
-                accelerator.backward(loss)
+            if len(losses) == 1 and all(p.grad is None for p in params):
+                raise RuntimeError(f"{desc}: the step computed no gradient for the parameters being trained "
+                                   "(under fsdp=true: this method's step does not use the model it is given)")
             if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -141,9 +156,19 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
             if len(losses) >= total:
                 break
     bar.close()
-    if not all(torch.isfinite(p).all() for p in params):  # the last update can diverge after its loss was read
-        raise TrainingDiverged(f"{desc}: the weights are not finite after step {len(losses)}; the run stopped "
-                               "and stored no result (lower the learning rate)")
-    model.eval()
-    accelerator.free_memory()
     return losses
+
+
+def _backward(model, batch: dict, step_loss: Callable) -> float:
+    """Gradients of this shard's loss; the number to log."""
+    out = step_loss(model, parallel.shard(batch))
+    loss, shown = out if isinstance(out, tuple) else (out, out)
+    if loss is not None:
+        loss.backward()
+    return shown.item() if torch.is_tensor(shown) else float(shown)
+
+
+def _example_shares(batch: dict) -> Callable[[int], float]:
+    """Shard i's weight: its share of the batch's examples (the last batch may split unevenly)."""
+    size = len(batch["input_ids"])
+    return lambda i: len(parallel.shard(batch, i)["input_ids"]) / size
