@@ -76,7 +76,8 @@ results: install
 	  $(REPORT) --regret --attack $(REGRET); echo; \
 	  echo "## Condition number of the head's input features (validation data, seeds 0, 1, 2)"; echo; \
 	  $(BIN)/python benchmarks/feature_kappa.py defense.lambda_ill=300; echo; \
-	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; } > docs/results.md
+	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; echo; \
+	  echo "## Scaling out on this machine"; echo; $(BIN)/python benchmarks/scaling.py; } > docs/results.md
 
 # The validation sweeps behind the chosen settings (validation split, seeds 0, 1; the table in
 # docs/reproduction.md comes from `python benchmarks/validation_table.py`).

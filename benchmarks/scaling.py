@@ -24,8 +24,7 @@ import tempfile
 import time
 
 SMALL = ["world.model.hidden=64", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=128",
-         "world.pretrain.epochs=0.5", "defense.epochs=0.5", "attack.n=96", "attack.epochs=1",
-         "eval.max_prompts=48"]
+         "world.pretrain.epochs=0.5", "defense.epochs=0.5", "attack.n=500", "attack.epochs=3"]
 GRID = ["--grid", "attack.p=0,0.05,0.1,0.2", "--grid", "attack.lr=1e-4,3e-4,1e-3"]  # 12 runs
 
 

@@ -16,7 +16,8 @@ from immunity.defenses import sophon, tar
 from immunity.training import loop, parallel
 from test_defense_regression import BUDGET, TINY
 
-METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar"]
+METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar", "ntl",
+           "condition-number"]
 
 
 TRAINED_AS = set()  # class names of the parameters `train` updated (DTensor under FSDP)

@@ -15,7 +15,9 @@ import torch
 from immunity.training import lm_loss, parallel
 
 HERE = Path(__file__).parent
-METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar"]
+METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar", "ntl",
+           "condition-number"]
+SHARDABLE = ["sft", "vaccine", "t-vaccine", "repnoise", "circuit-breakers", "ntl", "condition-number"]
 
 
 def _worker(tmp_path, launcher: list[str], micro: int, *extra: str) -> dict:
@@ -45,14 +47,22 @@ def test_two_processes_match_one_process_with_two_micro_batches(tmp_path, one_pr
         assert two["losses"][method] == pytest.approx(one["losses"][method], rel=1e-5), method
 
 
-def test_fsdp_over_two_processes_matches_one_process_for_sft_and_vaccine(tmp_path, one_process_two_micro_batches):
+def test_fsdp_over_two_processes_matches_one_process(tmp_path, one_process_two_micro_batches):
     """FSDP2 on CPU (gloo): the trained parameters are sharded DTensors, the losses those of one
     process with two micro-batches (equal shards of the alignment batches)."""
-    sharded = _worker(tmp_path, _torchrun(29732), 1, "sft,vaccine", "fsdp")
+    sharded = _worker(tmp_path, _torchrun(29732), 1, ",".join(SHARDABLE), "fsdp")
     assert sharded["processes"] == 2 and "DTensor" in sharded["trained_as"]  # (the world's pretraining is plain)
-    for method in ("sft", "vaccine"):
+    for method in SHARDABLE:
         assert sharded["losses"][method] == pytest.approx(one_process_two_micro_batches["losses"][method],
                                                           rel=1e-5), method
+
+
+@pytest.mark.parametrize("defense", sorted(set(METHODS) - set(SHARDABLE)))
+def test_fsdp_refuses_a_defense_that_differentiates_the_weights_themselves(defense):
+    from immunity.config import ConfigError, load_run_config, validate
+
+    with pytest.raises(ConfigError, match="fsdp=true"):
+        validate(load_run_config(None, ["fsdp=true"], defense=defense))
 
 
 def test_micro_batches_of_a_mean_loss_give_the_whole_batch_gradient(tiny_model, world):
@@ -109,3 +119,20 @@ def test_micro_batches_must_be_positive():
     with pytest.raises(ValueError, match="micro_batches"):
         with parallel.data_parallel(0):
             pass
+
+
+def test_a_whole_run_under_torchrun_prints_one_result_and_stores_it_once(tiny, tmp_path):
+    store = tmp_path / "ddp.db"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([*_torchrun(29733), "-m", "immunity", "run", "--defense", "sft", "--seed", "0", "--json",
+                           "--quiet", "--store", str(store), *tiny], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["processes"] == 2 and result["hs_before"] is not None and result["fa_after"] is not None
+    assert len(list(tmp_path.glob("runs/sft-seed0-*/generations_before.jsonl"))) == 1
+    import sqlite3
+
+    assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1

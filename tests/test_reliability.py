@@ -350,6 +350,17 @@ def test_the_submitit_launcher_fills_the_store_from_result_files(tiny, tmp_path)
     assert proc.returncode == 0 and "2 already stored, 0 to run" in err
 
 
+def test_the_ray_launcher_fills_the_store(tiny, tmp_path):
+    """Ray tasks on a local Ray instance (the optional extra `ray`; skipped without it)."""
+    pytest.importorskip("ray")
+    store = tmp_path / "ray.db"
+    proc = _immunity("bench", "--launcher", "ray", "--workers", "2", "--defenses", "sft", "--seeds", "0",
+                     "--grid", "attack.p=0,0.1", "--store", str(store), "--quiet", *tiny, env=_env(), cwd=tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(_rows(store)) == 2 and len(list(tmp_path.glob("runs/sft-seed0-*/result.json"))) == 2
+
+
 def test_a_result_file_left_by_an_interrupted_grid_is_merged_not_recomputed(tiny, tmp_path):
     from immunity.bench.launch import compute
     from immunity.config import load_run_config

@@ -262,6 +262,10 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(f"quantization must be 4bit or 8bit, got {cfg.quantization!r}")
     if cfg.micro_batches < 1:
         raise ConfigError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
+    if cfg.fsdp and not getattr(defense, "supports_fsdp", True):
+        raise ConfigError(f"fsdp=true: {cfg.defense} does not run on sharded weights (it differentiates with respect "
+                          "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
+                          "data-parallel on replicated weights")
     if cfg.data:
         from .data.sources import cached_bundle
 

@@ -3,6 +3,10 @@
 Defenses whose stage is not `alignment` build on standard `sft` alignment, as in their papers
 (LoX extrapolates an aligned model; Antidote repairs an attacked aligned model).
 
+Under torchrun / accelerate launch, every process trains the defense and the attack together
+(`training.parallel`); the first builds the base model first, and alone evaluates and returns
+the result. Data-parallel released models are not cached (they differ from one process's).
+
 A run is identified by its key: the resolved, typed configuration (defense and attack configs
 built, floats normalised), the code version of every package module the run executes, and the
 package versions. The store never serves a result whose key differs from the current one.
@@ -134,7 +138,7 @@ class Pipeline:
 
     def __init__(self, cfg: RunConfig, progress: bool = True):
         self.cfg = cfg
-        self.progress = progress
+        self.progress = progress and parallel.is_main()  # one set of progress bars, from the first process
         needs_world = cfg.model == "safetyworld" or not cfg.data
         with parallel.main_first():  # rank 0 builds and caches, the other ranks read
             self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None

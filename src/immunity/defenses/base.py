@@ -133,6 +133,8 @@ class Defense(Protocol):
     name: ClassVar[str]
     stage: ClassVar[Stage]
     Config: ClassVar[type]
+    # Optional, default True: whether `fsdp=true` may shard what the defense trains.
+    supports_fsdp: ClassVar[bool]
 
     def __init__(self, config: Any) -> None: ...
 

@@ -78,6 +78,7 @@ def booster_loss(model, batch, harmful: dict, lam: float, alpha: float):
 @register_defense("booster")
 class Booster:
     stage = Stage.ALIGNMENT
+    supports_fsdp = False  # differentiates w.r.t. the weights (torch.autograd.grad): not on FSDP's shards
     Config = BoosterConfig
 
     def __init__(self, config: BoosterConfig):

@@ -100,6 +100,7 @@ def mlac_objective(model, params: dict, desired: dict, harmful: list[dict], inne
 @register_defense("mlac")
 class MLAC:
     stage = Stage.ALIGNMENT
+    supports_fsdp = False  # simulated attacker steps on the weights (torch.func): not on FSDP's shards
     Config = MLACConfig
 
     def __init__(self, config: MLACConfig):

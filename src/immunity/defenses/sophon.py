@@ -121,6 +121,7 @@ def fts_gradient(model, params: dict, support: list[dict], query: list[dict], in
 @register_defense("sophon")
 class Sophon:
     stage = Stage.POST_ALIGNMENT
+    supports_fsdp = False  # its own loops and functional calls; data parallel replicates it
     Config = SophonConfig
 
     def __init__(self, config: SophonConfig):

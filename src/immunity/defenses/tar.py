@@ -195,6 +195,7 @@ def random_mapping(model, params, forget, retain, config: TARConfig, seed: int) 
 @register_defense("tar")
 class TAR:
     stage = Stage.POST_ALIGNMENT
+    supports_fsdp = False  # its own loops and adversary steps on the weights; data parallel replicates it
     Config = TARConfig
 
     def __init__(self, config: TARConfig):
