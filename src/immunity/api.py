@@ -83,6 +83,9 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
     model directory (`adapter_only`: the attack's LoRA adapter alone, for a later repair)."""
     cfg = _config(model, "none", data, task, seed, settings, need_task=True)
     pipeline = Pipeline(cfg, progress)
+    if out is not None and not getattr(pipeline.attack_cls, "writes_weights", True):
+        raise ValueError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
+                         "attacked model to write; evaluate it with `immunity run` instead")
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
         attacked = pipeline.attack_cls(cfg.attack).run(pipeline.base_model(), pipeline.tokenizer, pipeline.data,
                                                        cfg.seed, progress=progress, merge=not adapter_only)

@@ -63,6 +63,9 @@ def cmd_list(args) -> int:
         for name, cls in sorted(DEFENSES.items()):
             for line in help_lines(cls.Config):
                 print(f"  defense.{line}   [{name}]")
+        for name, cls in sorted(ATTACKS.items()):
+            for line in help_lines(cls.Config):
+                print(f"  attack.{line}   [attack={name}]")
     return 0
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from . import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
+from .attacks.base import AttackTask
+from .defenses.base import Stage
 from .attacks.harmful_finetune import HarmfulFinetuneConfig
 from .models.load import check_model_dir
 from .registry import ATTACKS, DEFENSES, JUDGES, lookup
@@ -52,7 +54,8 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     defense: str = field(default="sft", metadata={"help": "registered defense name"})
-    attack_name: str = field(default="harmful-finetune", metadata={"help": "registered attack name"})
+    attack_name: str = field(default="harmful-finetune", metadata={
+        "help": "registered attack name (also `attack=NAME`); its keys are attack.KEY"})
     seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
     model: str = field(default="safetyworld", metadata={"help": "safetyworld | local HF dir | hub id"})
     data: tuple[str, ...] = field(default=(), metadata={
@@ -73,7 +76,7 @@ class RunConfig:
         "help": "under torchrun / accelerate launch: shard the model being trained over the processes (FSDP2, "
                 "per decoder layer) instead of replicating it"})
     world: WorldConfig = field(default_factory=WorldConfig)
-    attack: HarmfulFinetuneConfig = field(default_factory=HarmfulFinetuneConfig)
+    attack: AttackTask = field(default_factory=HarmfulFinetuneConfig)  # the Config of `attack_name`
     eval: EvalConfig = field(default_factory=EvalConfig)
     defense_args: dict = field(default_factory=dict, metadata={"help": "defense.KEY=VALUE overrides"})
     out_dir: str = field(default="runs", metadata={"help": "where generations are written"})
@@ -132,6 +135,10 @@ def set_key(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
     if isinstance(obj, RunConfig) and head == "defense" and rest:
         obj.defense_args[rest] = value  # validated against the defense's own Config later
         return
+    if isinstance(obj, RunConfig) and (head == "attack_name" or (head == "attack" and isinstance(value, str))) \
+            and not rest:
+        choose_attack(obj, value)
+        return
     fields = {f.name for f in dataclasses.fields(obj)}
     current = getattr(obj, head, None) if head in fields else None
     if head not in fields or (rest and not dataclasses.is_dataclass(current)):
@@ -145,6 +152,17 @@ def set_key(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
             set_key(current, k, v, prefix + head + ".")
     else:
         setattr(obj, head, _coerce(value, typing.get_type_hints(type(obj))[head], prefix + dotted))
+
+
+def choose_attack(cfg: "RunConfig", name: str) -> None:
+    """`attack=NAME`: the attack and a fresh config of its own class (keys then set on it)."""
+    try:
+        attack = lookup(ATTACKS, "attack", str(name))
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from err
+    task = cfg.attack.task
+    cfg.attack_name, cfg.attack = attack.name, attack.Config()
+    cfg.attack.task = task
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -171,7 +189,8 @@ def _flatten(mapping: dict, prefix: str = "") -> dict:
 def build_config(cls: type, values: dict | None = None):
     """Instantiate dataclass `cls` from a flat {dotted key: value} mapping, strictly."""
     obj = cls()
-    for key, value in (values or {}).items():
+    first = ("attack", "attack_name")  # the attack's class decides which attack.* keys exist
+    for key, value in sorted((values or {}).items(), key=lambda item: item[0] not in first):
         set_key(obj, key, value)
     try:
         return _revalidate(obj)
@@ -252,7 +271,10 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     """Everything a run needs, checked before any work: names, every defense key and value, the
     data (read and split), the model directory. Raises one clear error."""
     defense = lookup(DEFENSES, "defense", cfg.defense)
-    lookup(ATTACKS, "attack", cfg.attack_name)
+    attack = lookup(ATTACKS, "attack", cfg.attack_name)
+    if defense.stage == Stage.POST_FINE_TUNING and not getattr(attack, "fine_tunes", False):
+        raise ConfigError(f"{cfg.defense} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
+                          "nothing (choose a fine-tuning attack)")
     build_config(defense.Config, cfg.defense_args)
     if need_judge or cfg.eval.judge != "auto":
         check_judge(cfg.eval.judge, bool(cfg.data))

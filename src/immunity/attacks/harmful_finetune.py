@@ -16,13 +16,12 @@ from ..models import attach_lora, merge_lora
 from ..registry import register_attack
 from ..training import OPTIMIZERS, SCHEDULES, TrainConfig, train
 from ..data import DataBundle
-from ..world import TASKS, Example
+from ..world import Example
+from .base import AttackTask
 
 
 @dataclass
-class HarmfulFinetuneConfig:
-    task: str = field(default="sentiment", metadata={
-        "help": f"benign fine-tuning task: SafetyWorld's {' | '.join(TASKS)}, or the kind of a --task source"})
+class HarmfulFinetuneConfig(AttackTask):
     n: int = field(default=500, metadata={"help": "fine-tuning samples"})
     p: float = field(default=0.1, metadata={"help": "fraction of harmful samples"})
     mode: str = field(default="lora", metadata={"help": "lora (fresh adapter, merged after) | full"})
@@ -67,6 +66,7 @@ def attack_examples(data: DataBundle, cfg: HarmfulFinetuneConfig, seed: int) -> 
 @register_attack("harmful-finetune")
 class HarmfulFinetune:
     Config = HarmfulFinetuneConfig
+    fine_tunes = True  # trains an adapter (or all weights): what a post-fine-tuning repair repairs
 
     def __init__(self, config: HarmfulFinetuneConfig):
         self.config = config
@@ -80,3 +80,23 @@ class HarmfulFinetune:
             model = attach_lora(model, c.lora_r, c.lora_alpha, seed=seed)
         train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)
         return merge_lora(model) if merge else model
+
+
+@dataclass
+class BenignFinetuneConfig(HarmfulFinetuneConfig):
+    """`harmful-finetune`'s settings with no harmful samples (p = 0): the trainability baseline."""
+
+    p: float = field(default=0.0, metadata={"help": "fraction of harmful samples (0: benign only)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.p != 0:
+            raise ValueError(f"benign-finetune trains on benign data only (attack.p = 0), got attack.p={self.p}")
+
+
+@register_attack("benign-finetune")
+class BenignFinetune(HarmfulFinetune):
+    """Fine-tuning on the benign task alone (p = 0): does a defense still let users fine-tune, and
+    does benign fine-tuning alone erode its alignment (Qi et al. 2024)?"""
+
+    Config = BenignFinetuneConfig

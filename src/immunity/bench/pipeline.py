@@ -281,6 +281,7 @@ class Pipeline:
             "refusal_after": after.get("refusal_harmful"),
             "data": self.data.name, "data_hashes": self.data.hashes(),
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
+            "attack_notes": getattr(attacked.config, "immunity_attack_notes", {}),  # e.g. steering's layer
             "timings": clock.seconds, "defense_seconds": self.defense_seconds,
             # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).
             "defense_notes": notes, "peak_memory_mb": clock.peak_mb,

@@ -1,0 +1,21 @@
+"""What every attack's config shares, and the attack interface.
+
+An attack is registered with `@register_attack(name)`, has a `Config` dataclass (its own typed
+keys, set as `attack.KEY=VALUE` after `attack=NAME`) and `run(model, tokenizer, data, seed,
+progress, merge) -> model`: the attacked model, which the pipeline evaluates like any other.
+Inference-time attacks return the model with their intervention attached as a forward hook and
+declare `writes_weights = False` (there are no weights to export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..world import TASKS
+
+
+@dataclass
+class AttackTask:
+    task: str = field(default="sentiment", metadata={
+        "help": f"benign task (fine-tuning data, and the FA metric): SafetyWorld's {' | '.join(TASKS)}, or the kind "
+                "of a --task source"})
