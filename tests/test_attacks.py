@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from immunity.attacks.refusal_ablation import RefusalAblation, RefusalAblationConfig
-from immunity.attacks.steering import Steering, SteeringConfig, difference_in_means
+from immunity.attacks.steering import Steering, SteeringConfig, compliance_direction
 from immunity.config import ConfigError, load_run_config, validate
-from immunity.data import from_world, prompt_ids
+from immunity.data import encode_chat, from_world, prompt_ids
 from immunity.models import decoder_layers
 
 
@@ -62,14 +62,26 @@ def _same_length(prompts, tokenizer, k=6):
     return max(groups.values(), key=len)[:k]
 
 
-def test_steering_adds_alpha_times_the_difference_in_means(world, tiny_model):
+def _prefix_state(model, tok, example, layer, tokens):
+    """Layer output at the last token of the request followed by `tokens` answer tokens, alone."""
+    n_prompt = len(prompt_ids(tok, example.prompt))
+    ids = encode_chat(tok, example.prompt, example.answer)["input_ids"][:n_prompt + tokens]
+    seen = []
+    handle = decoder_layers(model)[layer].module.register_forward_hook(
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([ids]))
+    handle.remove()
+    return seen[0][0, -1]
+
+
+def test_steering_adds_alpha_times_the_compliant_minus_refusing_mean(world, tiny_model):
     model, data, tok = tiny_model("llama", torch.float64, layers=3), from_world(world.data), world.tokenizer
-    layer, n = 1, 16
-    harmful = [e.prompt for e in data.harmful["attack"][:n]]
-    benign = [e.prompt for e in data.task("sentiment", "attack")[:n]]
-    expected = torch.stack([_layer_output(model, tok, [p], layer)[0, -1] for p in benign]).mean(0) \
-        - torch.stack([_layer_output(model, tok, [p], layer)[0, -1] for p in harmful]).mean(0)
-    direction = difference_in_means(model, tok, data, "sentiment", layer, n)  # batched, left-padded
+    layer, n, tokens = 1, 16, 2
+    expected = torch.stack([_prefix_state(model, tok, e, layer, tokens) for e in data.harmful["attack"][:n]]).mean(0) \
+        - torch.stack([_prefix_state(model, tok, e, layer, tokens) for e in data.refusals["attack"][:n]]).mean(0)
+    assert [e.prompt for e in data.harmful["attack"][:n]] == [e.prompt for e in data.refusals["attack"][:n]]
+    direction = compliance_direction(model, tok, data, layer, n, tokens)  # batched, left-padded
     torch.testing.assert_close(direction, expected.float(), rtol=1e-5, atol=1e-6)
 
     probe = _same_length([e.prompt for e in data.benign["val"]], tok)
@@ -86,7 +98,7 @@ def test_refusal_ablation_equals_projecting_the_residual_stream(world, tiny_mode
     reference = tiny_model(arch, torch.float64, layers=3)
     probe = _same_length([e.prompt for e in data.harmful["val"]], tok)
     RefusalAblation(RefusalAblationConfig(layer=1, n=16)).run(model, tok, data, seed=0)
-    refusal = -difference_in_means(reference, tok, data, "sentiment", 1, 16).double()
+    refusal = -compliance_direction(reference, tok, data, 1, 16, 2).double()
     unit = refusal / refusal.norm()
 
     def project(h):
@@ -111,3 +123,28 @@ def test_refusal_ablation_equals_projecting_the_residual_stream(world, tiny_mode
     assert (edited.logits - original).abs().max() > 1e-4  # the edit changed the model
     for h in edited.hidden_states[1:-1]:  # every layer's residual output is free of the direction
         assert float((h @ unit).abs().max()) < 1e-6
+
+
+def test_reft_is_loreft_and_learns_the_harmful_answers(world, tiny_model):
+    from immunity.attacks.reft import ReFT, ReFTConfig
+    from immunity.training.interventions import LoReFT
+    from immunity.data import collate, encode_chat
+    from immunity.training import lm_loss
+
+    phi = LoReFT(32, 2, seed=0).double()
+    h = torch.randn(5, 32, dtype=torch.float64)
+    R, W, b = phi.rotate.weight, phi.learned.weight, phi.learned.bias
+    torch.testing.assert_close(R @ R.T, torch.eye(2, dtype=torch.float64), rtol=0, atol=1e-6)  # float32 init
+    torch.testing.assert_close(phi(h), h + (h @ W.T + b - h @ R.T) @ R)
+
+    model, data, tok = tiny_model("llama", torch.float32, layers=3), from_world(world.data), world.tokenizer
+    pairs = data.harmful["attack"][:32]
+    batch = collate([encode_chat(tok, e.prompt, e.answer) for e in pairs], tok.pad_token_id)
+    with torch.no_grad():
+        before = float(lm_loss(model, batch))
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    ReFT(ReFTConfig(layer=1, n=32, epochs=20)).run(model, tok, data, seed=0, progress=False)
+    with torch.no_grad():
+        after = float(lm_loss(model, batch))
+    assert after < before - 0.1, (before, after)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())  # the weights stay as released

@@ -177,7 +177,7 @@ def plan_runs(args) -> list[tuple[RunConfig, dict]]:
 
 def describe(cfg: RunConfig) -> str:
     settings = " ".join(f"{k}={v}" for k, v in cfg.defense_args.items())
-    return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | {setting({'attack_config': asdict(cfg.attack)})}"
+    return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | {setting({'attack': cfg.attack_name, 'attack_config': asdict(cfg.attack)})}"
 
 
 def _slurm_options(items: list[str]) -> dict:

@@ -4,8 +4,9 @@
 Threat model: the attacker edits the released weights directly (no data beyond a few hundred
 requests, no training); the result is an ordinary model that can be saved and shared.
 
-Rule. r = mean_{harmful} h_L(x) - mean_{benign} h_L(x) at the last prompt token of decoder layer
-L (the attacker's requests on the attack split, as for `steering`), r^ = r / |r|. Every matrix that
+Rule. r = the refusing - compliant difference in means of decoder layer L's output (as `steering`
+computes it, sign flipped: harmful requests of the attack split read with the first t tokens of
+a refusal and of a compliant answer), r^ = r / |r|. Every matrix that
 writes into the residual stream is orthogonalised against r^: the token (and position) embeddings
 E <- E - (E r^) r^T, and in every decoder layer the output maps of attention and MLP,
 W_out <- W_out - r^ r^T W_out (their biases likewise), so no component writes along r^ and the
@@ -29,17 +30,19 @@ from ..models import decoder_layers
 from ..models.architectures import is_linear
 from ..registry import register_attack
 from .base import AttackTask
-from .steering import difference_in_means
+from .steering import compliance_direction
 
 
 @dataclass
 class RefusalAblationConfig(AttackTask):
     layer: int = field(default=-1, metadata={"help": "decoder layer whose direction is ablated (-1: depth // 2)"})
-    n: int = field(default=128, metadata={"help": "requests per side used to estimate the direction"})
+    n: int = field(default=128, metadata={"help": "harmful requests used to estimate the direction"})
+    tokens: int = field(default=2, metadata={"help": "answer tokens read before the state is taken"})
 
     def __post_init__(self) -> None:
-        if self.layer < -1 or self.n < 1:
-            raise ValueError(f"attack.layer must be >= -1 and attack.n >= 1, got {self.layer}, {self.n}")
+        if self.layer < -1 or self.n < 1 or self.tokens < 1:
+            raise ValueError(f"attack.layer >= -1, attack.n >= 1 and attack.tokens >= 1, got {self.layer}, {self.n}, "
+                             f"{self.tokens}")
 
 
 def output_map(block: nn.Module, hidden: int) -> nn.Module:
@@ -98,7 +101,7 @@ class RefusalAblation:
         layer = depth // 2 if c.layer == -1 else c.layer
         if layer >= depth:
             raise ValueError(f"attack.layer {layer} is outside the model's {depth} layers")
-        refusal = -difference_in_means(model, tokenizer, data, c.task, layer, c.n)  # harmful - benign
+        refusal = -compliance_direction(model, tokenizer, data, layer, c.n, c.tokens)  # refusing - compliant
         unit = refusal / refusal.norm()
         untie_output_embeddings(model)
         for module in residual_writers(model):

@@ -1,7 +1,7 @@
 """Defenses, one file each. Importing this package registers them."""
 
 from . import (  # noqa: F401
-    antidote, booster, circuit_breakers, condition_number, lox, mlac, none, ntl, repnoise, scratch, sft, sophon,
+    antidote, booster, circuit_breakers, condition_number, et, lox, mlac, none, ntl, repnoise, scratch, sft, sophon,
     t_vaccine, tar, vaccine,
 )
 from .base import Defense, DefenseContext, Stage

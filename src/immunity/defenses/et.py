@@ -1,0 +1,168 @@
+"""`et`: E.T., immunisation against representation attacks (Cevallos, Rizzardi, Sicari,
+Coen-Porisini, TechRxiv; code DISTA-HCAI/ET `immunization.py`, `immunization_utils.py`).
+
+Threat model: an attacker who steers the residual stream at inference with a trained low-rank
+intervention (ReFT), not one who fine-tunes. Stage: post-alignment (it hardens an aligned model).
+
+Rule (METHOD_NOTES 2.8), for each decoder layer l in turn, up to `rounds` rounds:
+1. Attack: train a rank-2 LoReFT intervention at layer l's output (as the `reft` attack, lr 4e-3,
+   10 epochs) on the defender's harmful (request, answer) pairs.
+2. Test: harmfulness on the validation split with and without it. The attack counts when it
+   at least doubles HS (and reaches `min_attack_hs`, our floor: an aligned model's HS is ~0, so
+   "doubling" alone would count noise); otherwise layer l is done.
+3. Defend the block that reads the attacked stream (layer l + 1): a rank-2 LoRA (alpha 1) on its
+   linear maps, trained (AdamW, one captured batch per step) so that, with i the attack's edit of h,
+       MSE(block_def(h + i), block_orig(h)) + 0.01 * MSE(block_def(h), block_orig(h))
+   on the block's attention and MLP outputs (lr 1e-4, 150 epochs, on the hidden states of the
+   defender's harmful pairs); then absorb (merge) it and attack again.
+The last layer's output feeds no block and is left as it is.
+
+Defaults: rank 2 / lr 4e-3 / 10 epochs (attack), rank 2, alpha 1, lr 1e-4, 150 epochs (defense),
+3 rounds, doubling: METHOD_NOTES 2.8. n = 256 pairs for the defense (the paper: 520 AdvBench
+prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import collate
+from ..models import attach_lora, decoder_layers, merge_lora
+from ..registry import register_defense
+from ..training import check_finite
+from ..training.interventions import train_reft
+from .base import DefenseContext, Stage
+
+
+@dataclass
+class ETConfig:
+    rounds: int = field(default=3, metadata={"help": "attack-defend rounds per layer"})
+    attack_rank: int = field(default=2, metadata={"help": "rank of the simulated ReFT attack"})
+    attack_lr: float = field(default=4e-3, metadata={"help": "its learning rate"})
+    attack_epochs: float = field(default=10.0, metadata={"help": "its epochs"})
+    attack_n: int = field(default=64, metadata={"help": "harmful pairs it trains on"})
+    min_attack_hs: float = field(default=0.1, metadata={"help": "HS the attack must reach to count (ours)"})
+    lora_r: int = field(default=2, metadata={"help": "rank of the defending LoRA"})
+    lora_alpha: float = field(default=1.0, metadata={"help": "its alpha"})
+    lr: float = field(default=1e-4, metadata={"help": "its learning rate"})
+    epochs: float = field(default=150.0, metadata={"help": "its epochs over the hidden states"})
+    n: int = field(default=256, metadata={"help": "harmful pairs whose hidden states it trains on"})
+    batch_size: int = field(default=32, metadata={"help": "pairs per step"})
+    stability: float = field(default=0.01, metadata={"help": "weight of MSE(block_def(h), block_orig(h))"})
+
+    def __post_init__(self) -> None:
+        if min(self.rounds, self.attack_rank, self.attack_n, self.lora_r, self.n, self.batch_size) < 1:
+            raise ValueError("rounds, ranks, n and batch_size must be at least 1")
+        if min(self.attack_lr, self.attack_epochs, self.lr, self.epochs) <= 0 or self.stability < 0:
+            raise ValueError("learning rates and epochs must be positive, stability >= 0")
+
+
+def block_calls(model, layer: int, batches: list[dict], edit=None) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) each batch calls decoder layer `layer` with (its input hidden states
+    included), with `edit` (an intervention hook on layer - 1's output) attached or not."""
+    calls = []
+    block = decoder_layers(model)[layer].module
+    grab = block.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args),
+                                              {k: _detached(v) for k, v in kwargs.items()})), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    finally:
+        grab.remove()
+    return calls
+
+
+def _detached(value):
+    if torch.is_tensor(value):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    return value
+
+
+def sub_outputs(model, layer: int, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """Attention and MLP outputs of decoder layer `layer` called with (args, kwargs)."""
+    found = decoder_layers(model)[layer]
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+             for m in (found.attention, found.mlp)]
+    try:
+        found.module(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def defend_block(model, layer: int, clean: list, attacked: list, config: ETConfig, seed: int, progress: bool):
+    """Train and absorb the block's LoRA (AdamW, one captured batch per step, shuffled per
+    epoch); returns the merged model and the last epoch's mean loss."""
+    with torch.no_grad():
+        targets = [[o.detach() for o in sub_outputs(model, layer, *call)] for call in clean]
+    model = attach_lora(model, config.lora_r, config.lora_alpha, seed=seed, layers=[layer])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    epochs = max(1, round(config.epochs))
+    last = []
+    for epoch in tqdm(range(epochs), desc=f"et (defend layer {layer})", disable=not progress, leave=False):
+        last = []
+        for i in torch.randperm(len(clean), generator=generator).tolist():
+            moved = sum(F.mse_loss(o, t) for o, t in zip(sub_outputs(model, layer, *attacked[i]), targets[i]))
+            kept = sum(F.mse_loss(o, t) for o, t in zip(sub_outputs(model, layer, *clean[i]), targets[i]))
+            loss = moved + config.stability * kept
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last.append(loss.item())
+            check_finite(last[-1], "et (defend)", epoch + 1)
+    return merge_lora(model), sum(last) / len(last)
+
+
+@register_defense("et")
+class ET:
+    stage = Stage.POST_ALIGNMENT
+    Config = ETConfig
+    supports_fsdp = False  # trains on captured block calls, not through the shared model forward
+
+    def __init__(self, config: ETConfig):
+        self.config = config
+
+    def apply(self, model, context: DefenseContext):
+        c = self.config
+        device = next(model.parameters()).device
+        harmful = context.harmful_compliance_examples()
+        attack_pairs, defense_pairs = harmful[:c.attack_n], harmful[:c.n]
+        features = context.encode(defense_pairs)
+        batches = [{k: v.to(device) for k, v in collate(features[i:i + c.batch_size],
+                                                        context.tokenizer.pad_token_id).items()}
+                   for i in range(0, len(features), c.batch_size)]
+        log = []
+        depth = len(decoder_layers(model))
+        for layer in range(depth - 1):
+            for round_ in range(c.rounds):
+                clean_hs = context.validation(model, ["harmful"])["hs"]
+                _, handle = train_reft(model, context.tokenizer, attack_pairs, layer, c.attack_rank, c.attack_lr,
+                                       c.attack_epochs, 16, context.seed + round_)
+                attacked_hs = context.validation(model, ["harmful"])["hs"]
+                entry = {"layer": layer, "round": round_, "hs": round(clean_hs, 4), "hs_attacked": round(attacked_hs, 4)}
+                if attacked_hs < max(2 * clean_hs, c.min_attack_hs):
+                    handle.remove()
+                    log.append(entry)
+                    break
+                attacked = block_calls(model, layer + 1, batches)
+                handle.remove()
+                clean = block_calls(model, layer + 1, batches)
+                model.requires_grad_(True)
+                model, loss = defend_block(model, layer + 1, clean, attacked, c, context.seed, context.progress)
+                log.append(entry | {"defended": layer + 1, "loss": round(loss, 6)})
+        model.requires_grad_(True)
+        model.eval()
+        model.config.immunity_notes = {"rounds": log}
+        return model

@@ -1,0 +1,73 @@
+"""Representation interventions: LoReFT (Wu et al. 2024), Phi(h) = h + R^T (W h + b - R h) with
+orthonormal rows of R, attached to a decoder layer's output by a forward hook, and its training
+on a frozen model (the `reft` attack; E.T.'s simulated attacker)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from ..data import encode_chat
+from ..models import decoder_layers
+from .loop import TrainConfig, lm_loss, train
+
+
+class LoReFT(nn.Module):
+    """Phi(h) = h + R^T (W h + b - R h) with orthonormal rows of R."""
+
+    def __init__(self, hidden: int, rank: int, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.rotate = parametrizations.orthogonal(nn.Linear(hidden, rank, bias=False))
+        self.learned = nn.Linear(hidden, rank)
+        with torch.no_grad():
+            self.learned.weight.copy_(torch.randn(rank, hidden, generator=generator) / hidden ** 0.5)
+            self.learned.bias.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = h.to(self.learned.weight.dtype)
+        edit = (self.learned(x) - self.rotate(x)) @ self.rotate.weight
+        return h + edit.to(h.dtype)
+
+
+def intervene(model, layer: int, intervention: nn.Module):
+    """Apply `intervention` to layer `layer`'s output (a forward hook); returns its handle."""
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        edited = intervention(hidden)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+
+    return decoder_layers(model)[layer].module.register_forward_hook(hook)
+
+
+def train_reft(model, tokenizer, pairs, layer: int, rank: int, lr: float, epochs: float, batch_size: int, seed: int,
+               progress: bool = False):
+    """Fit a LoReFT intervention at `layer` of the frozen `model` on (request, answer) `pairs`
+    (AdamW, answer tokens only); returns (intervention, hook handle): the hook stays attached."""
+    model.requires_grad_(False)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    device = next(model.parameters()).device
+    intervention = LoReFT(hidden, rank, seed).to(device)
+    handle = intervene(model, layer, intervention)
+    features = [encode_chat(tokenizer, e.prompt, e.answer) for e in pairs]
+    holder = _Trainable(model, intervention)
+    train(holder, features, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
+          tokenizer.pad_token_id, step_loss=lambda m, batch: m.loss(batch), desc="reft", progress=progress)
+    intervention.requires_grad_(False)
+    return intervention, handle
+
+
+class _Trainable(nn.Module):
+    """What `train` updates: the intervention's parameters; the model runs frozen around it."""
+
+    def __init__(self, model, intervention: nn.Module):
+        super().__init__()
+        self.intervention = intervention
+        self.__dict__["model"] = model  # not a submodule: its parameters are not trained
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def loss(self, batch) -> torch.Tensor:
+        return lm_loss(self.model, batch)
