@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean results validation
+.PHONY: demo test install clean results validation attacks
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 2
@@ -78,6 +78,18 @@ results: install
 	  $(BIN)/python benchmarks/feature_kappa.py defense.lambda_ill=300; echo; \
 	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; echo; \
 	  echo "## Scaling out on this machine"; echo; $(BIN)/python benchmarks/scaling.py; } > docs/results.md
+
+# Which defense holds against which threat: defenses x attack families (3 seeds, evaluation
+# split), written to docs/attacks.md.
+ATTACKS = harmful-finetune,benign-finetune,steering,refusal-ablation,reft
+CROSS_DEFENSES = sft,et,circuit-breakers,repnoise
+attacks: install
+	$(BIN)/immunity bench --store results/attacks.db --seeds 0,1,2 --quiet --workers $(WORKERS) \
+	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS)
+	{ echo "# Defenses against every attack family (SafetyWorld)"; echo; \
+	  echo "Regenerate: \`make attacks\`. Evaluation split, exact judge, seeds 0, 1, 2; each cell: HS after the"; \
+	  echo "attack (benign helpfulness after), mean ± std in %. Attacks at their defaults (\`immunity list --keys\`)."; \
+	  echo; $(BIN)/immunity report --store results/attacks.db --split eval --by-attack; } > docs/attacks.md
 
 # The validation sweeps behind the chosen settings (validation split, seeds 0, 1; the table in
 # docs/reproduction.md comes from `python benchmarks/validation_table.py`).

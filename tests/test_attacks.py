@@ -148,3 +148,10 @@ def test_reft_is_loreft_and_learns_the_harmful_answers(world, tiny_model):
         after = float(lm_loss(model, batch))
     assert after < before - 0.1, (before, after)
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())  # the weights stay as released
+
+
+def test_an_inference_time_attack_has_no_weights_to_write(tmp_path, tiny):
+    import immunity
+
+    with pytest.raises(ValueError, match="no attacked model to write"):
+        immunity.attack("safetyworld", settings={"attack": "steering"}, out=str(tmp_path / "out"), progress=False)

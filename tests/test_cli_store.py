@@ -176,6 +176,26 @@ def test_report_filters_by_attack(tmp_path, capsys):
     assert "2 rows were made by code that has changed" in out.err and "(stale)" in out.out
 
 
+def test_the_by_attack_table_has_one_column_per_attack_and_filters_name_attacks(tmp_path, capsys):
+    from immunity.attacks.steering import SteeringConfig
+    from immunity.bench.report import by_attack_table
+
+    steering = {"attack": "steering", "attack_config": asdict(SteeringConfig(alpha=0.5))}
+    results = [_stored("sft", 0, 0.5) | {"helpful_after": 1.0}, _stored("sft", 1, 0.7) | {"helpful_after": 0.9},
+               _stored("sft", 0, 0.1) | steering | {"helpful_after": 0.8}]
+    lines = by_attack_table(results).splitlines()
+    assert lines[0].count("|") == 5 and "steering sentiment layer=-1 alpha=0.5" in lines[0]
+    assert lines[2].startswith("| sft | 0,1 | ") and "60.0 ± 14.1 (95 ± 7)" in lines[2] and "10.0 ± 0.0 (80 ± 0)" in lines[2]
+    store = Store(tmp_path / "a.db")
+    for i, r in enumerate(results):
+        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "versions": {},
+                       "attack": r.get("attack", "harmful-finetune")}, {})
+    cli.main(["report", "--store", str(tmp_path / "a.db"), "--include-stale", "--attack", "attack=steering",
+              "alpha=0.5"])
+    out = capsys.readouterr().out
+    assert "steering" in out and "p=0.1" not in out
+
+
 def test_version_one_store_is_migrated_and_its_rows_read_as_stale(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

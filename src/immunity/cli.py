@@ -25,12 +25,11 @@ from statistics import mean, stdev
 from . import api
 from .bench.launch import LAUNCHERS, in_process, launch, read_result, result_file
 from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
-from .bench.report import latest_per_config, markdown_table, regret_table, setting
+from .bench.report import by_attack_table, latest_per_config, markdown_table, regret_table, setting
 from .bench.store import Store, StoreError
 from .cache import cache_root
 from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides, validate
-from .attacks.harmful_finetune import HarmfulFinetuneConfig
-from .registry import ATTACKS, DEFENSES, JUDGES
+from .registry import ATTACKS, DEFENSES, JUDGES, lookup
 from .training import TrainingDiverged
 from .world import TASKS
 
@@ -287,14 +286,19 @@ def cmd_report(args) -> int:
         results = [r for r in results if r["defense"] in args.defense.split(",")]
     if args.split:
         results = [r for r in results if r["split"] == args.split]
-    if args.attack is not None:  # the default attack with these overrides, exactly (--regret: any n)
-        ignore = {"n"} if args.regret else set()
-        wanted = {k: v for k, v in asdict(build_config(HarmfulFinetuneConfig, parse_overrides(args.attack))).items()
-                  if k not in ignore}
-        results = [r for r in results if {k: v for k, v in asdict(build_config(HarmfulFinetuneConfig,
-                                                                                r["attack_config"])).items()
-                                          if k not in ignore} == wanted]
-    table = regret_table(results) if args.regret else markdown_table(results)
+    if args.attack is not None:  # this attack (default: harmful-finetune) with these overrides, exactly
+        ignore = {"n"} if args.regret else set()  # --regret: any n
+        overrides = parse_overrides(args.attack)
+        name = overrides.pop("attack", "harmful-finetune")
+        config = lookup(ATTACKS, "attack", name).Config
+        wanted = {k: v for k, v in asdict(build_config(config, overrides)).items() if k not in ignore}
+        results = [r for r in results if r.get("attack", "harmful-finetune") == name
+                   and {k: v for k, v in asdict(build_config(config, r["attack_config"])).items()
+                        if k not in ignore} == wanted]
+    if args.regret:
+        table = regret_table(results)
+    else:
+        table = by_attack_table(results) if args.by_attack else markdown_table(results)
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
@@ -455,7 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", help="comma-separated defenses to include")
     p.add_argument("--split", choices=("eval", "val"), help="only results on this split")
     p.add_argument("--attack", nargs="*", metavar="KEY=VALUE",
-                   help="only results of exactly this attack: the default one with these overrides (e.g. mode=full)")
+                   help="only results of exactly this attack: the default one (or attack=NAME) with these overrides "
+                        "(e.g. mode=full)")
+    p.add_argument("--by-attack", action="store_true",
+                   help="one row per defense, one column per attack setting: HS after (helpfulness after)")
     p.add_argument("--regret", action="store_true",
                    help="MLAC's regret table (harmful NLL after the attack, paired with `scratch`), one column per n")
     p.add_argument("--include-stale", action="store_true", help="also show rows made by code that changed since")

@@ -17,7 +17,10 @@ in the prompt and in every generated token. alpha = 1 adds the raw mean differen
 al.'s activation addition uses the raw vector; Turner et al. scale a difference by a coefficient).
 
 Defaults: layer = the middle layer (depth // 2; Arditi et al. select among the middle layers on
-validation data); alpha, layer and t chosen on the validation split (docs/reproduction.md).
+validation data); t = 2 answer tokens; alpha = 0.5, the largest on the validation grid
+{0.5, 1, 2} x layers {1, 2, 3} that keeps `sft`'s benign helpfulness above 80 % (seed 0: HS
+6.5 %, helpful 93.5 % at layer 2; alpha 1 reaches HS 14.8-25 % with helpfulness 5-7 %;
+docs/reproduction.md). On SafetyWorld no setting tried breaks `sft`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .base import AttackTask
 @dataclass
 class SteeringConfig(AttackTask):
     layer: int = field(default=-1, metadata={"help": "decoder layer whose output is steered (-1: depth // 2)"})
-    alpha: float = field(default=1.0, metadata={"help": "multiple of the difference-in-means vector added"})
+    alpha: float = field(default=0.5, metadata={"help": "multiple of the difference-in-means vector added"})
     n: int = field(default=128, metadata={"help": "harmful requests used to estimate the direction"})
     tokens: int = field(default=2, metadata={"help": "answer tokens read before the state is taken"})
 

@@ -95,6 +95,26 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def by_attack_table(results: list[dict]) -> str:
+    """Which defense holds against which threat: one row per defense, one column per attack
+    setting; each cell HS after (benign helpfulness after), mean ± std over seeds, in %."""
+    attacks = sorted({setting(r) for r in results})
+    rows: dict[str, dict[str, list[dict]]] = {}
+    for r in results:
+        rows.setdefault(defense_label(r), {}).setdefault(setting(r), []).append(r)
+    header = ["defense", "seeds"] + attacks
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, per_attack in rows.items():
+        seeds = sorted({r["seed"] for runs in per_attack.values() for r in runs})
+        cells = [label, ",".join(map(str, seeds))]
+        for attack in attacks:
+            runs = per_attack.get(attack, [])
+            cells.append(f"{mean_std([r.get('hs_after') for r in runs])} "
+                         f"({mean_std([r.get('helpful_after') for r in runs], digits=0)})" if runs else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def regret_table(results: list[dict]) -> str:
     """MLAC's sample-efficiency regret: per attack (one column per n), the harmful answer NLL
     after fine-tuning from a random init minus that after fine-tuning the released model, per

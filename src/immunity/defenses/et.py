@@ -14,11 +14,14 @@ Rule (METHOD_NOTES 2.8), for each decoder layer l in turn, up to `rounds` rounds
    linear maps, trained (AdamW, one captured batch per step) so that, with i the attack's edit of h,
        MSE(block_def(h + i), block_orig(h)) + 0.01 * MSE(block_def(h), block_orig(h))
    on the block's attention and MLP outputs (lr 1e-4, 150 epochs, on the hidden states of the
-   defender's harmful pairs); then absorb (merge) it and attack again.
+   defender's harmful pairs); absorb (merge) it if benign helpfulness on validation stays at
+   least `min_performance` of the starting model's (the reference keeps a defense only when
+   safety and performance pass its thresholds, `immunization.py`: min_performance 0.9), else
+   restore the block and move to the next layer; then attack again.
 The last layer's output feeds no block and is left as it is.
 
 Defaults: rank 2 / lr 4e-3 / 10 epochs (attack), rank 2, alpha 1, lr 1e-4, 150 epochs (defense),
-3 rounds, doubling: METHOD_NOTES 2.8. n = 256 pairs for the defense (the paper: 520 AdvBench
+3 rounds, doubling: METHOD_NOTES 2.8; min_performance 0.9: the reference's default. n = 256 pairs for the defense (the paper: 520 AdvBench
 prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
 """
 
@@ -31,10 +34,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import collate
-from ..models import attach_lora, decoder_layers, merge_lora
+from ..models import attach_lora, clone_model, decoder_layers, merge_lora
 from ..registry import register_defense
 from ..training import check_finite
-from ..training.interventions import train_reft
+from ..training.interventions import intervene, train_reft
 from .base import DefenseContext, Stage
 
 
@@ -53,6 +56,8 @@ class ETConfig:
     n: int = field(default=256, metadata={"help": "harmful pairs whose hidden states it trains on"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step"})
     stability: float = field(default=0.01, metadata={"help": "weight of MSE(block_def(h), block_orig(h))"})
+    min_performance: float = field(default=0.9, metadata={
+        "help": "keep a block's defense only if benign helpfulness stays above this share of the start's"})
 
     def __post_init__(self) -> None:
         if min(self.rounds, self.attack_rank, self.attack_n, self.lora_r, self.n, self.batch_size) < 1:
@@ -144,12 +149,13 @@ class ET:
                                                         context.tokenizer.pad_token_id).items()}
                    for i in range(0, len(features), c.batch_size)]
         log = []
+        helpful_start = context.validation(model, ["benign"])["helpful"]
         depth = len(decoder_layers(model))
         for layer in range(depth - 1):
             for round_ in range(c.rounds):
                 clean_hs = context.validation(model, ["harmful"])["hs"]
-                _, handle = train_reft(model, context.tokenizer, attack_pairs, layer, c.attack_rank, c.attack_lr,
-                                       c.attack_epochs, 16, context.seed + round_)
+                intervention, handle = train_reft(model, context.tokenizer, attack_pairs, layer, c.attack_rank,
+                                                  c.attack_lr, c.attack_epochs, 16, context.seed + round_)
                 attacked_hs = context.validation(model, ["harmful"])["hs"]
                 entry = {"layer": layer, "round": round_, "hs": round(clean_hs, 4), "hs_attacked": round(attacked_hs, 4)}
                 if attacked_hs < max(2 * clean_hs, c.min_attack_hs):
@@ -159,9 +165,20 @@ class ET:
                 attacked = block_calls(model, layer + 1, batches)
                 handle.remove()
                 clean = block_calls(model, layer + 1, batches)
+                before = clone_model(model)
                 model.requires_grad_(True)
                 model, loss = defend_block(model, layer + 1, clean, attacked, c, context.seed, context.progress)
-                log.append(entry | {"defended": layer + 1, "loss": round(loss, 6)})
+                handle = intervene(model, layer, intervention)  # the same attack on the defended model
+                defended_hs = context.validation(model, ["harmful"])["hs"]
+                handle.remove()
+                helpful = context.validation(model, ["benign"])["helpful"]
+                entry |= {"defended": layer + 1, "loss": round(loss, 6), "hs_attacked_after": round(defended_hs, 4),
+                          "helpful": round(helpful, 4)}
+                if helpful < c.min_performance * helpful_start:  # the reference keeps a defense only if it
+                    model = before                                 # keeps performance; else the block stays
+                    log.append(entry | {"kept": False})
+                    break
+                log.append(entry | {"kept": True})
         model.requires_grad_(True)
         model.eval()
         model.config.immunity_notes = {"rounds": log}
