@@ -136,3 +136,12 @@ def test_a_whole_run_under_torchrun_prints_one_result_and_stores_it_once(tiny, t
     import sqlite3
 
     assert sqlite3.connect(store).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_an_accelerate_sharding_config_gets_a_clear_error(variable, monkeypatch):
+    from immunity.config import ConfigError, load_run_config, validate
+
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError, match="fsdp=true"):
+        validate(load_run_config(None, [], defense="sft"))

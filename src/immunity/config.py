@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,12 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(f"quantization must be 4bit or 8bit, got {cfg.quantization!r}")
     if cfg.micro_batches < 1:
         raise ConfigError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError("accelerate launch with DeepSpeed: not supported; launch plain data parallel "
+                          "(--multi_gpu) and add fsdp=true to shard the model")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cfg.fsdp:
+        raise ConfigError("accelerate launch with an FSDP config: immunity shards with FSDP2 itself; launch plain "
+                          "data parallel (--multi_gpu) and add fsdp=true")
     if cfg.fsdp and not getattr(defense, "supports_fsdp", True):
         raise ConfigError(f"fsdp=true: {cfg.defense} does not run on sharded weights (it differentiates with respect "
                           "to the weights themselves or trains in its own loop); drop fsdp=true to train it "

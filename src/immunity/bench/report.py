@@ -32,13 +32,15 @@ def mean_std(values: list[float], percent: bool = True, digits: int = 1) -> str:
 
 def setting(result: dict) -> str:
     a = result["attack_config"]
-    if result.get("attack", "harmful-finetune") != "harmful-finetune":
+    name = result.get("attack", "harmful-finetune")
+    if name not in ("harmful-finetune", "benign-finetune"):
         keys = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in a.items() if k != "task")
-        return f"{result['attack']} {a['task']} {keys}"
+        return f"{name} {a['task']} {keys}"
+    prefix = "benign-finetune " if name == "benign-finetune" else ""
     budget = f"{a['max_steps']} steps" if a.get("max_steps") else f"{a['epochs']:g} ep"
     schedule = "" if a.get("schedule", "constant") == "constant" else f" {a['schedule']}"
     warmup = f" warmup {a['warmup_ratio']:g}" if a.get("warmup_ratio") else ""
-    return f"{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}"
+    return f"{prefix}{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}"
 
 
 def defense_label(result: dict) -> str:

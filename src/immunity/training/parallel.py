@@ -19,7 +19,8 @@ whole batch. With S = 1 nothing here changes a computation.
 
 With `fsdp`, a model trained by `train` is sharded (FSDP2 `fully_shard` per decoder layer, the
 layers found by layer discovery): FSDP reduces the gradients in backward and the model is
-gathered back after training. Defenses that run their own loops (SOPHON, TAR) stay replicated.
+gathered back after training. Defenses that differentiate the weights themselves or run their
+own loops declare `supports_fsdp = False` and are refused under it.
 """
 
 from __future__ import annotations
