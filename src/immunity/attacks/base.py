@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..models import decoder_layers
 from ..world import TASKS
 
 
@@ -19,3 +20,12 @@ class AttackTask:
     task: str = field(default="sentiment", metadata={
         "help": f"benign task (fine-tuning data, and the FA metric): SafetyWorld's {' | '.join(TASKS)}, or the kind "
                 "of a --task source"})
+
+
+def chosen_layer(model, layer: int) -> int:
+    """`attack.layer` as a decoder-layer index: -1 means the middle layer (depth // 2)."""
+    depth = len(decoder_layers(model))
+    index = depth // 2 if layer == -1 else layer
+    if index >= depth:
+        raise ValueError(f"attack.layer {index} is outside the model's {depth} layers")
+    return index

@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data import DataBundle
-from ..models import decoder_layers
 from ..registry import register_attack
 from ..training.interventions import train_reft
-from .base import AttackTask
+from .base import AttackTask, chosen_layer
 
 
 @dataclass
@@ -51,10 +50,7 @@ class ReFT:
 
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         c = self.config
-        depth = len(decoder_layers(model))
-        layer = depth // 2 if c.layer == -1 else c.layer
-        if layer >= depth:
-            raise ValueError(f"attack.layer {layer} is outside the model's {depth} layers")
+        layer = chosen_layer(model, c.layer)
         pairs = data.harmful.get("attack", [])[:c.n]
         if not pairs:
             raise ValueError("reft needs harmful (request, answer) pairs on the attack split")

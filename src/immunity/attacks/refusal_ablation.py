@@ -29,7 +29,7 @@ from ..data import DataBundle
 from ..models import decoder_layers
 from ..models.architectures import is_linear
 from ..registry import register_attack
-from .base import AttackTask
+from .base import AttackTask, chosen_layer
 from .steering import compliance_direction
 
 
@@ -97,10 +97,7 @@ class RefusalAblation:
 
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         c = self.config
-        depth = len(decoder_layers(model))
-        layer = depth // 2 if c.layer == -1 else c.layer
-        if layer >= depth:
-            raise ValueError(f"attack.layer {layer} is outside the model's {depth} layers")
+        layer = chosen_layer(model, c.layer)
         refusal = -compliance_direction(model, tokenizer, data, layer, c.n, c.tokens)  # refusing - compliant
         unit = refusal / refusal.norm()
         untie_output_embeddings(model)

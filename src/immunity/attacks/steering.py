@@ -32,7 +32,7 @@ import torch
 from ..data import DataBundle, encode_chat, prompt_ids
 from ..models import decoder_layers
 from ..registry import register_attack
-from .base import AttackTask
+from .base import AttackTask, chosen_layer
 
 
 @dataclass
@@ -114,10 +114,7 @@ class Steering:
 
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         c = self.config
-        depth = len(decoder_layers(model))
-        layer = depth // 2 if c.layer == -1 else c.layer
-        if layer >= depth:
-            raise ValueError(f"attack.layer {layer} is outside the model's {depth} layers")
+        layer = chosen_layer(model, c.layer)
         direction = compliance_direction(model, tokenizer, data, layer, c.n, c.tokens)
         add_to_layer_output(model, layer, c.alpha * direction)
         model.config.immunity_attack_notes = {"layer": layer, "direction_norm": round(float(direction.norm()), 4)}
