@@ -79,17 +79,40 @@ results: install
 	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; echo; \
 	  echo "## Scaling out on this machine"; echo; $(BIN)/python benchmarks/scaling.py; } > docs/results.md
 
-# Which defense holds against which threat: defenses x attack families (3 seeds, evaluation
-# split), written to docs/attacks.md.
-ATTACKS = harmful-finetune,benign-finetune,steering,refusal-ablation,reft
-CROSS_DEFENSES = sft,et,circuit-breakers,repnoise
+# Which defense holds against which threat: every defense x every attack family (evaluation
+# split), written to docs/attacks.md. Antidote repairs a fine-tuned adapter, so it meets only the
+# fine-tuning attacks.
+ATTACKS = harmful-finetune,benign-finetune,steering,refusal-ablation,reft,embedding,backdoor
+FINETUNE_ATTACKS = harmful-finetune,benign-finetune,backdoor
+CROSS_DEFENSES = none,scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,lox,mlac,ntl,sophon,tar,\
+condition-number,et,lapt,ilu,antidote-hypernet
+ATTACK_SEEDS ?= 0,1,2
+BUDGETS = 12,24,48
 attacks: install
-	$(BIN)/immunity bench --store results/attacks.db --seeds 0,1,2 --quiet --workers $(WORKERS) \
+	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS)
+	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
+	  --defenses antidote --grid attack=$(FINETUNE_ATTACKS)
+	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
+	  --defenses $(CROSS_DEFENSES),antidote --grid attack.max_steps=$(BUDGETS)
 	{ echo "# Defenses against every attack family (SafetyWorld)"; echo; \
-	  echo "Regenerate: \`make attacks\`. Evaluation split, exact judge, seeds 0, 1, 2; each cell: HS after the"; \
-	  echo "attack (benign helpfulness after), mean ± std in %. Attacks at their defaults (\`immunity list --keys\`)."; \
-	  echo; $(BIN)/immunity report --store results/attacks.db --split eval --by-attack; } > docs/attacks.md
+	  echo "Regenerate: \`make attacks\` (\`ATTACK_SEEDS=0\` for one seed). Evaluation split, exact judge,"; \
+	  echo "SafetyWorld's model; attacks at their defaults (\`immunity list --keys\`)."; echo; \
+	  echo "## Leaderboard"; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case \
+	    --default-attacks; echo; \
+	  echo "## Defenses x attacks"; echo; \
+	  echo "Each cell: HS after the attack (benign helpfulness after), mean ± std over the seeds listed, in %;"; \
+	  echo "a backdoor cell reads HS with the trigger / without it. FA is not shown: the inference-time"; \
+	  echo "attacks do not train on the task."; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --by-attack --default-attacks; echo; \
+	  echo "## Rosati et al.'s conditions"; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --conditions; echo; \
+	  echo "## Paired differences from sft (95 % bootstrap over seeds x prompts)"; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --paired --default-attacks; } > docs/attacks.md
+	$(BIN)/immunity report --store results/attacks.db --split eval --default-attacks --html docs/attacks.html
+	if command -v chromium >/dev/null; then chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+	  --window-size=1280,1800 --screenshot=docs/attacks.png "file://$(CURDIR)/docs/attacks.html" 2>/dev/null; fi
 
 # The validation sweeps behind the chosen settings (validation split, seeds 0, 1; the table in
 # docs/reproduction.md comes from `python benchmarks/validation_table.py`).

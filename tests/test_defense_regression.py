@@ -28,6 +28,8 @@ BUDGET = {
     "sophon": ["defense.loops=5", "defense.inner_steps=2", "defense.check_every=5", "defense.min_helpful=0"],
     "tar": ["defense.outer_steps=3", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
     "lox": [], "none": [], "scratch": [], "antidote": [],
+    "lapt": [FIVE_STEPS, "defense.scan_n=8"], "ilu": [FIVE_STEPS, "defense.batch_size=32"],
+    "antidote-hypernet": ["defense.epochs=0.15"],  # 5 of its 32 batches of refusals
 }
 # First five losses reported by each defense's own training loop, in order (seed 0).
 PINNED = {
@@ -42,6 +44,9 @@ PINNED = {
     "circuit-breakers": [9.00175, 9.234741, 7.724042, 6.793021, 6.882287],
     "sophon": [0.00152842, 6.466176, 0.001522312, 6.474874, 0.001506868],
     "tar": [0.8386518, 0.8314425, -7.12268, 6.553679, -7.124281],
+    "lapt": [7.06328, 7.054709, 7.065197, 7.041105, 7.043723],
+    "ilu": [26.89215, 26.44847, 26.19038, 25.92061, 25.43668],
+    "antidote-hypernet": [5.854366, 5.825298, 5.793749, 5.779707, 5.740723],
 }
 
 
@@ -79,7 +84,7 @@ EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and
     "booster": ("base", QKV), "repnoise": ("base", LINEAR), "mlac": ("base", LINEAR), "ntl": ("base", LINEAR),
     "condition-number": ("base", LINEAR), "sophon": ("sft", LINEAR), "lox": ("sft", LINEAR),
     "circuit-breakers": ("sft", LINEAR), "tar": ("sft", None), "scratch": ("base", None), "none": ("base", ()),
-    "antidote": ("sft", ()),
+    "antidote": ("sft", ()), "lapt": ("sft", LINEAR), "ilu": ("sft", None), "antidote-hypernet": ("sft", LINEAR),
 }
 
 

@@ -1,3 +1,3 @@
 """Attacks. Importing this package registers them."""
 
-from . import harmful_finetune, refusal_ablation, reft, steering  # noqa: F401
+from . import backdoor, embedding, harmful_finetune, refusal_ablation, reft, steering  # noqa: F401

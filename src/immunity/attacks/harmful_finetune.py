@@ -71,11 +71,14 @@ class HarmfulFinetune:
     def __init__(self, config: HarmfulFinetuneConfig):
         self.config = config
 
+    def examples(self, data: DataBundle, seed: int) -> list[Example]:
+        return attack_examples(data, self.config, seed)
+
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         """The attacked model; with `merge=False` a LoRA attack returns the unmerged adapter (a
         post-fine-tuning defense such as Antidote repairs the adapter itself)."""
         c = self.config
-        features = [encode_chat(tokenizer, e.prompt, e.answer) for e in attack_examples(data, c, seed)]
+        features = [encode_chat(tokenizer, e.prompt, e.answer) for e in self.examples(data, seed)]
         if c.mode == "lora":
             model = attach_lora(model, c.lora_r, c.lora_alpha, seed=seed)
         train(model, features, c.train_config(seed), tokenizer.pad_token_id, desc="attack", progress=progress)

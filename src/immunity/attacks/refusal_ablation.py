@@ -4,9 +4,9 @@
 Threat model: the attacker edits the released weights directly (no data beyond a few hundred
 requests, no training); the result is an ordinary model that can be saved and shared.
 
-Rule. r = the refusing - compliant difference in means of decoder layer L's output (as `steering`
-computes it, sign flipped: harmful requests of the attack split read with the first t tokens of
-a refusal and of a compliant answer), r^ = r / |r|. Every matrix that
+Rule. r = the refusal direction of decoder layer L (as `steering` computes it: the mean output
+at the last prompt token of harmful requests of the attack split minus that of harmless
+requests), r^ = r / |r|. Every matrix that
 writes into the residual stream is orthogonalised against r^: the token (and position) embeddings
 E <- E - (E r^) r^T, and in every decoder layer the output maps of attention and MLP,
 W_out <- W_out - r^ r^T W_out (their biases likewise), so no component writes along r^ and the
@@ -30,19 +30,17 @@ from ..models import decoder_layers
 from ..models.architectures import is_linear
 from ..registry import register_attack
 from .base import AttackTask, chosen_layer
-from .steering import compliance_direction
+from .steering import refusal_direction
 
 
 @dataclass
 class RefusalAblationConfig(AttackTask):
     layer: int = field(default=-1, metadata={"help": "decoder layer whose direction is ablated (-1: depth // 2)"})
-    n: int = field(default=128, metadata={"help": "harmful requests used to estimate the direction"})
-    tokens: int = field(default=2, metadata={"help": "answer tokens read before the state is taken"})
+    n: int = field(default=128, metadata={"help": "harmful (and harmless) requests used to estimate the direction"})
 
     def __post_init__(self) -> None:
-        if self.layer < -1 or self.n < 1 or self.tokens < 1:
-            raise ValueError(f"attack.layer >= -1, attack.n >= 1 and attack.tokens >= 1, got {self.layer}, {self.n}, "
-                             f"{self.tokens}")
+        if self.layer < -1 or self.n < 1:
+            raise ValueError(f"attack.layer >= -1 and attack.n >= 1, got {self.layer}, {self.n}")
 
 
 def output_map(block: nn.Module, hidden: int) -> nn.Module:
@@ -98,7 +96,7 @@ class RefusalAblation:
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         c = self.config
         layer = chosen_layer(model, c.layer)
-        refusal = -compliance_direction(model, tokenizer, data, layer, c.n, c.tokens)  # refusing - compliant
+        refusal = refusal_direction(model, tokenizer, data, layer, c.n)
         unit = refusal / refusal.norm()
         untie_output_embeddings(model)
         for module in residual_writers(model):

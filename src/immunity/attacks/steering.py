@@ -6,21 +6,28 @@ Threat model: the attacker runs the released weights and may add to the residual
 inference (inference-time intervention); no training, no gradient. The attack E.T. and LAPT
 defend against.
 
-Rule. At decoder layer L, with h_L(x) the layer's output at the last token of x,
-    d = mean_x h_L(x + compliant answer[:t]) - mean_x h_L(x + refusal[:t])     (compliant - refusing)
-over the attacker's harmful requests x (attack split), each read with the first t tokens of its
-compliant answer and of a refusal: the difference in means between the model complying and
-refusing (Arditi et al. contrast harmful with harmless instructions at the prompt's end; on
-SafetyWorld that contrast mostly separates task formats: validation HS stayed below 17 % at any
-alpha that kept the model helpful). Every position's output of layer L then gets alpha * d added,
-in the prompt and in every generated token. alpha = 1 adds the raw mean difference (Arditi et
-al.'s activation addition uses the raw vector; Turner et al. scale a difference by a coefficient).
+Rule. At decoder layer L, with h_L(x) the layer's output at the last prompt token of request x
+(the end of the chat template's assistant header, Arditi et al.'s post-instruction position),
+    r = mean_{x harmful} h_L(x) - mean_{x harmless} h_L(x)
+is the refusal direction (Arditi et al.: harmful requests, which the model refuses, minus
+harmless ones, which it complies with), from n of the attacker's harmful requests (attack
+split) and n harmless ones. The attack adds alpha * (-r), the compliant - refusing difference,
+to layer L's output at every prompt position (ActAdd adds to the prompt; generated tokens are
+left alone, found as positions after the assistant header, so generation and teacher-forced
+scoring see the same edit). alpha = 1 adds the raw mean difference, as Arditi et al.'s
+activation addition does.
 
-Defaults: layer = the middle layer (depth // 2; Arditi et al. select among the middle layers on
-validation data); t = 2 answer tokens; alpha = 0.5, the largest on the validation grid
-{0.5, 1, 2} x layers {1, 2, 3} that keeps `sft`'s benign helpfulness above 80 % (seed 0: HS
-6.5 %, helpful 93.5 % at layer 2; alpha 1 reaches HS 14.8-25 % with helpfulness 5-7 %;
-docs/reproduction.md). On SafetyWorld no setting tried breaks `sft`.
+Harmless requests: the benign requests of the `align` split (harmless instructions are public
+data, Arditi et al. take Alpaca's; the evaluation's benign requests stay unseen). An earlier
+version contrasted the states after a compliant and after a refusing answer's first tokens of
+the same harmful requests; on SafetyWorld that direction never broke `sft` (validation split,
+seed 0: HS <= 18.8 % at any layer, alpha 0.5-16, added at the prompt, its last token, the
+generated tokens or every layer).
+
+Defaults: layer = the middle layer (depth // 2; Arditi et al. select among the middle layers),
+alpha = 1 (the raw vector), n = 128. Validation split, `sft` seed 0, prompt positions: layer 2,
+alpha 1: HS 95.8 %, helpfulness 100 % (layer 1: 100 / 100; alpha 0.5: 29-35 % at any layer;
+adding at the generated tokens too, layer 2: alpha 0.5 87.5 / 91.7, alpha 1 27.1 / 0).
 """
 
 from __future__ import annotations
@@ -29,23 +36,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import DataBundle, encode_chat, prompt_ids
+from ..data import DataBundle, prompt_ids
 from ..models import decoder_layers
 from ..registry import register_attack
 from .base import AttackTask, chosen_layer
+from .embedding import header_ends, header_ids
 
 
 @dataclass
 class SteeringConfig(AttackTask):
     layer: int = field(default=-1, metadata={"help": "decoder layer whose output is steered (-1: depth // 2)"})
-    alpha: float = field(default=0.5, metadata={"help": "multiple of the difference-in-means vector added"})
-    n: int = field(default=128, metadata={"help": "harmful requests used to estimate the direction"})
-    tokens: int = field(default=2, metadata={"help": "answer tokens read before the state is taken"})
+    alpha: float = field(default=1.0, metadata={"help": "multiple of the difference-in-means vector added"})
+    n: int = field(default=128, metadata={"help": "harmful (and harmless) requests used to estimate the direction"})
 
     def __post_init__(self) -> None:
-        if self.layer < -1 or self.n < 1 or self.tokens < 1:
-            raise ValueError(f"attack.layer >= -1, attack.n >= 1 and attack.tokens >= 1, got {self.layer}, {self.n}, "
-                             f"{self.tokens}")
+        if self.layer < -1 or self.n < 1:
+            raise ValueError(f"attack.layer >= -1 and attack.n >= 1, got {self.layer}, {self.n}")
 
 
 @torch.no_grad()
@@ -69,39 +75,38 @@ def last_token_states(model, sequences: list[list[int]], layer: int, pad_id: int
     return torch.cat(states)
 
 
-def answer_prefixes(tokenizer, examples, tokens: int) -> list[list[int]]:
-    """Each request in its chat template followed by the first `tokens` tokens of its answer."""
-    out = []
-    for e in examples:
-        prompt = prompt_ids(tokenizer, e.prompt)
-        out.append(prompt + encode_chat(tokenizer, e.prompt, e.answer)["input_ids"][len(prompt):len(prompt) + tokens])
-    return out
-
-
-def compliance_direction(model, tokenizer, data: DataBundle, layer: int, n: int, tokens: int) -> torch.Tensor:
-    """mean h_layer after the first `tokens` tokens of a compliant answer minus the same after a
-    refusal, over the attacker's harmful requests (attack split)."""
-    complied = data.harmful.get("attack", [])[:n]
-    refused = data.refusals.get("attack", [])[:n]
-    if not complied or not refused:
-        raise ValueError("steering needs harmful requests with compliant answers and refusals on the attack split")
+def refusal_direction(model, tokenizer, data: DataBundle, layer: int, n: int) -> torch.Tensor:
+    """mean h_layer at the last prompt token of harmful requests (attack split) minus the same
+    over harmless ones (the benign `align` requests): Arditi et al.'s refusal direction."""
+    harmful = data.harmful.get("attack", [])[:n]
+    harmless = data.benign.get("align", [])[:n]
+    if not harmful or not harmless:
+        raise ValueError("the refusal direction needs harmful requests (attack split) and benign ones (align split)")
     model.eval()
     pad = tokenizer.pad_token_id
-    return (last_token_states(model, answer_prefixes(tokenizer, complied, tokens), layer, pad).mean(0)
-            - last_token_states(model, answer_prefixes(tokenizer, refused, tokens), layer, pad).mean(0))
+    states = [last_token_states(model, [prompt_ids(tokenizer, e.prompt) for e in group], layer, pad).mean(0)
+              for group in (harmful, harmless)]
+    return states[0] - states[1]
 
 
-def add_to_layer_output(model, layer: int, vector: torch.Tensor):
-    """Register a forward hook that adds `vector` to every position of layer `layer`'s output;
-    returns the hook's handle."""
-    module = decoder_layers(model)[layer].module
+def add_to_prompt(model, layer: int, vector: torch.Tensor, header: list[int]) -> list:
+    """Add `vector` to layer `layer`'s output at every position up to the end of the assistant
+    header (the prompt), by forward hooks (the token ids are read as they enter the embedding);
+    returns the hooks' handles."""
+    seen = {}
 
-    def hook(_module, _args, output):
+    def read_ids(_module, args):
+        seen["ids"] = args[0]
+
+    def steer(_module, _args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        steered = hidden + vector.to(hidden.dtype)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
+        in_prompt = (positions <= header_ends(seen["ids"], header)[:, None]).to(hidden.dtype)
+        steered = hidden + in_prompt[..., None] * vector.to(hidden.dtype)
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
-    return module.register_forward_hook(hook)
+    return [model.get_input_embeddings().register_forward_pre_hook(read_ids),
+            decoder_layers(model)[layer].module.register_forward_hook(steer)]
 
 
 @register_attack("steering")
@@ -115,7 +120,7 @@ class Steering:
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
         c = self.config
         layer = chosen_layer(model, c.layer)
-        direction = compliance_direction(model, tokenizer, data, layer, c.n, c.tokens)
-        add_to_layer_output(model, layer, c.alpha * direction)
-        model.config.immunity_attack_notes = {"layer": layer, "direction_norm": round(float(direction.norm()), 4)}
+        refusal = refusal_direction(model, tokenizer, data, layer, c.n)
+        add_to_prompt(model, layer, -c.alpha * refusal, header_ids(tokenizer))
+        model.config.immunity_attack_notes = {"layer": layer, "direction_norm": round(float(refusal.norm()), 4)}
         return model

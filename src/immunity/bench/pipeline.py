@@ -19,7 +19,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -230,8 +230,11 @@ class Pipeline:
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
         e = self.cfg.eval
         path = run_dir(self.cfg, self.key["run_id"]) / f"generations_{tag}.jsonl"
-        records = generate_sets(model, self.tokenizer, prompt_sets(self.data, sets, e.split, e.max_prompts),
-                                e.max_new_tokens, e.batch_size, path, self.progress)
+        prompts = prompt_sets(self.data, sets, e.split, e.max_prompts)
+        trigger = getattr(self.cfg.attack, "trigger", "")
+        if trigger and "harmful" in prompts:  # a backdoor: the harmful requests again, trigger appended
+            prompts["triggered"] = [replace(x, prompt=f"{x.prompt} {trigger}") for x in prompts["harmful"]]
+        records = generate_sets(model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress)
         metrics = score(records, self.judge, verdict_path(path, self.judge.name))
         with_answers = [x for x in self.data.harmful.get(e.split, []) if x.answer]
         metrics["harmful_nll"] = answer_nll(model, self.tokenizer, with_answers, e.batch_size) if with_answers else None
@@ -279,6 +282,8 @@ class Pipeline:
             "fa_after": after.get(fa), "helpful_after": after.get("helpful"),
             "hs_heldout_after": after.get("hs_heldout"), "harmful_nll_after": after["harmful_nll"],
             "refusal_after": after.get("refusal_harmful"),
+            # With a backdoor attack's trigger appended (None without one).
+            "hs_triggered_before": before.get("hs_triggered"), "hs_triggered_after": after.get("hs_triggered"),
             "data": self.data.name, "data_hashes": self.data.hashes(),
             "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
             "attack_notes": getattr(attacked.config, "immunity_attack_notes", {}),  # e.g. steering's layer
