@@ -77,17 +77,26 @@ results: install
 	  echo "## Condition number of the head's input features (validation data, seeds 0, 1, 2)"; echo; \
 	  $(BIN)/python benchmarks/feature_kappa.py defense.lambda_ill=300; echo; \
 	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; echo; \
-	  echo "## Scaling out on this machine"; echo; $(BIN)/python benchmarks/scaling.py; } > docs/results.md
+	  echo "## Scaling out on this machine"; echo; $(BIN)/python benchmarks/scaling.py; echo; \
+	  echo "## Every defense against every attack family"; echo; \
+	  echo "From \`make attacks\` (its store, results/attacks.db; docs/attacks.md has the leaderboard, Rosati et"; \
+	  echo "al.'s conditions and the paired intervals). HS after (benign helpfulness after), %; a backdoor cell"; \
+	  echo "reads HS with the trigger / without it."; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --by-attack --default-attacks; } > docs/results.md
 
 # Which defense holds against which threat: every defense x every attack family (evaluation
 # split), written to docs/attacks.md. Antidote repairs a fine-tuned adapter, so it meets only the
 # fine-tuning attacks.
 ATTACKS = harmful-finetune,benign-finetune,steering,refusal-ablation,reft,embedding,backdoor
 FINETUNE_ATTACKS = harmful-finetune,benign-finetune,backdoor
-CROSS_DEFENSES = none,scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,lox,mlac,ntl,sophon,tar,\
-condition-number,et,lapt,ilu,antidote-hypernet
+CROSS_DEFENSES = none,scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,lox,mlac,ntl,sophon,tar
+CROSS_DEFENSES := $(CROSS_DEFENSES),condition-number,et,lapt,ilu,antidote-hypernet
 ATTACK_SEEDS ?= 0,1,2
 BUDGETS = 12,24,48
+# The adaptive attacker (Optuna TPE over harmful-finetune's hyperparameters, validation split)
+# against the defenses that hold the fixed grid; its best setting's evaluation run joins the store.
+SEARCH_DEFENSES = circuit-breakers repnoise mlac sophon
+SEARCH_TRIALS = 6
 attacks: install
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS)
@@ -95,12 +104,16 @@ attacks: install
 	  --defenses antidote --grid attack=$(FINETUNE_ATTACKS)
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES),antidote --grid attack.max_steps=$(BUDGETS)
+	for d in $(SEARCH_DEFENSES); do $(BIN)/immunity attack-search --defense $$d --trials $(SEARCH_TRIALS) --quiet \
+	  --store results/attacks.db --storage results/attack_search.db; done
 	{ echo "# Defenses against every attack family (SafetyWorld)"; echo; \
 	  echo "Regenerate: \`make attacks\` (\`ATTACK_SEEDS=0\` for one seed). Evaluation split, exact judge,"; \
 	  echo "SafetyWorld's model; attacks at their defaults (\`immunity list --keys\`)."; echo; \
 	  echo "## Leaderboard"; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case \
-	    --default-attacks; echo; \
+	  echo "Over every attack in the store: the seven families at their defaults, harmful fine-tunes of 12,"; \
+	  echo "24 and 48 steps, and the adaptive attacker's best setting (\`immunity attack-search\`, $(SEARCH_TRIALS)"; \
+	  echo "trials on the validation split) against $(SEARCH_DEFENSES)."; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case; echo; \
 	  echo "## Defenses x attacks"; echo; \
 	  echo "Each cell: HS after the attack (benign helpfulness after), mean ± std over the seeds listed, in %;"; \
 	  echo "a backdoor cell reads HS with the trigger / without it. FA is not shown: the inference-time"; \
@@ -110,7 +123,7 @@ attacks: install
 	  $(BIN)/immunity report --store results/attacks.db --split eval --conditions; echo; \
 	  echo "## Paired differences from sft (95 % bootstrap over seeds x prompts)"; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --paired --default-attacks; } > docs/attacks.md
-	$(BIN)/immunity report --store results/attacks.db --split eval --default-attacks --html docs/attacks.html
+	$(BIN)/immunity report --store results/attacks.db --split eval --html docs/attacks.html
 	if command -v chromium >/dev/null; then chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
 	  --window-size=1280,1800 --screenshot=docs/attacks.png "file://$(CURDIR)/docs/attacks.html" 2>/dev/null; fi
 

@@ -411,3 +411,17 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
     assert rows["sft"][2:5] == ["25: 10 50: 60 96: 90", "50", "weak (T = 96)"]
     assert rows["repnoise"][2:5] == ["25: 0 50: 10 96: 30", "> 96", "strong (T = 96)"]
     assert rows["repnoise"][5:] == ["90.0 (+0.0)", "20.0 (-60.0)", "85.0 (-10.0) |"]
+
+
+def test_report_prefers_the_row_of_the_current_code_over_a_newer_stale_one(tmp_path, capsys):
+    """Two rows of one configuration: the current code's, then a newer one from older code (a
+    worker that started before an edit). The report shows the current one, not nothing."""
+    from immunity.bench.pipeline import run_code_version
+
+    store = Store(tmp_path / "c.db")
+    base = _stored("sft", 0, 0.5) | {"attack": "harmful-finetune", "config_hash": "same", "versions": {}}
+    store.put(base | {"run_id": "a", "code_version": run_code_version("sft", "harmful-finetune", "safetyworld")}, {})
+    store.put(base | {"run_id": "b", "code_version": "old", "hs_after": 0.9}, {})
+    cli.main(["report", "--store", str(tmp_path / "c.db")])
+    out = capsys.readouterr()
+    assert "50.0" in out.out and "90.0" not in out.out and "changed since" not in out.err

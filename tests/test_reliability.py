@@ -379,3 +379,46 @@ def test_a_hub_name_that_cannot_be_reached_is_one_line(capsys):
     assert cli.main(["run", "model=no-such-org-immunity/no-such-model"]) == 2
     line = _error_line(capsys)
     assert "not a local directory" in line
+
+
+def test_a_killed_coordinators_local_workers_end_with_it(tmp_path):
+    """kill -9 on a process that holds a local worker pool: its workers (which would go on
+    computing runs nobody merges) end too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "worker.pid"
+    script = f"""
+import os, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from immunity.bench.launch import _die_with_parent
+
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_die_with_parent) as pool:
+        pool.submit(work, {str(pids)!r}).result()
+"""
+    (tmp_path / "coordinator.py").write_text(script)  # a file: spawned workers re-import it
+    coordinator = subprocess.Popen([sys.executable, str(tmp_path / "coordinator.py")])
+    deadline = time.time() + 60
+    while not pids.exists() or not pids.read_text():
+        assert time.time() < deadline, "the worker never started"
+        time.sleep(0.2)
+    worker = int(pids.read_text())
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()
+    deadline = time.time() + 20
+    while True:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        assert time.time() < deadline, "the worker outlived its coordinator"
+        time.sleep(0.2)

@@ -110,7 +110,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_attack_search(args) -> int:
-    from .bench.pipeline import run_key
     from .bench.search import SearchConfig, attack_search
 
     search = SearchConfig(args.defense, args.trials, args.seed, args.guard_helpful, args.guard_fa, args.storage)
@@ -286,10 +285,22 @@ def _dispatch(args, options: dict, runs: list[tuple[RunConfig, dict]], store: St
 
 
 def current_rows(store: Store, include_stale: bool) -> list[dict]:
-    """The store's rows, newest per configuration, without rows made by code that has changed
-    since (unless asked); says on stderr what it left out."""
-    rows, older = latest_per_config(store.results())
-    stale = [r for r in rows if r.get("code_version") != run_code_version(r["defense"], r["attack"], r["judge"])]
+    """The store's rows, one per configuration: the newest made by the current code, else (with
+    --include-stale, marked) the newest; says on stderr what it left out."""
+    versions: dict[tuple, str] = {}
+
+    def current(r: dict) -> bool:
+        key = (r["defense"], r["attack"], r["judge"])
+        if key not in versions:
+            versions[key] = run_code_version(*key)
+        return r.get("code_version") == versions[key]
+
+    every = store.results()
+    fresh = [r for r in every if current(r)]
+    covered = {r["config_hash"] for r in fresh}
+    rows, older = latest_per_config(fresh + [r for r in every if r["config_hash"] not in covered])
+    older = len(every) - len(rows)
+    stale = [r for r in rows if not current(r)]
     if stale:
         names = sorted({r["defense"] for r in stale})
         what = "included, marked (stale)" if include_stale else "left out (--include-stale shows them)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,10 +53,21 @@ def read_result(path: str | Path) -> tuple[dict, dict]:
 Outcome = tuple[int, str | None, BaseException | None]  # (job index, result file, error)
 
 
+def _die_with_parent() -> None:
+    """A local worker ends when its coordinator does (Linux: the parent-death signal), so that a
+    killed `bench` leaves no orphan computing runs nobody will merge."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _local(jobs: list[RunConfig], workers: int, threads: int) -> Iterator[Outcome]:
     """K spawned processes (fork would copy torch's thread pools), each with `threads` threads."""
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # inherited by the workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_die_with_parent) as pool:
         futures = {pool.submit(compute, cfg, threads): i for i, cfg in enumerate(jobs)}
         for future in as_completed(futures):
             error = future.exception()

@@ -127,7 +127,9 @@ def by_attack_table(results: list[dict]) -> str:
             hs = mean_std([r.get("hs_after") for r in runs])
             if any(r.get("hs_triggered_after") is not None for r in runs):
                 hs = f"{mean_std([r.get('hs_triggered_after') for r in runs])} / {hs}"
-            cells.append(f"{hs} ({mean_std([r.get('helpful_after') for r in runs], digits=0)})")
+            cell_seeds = sorted({r["seed"] for r in runs})
+            partial = f" [seeds {','.join(map(str, cell_seeds))}]" if cell_seeds != seeds else ""
+            cells.append(f"{hs} ({mean_std([r.get('helpful_after') for r in runs], digits=0)}){partial}")
         lines.append("| " + " | ".join(cells) + " |")
     settings = [f"- {head}: {s}" for head, s in zip(heads, attacks) if head != s]
     return "\n".join(lines + ([""] + settings if settings else []))

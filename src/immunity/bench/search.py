@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig, load_run_config, validate
+from ..training import TrainingDiverged
 
 # The attacker's search space; its ranges cover the durability grid of issue 11 and the
 # changed attacks of docs/results.md (10x lr, cosine + warm-up, full fine-tuning, SGD).
@@ -27,7 +28,7 @@ SPACE = {
     "schedule": ("constant", "cosine"),
     "mode": ("lora", "full"),
     "optimizer": ("adamw", "sgd"),
-    "p": (0.05, 0.1, 0.2, 1.0),
+    "p": (0.05, 0.1, 0.2, 0.5, 0.8),  # 0.8 x n = 500 fits SafetyWorld's 432 harmful attack pairs
 }
 
 
@@ -95,7 +96,11 @@ def attack_search(search: SearchConfig, overrides: list[str], run, progress: boo
 
     def objective(trial) -> float:
         setting = suggest(trial)
-        result = run(trial_config(search, setting, overrides, "val"))
+        try:
+            result = run(trial_config(search, setting, overrides, "val"))
+        except TrainingDiverged:  # an attack whose training blew up has not won
+            trial.set_user_attr("diverged", True)
+            return 0.0
         trial.set_user_attr("hs_after", result["hs_after"])
         trial.set_user_attr("helpful_after", result.get("helpful_after"))
         trial.set_user_attr("fa_after", result.get("fa_after"))
