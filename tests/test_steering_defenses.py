@@ -80,7 +80,9 @@ def test_npo_is_the_written_formula(world, tiny_model, harmful_batch):
         ratio = torch.exp(sequence_logprob(model, batch) - sequence_logprob(reference, batch))
         expected = (2 / beta) * torch.log1p(ratio ** beta).mean()
         torch.testing.assert_close(npo_loss(model, reference, batch, beta), expected)
-    # sequence_logprob sums the answer tokens' log-probabilities (independent: per token)
+    # sequence_logprob sums the answer tokens' log-probabilities (independent: per token), the
+    # convention of AntiDote's reference DPO (respailab/Antidote loss.py, DPOLoss.get_batch_logps:
+    # labels shifted by one, -100 masked, summed, not averaged)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
     row = 0
     labels = batch["labels"][row]

@@ -21,6 +21,15 @@ Rule (METHOD_NOTES 2.7), one adversary step and one defender step per iteration:
    (METHOD_NOTES: "check the sign"); we take the sign the paper states: the refusal is preferred.
 4. After training the defender's adapter is merged; the hypernetwork is discarded.
 
+Against the reference code (read, commit b7809d1): the DPO log-probabilities are, as in its
+`loss.py` (`DPOLoss.get_batch_logps`, average_log_prob=False), the sum over answer tokens of
+the shifted log-softmax with -100 labels masked (`training/sequences.py`; test in
+tests/test_steering_defenses.py). Deviations: the reference hypernetwork (`adversary.py`)
+projects each map's activations to a 1024-wide code, mixes them with multi-head self-attention
+and two residual feed-forward blocks, pools over the batch, and initialises both heads with
+Xavier (non-zero patches from the first step); ours maps the mean input activation through one
+tanh layer and starts U at zero, a size for SafetyWorld's 128-wide model.
+
 Defaults: weights 0.8 / 0.3 and DPO (beta 0.1, the DPO default) from the reference; the
 reference's learning rates (defender 3e-5, adversary 2e-7, for a 3B model) do not transfer to
 SafetyWorld's scale, so the defender uses `sft`'s adapter and lr (LoRA r 16, lr 1e-3) and the
