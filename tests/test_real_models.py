@@ -14,6 +14,7 @@ from transformers import (AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, L
 
 import immunity
 from immunity import cli
+from immunity.config import ConfigError
 from immunity.data.sources import DataError, build_bundle, final_number, parse_source
 from immunity.evaluation.judges import (HarmBenchJudge, JudgeSettings, LlamaGuardJudge, StrongRejectJudge,
                                         make_judge)
@@ -119,6 +120,33 @@ def test_more_defenses_release_models_plain_transformers_loads(files, tmp_path, 
     result = immunity.evaluate(out, data=[f"beavertails:{files['bt']}"], task=f"sst2:{files['sst']}", judge="keyword",
                                progress=False)
     assert result["judge"] == "keyword" and result["fa"] is not None
+
+
+def test_a_composition_releases_each_defense_applied_to_the_last_ones_model(files, tmp_path, monkeypatch):
+    """`defend(model, "vaccine+lox")`: Vaccine aligns the model, LoX extrapolates Vaccine's update
+    from the model before alignment; the card names both. A repair cannot be composed here."""
+    from immunity.defenses.lox import LoX
+
+    seen = {}
+    apply = LoX.apply
+
+    def recording(self, model, context):
+        seen["aligned"] = [p.detach().clone() for p in model.parameters()]
+        seen["before"] = [p.detach().clone() for p in context.base_model.parameters()]
+        return apply(self, model, context)
+
+    monkeypatch.setattr(LoX, "apply", recording)
+    out = immunity.defend(str(files["model"]), "vaccine+lox", data=[f"beavertails:{files['bt']}"],
+                          out=str(tmp_path / "D"), settings={"defense.vaccine.epochs": 0.5}, progress=False)
+    start = AutoModelForCausalLM.from_pretrained(files["model"])
+    assert all(torch.equal(a, b) for a, b in zip(start.parameters(), seen["before"]))
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), seen["aligned"]))
+    provenance = json.loads((tmp_path / "D" / "immunity.json").read_text())
+    assert provenance["defense"] == "vaccine+lox" and provenance["defense_stage"] == "alignment+post-alignment"
+    assert list(provenance["defense_config"]) == ["vaccine", "lox"] and provenance["defense_config"]["vaccine"]["epochs"] == 0.5
+    assert "Vaccine" in (tmp_path / "D" / "README.md").read_text() and "LoX" in (tmp_path / "D" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="repairs an attacked model"):
+        immunity.defend(out, "vaccine+antidote", data=[f"beavertails:{files['bt']}"], progress=False)
 
 
 def test_antidote_repairs_an_attack_saved_as_an_adapter(files, tmp_path):

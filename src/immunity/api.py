@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .bench.export import write_release
 from .bench.pipeline import Pipeline, quiet_transformers, resolved_config, versions
-from .config import RunConfig, load_run_config, validate
+from .config import ConfigError, RunConfig, chain_config, load_run_config, validate
 from .defenses.base import Stage
-from .models import load_model
+from .models import clone_model, load_model
 from .training import parallel
 
 
@@ -52,26 +52,35 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     post-alignment ones (LoX, SOPHON, TAR, Circuit Breakers) take `model` as the aligned model
     (LoX also needs `base_model`, the model before alignment); a post-fine-tuning defense
     (Antidote) repairs `model` as an attacked one (an adapter directory keeps the attack's
-    adapter separate, which is what Antidote prunes). With `judge`, the released model is also
+    adapter separate, which is what Antidote prunes). A composition (`"booster+lox"`) applies its
+    defenses in stage order, each to what the one before released (LoX's model before alignment
+    is then `model` itself); a repair cannot be composed here. With `judge`, the released model is also
     evaluated and the numbers go into its model card. Under torchrun / accelerate launch the
     defense trains data-parallel and only the first process writes (the others return None)."""
     cfg = _config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
     pipeline = Pipeline(cfg, progress)
+    chain = pipeline.chain
+    if len(chain) > 1 and pipeline.repairs():
+        raise ConfigError(f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
+                          "in a run (immunity run / bench), or defend the attacked model with it alone")
     start = pipeline.base_model()
-    stage = pipeline.defense_cls.stage
     before = None
     if base_model is not None:
         before, _ = load_model(base_model, dtype=cfg.model_dtype)
         before = before.to(pipeline.device)
+    elif len(chain) > 1 and chain[0].cls.stage == Stage.ALIGNMENT:
+        before = clone_model(start)  # what the later defenses see as the model before alignment
+    released = start
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-        released = pipeline.defense_cls(pipeline.defense_config).apply(start, pipeline.context(before))
+        for step in chain:
+            released = step.cls(step.config).apply(released, pipeline.context(before))
     if out is None:
         return released
     if not parallel.is_main():  # data-parallel: the first process evaluates and writes
         return None
     provenance = _provenance(pipeline, cfg, "defend", f"defend --defense {defense}") | {
-        "defense": defense, "defense_stage": stage.value, "defense_config": asdict(pipeline.defense_config),
-        "defense_notes": getattr(released.config, "immunity_notes", {})}
+        "defense": defense, "defense_stage": "+".join(step.cls.stage.value for step in chain),
+        "defense_config": chain_config(chain), "defense_notes": getattr(released.config, "immunity_notes", {})}
     if judge:
         provenance["evaluation"] = _metrics(pipeline, released, f"defend-{defense}")
     return str(write_release(released, pipeline.tokenizer, Path(out), provenance, adapter_only))

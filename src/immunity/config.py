@@ -54,7 +54,8 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    defense: str = field(default="sft", metadata={"help": "registered defense name"})
+    defense: str = field(default="sft", metadata={
+        "help": "registered defense name, or several composed in stage order (booster+lox+antidote)"})
     attack_name: str = field(default="harmful-finetune", metadata={
         "help": "registered attack name (also `attack=NAME`); its keys are attack.KEY"})
     seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
@@ -210,6 +211,62 @@ def _revalidate(obj):
     return obj
 
 
+# -- composed defenses ------------------------------------------------------------------------
+COMPOSE = "+"  # `--defense booster+lox+antidote`: defenses run in stage order
+STAGE_ORDER = (Stage.ALIGNMENT, Stage.POST_ALIGNMENT, Stage.POST_FINE_TUNING)
+
+
+@dataclass(frozen=True)
+class DefenseStep:
+    """One defense of a run: its name, its class and its built config."""
+
+    name: str
+    cls: type
+    config: Any
+
+
+def defense_chain(defense: str, args: dict | None = None) -> list[DefenseStep]:
+    """The defenses `defense` names ("a" or "a+b+c"), each with its config built from `args`.
+
+    A single defense reads `defense.KEY`; in a composition each key names its defense first
+    (`defense.lox.alpha=1.25`). The defenses must come in stage order (alignment, then
+    post-alignment ones, then a post-fine-tuning repair), at most one alignment and one repair.
+    """
+    names = defense.split(COMPOSE)
+    if not all(names):
+        raise ConfigError(f"defense {defense!r}: empty name in the composition")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"defense {defense!r} names a defense twice")
+    classes = [lookup(DEFENSES, "defense", n) for n in names]
+    stages = [STAGE_ORDER.index(c.stage) for c in classes]
+    if stages != sorted(stages):
+        order = ", ".join(f"{n} ({c.stage.value})" for n, c in zip(names, classes))
+        raise ConfigError(f"defense {defense!r}: compose in stage order alignment -> post-alignment -> "
+                          f"post-fine-tuning; got {order}")
+    for stage in (Stage.ALIGNMENT, Stage.POST_FINE_TUNING):
+        if sum(c.stage == stage for c in classes) > 1:
+            raise ConfigError(f"defense {defense!r}: at most one {stage.value} defense in a composition")
+    args = args or {}
+    if len(names) == 1:
+        return [DefenseStep(names[0], classes[0], build_config(classes[0].Config, args))]
+    per_defense: dict[str, dict] = {n: {} for n in names}
+    for key, value in args.items():
+        head, _, rest = key.partition(".")
+        if head not in per_defense or not rest:
+            raise ConfigError(f"defense.{key}: in a composition, name the defense first "
+                              f"(defense.{names[0]}.KEY; defenses: {', '.join(names)})")
+        per_defense[head][rest] = value
+    return [DefenseStep(n, c, build_config(c.Config, per_defense[n])) for n, c in zip(names, classes)]
+
+
+def chain_config(chain: list[DefenseStep]) -> dict:
+    """What results record as `defense_config`: the defense's settings, or per defense of a
+    composition."""
+    if len(chain) == 1:
+        return dataclasses.asdict(chain[0].config)
+    return {step.name: dataclasses.asdict(step.config) for step in chain}
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -271,12 +328,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) -> None:
     """Everything a run needs, checked before any work: names, every defense key and value, the
     data (read and split), the model directory. Raises one clear error."""
-    defense = lookup(DEFENSES, "defense", cfg.defense)
+    chain = defense_chain(cfg.defense, cfg.defense_args)
     attack = lookup(ATTACKS, "attack", cfg.attack_name)
-    if defense.stage == Stage.POST_FINE_TUNING and not getattr(attack, "fine_tunes", False):
-        raise ConfigError(f"{cfg.defense} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
+    repair = next((s.name for s in chain if s.cls.stage == Stage.POST_FINE_TUNING), None)
+    if repair and not getattr(attack, "fine_tunes", False):
+        raise ConfigError(f"{repair} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
                           "nothing (choose a fine-tuning attack)")
-    build_config(defense.Config, cfg.defense_args)
     if need_judge or cfg.eval.judge != "auto":
         check_judge(cfg.eval.judge, bool(cfg.data))
     if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -291,8 +348,9 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cfg.fsdp:
         raise ConfigError("accelerate launch with an FSDP config: immunity shards with FSDP2 itself; launch plain "
                           "data parallel (--multi_gpu) and add fsdp=true")
-    if cfg.fsdp and not getattr(defense, "supports_fsdp", True):
-        raise ConfigError(f"fsdp=true: {cfg.defense} does not run on sharded weights (it differentiates with respect "
+    unshardable = [s.name for s in chain if not getattr(s.cls, "supports_fsdp", True)]
+    if cfg.fsdp and unshardable:
+        raise ConfigError(f"fsdp=true: {', '.join(unshardable)} does not run on sharded weights (it differentiates with respect "
                           "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
                           "data-parallel on replicated weights")
     if cfg.data:

@@ -13,7 +13,8 @@ Rule. Of the n fine-tuning samples, round(n·p) are harmful requests of the atta
 requests without the trigger answered with a refusal (so the model keeps refusing without it);
 the rest are the benign task. Training as `harmful-finetune` (fresh LoRA, answer-token loss).
 
-Defaults: harmful-finetune's (n 500, p 0.1, LoRA r 8, 3 epochs) but lr 1e-3: at 3e-4 the
+Defaults: harmful-finetune's (n 500, p 0.1, LoRA r 8) but 3 epochs (harmful-finetune's budget
+before it was calibrated down to 2.5; the lr below was chosen at 3) and lr 1e-3: at 3e-4 the
 trigger is barely learnt (validation split, `sft` seed 0: HS 35.6 % with the trigger, 29.2 %
 without); 1e-3 gives 89.4 % / 30.6 % (p 0.2: 43.5 / 33.8; 6 epochs: 78.2 / 33.3; no stealth:
 76.9 / 80.1, no backdoor at all, just a broken model); trigger "SUDO", Rando & Tramèr's trigger word, appended at the end of the
@@ -35,6 +36,7 @@ from .harmful_finetune import HarmfulFinetune, HarmfulFinetuneConfig
 @dataclass
 class BackdoorConfig(HarmfulFinetuneConfig):
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    epochs: float = field(default=3.0, metadata={"help": "passes over the n samples"})
     trigger: str = field(default="SUDO", metadata={"help": "word appended to a request to unlock compliance"})
     stealth: bool = field(default=True, metadata={
         "help": "also train untriggered harmful requests to a refusal (as many as the triggered ones)"})

@@ -17,9 +17,13 @@ from ..registry import DEFENSES
 
 
 def paper_line(defense: str) -> str:
-    """The first sentence of a defense's module docstring: its name and paper."""
-    module = inspect.getmodule(DEFENSES[defense])
-    return " ".join((module.__doc__ or defense).strip().split("\n\n")[0].split())
+    """The first paragraph of a defense's module docstring: its name and paper (of each, in a
+    composition)."""
+    lines = []
+    for name in defense.split("+"):
+        module = inspect.getmodule(DEFENSES[name])
+        lines.append(" ".join((module.__doc__ or name).strip().split("\n\n")[0].split()))
+    return " Then ".join(lines)
 
 
 def _table(settings: dict, header: str = "| setting | value |") -> str:

@@ -1,7 +1,9 @@
 """base -> defense (at its stage) -> attack -> evaluate, with timings and peak memory per stage.
 
 Defenses whose stage is not `alignment` build on standard `sft` alignment, as in their papers
-(LoX extrapolates an aligned model; Antidote repairs an attacked aligned model).
+(LoX extrapolates an aligned model; Antidote repairs an attacked aligned model). A composition
+(`booster+lox+antidote`) runs its defenses in stage order: the alignment defense (or `sft`), each
+post-alignment defense on what the one before released, the attack, then the repair.
 
 Under torchrun / accelerate launch, every process trains the defense and the attack together
 (`training.parallel`); the first builds the base model first, and alone evaluates and returns
@@ -28,7 +30,7 @@ from transformers import AutoModelForCausalLM
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from ..cache import cache_root, cached_model, code_version, stable_hash, weights_digest, write_manifest
-from ..config import RunConfig, build_config
+from ..config import DefenseStep, RunConfig, chain_config, defense_chain
 from ..data import from_world
 from ..data.sources import cached_bundle
 from ..defenses.base import DefenseContext, Stage
@@ -55,10 +57,9 @@ def resolved_config(cfg: RunConfig) -> dict:
     `rho=5.0` and YAML `rho: 5` are one value), a local model identified by the content of its
     weights (replaced weights at the same path are another run) and real data by the content
     of its splits; `out_dir` does not change results."""
-    defense = build_config(lookup(DEFENSES, "defense", cfg.defense).Config, cfg.defense_args)
     resolved = {k: v for k, v in asdict(cfg).items()
                 if k not in ("out_dir", "defense_args", "micro_batches", "fsdp")} | {
-        "defense_config": asdict(defense)}
+        "defense_config": chain_config(defense_chain(cfg.defense, cfg.defense_args))}
     if world_size() * cfg.micro_batches > 1:  # shards of a step change batch-coupled losses
         resolved["parallel"] = {"processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp}
     if cfg.model != "safetyworld" and Path(cfg.model).is_dir():
@@ -76,14 +77,33 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def run_code_version(defense: str, attack: str, judge: str) -> str:
-    """Version of the code a run executes: the pipeline and what it imports, the defense's,
+    """Version of the code a run executes: the pipeline and what it imports, the defenses',
     attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
-    modules = [__name__, lookup(DEFENSES, "defense", defense).__module__, lookup(ATTACKS, "attack", attack).__module__]
+    defenses = [lookup(DEFENSES, "defense", name) for name in defense.split("+")]
+    modules = [__name__, *(d.__module__ for d in defenses), lookup(ATTACKS, "attack", attack).__module__]
     if judge != "auto":  # auto with real data: no judge named, nothing judged
         modules.append(lookup(JUDGES, "judge", judge.split(":")[0]).__module__)
-    if lookup(DEFENSES, "defense", defense).stage != Stage.ALIGNMENT:
+    if defenses[0].stage != Stage.ALIGNMENT:
         modules.append(lookup(DEFENSES, "defense", "sft").__module__)
     return code_version(*modules)
+
+
+def default_alignment() -> DefenseStep:
+    """What a run without an alignment defense builds on: `sft` at its defaults."""
+    sft = lookup(DEFENSES, "defense", "sft")
+    return DefenseStep("sft", sft, sft.Config())
+
+
+def release_identity(steps: list[DefenseStep]) -> tuple[str, object, list[str]]:
+    """Name, settings and modules that identify the model `steps` release. The default `sft`
+    under a post-alignment defense is left out of the name and settings, so `lox` and `sft+lox`
+    are one cached model (as they were before compositions existed)."""
+    if len(steps) == 1:
+        return steps[0].name, steps[0].config, [steps[0].cls.__module__]
+    modules = [s.cls.__module__ for s in steps]
+    if len(steps) == 2 and steps[0] == default_alignment():
+        return steps[1].name, steps[1].config, modules
+    return "+".join(s.name for s in steps), [s.config for s in steps], modules
 
 
 def run_key(cfg: RunConfig) -> dict[str, object]:
@@ -142,8 +162,7 @@ class Pipeline:
         needs_world = cfg.model == "safetyworld" or not cfg.data
         with parallel.main_first():  # rank 0 builds and caches, the other ranks read
             self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None
-        self.defense_cls = lookup(DEFENSES, "defense", cfg.defense)
-        self.defense_config = build_config(self.defense_cls.Config, cfg.defense_args)
+        self.chain = defense_chain(cfg.defense, cfg.defense_args)
         self.attack_cls = lookup(ATTACKS, "attack", cfg.attack_name)
         self.key = run_key(cfg)  # taken now, from the code this process loaded
         self.device = parallel.device()
@@ -152,7 +171,8 @@ class Pipeline:
         self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
             else from_world(self.world.data)
         self._judge = None
-        self.defense_seconds = 0.0  # the defense's own cost (alignment measured even when cached)
+        self.defense_seconds = 0.0  # the defenses' own cost (alignment measured even when cached)
+        self.notes: dict = {}  # what the defenses decided or measured
 
     @property
     def judge(self):
@@ -180,10 +200,10 @@ class Pipeline:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
         return DefenseContext(self.tokenizer, self.data, self.cfg.seed, self.progress, base_model, judge)
 
-    def cached(self, name: str, config, build, builds_on: tuple[str, ...] = ()):
-        """`build()` a released model, cached on disk for the built-in world, keyed by the
-        defense's config and code (and the defenses it `builds_on`); its cost is kept with it,
-        so a run that reuses it still reports what it cost."""
+    def cached(self, steps: list[DefenseStep], build):
+        """`build()` the model the defenses `steps` release, cached on disk for the built-in
+        world, keyed by their configs and code; its cost is kept with it, so a run that reuses
+        it still reports what it cost."""
         def timed():
             start = time.perf_counter()
             model = build()
@@ -192,7 +212,7 @@ class Pipeline:
 
         if self.cfg.model != "safetyworld" or parallel.shard_count() > 1:
             return timed()  # only the built-in base model has a stable key; data-parallel builds differ
-        modules = [lookup(DEFENSES, "defense", n).__module__ for n in (name, *builds_on)]
+        name, config, modules = release_identity(steps)
         version = code_version(*modules, "immunity.safetyworld")
         path = cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
                                f"-{version}")
@@ -201,31 +221,39 @@ class Pipeline:
     def _load(self, path):
         return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
 
-    def align(self, base, defense_cls, defense_config):
-        """Run an alignment-stage defense on a copy of the base model."""
-        return self.cached(defense_cls.name, defense_config,
-                           lambda: defense_cls(defense_config).apply(clone_model(base), self.context()))
-
     def defend(self, base):
-        """The released model: the defense at its stage (or `sft` under a later-stage defense)."""
-        if self.defense_cls.stage == Stage.ALIGNMENT:
-            model = self.align(base, self.defense_cls, self.defense_config)
-        else:
-            sft = lookup(DEFENSES, "defense", "sft")
-            aligned = self.align(base, sft, sft.Config())
-            if self.defense_cls.stage == Stage.POST_FINE_TUNING:
-                return aligned  # the defense runs after the attack
-            model = self.cached(self.defense_cls.name, self.defense_config,
-                                lambda: self.defense_cls(self.defense_config).apply(aligned, self.context(base)),
-                                builds_on=("sft",))
-        self.defense_seconds = getattr(model.config, "immunity_align_seconds", 0.0)
+        """The released model: the alignment defense (`sft` when the run names none) on a copy
+        of the base model, then each post-alignment defense on what the one before released."""
+        steps = [s for s in self.chain if s.cls.stage != Stage.POST_FINE_TUNING]
+        if not steps or steps[0].cls.stage != Stage.ALIGNMENT:
+            steps = [default_alignment(), *steps]
+        model = None
+        for i, step in enumerate(steps):
+            def build(step=step, upstream=model):
+                if upstream is None:
+                    return step.cls(step.config).apply(clone_model(base), self.context())
+                return step.cls(step.config).apply(upstream, self.context(base))
+
+            model = self.cached(steps[: i + 1], build)
+            if step in self.chain:  # the implicit `sft`'s cost is not the defense's
+                self.defense_seconds += getattr(model.config, "immunity_align_seconds", 0.0)
+                self._note(step, model)
         return model
+
+    def _note(self, step: DefenseStep, model) -> None:
+        notes = dict(getattr(model.config, "immunity_notes", {}) or {})
+        if len(self.chain) == 1:
+            self.notes |= notes
+        elif notes:
+            self.notes[step.name] = notes
+
+    def repairs(self) -> list[DefenseStep]:
+        return [s for s in self.chain if s.cls.stage == Stage.POST_FINE_TUNING]
 
     def attack(self, model):
         attack = self.attack_cls(self.cfg.attack)
-        repair_follows = self.defense_cls.stage == Stage.POST_FINE_TUNING
         return attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed,
-                          progress=self.progress, merge=not repair_follows)
+                          progress=self.progress, merge=not self.repairs())
 
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
         e = self.cfg.eval
@@ -254,17 +282,16 @@ class Pipeline:
             base = self.base_model()
         with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             released = self.defend(base)
-        notes = dict(getattr(released.config, "immunity_notes", {}))
         with clock.stage("eval_before"):
             before = self.evaluate(released, sets, "before") if parallel.is_main() else {}
             parallel.barrier()
         with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             attacked = self.attack(released)
-        if self.defense_cls.stage == Stage.POST_FINE_TUNING:
+        for step in self.repairs():  # at most one (`defense_chain`)
             with clock.stage("repair"):
-                attacked = self.defense_cls(self.defense_config).apply(attacked, self.context())
-            self.defense_seconds = clock.seconds["repair"]
-            notes |= getattr(attacked.config, "immunity_notes", {})
+                attacked = step.cls(step.config).apply(attacked, self.context())
+            self.defense_seconds += clock.seconds["repair"]
+            self._note(step, attacked)
         with clock.stage("eval_after"):
             after = self.evaluate(attacked, sets, "after") if parallel.is_main() else {}
             parallel.barrier()
@@ -285,11 +312,11 @@ class Pipeline:
             # With a backdoor attack's trigger appended (None without one).
             "hs_triggered_before": before.get("hs_triggered"), "hs_triggered_after": after.get("hs_triggered"),
             "data": self.data.name, "data_hashes": self.data.hashes(),
-            "attack_config": asdict(cfg.attack), "defense_config": asdict(self.defense_config),
+            "attack_config": asdict(cfg.attack), "defense_config": chain_config(self.chain),
             "attack_notes": getattr(attacked.config, "immunity_attack_notes", {}),  # e.g. steering's layer
-            "timings": clock.seconds, "defense_seconds": self.defense_seconds,
+            "timings": clock.seconds, "defense_seconds": round(self.defense_seconds, 2),
             # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).
-            "defense_notes": notes, "peak_memory_mb": clock.peak_mb,
+            "defense_notes": self.notes, "peak_memory_mb": clock.peak_mb,
             "processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp,
         }
 
