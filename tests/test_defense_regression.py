@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from immunity.bench.pipeline import Pipeline
+from immunity.bench.pipeline import Pipeline, default_alignment
 from immunity.config import load_run_config
 from immunity.defenses import sophon, tar
-from immunity.registry import DEFENSES
+from immunity.models import clone_model
 from immunity.training import loop
 
 TINY = ["world.model.hidden=32", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=64",
@@ -92,8 +92,9 @@ EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and
 def test_released_weights_change_where_the_method_trains(defense, recorded, request):
     pipeline, base, model = released(defense)
     reference_from, leaves = EXPECTED_CHANGES[defense]
-    sft = DEFENSES["sft"]
-    reference = pipeline.align(base, sft, sft.Config()) if reference_from == "sft" else base
+    sft = default_alignment()  # what later-stage defenses build on: served from the cache `defend` filled
+    reference = pipeline.cached([sft], lambda: sft.cls(sft.config).apply(clone_model(base), pipeline.context())) \
+        if reference_from == "sft" else base
     moved = changed(model, reference)
     if leaves is None:  # full-parameter training or a fresh init: every parameter moves
         assert moved == {n for n, _ in model.named_parameters()}
@@ -104,7 +105,8 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
         assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
     if defense == "antidote":  # released = sft; the repair prunes the attack's adapter after the attack
         attacked = pipeline.attack(model)
-        repaired = pipeline.defense_cls(pipeline.defense_config).apply(attacked, pipeline.context())
+        repair = pipeline.chain[0]
+        repaired = repair.cls(repair.config).apply(attacked, pipeline.context())
         assert repaired.config.immunity_notes["pruned_weights"] > 0
 
     own = [(d, v) for d, _, v in recorded if d != "pretrain"]
