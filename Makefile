@@ -112,7 +112,7 @@ FINETUNE_ATTACKS = harmful-finetune,benign-finetune,backdoor
 CROSS_DEFENSES = none,scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,lox,mlac,ntl,sophon,tar
 CROSS_DEFENSES := $(CROSS_DEFENSES),condition-number,et,lapt,ilu,antidote-hypernet
 ATTACK_SEEDS ?= 0,1,2
-# The attacker's budget: steps below and above the default's 80, and samples n around its 500.
+# The attacker's budget: steps below and above the default's 72, and samples n around its 500.
 BUDGETS = 12,24,48,160
 SAMPLES = 125,250,1000
 # The adaptive attacker (Optuna TPE over harmful-finetune's hyperparameters, validation split)

@@ -31,7 +31,7 @@ from .bench.store import Store, StoreError
 from .cache import cache_root
 from .config import ConfigError, RunConfig, build_config, help_lines, load_run_config, parse_overrides, validate
 from .registry import ATTACKS, DEFENSES, JUDGES, lookup
-from .training import TrainingDiverged
+from .training import TrainingDiverged, parallel
 from .world import TASKS
 
 DEFAULT_STORE = "results/results.db"
@@ -98,7 +98,9 @@ def cmd_run(args) -> int:
                           data=args.data or None, task_data=args.task, **{"eval.judge": args.judge})
     validate(cfg)
     check_writable(args.store)
-    store = Store(args.store) if args.store else None
+    # Under torchrun only the first process writes the result, so only it opens the store:
+    # two processes switching a new SQLite file to WAL at once can fail with "database is locked".
+    store = Store(args.store) if args.store and parallel.is_main() else None
     result = _run_one(cfg, store, progress=not args.quiet)
     if result is None:
         return 0
