@@ -70,7 +70,7 @@ results: install
 	  echo "Evaluation split, exact judge, mean ± std over seeds $(RESULT_SEEDS) (the seeds column names a row's);"; \
 	  echo "settings chosen on the validation split (docs/reproduction.md). \"capability over scratch\": harmful"; \
 	  echo "capability after the attack minus what the same attack reaches from a random init (\`scratch\`),"; \
-	  echo "per seed. The default attack's budget (2.5 epochs, 80 steps) was chosen on the validation split so"; \
+	  echo "per seed. The default attack's budget (2.25 epochs, 72 steps) was chosen on the validation split so"; \
 	  echo "that \`sft\` lands in the literature's band (docs/reproduction.md, \"Calibrating the default attack\")."; echo; \
 	  echo "## Every defense, default attack"; echo; \
 	  $(REPORT) --attack; echo; \
