@@ -99,7 +99,9 @@ results: install
 	  echo "al.'s conditions and the paired intervals). HS after (benign helpfulness after), %; a backdoor cell"; \
 	  echo "reads HS with the trigger / without it."; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --by-attack --default-attacks; echo; \
-	  echo "## Leaderboard: the bounded worst case over every stored attack"; echo; \
+	  echo "## Leaderboard: the bounded worst case over every stored attack, the four conditions, cost"; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --overview; echo; \
+	  echo "### Worst case, top-3 and bounded worst case"; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case; echo; \
 	  echo "## Rosati et al.'s four conditions"; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --conditions; } > docs/results.md
@@ -138,6 +140,8 @@ attacks: install
 	  echo "$(BUDGETS) steps and of $(SAMPLES) samples, the durability grid where \`make durability\` has run,"; \
 	  echo "and the adaptive attacker's best setting (\`immunity attack-search\`, $(SEARCH_TRIALS) trials on the"; \
 	  echo "validation split) against $(SEARCH_DEFENSES)."; echo; \
+	  $(BIN)/immunity report --store results/attacks.db --split eval --overview; echo; \
+	  echo "### Worst case, top-3 and bounded worst case"; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case; echo; \
 	  echo "## Defenses x attacks"; echo; \
 	  echo "Each cell: HS after the attack (benign helpfulness after), mean ± std over the seeds listed, in %;"; \

@@ -343,6 +343,7 @@ def test_html_report_is_one_self_contained_file_with_its_figures(tmp_path):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}">', page)) == 3
     assert "Resistance: HS after vs the attacker" in page and "Leaderboard" in page
+    assert "Rosati et al.&#x27;s four conditions" in page and "defense seconds" in page
     assert "<td>sft (stale)</td>" in page and "<td>80.0</td>" in page  # the worst case: 3 epochs
     assert not re.search(r'(src|href)="https?:', page)
 
@@ -414,6 +415,34 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
     assert rows["sft"][2:6] == [f"25: 10 50: 60 {t}: 90", "50", f"weak (T = {t})", f"250: 40 {default.n}: 90"]
     assert rows["repnoise"][2:6] == [f"25: 0 50: 10 {t}: 30", f"> {t}", f"strong (T = {t})", f"{default.n}: 30"]
     assert rows["repnoise"][6:] == ["90.0 (+0.0)", "20.0 (-60.0)", "85.0 (-10.0) |"]
+
+
+def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
+    """repnoise's worst capable attack (0.3) is below sft's (0.9): first. Its steps to break are
+    beyond the largest budget stored, its cost 30 s against sft's 10 s (x 3.0), and its stability
+    reads its helpfulness before the attack against sft's."""
+    from immunity.attacks.harmful_finetune import BenignFinetuneConfig
+    from immunity.bench.report import defense_overview
+
+    def run(defense, hs, steps=0, attack="harmful-finetune", fa=0.95, seconds=10.0):
+        config = BenignFinetuneConfig() if attack == "benign-finetune" else HarmfulFinetuneConfig(max_steps=steps)
+        return _stored(defense, 0, hs) | {"attack": attack, "attack_config": asdict(config), "fa_after": fa,
+                                          "helpful_after": 0.95, "helpful_before": 0.9 if defense == "sft" else 0.8,
+                                          "hs_heldout_after": hs, "defense_seconds": seconds}
+
+    results = [run("sft", 0.2, 25), run("sft", 0.9), run("sft", 0.0, attack="benign-finetune")]
+    results += [run(d, hs, steps, seconds=30.0) for d, hs, steps in (("repnoise", 0.1, 25), ("repnoise", 0.3, 0))]
+    results.append(run("repnoise", 0.0, attack="benign-finetune", fa=0.7, seconds=30.0))
+    t = HarmfulFinetuneConfig()
+    rows = [line.split(" | ") for line in defense_overview(results).splitlines() if line.startswith("| 1 ")
+            or line.startswith("| 2 ")]
+    assert [r[1] for r in rows] == ["repnoise", "sft"]
+    repnoise, sft = rows
+    assert repnoise[2] == "30.0" and sft[2] == "90.0"
+    expected_t = -(-int(t.epochs * -(-t.n // t.batch_size)) // 1)
+    assert repnoise[4] == f"> {expected_t}" and sft[4] == str(expected_t)
+    assert repnoise[5:8] == ["80.0 (-10.0)", "30.0 (-60.0)", "70.0 (-25.0)"]
+    assert repnoise[8:] == ["30", "3.0 |"] and sft[8:] == ["10", "1.0 |"]
 
 
 def test_report_prefers_the_row_of_the_current_code_over_a_newer_stale_one(tmp_path, capsys):

@@ -12,9 +12,10 @@ import io
 from datetime import datetime, timezone
 from statistics import mean
 
-from .report import attack_outcomes, by_attack_table, leaderboard, markdown_table, setting, short_settings
+from .report import (attack_outcomes, attack_steps, by_attack_table, conditions_table, defense_label, defense_overview,
+                     leaderboard, markdown_table, setting, short_settings)
 
-BUDGET_KEYS = ("epochs", "max_steps", "n")
+BUDGET_KEYS = {"epochs", "max_steps", "n", "batch_size"}
 
 
 def _pyplot():
@@ -82,31 +83,34 @@ def frontier_figure(results: list[dict]):
 
 
 def budget_sweeps(results: list[dict]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
-    """(defense, budget key, the rest of the setting) -> [(budget, mean HS after)], for fine-tuning
-    attacks whose stored settings differ only in that budget key (at least three values)."""
+    """(defense, budget, the rest of the setting) -> [(budget value, mean HS after)] for fine-tuning
+    attacks whose stored settings differ only in their budget (at least three values): optimizer
+    steps (from epochs or max_steps, `attack_steps`) or the number of samples n."""
     sweeps: dict[tuple[str, str, str], dict[float, list[float]]] = {}
     for r in results:
         config = r.get("attack_config", {})
-        for key in BUDGET_KEYS:
-            if key not in config or r.get("hs_after") is None:
-                continue
-            rest = str(sorted((k, v) for k, v in config.items() if k != key))
-            sweeps.setdefault((r["defense"], key, rest), {}).setdefault(float(config[key]), []).append(r["hs_after"])
+        if not BUDGET_KEYS <= set(config) or r.get("hs_after") is None:
+            continue
+        for budget, value, varied in (("steps", attack_steps(config), {"epochs", "max_steps"}),
+                                      ("samples n", config["n"], {"n"})):
+            rest = str(sorted((k, v) for k, v in config.items() if k not in varied))
+            sweeps.setdefault((defense_label(r), budget, rest), {}).setdefault(float(value), []).append(r["hs_after"])
     return {k: sorted((b, mean(v)) for b, v in points.items()) for k, points in sweeps.items() if len(points) >= 3}
 
 
 def resistance_figure(sweeps):
     plt = _pyplot()
-    keys = sorted({k[1] for k in sweeps})
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for (defense, budget, _), points in sorted(sweeps.items()):
-            if budget == key:
+    budgets = sorted({k[1] for k in sweeps})
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for (defense, key, _), points in sorted(sweeps.items()):
+            if key == budget:
                 ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o", label=defense)
-        ax.set_xlabel(f"attack {key}")
+        ax.set_xlabel(f"attack {budget}")
+        ax.set_xscale("log")
         ax.set_ylabel("HS after (%)")
         ax.set_ylim(-2, 102)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     return fig
 
 
@@ -151,13 +155,13 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 2em; }
 
 
 def html_report(results: list[dict], store: str, guard_helpful: float = 0.8, guard_fa: float = 0.8,
-                top: int = 3) -> str:
+                top: int = 3, phi: float = 0.5) -> str:
     """The whole report as one HTML document."""
     if not results:
         raise ValueError("no results to report")
     sections = [
-        ("Leaderboard: bounded worst case over every stored attack",
-         markdown_to_html(leaderboard(results, "bounded-worst-case", top, guard_helpful, guard_fa))),
+        ("Leaderboard: bounded worst case over every stored attack, the four conditions, cost",
+         markdown_to_html(defense_overview(results, phi, guard_helpful, guard_fa))),
         ("Bounded worst case per defense",
          f'<img alt="bounded worst case per defense" src="data:image/png;base64,'
          f'{_png(worst_case_figure(results, guard_helpful, guard_fa))}">'),
@@ -169,7 +173,10 @@ def html_report(results: list[dict], store: str, guard_helpful: float = 0.8, gua
         sections.append(("Resistance: HS after vs the attacker's budget",
                          f'<img alt="resistance curves" src="data:image/png;base64,'
                          f'{_png(resistance_figure(sweeps))}">'))
-    sections += [("Defenses x attacks (HS after, helpfulness after)", markdown_to_html(by_attack_table(results))),
+    sections += [("Rosati et al.'s four conditions", markdown_to_html(conditions_table(results, phi))),
+                 ("Worst case, top-n and bounded worst case",
+                  markdown_to_html(leaderboard(results, "bounded-worst-case", top, guard_helpful, guard_fa))),
+                 ("Defenses x attacks (HS after, helpfulness after)", markdown_to_html(by_attack_table(results))),
                  ("Every configuration", markdown_to_html(markdown_table(results)))]
     _pyplot().close("all")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
