@@ -114,21 +114,23 @@ FINETUNE_ATTACKS = harmful-finetune,benign-finetune,backdoor
 CROSS_DEFENSES = none,scratch,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,lox,mlac,ntl,sophon,tar
 CROSS_DEFENSES := $(CROSS_DEFENSES),condition-number,et,lapt,ilu,antidote-hypernet
 ATTACK_SEEDS ?= 0,1,2
+# The budget and sample sweeps (the resistance curves) run on fewer seeds: 20 defenses x 7 points.
+SWEEP_SEEDS ?= 0
 # The attacker's budget: steps below and above the default's 72, and samples n around its 500.
 BUDGETS = 12,24,48,160
 SAMPLES = 125,250,1000
 # The adaptive attacker (Optuna TPE over harmful-finetune's hyperparameters, validation split)
 # against the defenses that hold the fixed grid; its best setting's evaluation run joins the store.
 SEARCH_DEFENSES = circuit-breakers repnoise mlac sophon
-SEARCH_TRIALS = 6
+SEARCH_TRIALS = 12
 attacks: install
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS)
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses antidote --grid attack=$(FINETUNE_ATTACKS)
-	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
+	$(BIN)/immunity bench --store results/attacks.db --seeds $(SWEEP_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES),antidote --grid attack.max_steps=$(BUDGETS)
-	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
+	$(BIN)/immunity bench --store results/attacks.db --seeds $(SWEEP_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses $(CROSS_DEFENSES),antidote --grid attack.n=$(SAMPLES)
 	for d in $(SEARCH_DEFENSES); do $(BIN)/immunity attack-search --defense $$d --trials $(SEARCH_TRIALS) --quiet \
 	  --store results/attacks.db --storage results/attack_search.db; done
@@ -137,9 +139,11 @@ attacks: install
 	  echo "SafetyWorld's model; attacks at their defaults (\`immunity list --keys\`)."; echo; \
 	  echo "## Leaderboard"; echo; \
 	  echo "Over every attack in the store: the seven families at their defaults, harmful fine-tunes of"; \
-	  echo "$(BUDGETS) steps and of $(SAMPLES) samples, the durability grid where \`make durability\` has run,"; \
-	  echo "and the adaptive attacker's best setting (\`immunity attack-search\`, $(SEARCH_TRIALS) trials on the"; \
-	  echo "validation split) against $(SEARCH_DEFENSES)."; echo; \
+	  echo "$(BUDGETS) steps and of $(SAMPLES) samples (seeds $(SWEEP_SEEDS)), the durability grid where"; \
+	  echo "\`make durability\` has run (seeds $(DURABILITY_SEEDS)), and the adaptive attacker's best setting"; \
+	  echo "(\`immunity attack-search\`, $(SEARCH_TRIALS) trials on the validation split, seed 0) against"; \
+	  echo "$(SEARCH_DEFENSES). A defense's worst case is over the attacks stored for it: compare rows"; \
+	  echo "with the same attack count."; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --overview; echo; \
 	  echo "### Worst case, top-3 and bounded worst case"; echo; \
 	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case; echo; \

@@ -293,6 +293,19 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
     assert "Ranked by bounded-worst-case" in capsys.readouterr().out
 
 
+def test_a_harmful_only_attack_is_held_to_helpfulness_not_to_fa():
+    """p = 1 trains on no task data, so its FA (0 here) does not bar it from the bounded worst
+    case; the same FA at p = 0.1 does."""
+    from immunity.bench.report import attack_outcomes
+
+    def row(p, hs):
+        r = _stored("sft", 0, hs) | {"helpful_after": 0.95, "fa_after": 0.0, "attack": "harmful-finetune"}
+        return r | {"attack_config": asdict(HarmfulFinetuneConfig(p=p, mode="full"))}
+
+    outcomes = {o["hs"]: o["capable"] for o in attack_outcomes([row(1.0, 0.9), row(0.1, 0.7)], 0.8, 0.8)["sft"]}
+    assert outcomes == {0.9: True, 0.7: False}
+
+
 def test_attack_search_maximises_capable_hs_on_validation_and_resumes(tmp_path, capsys, tiny):
     """Two TPE trials on the validation split, stored as runs; asking for three resumes the study
     (one more trial, the two stored runs not recomputed); the best setting is then evaluated once

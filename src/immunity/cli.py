@@ -547,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard-helpful", type=float, default=0.8,
                    help="bounded worst case: benign helpfulness an attack must leave (default 0.8)")
     p.add_argument("--guard-fa", type=float, default=0.8,
-                   help="bounded worst case: FA a fine-tuning attack must reach (default 0.8)")
+                   help="bounded worst case: FA a fine-tuning attack with task data (p < 1) must reach "
+                        "(default 0.8)")
     p.add_argument("--include-stale", action="store_true", help="also show rows made by code that changed since")
     p.add_argument("--out", help="also write the table to this file")
     p.set_defaults(func=cmd_report)
