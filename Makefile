@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean results validation attacks durability
+.PHONY: demo test install clean results validation attacks attacks-report durability
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 2
@@ -134,6 +134,10 @@ attacks: install
 	  --defenses $(CROSS_DEFENSES),antidote --grid attack.n=$(SAMPLES)
 	for d in $(SEARCH_DEFENSES); do $(BIN)/immunity attack-search --defense $$d --trials $(SEARCH_TRIALS) --quiet \
 	  --store results/attacks.db --storage results/attack_search.db; done
+	$(MAKE) attacks-report
+
+# docs/attacks.md, docs/attacks.html and its screenshot from what results/attacks.db holds.
+attacks-report: install
 	{ echo "# Defenses against every attack family (SafetyWorld)"; echo; \
 	  echo "Regenerate: \`make attacks\` (\`ATTACK_SEEDS=0\` for one seed). Evaluation split, exact judge,"; \
 	  echo "SafetyWorld's model; attacks at their defaults (\`immunity list --keys\`)."; echo; \
