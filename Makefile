@@ -12,6 +12,9 @@ RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 2
 RESULT_SEEDS ?= 0,1,2,3,4
 BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds $(RESULT_SEEDS) --quiet --workers $(WORKERS)
+# The side studies (TAR's adversary, MLAC's regret) on three seeds.
+SIDE_SEEDS ?= 0,1,2
+SIDE_BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --seeds $(SIDE_SEEDS) --quiet --workers $(WORKERS)
 REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
 # Settings chosen on the validation split (docs/reproduction.md); the rest are each defense's defaults.
 CHOSEN = "mlac defense.harmful_weight=0.3" "condition-number defense.lambda_ill=300" \
@@ -60,11 +63,11 @@ results: install
 	$(BENCH) --defenses $(DEFAULTS)
 	for c in $(CHOSEN) $(MATCHED) $(COMPOSED); do set -- $$c; d=$$1; shift; $(BENCH) --defenses $$d "$$@"; done
 	for a in $(TAR_ATTACKS); do \
-	  $(BENCH) --defenses scratch,sft,tar,sophon $$(printf 'attack.%s ' $$a); \
-	  $(BENCH) --defenses mlac defense.harmful_weight=0.3 $$(printf 'attack.%s ' $$a); done
-	$(BENCH) --defenses $(DEFAULTS) --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET))
+	  $(SIDE_BENCH) --defenses scratch,sft,tar,sophon $$(printf 'attack.%s ' $$a); \
+	  $(SIDE_BENCH) --defenses mlac defense.harmful_weight=0.3 $$(printf 'attack.%s ' $$a); done
+	$(SIDE_BENCH) --defenses $(DEFAULTS) --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET))
 	for c in $(CHOSEN); do set -- $$c; d=$$1; shift; \
-	  $(BENCH) --defenses $$d "$$@" --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET)); done
+	  $(SIDE_BENCH) --defenses $$d "$$@" --grid attack.n=16,64,256 $$(printf 'attack.%s ' $(REGRET)); done
 	{ echo "# Results on SafetyWorld"; echo; \
 	  echo "Regenerate: \`make results\` (runs what the store lacks, then rewrites this file)."; \
 	  echo "Evaluation split, exact judge, mean ± std over seeds $(RESULT_SEEDS) (the seeds column names a row's);"; \
@@ -83,6 +86,7 @@ results: install
 	  echo "Stages in order: the alignment defense, the post-alignment one on its model, the attack, the repair."; echo; \
 	  $(REPORT) --attack --defense $(COMPOSED_NAMES),sft; echo; \
 	  echo "## Full-parameter attacks on harmful data only: TAR's own adversary and changed ones"; echo; \
+	  echo "Seeds $(SIDE_SEEDS). TAR trains against the first (lr 1e-4, K = 16 steps)."; echo; \
 	  for a in $(TAR_ATTACKS); do $(REPORT) --defense scratch,sft,tar,sophon,mlac --attack $$a; echo; done; \
 	  echo "## MLAC's sample-efficiency regret"; echo; \
 	  echo "Full fine-tuning on n harmful pairs ($(REGRET)). Row \`scratch\`: harmful answer NLL (nats per"; \
