@@ -293,6 +293,15 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
     assert "Ranked by bounded-worst-case" in capsys.readouterr().out
 
 
+def test_settings_that_differ_only_in_the_optimizer_are_not_merged():
+    from immunity.bench.report import setting
+
+    adamw, sgd = (_stored("sft", 0, 0.5) | {"attack_config": asdict(HarmfulFinetuneConfig(optimizer=o))}
+                  for o in ("adamw", "sgd"))
+    assert setting(adamw) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep"  # defaults: the short form
+    assert setting(sgd) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep optimizer=sgd"
+
+
 def test_a_harmful_only_attack_is_held_to_helpfulness_not_to_fa():
     """p = 1 trains on no task data, so its FA (0 here) does not bar it from the bounded worst
     case; the same FA at p = 0.1 does."""

@@ -40,7 +40,14 @@ def setting(result: dict) -> str:
     budget = f"{a['max_steps']} steps" if a.get("max_steps") else f"{a['epochs']:g} ep"
     schedule = "" if a.get("schedule", "constant") == "constant" else f" {a['schedule']}"
     warmup = f" warmup {a['warmup_ratio']:g}" if a.get("warmup_ratio") else ""
-    return f"{prefix}{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}"
+    # Every other key (optimizer, batch size, LoRA rank, ...) where it differs from the default,
+    # so that settings differing only there are not merged into one.
+    defaults = asdict(lookup(ATTACKS, "attack", name).Config())
+    shown = {"task", "n", "p", "mode", "lr", "epochs", "max_steps", "schedule", "warmup_ratio"}
+    extras = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in a.items()
+                     if k not in shown and k in defaults and v != defaults[k])
+    return (f"{prefix}{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}"
+            f"{extras}")
 
 
 def defense_label(result: dict) -> str:
