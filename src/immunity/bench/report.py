@@ -305,6 +305,13 @@ def _condition_summary(rows: list[dict], phi: float) -> dict:
         values = [r[key] for r in subset if r.get(key) is not None]
         return mean(values) if values else None
 
+    def per_seed(key):  # a property of the released model: each seed once, however many attacks it met
+        seeds: dict[int, list[float]] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                seeds.setdefault(r["seed"], []).append(r[key])
+        return mean(mean(v) for v in seeds.values()) if seeds else None
+
     harmful = [r for r in rows if r.get("attack", "harmful-finetune") == "harmful-finetune"
                and _default_apart_from_budget(r)]
     curve_means, curve_seeds = _curve(harmful, lambda r: attack_steps(r["attack_config"]))
@@ -317,8 +324,8 @@ def _condition_summary(rows: list[dict], phi: float) -> dict:
               and not r["attack_config"].get("max_steps")]
     return {"curve": curve_means, "curve_seeds": curve_seeds, "n_curve": by_n,
             "to_break": broken[0] if broken else None, "budget": max(curve_means) if curve_means else None,
-            "stability": avg("helpful_before", rows), "generalisation": avg("hs_heldout_after", default),
-            "trainability": avg("fa_after", benign), "defense_seconds": avg("defense_seconds", rows),
+            "stability": per_seed("helpful_before"), "generalisation": avg("hs_heldout_after", default),
+            "trainability": avg("fa_after", benign), "defense_seconds": per_seed("defense_seconds"),
             "seeds": sorted({r["seed"] for r in rows})}
 
 
