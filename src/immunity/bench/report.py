@@ -405,8 +405,8 @@ def defense_overview(results: list[dict], phi: float = 0.5, guard_helpful: float
               "defense seconds", f"x {reference}"]
     lines = [f"Ranked by the bounded worst case (lower is better; {_guard_text(guard_helpful, guard_fa)}); the "
              f"conditions as in Rosati et al.'s table, in brackets the difference from `{reference}`; %, means "
-             "over seeds. Cost: the defense's own seconds (a post-alignment defense's leave out the `sft` it "
-             "builds on; a repair's are per attack).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             "over seeds. Cost: the defense's own seconds (for a post-alignment defense without the `sft` it "
+             "builds on; for a repair, per attack).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, t in enumerate(ranked_defenses(results, "bounded-worst-case", 3, guard_helpful, guard_fa), 1):
         s = summaries[t["defense"]]
         bounded = (f"{100 * t['bounded']['hs']:.1f}", short[t["bounded"]["attack"]]) if t["bounded"] \
