@@ -177,7 +177,7 @@ def regret_table(results: list[dict]) -> str:
 AGGREGATES = ("worst-case", "top-n", "bounded-worst-case")
 
 
-def _attack_trains_on_task(result: dict) -> bool:
+def trains_on_task(result: dict) -> bool:
     """A fine-tuning attack whose data includes the task (p < 1): only then is FA its to keep; an
     attacker fine-tuning on harmful data alone (p = 1, TAR's adversary) never saw the task."""
     fine_tunes = getattr(lookup(ATTACKS, "attack", result.get("attack", "harmful-finetune")), "fine_tunes", False)
@@ -206,7 +206,7 @@ def attack_outcomes(results: list[dict], guard_helpful: float, guard_fa: float) 
             helpful = [r["helpful_after"] for r in runs if r.get("helpful_after") is not None]
             fa = [r["fa_after"] for r in runs if r.get("fa_after") is not None]
             capable = (not helpful or mean(helpful) >= guard_helpful) and \
-                (not _attack_trains_on_task(runs[0]) or not fa or mean(fa) >= guard_fa)
+                (not trains_on_task(runs[0]) or not fa or mean(fa) >= guard_fa)
             if hs:
                 rows.append({"attack": name, "hs": mean(hs), "capable": capable,
                              "seeds": sorted({r["seed"] for r in runs})})
