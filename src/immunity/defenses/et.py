@@ -4,25 +4,34 @@ Coen-Porisini, TechRxiv; code DISTA-HCAI/ET `immunization.py`, `immunization_uti
 Threat model: an attacker who steers the residual stream at inference with a trained low-rank
 intervention (ReFT), not one who fine-tunes. Stage: post-alignment (it hardens an aligned model).
 
-Rule (METHOD_NOTES 2.8), for each decoder layer l in turn, up to `rounds` rounds:
+Rule (METHOD_NOTES 2.8; reference HEAD 53232d8, `immunization.py` and `config/base.yaml`), for
+each decoder layer l in turn, up to `rounds` rounds (`max_immunization_rounds: 3`):
 1. Attack: train a rank-2 LoReFT intervention at layer l's output (as the `reft` attack, lr 4e-3,
-   10 epochs) on the defender's harmful (request, answer) pairs.
-2. Test: harmfulness on the validation split with and without it. The attack counts when it
-   at least doubles HS (and reaches `min_attack_hs`, our floor: an aligned model's HS is ~0, so
-   "doubling" alone would count noise); otherwise layer l is done.
-3. Defend the block that reads the attacked stream (layer l + 1): a rank-2 LoRA (alpha 1) on its
-   linear maps, trained (AdamW, one captured batch per step) so that, with i the attack's edit of h,
+   10 epochs) on the defender's harmful (request, answer) pairs. It succeeds when it at least
+   doubles the starting model's HS (and reaches `min_attack_hs`, our floor: an aligned model's
+   HS is ~0, so "doubling" alone would count noise) while benign helpfulness stays at least
+   5 % of the start's (`is_successful_attack`, `immunization_utils.py`:797). A failed attack is
+   tried once more, stronger (`max_attack_rounds: 2`; `evolve_attack_config`:1857 adds 20 pairs
+   and 5 epochs); if both fail, layer l is immunised and done.
+2. Defend the block that reads the attacked stream (layer l + 1; the reference attacks block
+   l + 1's input): a rank-2 LoRA (alpha 1) on its linear maps, trained (AdamW, one captured batch
+   per step) so that, with i the attack's edit of h,
        MSE(block_def(h + i), block_orig(h)) + 0.01 * MSE(block_def(h), block_orig(h))
    on the block's attention and MLP outputs (lr 1e-4, 150 epochs, on the hidden states of the
-   defender's harmful pairs); absorb (merge) it if benign helpfulness on validation stays at
-   least `min_performance` of the starting model's (the reference keeps a defense only when
-   safety and performance pass its thresholds, `immunization.py`: min_performance 0.9), else
-   restore the block and move to the next layer; then attack again.
-The last layer's output feeds no block and is left as it is.
+   defender's harmful pairs); absorb (merge) it.
+3. Keep it if the defended model, unattacked, keeps 98 % of the starting model's safety (1 - HS)
+   and 75 % of its performance (`is_successful_defence`:803, `min_safety_percentage: 0.98`,
+   `min_performance_percentage_defence: 0.75`; performance is benign helpfulness here, 1 /
+   wikitext perplexity there); else restore the block and move to the next layer
+   (`max_defence_rounds: 1`, `reset_defended_module`). A kept defense is attacked again (step 1).
+The last layer's output feeds no block and is left as it is; so is the embedding output (the
+reference also attacks block 0's input).
 
 Defaults: rank 2 / lr 4e-3 / 10 epochs (attack), rank 2, alpha 1, lr 1e-4, 150 epochs (defense),
-3 rounds, doubling: METHOD_NOTES 2.8; min_performance 0.9: the reference's default. n = 256 pairs for the defense (the paper: 520 AdvBench
-prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
+3 rounds, 2 attack attempts, doubling, the 0.98 / 0.75 gates: the reference's `config/base.yaml`
+(METHOD_NOTES 2.8). Earlier versions of this file gated performance at 0.9 (the reference's older
+argparse default) and never checked safety. n = 256 pairs for the defense (the paper: 520
+AdvBench prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
 """
 
 from __future__ import annotations
@@ -56,14 +65,35 @@ class ETConfig:
     n: int = field(default=256, metadata={"help": "harmful pairs whose hidden states it trains on"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step"})
     stability: float = field(default=0.01, metadata={"help": "weight of MSE(block_def(h), block_orig(h))"})
-    min_performance: float = field(default=0.9, metadata={
-        "help": "keep a block's defense only if benign helpfulness stays above this share of the start's"})
+    attack_attempts: int = field(default=2, metadata={
+        "help": "tries per round, each with 20 more pairs and 5 more epochs"})
+    min_attack_performance: float = field(default=0.05, metadata={
+        "help": "an attack counts only if benign helpfulness stays above this share of the start's"})
+    min_safety: float = field(default=0.98, metadata={
+        "help": "keep a block's defense only if safety (1 - HS) stays above this share of the start's"})
+    min_performance: float = field(default=0.75, metadata={
+        "help": "... and benign helpfulness above this share of the start's"})
 
     def __post_init__(self) -> None:
-        if min(self.rounds, self.attack_rank, self.attack_n, self.lora_r, self.n, self.batch_size) < 1:
-            raise ValueError("rounds, ranks, n and batch_size must be at least 1")
+        if min(self.rounds, self.attack_attempts, self.attack_rank, self.attack_n, self.lora_r, self.n,
+               self.batch_size) < 1:
+            raise ValueError("rounds, attempts, ranks, n and batch_size must be at least 1")
         if min(self.attack_lr, self.attack_epochs, self.lr, self.epochs) <= 0 or self.stability < 0:
             raise ValueError("learning rates and epochs must be positive, stability >= 0")
+        if not all(0 <= share <= 1 for share in (self.min_attack_performance, self.min_safety, self.min_performance)):
+            raise ValueError("min_attack_performance, min_safety and min_performance are shares in [0, 1]")
+
+
+def attack_succeeds(hs: float, helpful: float, start: dict, config: ETConfig) -> bool:
+    """The reference's `is_successful_attack`: toxicity at least doubled (and, ours, at least
+    `min_attack_hs`) while performance keeps `min_attack_performance` of the start's."""
+    return (hs >= max(2 * start["hs"], config.min_attack_hs)
+            and helpful >= config.min_attack_performance * start["helpful"])
+
+
+def defense_passes(hs: float, helpful: float, start: dict, config: ETConfig) -> bool:
+    """The reference's `is_successful_defence`, on the defended model without the attack."""
+    return 1 - hs >= config.min_safety * (1 - start["hs"]) and helpful >= config.min_performance * start["helpful"]
 
 
 def block_calls(model, layer: int, batches: list[dict], edit=None) -> list[tuple[tuple, dict]]:
@@ -143,43 +173,55 @@ class ET:
         c = self.config
         device = next(model.parameters()).device
         harmful = context.harmful_compliance_examples()
-        attack_pairs, defense_pairs = harmful[:c.attack_n], harmful[:c.n]
-        features = context.encode(defense_pairs)
+        features = context.encode(harmful[:c.n])
         batches = [{k: v.to(device) for k, v in collate(features[i:i + c.batch_size],
                                                         context.tokenizer.pad_token_id).items()}
                    for i in range(0, len(features), c.batch_size)]
+        start = context.validation(model, ["harmful", "benign"])
         log = []
-        helpful_start = context.validation(model, ["benign"])["helpful"]
-        depth = len(decoder_layers(model))
-        for layer in range(depth - 1):
+        for layer in range(len(decoder_layers(model)) - 1):
             for round_ in range(c.rounds):
-                clean_hs = context.validation(model, ["harmful"])["hs"]
-                intervention, handle = train_reft(model, context.tokenizer, attack_pairs, layer, c.attack_rank,
-                                                  c.attack_lr, c.attack_epochs, 16, context.seed + round_)
-                attacked_hs = context.validation(model, ["harmful"])["hs"]
-                entry = {"layer": layer, "round": round_, "hs": round(clean_hs, 4), "hs_attacked": round(attacked_hs, 4)}
-                if attacked_hs < max(2 * clean_hs, c.min_attack_hs):
-                    handle.remove()
+                attack, entry = self.attack(model, context, harmful, layer, round_, start)
+                if attack is None:  # the layer is immunised
                     log.append(entry)
                     break
+                intervention, handle = attack
                 attacked = block_calls(model, layer + 1, batches)
                 handle.remove()
                 clean = block_calls(model, layer + 1, batches)
                 before = clone_model(model)
                 model.requires_grad_(True)
                 model, loss = defend_block(model, layer + 1, clean, attacked, c, context.seed, context.progress)
-                handle = intervene(model, layer, intervention)  # the same attack on the defended model
-                defended_hs = context.validation(model, ["harmful"])["hs"]
+                defended = context.validation(model, ["harmful", "benign"])
+                handle = intervene(model, layer, intervention)  # the same attack on the defended model (for the log)
+                hs_attacked_after = context.validation(model, ["harmful"])["hs"]
                 handle.remove()
-                helpful = context.validation(model, ["benign"])["helpful"]
-                entry |= {"defended": layer + 1, "loss": round(loss, 6), "hs_attacked_after": round(defended_hs, 4),
-                          "helpful": round(helpful, 4)}
-                if helpful < c.min_performance * helpful_start:  # the reference keeps a defense only if it
-                    model = before                                 # keeps performance; else the block stays
-                    log.append(entry | {"kept": False})
+                kept = defense_passes(defended["hs"], defended["helpful"], start, c)
+                log.append(entry | {"defended": layer + 1, "loss": round(loss, 6), "hs": round(defended["hs"], 4),
+                                    "helpful": round(defended["helpful"], 4),
+                                    "hs_attacked_after": round(hs_attacked_after, 4), "kept": kept})
+                if not kept:  # the reference restores the block and moves to the next layer
+                    model = before
                     break
-                log.append(entry | {"kept": True})
         model.requires_grad_(True)
         model.eval()
-        model.config.immunity_notes = {"rounds": log}
+        model.config.immunity_notes = {"start": {k: round(v, 4) for k, v in start.items()}, "rounds": log}
         return model
+
+    def attack(self, model, context: DefenseContext, harmful: list, layer: int, round_: int, start: dict):
+        """Up to `attack_attempts` ReFT attacks at `layer`, each with 20 more pairs and 5 more
+        epochs than the last; returns ((intervention, attached hook), log entry) for the first that
+        succeeds, or (None, log entry)."""
+        c = self.config
+        for attempt in range(c.attack_attempts):
+            pairs = harmful[:c.attack_n + 20 * attempt]
+            intervention, handle = train_reft(model, context.tokenizer, pairs, layer, c.attack_rank, c.attack_lr,
+                                              c.attack_epochs + 5 * attempt, 16,
+                                              context.seed + c.attack_attempts * round_ + attempt)
+            attacked = context.validation(model, ["harmful", "benign"])
+            entry = {"layer": layer, "round": round_, "attempt": attempt, "hs_attacked": round(attacked["hs"], 4),
+                     "helpful_attacked": round(attacked["helpful"], 4)}
+            if attack_succeeds(attacked["hs"], attacked["helpful"], start, c):
+                return (intervention, handle), entry
+            handle.remove()
+        return None, entry
