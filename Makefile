@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean results validation attacks attacks-report durability
+.PHONY: demo test install clean results validation attacks attacks-report durability attack-layers
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 2
@@ -139,6 +139,13 @@ attacks: install
 	for d in $(SEARCH_DEFENSES); do $(BIN)/immunity attack-search --defense $$d --trials $(SEARCH_TRIALS) --quiet \
 	  --store results/attacks.db --storage results/attack_search.db; done
 	$(MAKE) attacks-report
+
+# E.T. and LAPT against steering and ReFT at each layer whose output feeds a block (the E.T. record
+# in docs/reproduction.md); its own store, so that the leaderboard's attack counts stay comparable.
+attack-layers: install
+	$(BIN)/immunity bench --store results/attack_layers.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
+	  --defenses sft,et,lapt --grid attack=steering,reft --grid attack.layer=0,1,2
+	$(BIN)/immunity report --store results/attack_layers.db --split eval --paired
 
 # docs/attacks.md, docs/attacks.html and its screenshot from what results/attacks.db holds.
 attacks-report: install
