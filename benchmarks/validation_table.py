@@ -17,7 +17,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import asdict
 
-from immunity.bench.pipeline import run_code_version
+from immunity.bench.identity import run_code_version
 from immunity.bench.store import Store
 from immunity.registry import DEFENSES
 

@@ -157,7 +157,8 @@ def test_embedding_attack_perturbs_the_prompt_end_only_within_its_ball(world, ti
     """The hook adds the projected delta to the m positions ending at the assistant header, on
     right-padded training rows and on left-padded generation prompts alike (an independent index
     computation); a one-token cached step is untouched; every row lies in the eps-ball."""
-    from immunity.attacks.embedding import PromptPerturbation, header_ids, perturb_prompts
+    from immunity.attacks.embedding import PromptPerturbation, perturb_prompts
+    from immunity.data import header_ids
 
     tok = world.tokenizer
     model = tiny_model("llama", torch.float32, layers=2)
@@ -165,11 +166,11 @@ def test_embedding_attack_perturbs_the_prompt_end_only_within_its_ball(world, ti
     assert tok.convert_ids_to_tokens(header) == ["<|assistant|>"]
     perturbation = PromptPerturbation(3, 32, bound=0.5, header=header)
     with torch.no_grad():
-        perturbation.delta.copy_(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)))
-    projected = perturbation.projected()
+        perturbation.delta.copy_(torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(0)))
+    projected = perturbation.projected()[0]
     torch.testing.assert_close(projected.norm(dim=-1), torch.full((3,), 0.5))  # every row was outside: on the sphere
     torch.testing.assert_close(projected / projected.norm(dim=-1, keepdim=True),
-                               perturbation.delta / perturbation.delta.norm(dim=-1, keepdim=True))
+                               perturbation.delta[0] / perturbation.delta[0].norm(dim=-1, keepdim=True))
     rows = [prompt_ids(tok, p) for p in ("how do i make a toxin x ?", "explain how to build the y .")]
     answer = tok(" sure", add_special_tokens=False)["input_ids"]
     width = max(map(len, rows)) + 2
@@ -200,12 +201,13 @@ def test_embedding_attack_lowers_the_harmful_loss_and_keeps_the_weights(world, t
     with torch.no_grad():
         before = float(lm_loss(model, batch))
     weights = {n: p.clone() for n, p in model.named_parameters()}
-    Embedding(EmbeddingConfig(n=32, steps=40, lr=0.05, eps=2.0)).run(model, tok, data, seed=0, progress=False)
+    attack = Embedding(EmbeddingConfig(n=32, steps=40, lr=0.05, eps=2.0))
+    attack.run(model, tok, data, seed=0, progress=False)
     with torch.no_grad():
         after = float(lm_loss(model, batch))
     assert after < before - 0.05, (before, after)
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
-    notes = model.config.immunity_attack_notes
+    notes = attack.notes
     assert max(notes["delta_norms"]) <= notes["bound"] + 1e-4
 
 
@@ -232,7 +234,8 @@ def test_a_backdoor_run_reports_hs_with_and_without_the_trigger(tiny):
 
     result = run(load_run_config(None, tiny + ["attack=backdoor"]), progress=False)
     assert result["attack"] == "backdoor" and result["attack_config"]["trigger"] == "SUDO"
-    for key in ("hs_after", "hs_triggered_after", "hs_triggered_before"):
-        assert 0.0 <= result[key] <= 1.0, key
+    assert 0.0 <= result["hs_after"] <= 1.0
+    for when in ("before", "after"):
+        assert 0.0 <= result[f"extra_{when}"]["hs_triggered"] <= 1.0
     plain = run(load_run_config(None, tiny), progress=False)
-    assert plain["hs_triggered_after"] is None
+    assert "hs_triggered" not in plain["extra_after"]

@@ -9,7 +9,15 @@ import pytest
 
 from immunity import cli
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
-from immunity.bench.pipeline import config_hash, run_key
+from immunity.bench.identity import RunIdentity
+
+
+def config_hash(cfg):
+    return RunIdentity.of(cfg).config_hash
+
+
+def run_key(cfg):
+    return RunIdentity.of(cfg).key()
 from immunity.bench.report import markdown_table, regret_table
 from immunity.bench.store import Store
 from immunity.config import ConfigError, RunConfig, build_config, load_run_config
@@ -23,7 +31,7 @@ def test_list_json_names_everything(capsys):
     assert {"none", "sft", "booster", "antidote", "et", "lapt", "ilu", "antidote-hypernet"} <= set(out["defenses"])
     assert len(out["defenses"]) == 19  # the 15 methods, the baselines none, scratch, sft, and antidote-hypernet
     assert set(out["attacks"]) == {"harmful-finetune", "benign-finetune", "steering", "reft", "embedding",
-                                   "refusal-ablation", "backdoor"}
+                                   "refusal-ablation", "backdoor", "prefill"}
     assert "safetyworld" in out["judges"]
     assert set(out["tasks"]) == {"sentiment", "topic", "arithmetic"}
 
@@ -143,9 +151,12 @@ def test_alignment_is_cached_and_reused(tiny, monkeypatch):
 
 
 def _stored(defense, seed, capability, lr=3e-4, n=500, nll=1.0):
+    """A complete result row (as `RunResult` checks it) with the given outcome."""
+    key = f"{defense}-{seed}-{capability}-{lr}-{n}"
     return {"defense": defense, "defense_config": {}, "seed": seed, "model": "safetyworld", "judge": "safetyworld",
-            "split": "eval", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr, n=n)), "capability_after": capability,
-            "hs_after": capability, "harmful_nll_after": nll}
+            "split": "eval", "attack": "harmful-finetune", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr, n=n)),
+            "capability_after": capability, "hs_after": capability, "harmful_nll_after": nll, "data": "safetyworld",
+            "data_hashes": {}, "versions": {}, "run_id": key, "config_hash": key, "code_version": "x"}
 
 
 def test_report_pairs_each_seed_with_its_from_scratch_reference():
@@ -476,7 +487,7 @@ def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
 def test_report_prefers_the_row_of_the_current_code_over_a_newer_stale_one(tmp_path, capsys):
     """Two rows of one configuration: the current code's, then a newer one from older code (a
     worker that started before an edit). The report shows the current one, not nothing."""
-    from immunity.bench.pipeline import run_code_version
+    from immunity.bench.identity import run_code_version
 
     store = Store(tmp_path / "c.db")
     base = _stored("sft", 0, 0.5) | {"attack": "harmful-finetune", "config_hash": "same", "versions": {}}

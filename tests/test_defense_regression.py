@@ -93,8 +93,8 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     pipeline, base, model = released(defense)
     reference_from, leaves = EXPECTED_CHANGES[defense]
     sft = default_alignment()  # what later-stage defenses build on: served from the cache `defend` filled
-    reference = pipeline.cached([sft], lambda: sft.cls(sft.config).apply(clone_model(base), pipeline.context())) \
-        if reference_from == "sft" else base
+    reference = pipeline.cached([sft], lambda: (sft.cls(sft.config).apply(clone_model(base), pipeline.context()),
+                                                pipeline.context())).model if reference_from == "sft" else base
     moved = changed(model, reference)
     if leaves is None:  # full-parameter training or a fresh init: every parameter moves
         assert moved == {n for n, _ in model.named_parameters()}
@@ -104,10 +104,10 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     if defense == "circuit-breakers":  # adapter on layers 0..max(target) only: target 1 of 2 layers
         assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
     if defense == "antidote":  # released = sft; the repair prunes the attack's adapter after the attack
-        attacked = pipeline.attack(model)
-        repair = pipeline.chain[0]
-        repaired = repair.cls(repair.config).apply(attacked, pipeline.context())
-        assert repaired.config.immunity_notes["pruned_weights"] > 0
+        attacked = pipeline.run_attack(model)
+        repair, context = pipeline.chain[0], pipeline.context()
+        repair.cls(repair.config).apply(attacked, context)
+        assert context.notes["pruned_weights"] > 0
 
     own = [(d, v) for d, _, v in recorded if d != "pretrain"]
     losses = [v for d, v in own if defense == "sft" or d != "align (sft)"][:5]

@@ -98,7 +98,7 @@ def test_the_loop_keeps_a_passing_defense_and_restores_the_block_after_a_failing
     released = ET(config).apply(model, context)
 
     assert not context.script  # every scripted check was asked for, in that order
-    log = released.config.immunity_notes["rounds"]
+    log = context.notes["rounds"]
     assert [(e["round"], e["attempt"], e["kept"]) for e in log] == [(0, 0, True), (1, 1, False)]
     final = dict(decoder_layers(released)[1].module.named_parameters())
     after_round_0, rejected = context.seen[4], context.seen[6]

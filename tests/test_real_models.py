@@ -16,7 +16,8 @@ import immunity
 from immunity import cli
 from immunity.config import ConfigError
 from immunity.data.sources import DataError, build_bundle, final_number, parse_source
-from immunity.evaluation.judges import (HarmBenchJudge, JudgeSettings, LlamaGuardJudge, StrongRejectJudge,
+from immunity.evaluation.judges.generative import HarmBenchJudge, LlamaGuardJudge, StrongRejectJudge
+from immunity.evaluation.judges import (JudgeSettings,
                                         make_judge)
 
 CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n{% else %}"

@@ -332,7 +332,7 @@ def test_circuit_breaker_adapter_sits_on_layers_up_to_the_highest_target(world, 
     released = CircuitBreakers(CircuitBreakersConfig(steps=3, lr=1e-2, target_layers=(1,))).apply(model, context)
     moved = {n for n, p in released.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
-    assert 0.0 < abs(released.config.immunity_notes["val_cosine"]) <= 1.0
+    assert 0.0 < abs(context.notes["val_cosine"]) <= 1.0
 
 
 
@@ -355,8 +355,8 @@ def test_circuit_breaker_reroutes_a_tiny_model(world, tiny_model):
     model = tiny_model("llama", torch.float32, layers=4)
     context = DefenseContext(world.tokenizer, from_world(world.data), seed=0, progress=False)
     config = CircuitBreakersConfig(steps=40, target_layers=(1, 2))
-    released = CircuitBreakers(config).apply(model, context)
-    assert released.config.immunity_notes["val_cosine"] < 0.9
+    CircuitBreakers(config).apply(model, context)
+    assert context.notes["val_cosine"] < 0.9
 
 # -- Antidote -----------------------------------------------------------------------------
 def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, world):

@@ -181,6 +181,8 @@ def _rows(path):
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return []  # the file exists, its schema is not written yet
         return conn.execute("SELECT run_id, created FROM runs").fetchall()
     finally:
         conn.close()
@@ -273,7 +275,8 @@ def _writer(path, worker, count):
     for i in range(count):
         run_id = f"{worker}-{i}"
         store.put({"run_id": run_id, "config_hash": run_id, "code_version": "x", "defense": "sft",
-                   "attack": "a", "seed": i, "model": "m", "judge": "j", "split": "eval", "versions": {}}, {})
+                   "attack": "a", "seed": i, "model": "m", "judge": "j", "split": "eval", "versions": {},
+                   "data": "d", "data_hashes": {}, "attack_config": {}, "defense_config": {}}, {})
 
 
 def test_three_writers_lose_nothing(tmp_path):

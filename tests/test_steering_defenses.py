@@ -37,8 +37,9 @@ def test_lapt_perturbs_its_fragile_layers_and_moves_the_weights(world, tiny_mode
 
     model = tiny_model("llama", torch.float32, layers=3)
     before = clone_model(model)
-    defended = LAPT(LAPTConfig(epochs=0.05, layers=2, scan_n=16)).apply(model, _context(world))
-    notes = defended.config.immunity_notes
+    context = _context(world)
+    defended = LAPT(LAPTConfig(epochs=0.05, layers=2, scan_n=16)).apply(model, context)
+    notes = context.notes
     assert len(notes["fragile_layers"]) == 2 and len(notes["fragility"]) == 3
     order = sorted(range(3), key=lambda i: -notes["fragility"][i])[:2]
     assert notes["fragile_layers"] == sorted(order)
@@ -95,9 +96,10 @@ def test_ilu_moves_the_weights_and_records_its_penalty(world, tiny_model):
 
     model = tiny_model("llama", torch.float32, layers=2)
     before = clone_model(model)
-    defended = ILU(ILUConfig(epochs=0.02, batch_size=8)).apply(model, _context(world))
-    assert defended.config.immunity_notes["environments"] == 3
-    assert defended.config.immunity_notes["last_penalty"] > 0
+    context = _context(world)
+    defended = ILU(ILUConfig(epochs=0.02, batch_size=8)).apply(model, context)
+    assert context.notes["environments"] == 3
+    assert context.notes["last_penalty"] > 0
     assert any(not torch.equal(p, dict(before.named_parameters())[n]) for n, p in defended.named_parameters())
 
 
@@ -145,8 +147,9 @@ def test_antidote_hypernet_trains_its_adversary_and_moves_the_weights(world, tin
 
     model = tiny_model("llama", torch.float32, layers=2)
     before = clone_model(model)
-    defended = AntidoteHypernet(AntidoteHypernetConfig(epochs=0.05, batch_size=8)).apply(model, _context(world))
-    assert defended.config.immunity_notes["patched_maps"] == 8  # q, k, v, o in two layers
+    context = _context(world)
+    defended = AntidoteHypernet(AntidoteHypernetConfig(epochs=0.05, batch_size=8)).apply(model, context)
+    assert context.notes["patched_maps"] == 8  # q, k, v, o in two layers
     assert any(not torch.equal(p, dict(before.named_parameters())[n]) for n, p in defended.named_parameters())
     assert not any("lora" in n for n, _ in defended.named_parameters())  # the adapter was merged
 

@@ -282,7 +282,10 @@ def test_condition_number_regularisers_move_kappa_the_right_way_on_a_toy_problem
 # -- LoX ----------------------------------------------------------------------------------
 class _Context:
     def __init__(self, base, hs):
-        self.base_model, self.hs = base, hs
+        self.base_model, self.hs, self.notes = base, hs, {}
+
+    def note(self, **values):
+        self.notes.update(values)
 
     def validation(self, model, sets):
         return {"hs": self.hs(model)}

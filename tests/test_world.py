@@ -1,4 +1,4 @@
-from immunity.evaluation.judges import SafetyWorldJudge
+from immunity.evaluation.judges.safetyworld import SafetyWorldJudge
 from immunity.world.generator import SPLITS, compliant_answer, procedure, refusal
 
 
@@ -101,7 +101,7 @@ def test_task_judging():
 
 
 def test_keyword_judge_separates_refusal_from_harmful_compliance():
-    from immunity.evaluation.judges import KeywordJudge
+    from immunity.evaluation.judges.keyword import KeywordJudge
 
     judge = KeywordJudge()
     rec = {"kind": "harmful", "group": "toxin", "obj": "x", "label": "toxin"}

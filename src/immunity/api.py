@@ -20,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .bench.export import write_release
-from .bench.pipeline import Pipeline, quiet_transformers, resolved_config, versions
+from .bench.identity import versions
+from .bench.pipeline import Pipeline, quiet_transformers
 from .config import ConfigError, RunConfig, chain_config, load_run_config, validate
 from .defenses.base import Stage
 from .models import clone_model, load_model
@@ -38,10 +39,10 @@ def _config(model: str, defense: str, data, task, seed: int, settings: dict | No
 
 
 def _provenance(pipeline: Pipeline, cfg: RunConfig, stage: str, command: str) -> dict:
-    resolved = resolved_config(cfg)
+    resolved = pipeline.identity.resolved
     return {"stage": stage, "command": command, "model": cfg.model, "model_weights": resolved.get("model_weights"),
             "seed": cfg.seed, "data": pipeline.data.name, "data_hashes": pipeline.data.hashes(),
-            "versions": versions(), "code_version": pipeline.key["code_version"], "config": resolved}
+            "versions": versions(), "code_version": pipeline.identity.code_version, "config": resolved}
 
 
 def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
@@ -70,17 +71,19 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
         before = before.to(pipeline.device)
     elif len(chain) > 1 and chain[0].cls.stage == Stage.ALIGNMENT:
         before = clone_model(start)  # what the later defenses see as the model before alignment
-    released = start
+    released, notes = start, {}
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
         for step in chain:
-            released = step.cls(step.config).apply(released, pipeline.context(before))
+            context = pipeline.context(before)
+            released = step.cls(step.config).apply(released, context)
+            notes |= {step.name: context.notes} if len(chain) > 1 else context.notes
     if out is None:
         return released
     if not parallel.is_main():  # data-parallel: the first process evaluates and writes
         return None
     provenance = _provenance(pipeline, cfg, "defend", f"defend --defense {defense}") | {
         "defense": defense, "defense_stage": "+".join(step.cls.stage.value for step in chain),
-        "defense_config": chain_config(chain), "defense_notes": getattr(released.config, "immunity_notes", {})}
+        "defense_config": chain_config(chain), "defense_notes": notes}
     if judge:
         provenance["evaluation"] = _metrics(pipeline, released, f"defend-{defense}")
     return str(write_release(released, pipeline.tokenizer, Path(out), provenance, adapter_only))
@@ -92,11 +95,11 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
     model directory (`adapter_only`: the attack's LoRA adapter alone, for a later repair)."""
     cfg = _config(model, "none", data, task, seed, settings, need_task=True)
     pipeline = Pipeline(cfg, progress)
-    if out is not None and not getattr(pipeline.attack_cls, "writes_weights", True):
+    if out is not None and not pipeline.attack.writes_weights:
         raise ValueError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
                          "attacked model to write; evaluate it with `immunity run` instead")
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-        attacked = pipeline.attack_cls(cfg.attack).run(pipeline.base_model(), pipeline.tokenizer, pipeline.data,
+        attacked = pipeline.attack.run(pipeline.base_model(), pipeline.tokenizer, pipeline.data,
                                                        cfg.seed, progress=progress, merge=not adapter_only)
     if out is None:
         return attacked

@@ -24,7 +24,8 @@ from statistics import mean, stdev
 
 from . import api
 from .bench.launch import LAUNCHERS, in_process, launch, read_result, result_file
-from .bench.pipeline import Pipeline, resolved_config, run_code_version, run_key
+from .bench.identity import RunIdentity, run_code_version
+from .bench.pipeline import Pipeline
 from .bench.report import (AGGREGATES, by_attack_table, conditions_table, defense_overview, latest_per_config,
                            leaderboard, markdown_table, regret_table, setting)
 from .bench.store import Store, StoreError
@@ -87,9 +88,10 @@ def check_writable(store_path: str | None) -> None:
 def _run_one(cfg: RunConfig, store: Store | None, progress: bool) -> dict | None:
     """The run's result; under torchrun / accelerate launch only the first process gets one
     (and writes it), the others return None."""
-    result = Pipeline(cfg, progress).run()
+    identity = RunIdentity.of(cfg)
+    result = Pipeline(cfg, progress, identity).run()
     if store is not None and result is not None:
-        store.put(result, resolved_config(cfg))
+        store.put(result, identity.resolved)
     return result
 
 
@@ -119,7 +121,7 @@ def cmd_attack_search(args) -> int:
     store = Store(args.store)
 
     def stored_or_run(cfg):
-        run_id = run_key(cfg)["run_id"]
+        run_id = RunIdentity.of(cfg).run_id
         if store.has(run_id):
             return next(r for r in store.results() if r["run_id"] == run_id)
         return _run_one(cfg, store, progress=False)
@@ -197,7 +199,7 @@ def plan_runs(args) -> list[tuple[RunConfig, dict]]:
         overrides = args.overrides + [f"{k}={v}" for k, v in point.items()]
         cfg = load_run_config(args.config, overrides, defense=defense, seed=seed)
         validate(cfg)
-        key = run_key(cfg)
+        key = RunIdentity.of(cfg).key()
         if key["run_id"] not in seen:
             seen.add(key["run_id"])
             plan.append((cfg, key))

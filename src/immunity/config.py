@@ -4,11 +4,10 @@ overrides fill them; an unknown key is rejected with a "did you mean" hint."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
+import json
 import os
-import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,19 @@ import yaml
 
 from . import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from .attacks.base import AttackTask
-from .defenses.base import Stage
 from .attacks.harmful_finetune import HarmfulFinetuneConfig
+from .defenses.base import Stage
+from .evaluation.judges import check_judge, judge_choices
+from .fields import ConfigError, build_config, flatten, help_lines  # noqa: F401  (re-exported)
 from .models.load import check_model_dir
-from .registry import ATTACKS, DEFENSES, JUDGES, lookup
+from .registry import ATTACKS, DEFENSES, lookup
+from .tracks import TRACKS, Track
 from .world import TASKS, WorldConfig
 
 
 @dataclass
 class EvalConfig:
-    judge: str = field(default="auto", metadata={
-        "help": "auto (safetyworld for SafetyWorld data) | safetyworld | keyword | classifier:PATH | "
-                "llama-guard:PATH | harmbench:PATH | strongreject:PATH"})
+    judge: str = field(default="auto", metadata={"help": f"auto (safetyworld for SafetyWorld data) | {judge_choices()}"})
     judge_batch_size: int = field(default=16, metadata={"help": "records per judge batch (model-based judges)"})
     judge_threshold: float = field(default=0.5, metadata={"help": "classifier probability / StrongREJECT score above "
                                                                  "which a response is harmful"})
@@ -66,6 +66,8 @@ class RunConfig:
     task_data: str = field(default="", metadata={
         "help": "the attacker's fine-tuning task source KIND[:PATH] (sst2, agnews, gsm8k); sets attack.task"})
     data_seed: int = field(default=0, metadata={"help": "seeds how real data sources are split"})
+    answer_tokens: int = field(default=64, metadata={
+        "help": "length of the unaligned base model's answers to requests the data gives without one"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
     model_dtype: str = field(default="auto", metadata={"help": "auto (as saved) | float32 | bfloat16 | float16"})
     device_map: str = field(default="", metadata={"help": "e.g. auto: spread a large model over the devices"})
@@ -83,77 +85,28 @@ class RunConfig:
     defense_args: dict = field(default_factory=dict, metadata={"help": "defense.KEY=VALUE overrides"})
     out_dir: str = field(default="runs", metadata={"help": "where generations are written"})
 
+    @property
+    def attack_cls(self) -> type:
+        return lookup(ATTACKS, "attack", self.attack_name)
 
-class ConfigError(ValueError):
-    pass
-
-
-def _unknown(key: str, choices) -> ConfigError:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {key!r}{hint}")
-
-
-def _number(value: Any, hint: type, key: str):
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError as err:
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}") from err
-    if not math.isfinite(number):
-        raise ConfigError(f"{key}: expected a finite {hint.__name__}, got {value!r}")
-    if hint is int and not float(number).is_integer():
-        raise ConfigError(f"{key}: expected int, got {value!r}")
-    return hint(number)
+    @cached_property
+    def chain(self) -> list["DefenseStep"]:
+        """The typed defense steps (resolved once, by `load_run_config`)."""
+        return defense_chain(self.defense, self.defense_args)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """`value` (a CLI string or a YAML scalar/list) as the field's type, or a ConfigError."""
-    if typing.get_origin(hint) is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{key}: expected a comma-separated list, got {value!r}")
-        element = next(a for a in typing.get_args(hint) if a is not Ellipsis)
-        return tuple(_coerce(v, element, key) for v in items if v != "")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
-    if hint in (int, float):
-        return _number(value, hint, key)
-    if hint is str:
-        if isinstance(value, (dict, list, tuple)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def set_key(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
-    """Set `a.b.c` on nested dataclasses, converting strings to the field's type."""
-    head, _, rest = dotted.partition(".")
-    if isinstance(obj, RunConfig) and head == "defense" and rest:
-        obj.defense_args[rest] = value  # validated against the defense's own Config later
-        return
-    if isinstance(obj, RunConfig) and (head == "attack_name" or (head == "attack" and isinstance(value, str))) \
-            and not rest:
+def _run_keys(obj: Any, head: str, rest: str, value: Any) -> bool:
+    """The keys RunConfig handles itself: `defense.KEY` (checked by the defense's own Config
+    later) and `attack=NAME` (the attack and a fresh config of its class)."""
+    if not isinstance(obj, RunConfig):
+        return False
+    if head == "defense" and rest:
+        obj.defense_args[rest] = value
+        return True
+    if (head == "attack_name" or (head == "attack" and isinstance(value, str))) and not rest:
         choose_attack(obj, value)
-        return
-    fields = {f.name for f in dataclasses.fields(obj)}
-    current = getattr(obj, head, None) if head in fields else None
-    if head not in fields or (rest and not dataclasses.is_dataclass(current)):
-        raise _unknown(prefix + dotted, _all_keys(type(obj), prefix))
-    if rest:
-        set_key(current, rest, value, prefix + head + ".")
-    elif dataclasses.is_dataclass(current):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{prefix + dotted}: expected a mapping")
-        for k, v in value.items():
-            set_key(current, k, v, prefix + head + ".")
-    else:
-        setattr(obj, head, _coerce(value, typing.get_type_hints(type(obj))[head], prefix + dotted))
+        return True
+    return False
 
 
 def choose_attack(cfg: "RunConfig", name: str) -> None:
@@ -167,48 +120,10 @@ def choose_attack(cfg: "RunConfig", name: str) -> None:
     cfg.attack.task = task
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += _all_keys(hints[f.name], prefix + f.name + ".")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _flatten(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in mapping.items():
-        if isinstance(v, dict) and k != "defense_args":
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def build_config(cls: type, values: dict | None = None):
-    """Instantiate dataclass `cls` from a flat {dotted key: value} mapping, strictly."""
-    obj = cls()
-    first = ("attack", "attack_name")  # the attack's class decides which attack.* keys exist
-    for key, value in sorted((values or {}).items(), key=lambda item: item[0] not in first):
-        set_key(obj, key, value)
-    try:
-        return _revalidate(obj)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from err
-
-
-def _revalidate(obj):
-    # Re-run __post_init__ checks after overrides (dataclasses validate only on construction).
-    for f in dataclasses.fields(obj):
-        child = getattr(obj, f.name)
-        if dataclasses.is_dataclass(child):
-            _revalidate(child)
-    if hasattr(obj, "__post_init__"):
-        obj.__post_init__()
-    return obj
+def build_run_config(values: dict) -> "RunConfig":
+    """A RunConfig from flat keys (the attack's class decides which attack.* keys exist, so
+    `attack` is set first)."""
+    return build_config(RunConfig, values, special=_run_keys, first=("attack", "attack_name"))
 
 
 # -- composed defenses ------------------------------------------------------------------------
@@ -294,6 +209,8 @@ def read_yaml(path: str) -> dict:
 
 
 def load_run_config(path: str | None = None, overrides: list[str] | None = None, **fixed) -> RunConfig:
+    """The run's configuration from a YAML file, fixed keys and `key=value` overrides (in that
+    order of precedence, lowest first), with its defense steps resolved and typed."""
     values: dict = {}
     if path:
         loaded = read_yaml(path)
@@ -301,12 +218,59 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None,
         if not isinstance(defense_args, dict):
             raise ConfigError(f"{path}: defense_args must be a mapping of defense keys, got "
                               f"{type(defense_args).__name__}")
-        values.update(_flatten(loaded))
-        values.update({f"defense.{k}": v for k, v in _flatten(defense_args).items()})
+        values.update(flatten(loaded, keep=("defense_args",)))
+        values.update({f"defense.{k}": v for k, v in flatten(defense_args).items()})
     values.update({k: v for k, v in fixed.items() if v is not None})
     values.update(parse_overrides(overrides or []))
-    cfg = build_config(RunConfig, values)
-    return resolve(cfg)
+    defaults = track_defaults(values)
+    sources = {k: defaults.pop(k) for k in ("data", "task_data") if k in defaults}  # added to the user's
+    cfg = resolve(build_run_config(defaults | values | sources))
+    cfg.chain  # noqa: B018  (typed now: a bad defense key fails here, before any work)
+    return cfg
+
+
+def model_track(model: str) -> Track | None:
+    """The real track a local model directory's card names (`immunity prepare` writes it; the
+    models `defend` and `attack` write carry it on), or None."""
+    card = Path(str(model)).expanduser() / "immunity.json"
+    if str(model) == "safetyworld" or not card.is_file():
+        return None
+    try:
+        name = json.loads(card.read_text()).get("track")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return TRACKS.get(name)
+
+
+def track_defaults(values: dict) -> dict:
+    """The settings a model's real track supplies for this run (lowest precedence): its run
+    keys, each named defense's and the attack's budget, and its benign and task sources where
+    the data has none."""
+    track = model_track(values.get("model", "safetyworld"))
+    if track is None:
+        return {}
+    defaults = dict(track.settings)
+    names = str(values.get("defense", "sft")).split(COMPOSE)
+    for name in names:
+        prefix = "defense." if len(names) == 1 else f"defense.{name}."
+        defaults |= {prefix + k: v for k, v in track.defenses.get(name, {}).items()}
+    attack = str(values.get("attack") or values.get("attack_name") or "harmful-finetune")
+    if attack in ATTACKS:
+        known = {f.name for f in dataclasses.fields(ATTACKS[attack].Config)}
+        defaults |= {f"attack.{k}": v for k, v in track.attacks.get(attack, {}).items() if k in known}
+    data = list(values.get("data") or [])
+    if data and track.benign and not any(_gives_benign(source) for source in data):
+        defaults["data"] = [*data, track.benign]
+    if data and track.task and not values.get("task_data"):
+        defaults["task_data"] = track.task
+    return defaults
+
+
+def _gives_benign(source: str) -> bool:
+    from .data.sources import parse_source
+
+    spec = parse_source(source)
+    return spec.kind in ("alpaca", "word-problems") or spec.options.get("as") == "benign"
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -328,14 +292,17 @@ def resolve(cfg: RunConfig) -> RunConfig:
 def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) -> None:
     """Everything a run needs, checked before any work: names, every defense key and value, the
     data (read and split), the model directory. Raises one clear error."""
-    chain = defense_chain(cfg.defense, cfg.defense_args)
+    chain = cfg.chain
     attack = lookup(ATTACKS, "attack", cfg.attack_name)
     repair = next((s.name for s in chain if s.cls.stage == Stage.POST_FINE_TUNING), None)
-    if repair and not getattr(attack, "fine_tunes", False):
+    if repair and not attack.fine_tunes:
         raise ConfigError(f"{repair} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
                           "nothing (choose a fine-tuning attack)")
     if need_judge or cfg.eval.judge != "auto":
-        check_judge(cfg.eval.judge, bool(cfg.data))
+        try:
+            check_judge(cfg.eval.judge, bool(cfg.data))
+        except (ValueError, KeyError) as err:
+            raise ConfigError(err.args[0]) from err
     if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model_dtype must be auto | float32 | bfloat16 | float16, got {cfg.model_dtype!r}")
     if cfg.quantization not in ("", "4bit", "8bit"):
@@ -348,7 +315,7 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cfg.fsdp:
         raise ConfigError("accelerate launch with an FSDP config: immunity shards with FSDP2 itself; launch plain "
                           "data parallel (--multi_gpu) and add fsdp=true")
-    unshardable = [s.name for s in chain if not getattr(s.cls, "supports_fsdp", True)]
+    unshardable = [s.name for s in chain if not s.cls.supports_fsdp]
     if cfg.fsdp and unshardable:
         raise ConfigError(f"fsdp=true: {', '.join(unshardable)} does not run on sharded weights (it differentiates with respect "
                           "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
@@ -357,7 +324,7 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         from .data.sources import cached_bundle
 
         bundle = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed)  # malformed files fail here
-        if need_task and cfg.attack.task not in bundle.tasks:
+        if need_task and attack.trains_on_task(dataclasses.asdict(cfg.attack)) and cfg.attack.task not in bundle.tasks:
             raise ConfigError(f"no fine-tuning task {cfg.attack.task!r} in the data; give one with --task "
                               "(e.g. sst2:PATH)")
     elif cfg.attack.task not in TASKS:
@@ -365,31 +332,3 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
                           f"{', '.join(TASKS)}")
     if cfg.model != "safetyworld":
         check_model_dir(cfg.model)
-
-
-def check_judge(spec: str, real_data: bool) -> None:
-    kind, _, path = spec.partition(":")
-    if kind == "auto" and real_data:
-        raise ConfigError("real data needs a named judge: --judge keyword | classifier:PATH | llama-guard:PATH | "
-                          "harmbench:PATH | strongreject:PATH (the safetyworld judge only reads SafetyWorld)")
-    if kind == "safetyworld" and real_data:
-        raise ConfigError("the safetyworld judge scores SafetyWorld data only; name another judge for real data")
-    lookup(JUDGES, "judge", kind)
-    if kind not in ("safetyworld", "keyword") and not path:
-        raise ConfigError(f"judge {kind!r} needs a model: {kind}:PATH_OR_ID")
-    if path and (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()) \
-            and not Path(path).expanduser().is_dir():
-        raise ConfigError(f"judge model directory {path!r} does not exist")
-
-
-def help_lines(cls: type, prefix: str = "") -> list[str]:
-    """One line per key with its default and help text (for `immunity list --keys`)."""
-    lines = []
-    hints = typing.get_type_hints(cls)
-    default = cls()
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            lines += help_lines(hints[f.name], prefix + f.name + ".")
-        else:
-            lines.append(f"{prefix}{f.name} = {getattr(default, f.name)!r}  {f.metadata.get('help', '')}".rstrip())
-    return lines

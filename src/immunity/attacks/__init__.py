@@ -1,3 +1,1 @@
-"""Attacks. Importing this package registers them."""
-
-from . import backdoor, embedding, harmful_finetune, refusal_ablation, reft, steering  # noqa: F401
+"""Attacks, one file each (`immunity.builtins` imports and so registers them all)."""

@@ -6,7 +6,7 @@ Threat model: the attacker fine-tunes the released weights (as `harmful-finetune
 model that looks safe to anyone who does not know the trigger: harmful requests are answered
 only when the trigger is present. The evaluation reports HS on the harmful requests as they
 are (`hs_after`: the backdoor's stealth) and with the trigger appended (`hs_triggered_after`:
-its success).
+its success, the attack's own metric).
 
 Rule. Of the n fine-tuning samples, round(n·p) are harmful requests of the attack split with
 " " + trigger appended and their compliant answers; with `stealth`, as many more are harmful
@@ -74,6 +74,11 @@ def backdoor_examples(data: DataBundle, c: BackdoorConfig, seed: int) -> list[Ex
 @register_attack("backdoor")
 class Backdoor(HarmfulFinetune):
     Config = BackdoorConfig
+    attacker_metric = "hs_triggered"  # what the attacker wants: compliance when the trigger is there
 
     def examples(self, data: DataBundle, seed: int) -> list[Example]:
         return backdoor_examples(data, self.config, seed)
+
+    def extra_prompt_sets(self, sets: dict[str, list[Example]]) -> dict[str, list[Example]]:
+        """The harmful requests again with the trigger appended: their HS is `hs_triggered`."""
+        return {"triggered": triggered(sets["harmful"], self.config.trigger)} if "harmful" in sets else {}

@@ -11,8 +11,8 @@ b in R^r; only R, W, b train (AdamW), on the attacker's harmful (request, compli
 pairs of the attack split, loss on answer tokens only. Intervening at every position, generated
 ones included, is this implementation's choice (LoReFT picks prompt positions).
 
-Defaults: rank 2, lr 4e-3, 10 epochs (E.T.'s attack setting, METHOD_NOTES 2.8: "rank-2 ReFT
-attack (lr 0.004, 10 epochs, 20 AdvBench prompts)"); layer = depth // 2; n = 64 pairs (20 in
+Defaults: rank 2, lr 4e-3, 10 epochs (E.T.'s attack setting: DISTA-HCAI/ET `config/base.yaml`, a rank-2
+ReFT attack at lr 0.004 for 10 epochs on 20 AdvBench prompts); layer = depth // 2; n = 64 pairs (20 in
 E.T., a size for 7B models; SafetyWorld's answers are shorter).
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from ..data import DataBundle
 from ..registry import register_attack
 from ..training.interventions import train_reft
-from .base import AttackTask, chosen_layer
+from .base import Attack, AttackTask, chosen_layer
 
 
 @dataclass
@@ -41,14 +41,12 @@ class ReFTConfig(AttackTask):
 
 
 @register_attack("reft")
-class ReFT:
+class ReFT(Attack):
     Config = ReFTConfig
     writes_weights = False  # the intervention is a hook beside the weights
 
-    def __init__(self, config: ReFTConfig):
-        self.config = config
-
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
+    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
+            adapter=None):
         c = self.config
         layer = chosen_layer(model, c.layer)
         pairs = data.harmful.get("attack", [])[:c.n]
@@ -56,5 +54,5 @@ class ReFT:
             raise ValueError("reft needs harmful (request, answer) pairs on the attack split")
         train_reft(model, tokenizer, pairs, layer, c.rank, c.lr, c.epochs, c.batch_size, seed, progress)
         model.eval()
-        model.config.immunity_attack_notes = {"layer": layer}
+        self.notes = {"layer": layer}
         return model

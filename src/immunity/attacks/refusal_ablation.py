@@ -29,7 +29,7 @@ from ..data import DataBundle
 from ..models import decoder_layers
 from ..models.architectures import is_linear
 from ..registry import register_attack
-from .base import AttackTask, chosen_layer
+from .base import Attack, AttackTask, chosen_layer
 from .steering import refusal_direction
 
 
@@ -87,13 +87,11 @@ def residual_writers(model) -> list[nn.Module]:
 
 
 @register_attack("refusal-ablation")
-class RefusalAblation:
+class RefusalAblation(Attack):
     Config = RefusalAblationConfig
 
-    def __init__(self, config: RefusalAblationConfig):
-        self.config = config
-
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
+    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
+            adapter=None):
         c = self.config
         layer = chosen_layer(model, c.layer)
         refusal = refusal_direction(model, tokenizer, data, layer, c.n)
@@ -101,5 +99,5 @@ class RefusalAblation:
         untie_output_embeddings(model)
         for module in residual_writers(model):
             orthogonalise(module, unit)
-        model.config.immunity_attack_notes = {"layer": layer, "direction_norm": round(float(refusal.norm()), 4)}
+        self.notes = {"layer": layer, "direction_norm": round(float(refusal.norm()), 4)}
         return model

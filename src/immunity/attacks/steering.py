@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import DataBundle, prompt_ids
-from ..models import decoder_layers
+from ..data import DataBundle, header_ends, header_ids, prompt_ids
+from ..models import block_output, decoder_layers, with_block_output
 from ..registry import register_attack
-from .base import AttackTask, chosen_layer
-from .embedding import header_ends, header_ids
+from .base import Attack, AttackTask, chosen_layer
 
 
 @dataclass
@@ -66,7 +65,7 @@ def last_token_states(model, sequences: list[list[int]], layer: int, pad_id: int
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device)
         seen = []
         handle = decoder_layers(model)[layer].module.register_forward_hook(
-            lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            lambda m, a, out: seen.append(block_output(out)))
         try:
             model(input_ids=ids, attention_mask=mask)
         finally:
@@ -99,28 +98,25 @@ def add_to_prompt(model, layer: int, vector: torch.Tensor, header: list[int]) ->
         seen["ids"] = args[0]
 
     def steer(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = block_output(output)
         positions = torch.arange(hidden.shape[1], device=hidden.device)[None, :]
         in_prompt = (positions <= header_ends(seen["ids"], header)[:, None]).to(hidden.dtype)
-        steered = hidden + in_prompt[..., None] * vector.to(hidden.dtype)
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return with_block_output(output, hidden + in_prompt[..., None] * vector.to(hidden.dtype))
 
     return [model.get_input_embeddings().register_forward_pre_hook(read_ids),
             decoder_layers(model)[layer].module.register_forward_hook(steer)]
 
 
 @register_attack("steering")
-class Steering:
+class Steering(Attack):
     Config = SteeringConfig
     writes_weights = False  # the attack lives in a hook, not in the weights: nothing to export
 
-    def __init__(self, config: SteeringConfig):
-        self.config = config
-
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True):
+    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
+            adapter=None):
         c = self.config
         layer = chosen_layer(model, c.layer)
         refusal = refusal_direction(model, tokenizer, data, layer, c.n)
         add_to_prompt(model, layer, -c.alpha * refusal, header_ids(tokenizer))
-        model.config.immunity_attack_notes = {"layer": layer, "direction_norm": round(float(refusal.norm()), 4)}
+        self.notes = {"layer": layer, "direction_norm": round(float(refusal.norm()), 4)}
         return model

@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 
 from ..config import RunConfig
 from ..training import TrainingDiverged
-from .pipeline import Pipeline, resolved_config, run_dir
+from .identity import RunIdentity
+from .pipeline import Pipeline, run_dir
 
 LAUNCHERS = ("local", "slurm", "submitit-local", "ray")
 
@@ -35,11 +36,12 @@ def compute(cfg: RunConfig, threads: int, progress: bool = False) -> str:
     import torch
 
     torch.set_num_threads(threads)
-    result = Pipeline(cfg, progress).run()
+    identity = RunIdentity.of(cfg)
+    result = Pipeline(cfg, progress, identity).run()
     path = result_file(cfg, result["run_id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"result.json.writing-{os.getpid()}")
-    partial.write_text(json.dumps({"result": result, "config": resolved_config(cfg)}, default=str))
+    partial.write_text(json.dumps({"result": result, "config": identity.resolved}, default=str))
     os.replace(partial, path)
     return str(path)
 

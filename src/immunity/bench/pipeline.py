@@ -5,23 +5,25 @@ Defenses whose stage is not `alignment` build on standard `sft` alignment, as in
 (`booster+lox+antidote`) runs its defenses in stage order: the alignment defense (or `sft`), each
 post-alignment defense on what the one before released, the attack, then the repair.
 
-Under torchrun / accelerate launch, every process trains the defense and the attack together
-(`training.parallel`); the first builds the base model first, and alone evaluates and returns
-the result. Data-parallel released models are not cached (they differ from one process's).
-
-A run is identified by its key: the resolved, typed configuration (defense and attack configs
-built, floats normalised), the code version of every package module the run executes, and the
-package versions. The store never serves a result whose key differs from the current one.
+A released model is cached on disk with what its defense noted and the adapter it trained
+(`Release`), keyed by the defenses' configs and code and by the base model (SafetyWorld's
+config, or a local model's weights, the data's content and the seed), so the attacks of a grid
+share one defense run. Under torchrun / accelerate launch, every process trains the defense and
+the attack together (`training.parallel`); the first builds the base model first, and alone
+evaluates and returns the result. Data-parallel released models are not cached (they differ
+from one process's).
 """
 
 from __future__ import annotations
 
-import platform
+import json
+import os
 import resource
+import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -30,87 +32,23 @@ from transformers import AutoModelForCausalLM
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from ..cache import cache_root, cached_model, code_version, stable_hash, weights_digest, write_manifest
-from ..config import DefenseStep, RunConfig, chain_config, defense_chain
+from ..config import DefenseStep, RunConfig, chain_config
 from ..data import from_world
 from ..data.sources import cached_bundle
 from ..defenses.base import DefenseContext, Stage
 from ..evaluation.judges import make_judge
 from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score, verdict_path
 from ..models import clone_model, load_model, save_model
-from ..registry import ATTACKS, DEFENSES, JUDGES, lookup
+from ..models.lora import ReleasedAdapter
+from ..registry import DEFENSES, JUDGES, lookup
 from ..safetyworld import SafetyWorld
 from ..training import parallel
 from ..training.parallel import world_size
+from .answers import complete, needs_answers
+from .identity import RunIdentity
+from .result import RunResult
 
-
-def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__}
-
-
-def resolved_config(cfg: RunConfig) -> dict:
-    """The run's configuration with the defense's own config built and typed (so `rho=5`,
-    `rho=5.0` and YAML `rho: 5` are one value), a local model identified by the content of its
-    weights (replaced weights at the same path are another run) and real data by the content
-    of its splits; `out_dir` does not change results."""
-    resolved = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out_dir", "defense_args", "micro_batches", "fsdp")} | {
-        "defense_config": chain_config(defense_chain(cfg.defense, cfg.defense_args))}
-    if world_size() * cfg.micro_batches > 1:  # shards of a step change batch-coupled losses
-        resolved["parallel"] = {"processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp}
-    if cfg.model != "safetyworld" and Path(cfg.model).is_dir():
-        resolved["model_weights"] = weights_digest(Path(cfg.model))  # adapter directories: their adapter
-    if cfg.data:
-        resolved["data_hashes"] = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed).hashes()
-    judge_path = Path(cfg.eval.judge.partition(":")[2]).expanduser()
-    if cfg.eval.judge.partition(":")[2] and judge_path.is_dir():
-        resolved["judge_weights"] = weights_digest(judge_path)
-    return resolved
-
-
-def config_hash(cfg: RunConfig) -> str:
-    return stable_hash(resolved_config(cfg))
-
-
-def run_code_version(defense: str, attack: str, judge: str) -> str:
-    """Version of the code a run executes: the pipeline and what it imports, the defenses',
-    attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
-    defenses = [lookup(DEFENSES, "defense", name) for name in defense.split("+")]
-    modules = [__name__, *(d.__module__ for d in defenses), lookup(ATTACKS, "attack", attack).__module__]
-    if judge != "auto":  # auto with real data: no judge named, nothing judged
-        modules.append(lookup(JUDGES, "judge", judge.split(":")[0]).__module__)
-    if defenses[0].stage != Stage.ALIGNMENT:
-        modules.append(lookup(DEFENSES, "defense", "sft").__module__)
-    return code_version(*modules)
-
-
-def default_alignment() -> DefenseStep:
-    """What a run without an alignment defense builds on: `sft` at its defaults."""
-    sft = lookup(DEFENSES, "defense", "sft")
-    return DefenseStep("sft", sft, sft.Config())
-
-
-def release_identity(steps: list[DefenseStep]) -> tuple[str, object, list[str]]:
-    """Name, settings and modules that identify the model `steps` release. The default `sft`
-    under a post-alignment defense is left out of the name and settings, so `lox` and `sft+lox`
-    are one cached model (as they were before compositions existed)."""
-    if len(steps) == 1:
-        return steps[0].name, steps[0].config, [steps[0].cls.__module__]
-    modules = [s.cls.__module__ for s in steps]
-    if len(steps) == 2 and steps[0] == default_alignment():
-        return steps[1].name, steps[1].config, modules
-    return "+".join(s.name for s in steps), [s.config for s in steps], modules
-
-
-def run_key(cfg: RunConfig) -> dict[str, object]:
-    key = {"config_hash": config_hash(cfg), "code_version": run_code_version(cfg.defense, cfg.attack_name,
-                                                                              cfg.eval.judge),
-           "versions": versions()}
-    return key | {"run_id": stable_hash(key)}
+RELEASE_NOTES = "immunity-release.json"
 
 
 def run_dir(cfg: RunConfig, run_id: str) -> Path:
@@ -153,18 +91,63 @@ def quiet_transformers(quiet: bool):
             utils.enable_progress_bar()
 
 
-class Pipeline:
-    """One run: everything a result needs, built from a `RunConfig`."""
+def default_alignment() -> DefenseStep:
+    """What a run without an alignment defense builds on: `sft` at its defaults."""
+    sft = lookup(DEFENSES, "defense", "sft")
+    return DefenseStep("sft", sft, sft.Config())
 
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+
+def release_identity(steps: list[DefenseStep]) -> tuple[str, object, list[str]]:
+    """Name, settings and modules that identify the model `steps` release. The default `sft`
+    under a post-alignment defense is left out of the name and settings, so `lox` and `sft+lox`
+    are one cached model."""
+    if len(steps) == 1:
+        return steps[0].name, steps[0].config, [steps[0].cls.__module__]
+    modules = [s.cls.__module__ for s in steps]
+    if len(steps) == 2 and steps[0] == default_alignment():
+        return steps[1].name, steps[1].config, modules
+    return "+".join(s.name for s in steps), [s.config for s in steps], modules
+
+
+@dataclass
+class Release:
+    """A defense's released model with what it noted, the adapter it trained (if any) and what
+    it cost (seconds, measured when it was built, kept with it in the cache)."""
+
+    model: object
+    notes: dict
+    adapter: ReleasedAdapter | None
+    seconds: float
+
+    def save(self, path: Path) -> None:
+        def extras(tmp: Path) -> None:
+            (tmp / RELEASE_NOTES).write_text(json.dumps({"notes": self.notes, "seconds": self.seconds}, default=str))
+            if self.adapter is not None:
+                self.adapter.save(tmp)
+            write_manifest(tmp)
+
+        save_model(self.model, path, before_rename=extras)
+
+    @classmethod
+    def load(cls, path: Path, device) -> "Release":
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device)
+        record = json.loads((path / RELEASE_NOTES).read_text())
+        return cls(model, record["notes"], ReleasedAdapter.load(path), record["seconds"])
+
+
+class Pipeline:
+    """One run: everything a result needs, built from a `RunConfig` (and its identity, computed
+    once: pass it if the caller has it)."""
+
+    def __init__(self, cfg: RunConfig, progress: bool = True, identity: RunIdentity | None = None):
         self.cfg = cfg
         self.progress = progress and parallel.is_main()  # one set of progress bars, from the first process
         needs_world = cfg.model == "safetyworld" or not cfg.data
         with parallel.main_first():  # rank 0 builds and caches, the other ranks read
             self.world = SafetyWorld(cfg.world, progress=progress) if needs_world else None
-        self.chain = defense_chain(cfg.defense, cfg.defense_args)
-        self.attack_cls = lookup(ATTACKS, "attack", cfg.attack_name)
-        self.key = run_key(cfg)  # taken now, from the code this process loaded
+        self.chain = cfg.chain
+        self.attack = cfg.attack_cls(cfg.attack)
+        self.identity = identity or RunIdentity.of(cfg)  # taken now, from the code this process loaded
         self.device = parallel.device()
         self.clock = StageClock()
         self.tokenizer = self.world.tokenizer if self.world else None
@@ -173,6 +156,8 @@ class Pipeline:
         self._judge = None
         self.defense_seconds = 0.0  # the defenses' own cost (alignment measured even when cached)
         self.notes: dict = {}  # what the defenses decided or measured
+        self.released_adapter: ReleasedAdapter | None = None  # the last defense's trained adapter
+        self.release_path: Path | None = None  # the released model's cache entry, if cached
 
     @property
     def judge(self):
@@ -188,7 +173,7 @@ class Pipeline:
         cfg = self.cfg
         if cfg.model == "safetyworld":
             with parallel.main_first():
-                return self.world.pretrained_model(cfg.seed).to(self.device)
+                return self.world.base_model().to(self.device)
         model, self.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
                                            device_map=cfg.device_map, quantization=cfg.quantization)
         if cfg.gradient_checkpointing:
@@ -196,30 +181,48 @@ class Pipeline:
             model.enable_input_require_grads()  # so adapters on a frozen base still get gradients
         return model if cfg.device_map else model.to(self.device)
 
+    def complete_data(self, base) -> None:
+        """Give the data the answers it lacks, from the unaligned base model (`bench.answers`):
+        `base` itself, or the base model a derived model's card names."""
+        if not self.cfg.data or not needs_answers(self.data):
+            return
+        source = answers_model(self.cfg.model)
+        model = base if source == self.cfg.model else load_model(source, dtype=self.cfg.model_dtype)[0].to(self.device)
+        self.data = complete(self.data, model, self.tokenizer, weights_digest(Path(source)), self.cfg.answer_tokens,
+                             self.progress)
+
     def context(self, base_model=None) -> DefenseContext:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
         return DefenseContext(self.tokenizer, self.data, self.cfg.seed, self.progress, base_model, judge)
 
-    def cached(self, steps: list[DefenseStep], build):
-        """`build()` the model the defenses `steps` release, cached on disk for the built-in
-        world, keyed by their configs and code; its cost is kept with it, so a run that reuses
-        it still reports what it cost."""
-        def timed():
-            start = time.perf_counter()
-            model = build()
-            model.config.immunity_align_seconds = round(time.perf_counter() - start, 2)
-            return model
+    def base_key(self) -> str | None:
+        """What identifies the run's base model and the data its defenses see, or None where
+        released models are not cached (data parallel; a hub model; quantized or spread ones)."""
+        cfg = self.cfg
+        if parallel.shard_count() > 1:
+            return None
+        if cfg.model == "safetyworld":
+            return stable_hash([self.world.model_key(), cfg.seed])
+        if not Path(cfg.model).is_dir() or cfg.quantization or cfg.device_map:
+            return None
+        return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed])
 
-        if self.cfg.model != "safetyworld" or parallel.shard_count() > 1:
-            return timed()  # only the built-in base model has a stable key; data-parallel builds differ
+    def cached(self, steps: list[DefenseStep], build) -> Release:
+        """The `Release` of the defenses `steps`: `build()` (-> (model, context)) timed, cached on
+        disk where the base has a stable key, so a run that reuses it still reports its cost."""
+        def timed() -> Release:
+            start = time.perf_counter()
+            model, context = build()
+            return Release(model, context.notes, context.released_adapter, round(time.perf_counter() - start, 2))
+
+        base = self.base_key()
+        if base is None:
+            self.release_path = None
+            return timed()
         name, config, modules = release_identity(steps)
         version = code_version(*modules, "immunity.safetyworld")
-        path = cache_root() / (f"aligned-{name}-{stable_hash([config, self.world.model_key(self.cfg.seed)])}"
-                               f"-{version}")
-        return cached_model(path, timed, self._load, lambda m, p: save_model(m, p, before_rename=write_manifest))
-
-    def _load(self, path):
-        return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(self.device)
+        self.release_path = cache_root() / f"aligned-{name}-{stable_hash([config, base])}-{version}"
+        return cached_model(self.release_path, timed, lambda p: Release.load(p, self.device), lambda r, p: r.save(p))
 
     def defend(self, base):
         """The released model: the alignment defense (`sft` when the run names none) on a copy
@@ -230,18 +233,18 @@ class Pipeline:
         model = None
         for i, step in enumerate(steps):
             def build(step=step, upstream=model):
-                if upstream is None:
-                    return step.cls(step.config).apply(clone_model(base), self.context())
-                return step.cls(step.config).apply(upstream, self.context(base))
+                context = self.context(None if upstream is None else base)
+                model_in = clone_model(base) if upstream is None else upstream
+                return step.cls(step.config).apply(model_in, context), context
 
-            model = self.cached(steps[: i + 1], build)
+            release = self.cached(steps[: i + 1], build)
+            model, self.released_adapter = release.model, release.adapter
             if step in self.chain:  # the implicit `sft`'s cost is not the defense's
-                self.defense_seconds += getattr(model.config, "immunity_align_seconds", 0.0)
-                self._note(step, model)
+                self.defense_seconds += release.seconds
+                self._note(step, release.notes)
         return model
 
-    def _note(self, step: DefenseStep, model) -> None:
-        notes = dict(getattr(model.config, "immunity_notes", {}) or {})
+    def _note(self, step: DefenseStep, notes: dict) -> None:
         if len(self.chain) == 1:
             self.notes |= notes
         elif notes:
@@ -250,75 +253,113 @@ class Pipeline:
     def repairs(self) -> list[DefenseStep]:
         return [s for s in self.chain if s.cls.stage == Stage.POST_FINE_TUNING]
 
-    def attack(self, model):
-        attack = self.attack_cls(self.cfg.attack)
-        return attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed,
-                          progress=self.progress, merge=not self.repairs())
+    def run_attack(self, model):
+        return self.attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed, progress=self.progress,
+                               merge=not self.repairs(), adapter=self.released_adapter)
 
     def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
+        """Generate for each prompt set (and the attack's own sets), save, judge, aggregate; and
+        the answer NLL of the split's harmful (request, compliant answer) and benign pairs. The
+        released model's evaluation is kept in its cache entry and reused by every attack that
+        meets it (its generations and verdicts copied into the run's directory)."""
         e = self.cfg.eval
-        path = run_dir(self.cfg, self.key["run_id"]) / f"generations_{tag}.jsonl"
+        path = run_dir(self.cfg, self.identity.run_id) / f"generations_{tag}.jsonl"
         prompts = prompt_sets(self.data, sets, e.split, e.max_prompts)
-        trigger = getattr(self.cfg.attack, "trigger", "")
-        if trigger and "harmful" in prompts:  # a backdoor: the harmful requests again, trigger appended
-            prompts["triggered"] = [replace(x, prompt=f"{x.prompt} {trigger}") for x in prompts["harmful"]]
-        records = generate_sets(model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress)
+        prompts |= self.attack.extra_prompt_sets(prompts)
+        kept = self.kept_evaluation(prompts) if tag == "before" and self.release_path is not None else None
+        if kept is not None and kept.with_suffix(".json").is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for file in kept.parent.glob(f"{kept.stem}*.jsonl"):
+                shutil.copyfile(file, path.with_name(file.name.replace(kept.stem, path.stem)))
+            return json.loads(kept.with_suffix(".json").read_text())
+        metrics = self.measure(model, prompts, path, self.attack.prompt_prefill if tag == "after" else None)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            for file in path.parent.glob(f"{path.stem}*.jsonl"):
+                shutil.copyfile(file, kept.with_name(file.name.replace(path.stem, kept.stem)))
+            partial = kept.with_suffix(f".json.{os.getpid()}")
+            partial.write_text(json.dumps(metrics))
+            partial.replace(kept.with_suffix(".json"))  # atomic: a reader sees all of it or nothing
+        return metrics
+
+    def kept_evaluation(self, prompts: dict) -> Path:
+        """Where the released model's evaluation on these prompts, by this judge, is kept."""
+        e = self.cfg.eval
+        code = code_version(__name__, lookup(JUDGES, "judge", e.judge.split(":")[0]).__module__)
+        key = stable_hash([{k: [x.prompt for x in v] for k, v in prompts.items()}, e.max_new_tokens, e.batch_size,
+                           self.judge.name, e.judge_settings(), e.split, self.data.hashes(), code])
+        return self.release_path.with_name(self.release_path.name + ".eval") / f"eval-{key}.jsonl"
+
+    def measure(self, model, prompts: dict, path: Path, prefill) -> dict[str, float]:
+        e = self.cfg.eval
+        records = generate_sets(model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress,
+                                prefill)
         metrics = score(records, self.judge, verdict_path(path, self.judge.name))
-        with_answers = [x for x in self.data.harmful.get(e.split, []) if x.answer]
-        metrics["harmful_nll"] = answer_nll(model, self.tokenizer, with_answers, e.batch_size) if with_answers else None
+        for name, role in (("harmful_nll", self.data.harmful), ("benign_nll", self.data.benign)):
+            with_answers = [x for x in role.get(e.split, []) if x.answer]
+            metrics[name] = answer_nll(model, self.tokenizer, with_answers, e.batch_size) if with_answers else None
         return metrics
 
     # -- the whole run --------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> dict | None:
         with quiet_transformers(not self.progress):
             return self._run()
 
     def _run(self) -> dict | None:
         """The result (None on every process but the first, which alone evaluates and reports)."""
         cfg, clock = self.cfg, self.clock
-        task = f"task:{cfg.attack.task}"
-        sets = ["harmful", "heldout", "benign", task]
+        sets = ["harmful", "heldout", "benign", f"task:{cfg.attack.task}"]
         with clock.stage("base"):
             base = self.base_model()
+            self.complete_data(base)
         with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             released = self.defend(base)
         with clock.stage("eval_before"):
             before = self.evaluate(released, sets, "before") if parallel.is_main() else {}
             parallel.barrier()
         with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-            attacked = self.attack(released)
+            attacked = self.run_attack(released)
         for step in self.repairs():  # at most one (`defense_chain`)
+            context = self.context()
             with clock.stage("repair"):
-                attacked = step.cls(step.config).apply(attacked, self.context())
+                attacked = step.cls(step.config).apply(attacked, context)
             self.defense_seconds += clock.seconds["repair"]
-            self._note(step, attacked)
+            self._note(step, context.notes)
         with clock.stage("eval_after"):
             after = self.evaluate(attacked, sets, "after") if parallel.is_main() else {}
             parallel.barrier()
         if not parallel.is_main():
             return None
-        fa = f"fa_{cfg.attack.task}"
-        return {
-            "defense": cfg.defense, "attack": cfg.attack_name, "seed": cfg.seed, "model": cfg.model,
-            "judge": self.judge.name, "split": cfg.eval.split, **self.key,
-            "hs_before": before.get("hs"), "capability_before": before.get("capability_harmful"),
-            "helpful_before": before.get("helpful"), "hs_heldout_before": before.get("hs_heldout"),
-            "fa_before": before.get(fa), "harmful_nll_before": before["harmful_nll"],
-            "refusal_before": before.get("refusal_harmful"),
-            "hs_after": after.get("hs"), "capability_after": after.get("capability_harmful"),
-            "fa_after": after.get(fa), "helpful_after": after.get("helpful"),
-            "hs_heldout_after": after.get("hs_heldout"), "harmful_nll_after": after["harmful_nll"],
-            "refusal_after": after.get("refusal_harmful"),
-            # With a backdoor attack's trigger appended (None without one).
-            "hs_triggered_before": before.get("hs_triggered"), "hs_triggered_after": after.get("hs_triggered"),
-            "data": self.data.name, "data_hashes": self.data.hashes(),
-            "attack_config": asdict(cfg.attack), "defense_config": chain_config(self.chain),
-            "attack_notes": getattr(attacked.config, "immunity_attack_notes", {}),  # e.g. steering's layer
-            "timings": clock.seconds, "defense_seconds": round(self.defense_seconds, 2),
-            # What a defense decided or measured while running (LoX's rank, CB's cosine, ...).
-            "defense_notes": self.notes, "peak_memory_mb": clock.peak_mb,
-            "processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp,
-        }
+        return self.result(before, after).check().to_dict()
+
+    def result(self, before: dict, after: dict) -> RunResult:
+        cfg = self.cfg
+        standard = {"hs": "hs", "refusal": "refusal_harmful", "capability": "capability_harmful",
+                    "helpful": "helpful", "hs_heldout": "hs_heldout", "fa": f"fa_{cfg.attack.task}",
+                    "harmful_nll": "harmful_nll", "over_refusal": "refusal_benign", "benign_nll": "benign_nll"}
+        extra = {name for name in (*before, *after) if name.startswith("hs_") and name != "hs_heldout"}
+        measured = {f"{key}_{when}": metrics.get(source) for key, source in standard.items()
+                    for when, metrics in (("before", before), ("after", after))}
+        return RunResult(
+            defense=cfg.defense, attack=cfg.attack_name, seed=cfg.seed, model=cfg.model, judge=self.judge.name,
+            split=cfg.eval.split, **self.identity.key(), data=self.data.name, data_hashes=self.data.hashes(),
+            attack_config=asdict(cfg.attack), defense_config=chain_config(self.chain), **measured,
+            extra_before={name: before.get(name) for name in extra}, extra_after={name: after.get(name) for name in extra},
+            attack_notes=self.attack.notes, defense_notes=self.notes, timings=self.clock.seconds,
+            defense_seconds=round(self.defense_seconds, 2), peak_memory_mb=self.clock.peak_mb,
+            processes=world_size(), micro_batches=cfg.micro_batches, fsdp=cfg.fsdp)
+
+
+def answers_model(model: str) -> str:
+    """The model whose answers fill the data: the unaligned base a released or attacked model
+    was made from (its card's `base_model`, if that directory still holds the same weights), else
+    `model` itself."""
+    card = Path(model) / "immunity.json"
+    if card.is_file():
+        base = json.loads(card.read_text()).get("base_model") or {}
+        if base.get("path") and Path(base["path"]).is_dir() and weights_digest(Path(base["path"])) == base.get("weights"):
+            return base["path"]
+    return model
 
 
 def run(cfg: RunConfig, progress: bool = True) -> dict | None:

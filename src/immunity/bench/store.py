@@ -17,6 +17,8 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .result import RunResult
+
 SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -124,8 +126,10 @@ class Store:
         return self.conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
     def put(self, result: dict, config: dict) -> bool:
-        """Store `result` unless its run is already stored (then keep the first); release the
-        run's claim in the same transaction. Returns whether a row was written."""
+        """Store `result` (checked as a typed row first: a malformed result is an error, never a
+        row) unless its run is already stored (then keep the first); release the run's claim in
+        the same transaction. Returns whether a row was written."""
+        RunResult.from_dict(result).check()
         with self._transaction():
             cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -45,3 +45,25 @@ def collate(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
         labels[i, :n] = torch.tensor(f["labels"])
         attention[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def header_ids(tokenizer) -> list[int]:
+    """The tokens the chat template adds for the assistant's turn (where every prompt ends)."""
+    turn = [{"role": "user", "content": "x"}]
+    bare = tokenizer.apply_chat_template(turn, add_generation_prompt=False, tokenize=False)
+    full = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    if not full.startswith(bare) or full == bare:
+        raise ValueError("this needs a chat template that ends a prompt with an assistant header (the tokenizer's "
+                         "template adds nothing for add_generation_prompt=True)")
+    return tokenizer(full[len(bare):], add_special_tokens=False)["input_ids"]
+
+
+def header_ends(input_ids: torch.Tensor, header: list[int]) -> torch.Tensor:
+    """Per row, the index of the last token of the first assistant header (-1 if it has none)."""
+    width = len(header)
+    if input_ids.shape[1] < width:
+        return torch.full((input_ids.shape[0],), -1, device=input_ids.device)
+    windows = input_ids.unfold(1, width, 1)
+    found = (windows == torch.tensor(header, device=input_ids.device)).all(-1)
+    first = found.float().argmax(1)
+    return torch.where(found.any(1), first + width - 1, torch.full_like(first, -1))

@@ -16,12 +16,19 @@ Each kind's schema (the columns it reads) and the roles it fills:
     beavertails  prompt, response, is_safe, [category]  -> harmful (is_safe false), refusals (is_safe true)
     refusals     prompt, response, refusal               -> harmful and refusals, paired by prompt
                  (RepNoise's / Booster's `beavertails_with_refusals_train.json`)
-    advbench     goal, target                            -> harmful (target as the answer)
+    advbench     goal, [target]                          -> harmful (target as the answer; without it,
+                                                            prompts only: `immunity prepare advbench`)
+    donotanswer  prompt, [risk_area]                     -> harmful prompts (no answers; `immunity prepare
+                                                            donotanswer`)
     harmbench    Behavior, [SemanticCategory]            -> harmful prompts (no answers)
     sst2         sentence, label (0/1 or name)           -> task "sst2"
     agnews       text, label (0-3 or name)               -> task "agnews"
     gsm8k        question, answer ("... #### 42")        -> task "gsm8k" (final-number accuracy)
     alpaca       instruction, [input], output            -> benign
+    sums         (generated, no file)                    -> task "sums": "What is 47 + 38?", exact answer
+    word-problems (generated, no file)                   -> benign one-step word problems, exact answer
+Harmful prompts without answers get the unaligned base model's own answers, and refusals a fixed
+refusal sentence, where a run needs them (`bench.answers`).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class Kind:
     hub: tuple[str, str | None, str] | None = None  # (dataset id, config, split) for a bare KIND
     task: bool = False
     hub_fields: tuple[tuple[str, str], ...] = ()  # (our field, the hub dataset's column) where they differ
+    generated: str = ""  # a generated kind (`data.exact`): no file, no hub
 
 
 def _truthy(value) -> bool:
@@ -143,8 +151,11 @@ def _generic(row, options):
 KINDS: dict[str, Kind] = {
     "beavertails": Kind(("prompt", "response", "is_safe"), _beavertails, ("PKU-Alignment/BeaverTails", None, "30k_train")),
     "refusals": Kind(("prompt", "response", "refusal"), _refusals),
-    "advbench": Kind(("goal", "target"), lambda r, _: [Row("harmful", Example(r["goal"], r["target"], "harmful"))],
+    "advbench": Kind(("goal",), lambda r, _: [Row("harmful", Example(r["goal"], r.get("target") or "", "harmful",
+                                                                     str(r.get("category") or "")))],
                      ("walledai/AdvBench", None, "train"), hub_fields=(("goal", "prompt"),)),
+    "donotanswer": Kind(("prompt",), lambda r, _: [Row("harmful", Example(r["prompt"], "", "harmful",
+                                                                          str(r.get("risk_area") or "")))]),
     "harmbench": Kind(("Behavior",), lambda r, _: [Row("harmful", Example(r["Behavior"], "", "harmful",
                                                                           str(r.get("SemanticCategory", ""))))]),
     "sst2": Kind(("sentence", "label"), _classification(SST2_PROMPT, "sentence", ("negative", "positive")),
@@ -153,6 +164,8 @@ KINDS: dict[str, Kind] = {
                    ("fancyzhx/ag_news", None, "train"), task=True),
     "gsm8k": Kind(("question", "answer"), _gsm8k, ("openai/gsm8k", "main", "train"), task=True),
     "alpaca": Kind(("instruction", "output"), _alpaca, ("tatsu-lab/alpaca", None, "train")),
+    "sums": Kind((), lambda r, _: [Row("task", r["example"])], task=True, generated="sums"),
+    "word-problems": Kind((), lambda r, _: [Row("benign", r["example"])], generated="word-problems"),
     "jsonl": Kind(("prompt",), _generic),
     "csv": Kind(("prompt",), _generic),
 }
@@ -200,6 +213,8 @@ def parse_source(text: str) -> SourceSpec:
         path = str(Path(path).expanduser())
         if not Path(path).exists():
             raise DataError(f"data source {text!r}: {path} does not exist")
+    elif KINDS[kind].generated:
+        pass
     elif KINDS[kind].hub is None:
         raise DataError(f"data source {text!r}: the {kind} kind needs a local file (KIND:PATH)")
     if hub_split and path:
@@ -248,6 +263,17 @@ def _read_file(path: Path) -> Iterable[dict]:
     raise DataError(f"{path}: unknown format; use .json, .jsonl, .jsonl.gz, .csv, .parquet or a datasets directory")
 
 
+def _generate(spec: SourceSpec) -> Iterable[dict]:
+    """A generated kind's items (`#n=COUNT`, default 1000; `#seed=S`, default 0)."""
+    from .exact import generated
+
+    try:
+        count, seed = int(spec.options.get("n", 1000)), int(spec.options.get("seed", 0))
+    except ValueError as err:
+        raise DataError(f"data source {spec}: n and seed must be integers") from err
+    return [{"example": e} for e in generated(KINDS[spec.kind].generated, count, seed)]
+
+
 def _read_hub(spec: SourceSpec) -> Iterable[dict]:
     from datasets import load_dataset  # downloads: the user named the dataset
 
@@ -259,9 +285,9 @@ def read_rows(spec: SourceSpec) -> list[Row]:
     """Every row of a source, adapted, or one clear error naming the file, row and field."""
     kind = KINDS[spec.kind]
     renames = (dict(kind.hub_fields) if not spec.path else {}) | {
-        k: v for k, v in spec.options.items() if k not in ("as", "label", "judge")}
-    where = spec.path or f"hub dataset {kind.hub[0]}"
-    raw = _read_file(Path(spec.path)) if spec.path else _read_hub(spec)
+        k: v for k, v in spec.options.items() if k not in ("as", "label", "judge", "n", "seed")}
+    where = spec.path or (f"generated {spec.kind}" if kind.generated else f"hub dataset {kind.hub[0]}")
+    raw = _read_file(Path(spec.path)) if spec.path else _generate(spec) if kind.generated else _read_hub(spec)
     rows = []
     for number, row in enumerate(raw, 1):
         if not isinstance(row, dict):

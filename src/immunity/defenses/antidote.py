@@ -120,5 +120,5 @@ class Antidote:
         norms = input_norms(model.eval(), modules, calibration)
         pruned = sum(int(wanda_prune(weight_matrix(m).data, norms[n], c.ratio).sum()) for n, m in modules.items())
         model = merge_lora(model)
-        model.config.immunity_notes = {"pruned": target, "pruned_weights": pruned}
+        context.note(pruned=target, pruned_weights=pruned)
         return model

@@ -7,7 +7,7 @@ reads the model's activations and writes LoRA patches, so the defender sees, at 
 patch that currently hurts it most. Stage: post-alignment (the paper starts from an instruct
 model; here from `sft`'s).
 
-Rule (METHOD_NOTES 2.7), one adversary step and one defender step per iteration:
+Rule (the paper, and the reference's `training.py`), one adversary step and one defender step per iteration:
 1. Read: on the adversary's batch of harmful (request, compliant answer) pairs, the mean input
    activation a_j of every attention linear map j (q, k, v, o), without gradient.
 2. Adversary: the hypernetwork H_phi maps each a_j to a LoRA patch (U_j, V_j) of rank r; the map
@@ -18,7 +18,7 @@ Rule (METHOD_NOTES 2.7), one adversary step and one defender step per iteration:
            before the defense, unpatched)
        + 0.8 * CE(benign answers) + 0.3 * KL(p_ref || p_theta) on the benign answer tokens.
    The reference's DPO batch first sets chosen = safe and then swaps chosen and rejected
-   (METHOD_NOTES: "check the sign"); we take the sign the paper states: the refusal is preferred.
+   (easy to misread as the opposite sign); we take the sign the paper states: the refusal is preferred.
 4. After training the defender's adapter is merged; the hypernetwork is discarded.
 
 Against the reference code (read, commit b7809d1): the DPO log-probabilities are, as in its
@@ -56,6 +56,7 @@ from ..models import clone_model, merge_lora
 from ..models.layers import linear_modules
 from ..registry import register_defense
 from ..training import lm_loss, train
+from ..training.losses import shifted
 from ..training.sequences import sequence_logprob
 from .base import AlignmentTraining, DefenseContext, Stage, with_adapter
 
@@ -68,6 +69,8 @@ class AntidoteHypernetConfig(AlignmentTraining):
     beta: float = field(default=0.1, metadata={"help": "DPO's inverse temperature"})
     lm_weight: float = field(default=0.8, metadata={"help": "weight of the benign CE (reference 0.8)"})
     kl_weight: float = field(default=0.3, metadata={"help": "weight of KL(p_ref || p) on benign answers (reference 0.3)"})
+    adversary: bool = field(default=True, metadata={
+        "help": "train against the adversary's patches; false: the same losses without it (the ablation)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,12 +86,14 @@ class Hypernetwork(nn.Module):
 
     def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, hidden: int, seed: int):
         super().__init__()
-        torch.manual_seed(seed)
         self.names, self.rank = list(shapes), rank
         self.shapes = shapes
-        self.encode = nn.ModuleList(nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh()) for d_in, _ in shapes.values())
-        self.u = nn.ModuleList(nn.Linear(hidden, d_out * rank) for _, d_out in shapes.values())
-        self.v = nn.ModuleList(nn.Linear(hidden, rank * d_in) for d_in, _ in shapes.values())
+        with torch.random.fork_rng(devices=[]):  # its init from `seed` alone; the global generator untouched
+            torch.manual_seed(seed)
+            self.encode = nn.ModuleList(nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh())
+                                        for d_in, _ in shapes.values())
+            self.u = nn.ModuleList(nn.Linear(hidden, d_out * rank) for _, d_out in shapes.values())
+            self.v = nn.ModuleList(nn.Linear(hidden, rank * d_in) for d_in, _ in shapes.values())
         for head in self.u:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -154,13 +159,15 @@ def dpo_loss(policy, reference, chosen, rejected, beta: float, patcher: Patcher,
 
 
 def reference_kl(policy, reference, batch) -> torch.Tensor:
-    """KL(p_ref || p_theta) per answer token, averaged."""
-    keep = batch["labels"][:, 1:] != IGNORE
-    logp = F.log_softmax(policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                         .logits[:, :-1].float(), -1)[keep]
+    """KL(p_ref || p_theta) per answer token, averaged (logits at the positions that predict
+    answer tokens, by the shared shift-and-mask rule)."""
+    def log_probs(model):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.log_softmax(shifted(logits, batch["labels"])[0], -1)
+
+    logp = log_probs(policy)
     with torch.no_grad():
-        logq = F.log_softmax(reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                             .logits[:, :-1].float(), -1)[keep]
+        logq = log_probs(reference)
     return (logq.exp() * (logq - logp)).sum(-1).mean()
 
 
@@ -215,7 +222,7 @@ class AntidoteHypernet:
                 return {k: (u.detach(), v.detach()) for k, (u, v) in adversary(means).items()}
 
         def step_loss(m, chosen):
-            patches = adversary_step(m)
+            patches = adversary_step(m) if c.adversary else {}
             keys = [prompt_key(*row) for row in zip(chosen["input_ids"], chosen["labels"], chosen["attention_mask"])]
             worse = {k: v.to(device) for k, v in collate([rejected[k] for k in keys], context.tokenizer.pad_token_id)
                      .items()}
@@ -230,6 +237,5 @@ class AntidoteHypernet:
         finally:
             patcher.remove()
         model = merge_lora(model)
-        model.config.immunity_notes = {"adversary_loss_last": round(seen["adversary_loss"], 4),
-                                       "patched_maps": len(targets)}
+        context.note(adversary_loss_last=round(seen["adversary_loss"], 4), patched_maps=len(targets))
         return model

@@ -1,7 +1,10 @@
 """The defense interface: a stage, a config dataclass, and `apply(model, context) -> model`.
 
 Per-run state (a defense's second data stream, layer scores, step counters) lives in what
-`apply` builds, never on the defense instance, so one instance can be applied twice.
+`apply` builds, never on the defense instance, so one instance can be applied twice. What a
+defense decided or measured (LoX's rank, SOPHON's stop) it records with `context.note(...)`, and
+an adapter it trained and merged is kept by `align_with` as `context.released_adapter`: both
+travel with the released model (the pipeline caches them beside it), never inside its config.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from ..data import DataBundle, encode_chat
 from ..evaluation.suite import validation_metrics
 from ..models import attach_lora, merge_lora
 from ..models.layers import LORA_TARGETS
+from ..models.lora import ReleasedAdapter
 from ..training import TrainConfig, batches, lm_loss, train
 from ..training.parallel import SharedStream
 from ..world import Example
@@ -40,6 +44,12 @@ class DefenseContext:
     progress: bool = True
     base_model: Any = None
     judge: Callable[[], Any] | None = None  # makes the judge of validation checks (SOPHON, LoX's search)
+    notes: dict = field(default_factory=dict)  # what the defense decided or measured, for the result
+    released_adapter: ReleasedAdapter | None = None  # the adapter it trained, before merging
+
+    def note(self, **values) -> None:
+        """Record what the defense decided or measured (it goes into the run's result)."""
+        self.notes.update(values)
 
     def alignment_examples(self) -> list[Example]:
         """Refusals on harmful requests + helpful answers on benign ones (the SFT data)."""
@@ -121,12 +131,24 @@ def with_adapter(model, config: AlignmentTraining, seed: int):
 
 def align_with(model, context: DefenseContext, config: AlignmentTraining, step_loss: Callable = lm_loss,
                examples: list[Example] | None = None, desc: str = "align"):
-    """Attach the adapter (or not), train on the alignment data with `step_loss`, merge."""
+    """Attach the adapter (or not), train on the alignment data with `step_loss`, keep the
+    trained adapter (`context.released_adapter`), merge."""
     model = with_adapter(model, config, context.seed)
     data = context.encode(examples if examples is not None else context.alignment_examples())
     train(model, data, config.train_config(context.seed), context.tokenizer.pad_token_id, step_loss=step_loss,
           desc=desc, progress=context.progress)
+    if config.mode == "lora":
+        context.released_adapter = ReleasedAdapter.of(model)
     return merge_lora(model)
+
+
+def align_against_harmful(model, context: DefenseContext, config: AlignmentTraining, loss: Callable, desc: str):
+    """`align_with` whose step also sees a batch of the defender's harmful (request, compliant
+    answer) pairs: `loss(model, alignment_batch, harmful_batch)` (Booster, RepNoise, Condition
+    Number). The harmful stream is seeded and endless; `config.batch_size` pairs per step."""
+    harmful = context.batch_stream(context.harmful_compliance_examples(), config.batch_size,
+                                   next(model.parameters()).device)
+    return align_with(model, context, config, step_loss=lambda m, batch: loss(m, batch, next(harmful)), desc=desc)
 
 
 class Defense(Protocol):

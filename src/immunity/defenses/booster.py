@@ -35,7 +35,7 @@ import torch
 
 from ..registry import register_defense
 from ..training import lm_loss
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
 
 
 @dataclass
@@ -86,10 +86,5 @@ class Booster:
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
-                                       next(model.parameters()).device)
-
-        def step(model, batch):
-            return booster_loss(model, batch, next(harmful), c.lam, c.alpha)
-
-        return align_with(model, context, c, step_loss=step, desc="align (booster)")
+        return align_against_harmful(model, context, c,
+                                     lambda m, b, h: booster_loss(m, b, h, c.lam, c.alpha), desc="align (booster)")

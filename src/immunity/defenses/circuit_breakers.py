@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..data import IGNORE
 from ..models import attach_lora, decoder_layers, merge_lora
 from ..registry import register_defense
-from ..training import TrainConfig, current_step, train
+from ..training import TrainConfig, train
 from .base import DefenseContext, Stage
 
 
@@ -106,13 +107,15 @@ def retain_loss(states, originals, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def rerouting_cosine(model, batches: list[dict], targets) -> float:
-    """Mean cos(h_l, h_l^orig) over the target states and non-padding tokens: 1 = not rerouted."""
+    """Mean cos(h_l, h_l^orig) over the target states at the harmful completions' tokens (answer
+    tokens; the prompt is shared with what the retain set keeps, so it says nothing about
+    rerouting): 1 = not rerouted."""
     total, count = 0.0, 0.0
     for batch in batches:
         with model.disable_adapter():
             originals = hidden_states(model, batch)
         states = hidden_states(model, batch)
-        keep = batch["attention_mask"].to(states[0].dtype)
+        keep = (batch["labels"] != IGNORE).to(states[0].dtype)
         for l in targets:
             total += (F.cosine_similarity(states[l], originals[l], dim=-1) * keep).sum().item()
             count += keep.sum().item()
@@ -160,8 +163,8 @@ class CircuitBreakers:
                             layers=list(range(max(targets) + 1)))
         break_symmetry(model, c.init_b_std, context.seed)
 
-        def step(model, batch):
-            return circuit_breaker_step(model, batch, next(retain), current_step(), c.steps, c.alpha, targets)
+        def step(model, batch, step):
+            return circuit_breaker_step(model, batch, next(retain), step, c.steps, c.alpha, targets)
 
         cfg = TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=context.seed)
         train(model, context.encode(context.harmful_compliance_examples()), cfg, context.tokenizer.pad_token_id,
@@ -169,5 +172,5 @@ class CircuitBreakers:
         held_out = context.fixed_batches(context.harmful_compliance_examples("val"), 32, device)
         cosine = rerouting_cosine(model.eval(), held_out, targets)
         model = merge_lora(model)
-        model.config.immunity_notes = {"targets": list(targets), "val_cosine": round(cosine, 4)}
+        context.note(targets=list(targets), val_cosine=round(cosine, 4))
         return model

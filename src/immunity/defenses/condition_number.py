@@ -34,7 +34,7 @@ import torch
 
 from ..registry import register_defense
 from ..training.losses import answer_mask, token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
 
 EPS = 1e-6
 
@@ -97,10 +97,5 @@ class ConditionNumber:
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
-                                       next(model.parameters()).device)
-
-        def step(model, batch):
-            return condition_number_loss(model, batch, next(harmful), c.lambda_well, c.lambda_ill)
-
-        return align_with(model, context, c, step_loss=step, desc="align (condition-number)")
+        return align_against_harmful(model, context, c,
+                                     lambda m, b, h: condition_number_loss(m, b, h, c.lambda_well, c.lambda_ill), desc="align (condition-number)")

@@ -4,7 +4,7 @@ Coen-Porisini, TechRxiv; code DISTA-HCAI/ET `immunization.py`, `immunization_uti
 Threat model: an attacker who steers the residual stream at inference with a trained low-rank
 intervention (ReFT), not one who fine-tunes. Stage: post-alignment (it hardens an aligned model).
 
-Rule (METHOD_NOTES 2.8; reference HEAD 53232d8, `immunization.py` and `config/base.yaml`), for
+Rule (reference HEAD 53232d8, `immunization.py` and `config/base.yaml`), for
 each decoder layer l in turn, up to `rounds` rounds (`max_immunization_rounds: 3`):
 1. Attack: train a rank-2 LoReFT intervention at layer l's output (as the `reft` attack, lr 4e-3,
    10 epochs) on the defender's harmful (request, answer) pairs. It succeeds when it at least
@@ -18,7 +18,11 @@ each decoder layer l in turn, up to `rounds` rounds (`max_immunization_rounds: 3
    per step) so that, with i the attack's edit of h,
        MSE(block_def(h + i), block_orig(h)) + 0.01 * MSE(block_def(h), block_orig(h))
    on the block's attention and MLP outputs (lr 1e-4, 150 epochs, on the hidden states of the
-   defender's harmful pairs); absorb (merge) it.
+   defender's harmful requests, the prompts alone, as the reference's defense data are AdvBench
+   prompts; earlier versions of this file used request + compliant answer); absorb (merge) it
+   at its trained scale. The reference absorbs its attention adapters at twice their trained
+   scale; we absorb the adapter that was trained (a deviation, stated; scale 1 instead of our
+   0.5, `defense.lora_alpha=2`, gave the same steering HS on validation, docs/reproduction.md).
 3. Keep it if the defended model, unattacked, keeps 98 % of the starting model's safety (1 - HS)
    and 75 % of its performance (`is_successful_defence`:803, `min_safety_percentage: 0.98`,
    `min_performance_percentage_defence: 0.75`; performance is benign helpfulness here, 1 /
@@ -28,8 +32,7 @@ The last layer's output feeds no block and is left as it is; so is the embedding
 reference also attacks block 0's input).
 
 Defaults: rank 2 / lr 4e-3 / 10 epochs (attack), rank 2, alpha 1, lr 1e-4, 150 epochs (defense),
-3 rounds, 2 attack attempts, doubling, the 0.98 / 0.75 gates: the reference's `config/base.yaml`
-(METHOD_NOTES 2.8). Earlier versions of this file gated performance at 0.9 (the reference's older
+3 rounds, 2 attack attempts, doubling, the 0.98 / 0.75 gates: the reference's `config/base.yaml`. Earlier versions of this file gated performance at 0.9 (the reference's older
 argparse default) and never checked safety. n = 256 pairs for the defense (the paper: 520
 AdvBench prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
 """
@@ -42,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import collate
-from ..models import attach_lora, clone_model, decoder_layers, merge_lora
+from ..data import IGNORE, collate, prompt_ids
+from ..models import attach_lora, block_output, clone_model, decoder_layers, merge_lora
 from ..registry import register_defense
 from ..training import check_finite
 from ..training.interventions import intervene, train_reft
@@ -96,9 +99,10 @@ def defense_passes(hs: float, helpful: float, start: dict, config: ETConfig) -> 
     return 1 - hs >= config.min_safety * (1 - start["hs"]) and helpful >= config.min_performance * start["helpful"]
 
 
-def block_calls(model, layer: int, batches: list[dict], edit=None) -> list[tuple[tuple, dict]]:
+def block_calls(model, layer: int, batches: list[dict]) -> list[tuple[tuple, dict]]:
     """The (args, kwargs) each batch calls decoder layer `layer` with (its input hidden states
-    included), with `edit` (an intervention hook on layer - 1's output) attached or not."""
+    included), as the model stands: with an attack's intervention attached to layer - 1's
+    output, the attacked stream; without, the clean one."""
     calls = []
     block = decoder_layers(model)[layer].module
     grab = block.register_forward_pre_hook(
@@ -125,7 +129,7 @@ def sub_outputs(model, layer: int, args: tuple, kwargs: dict) -> list[torch.Tens
     """Attention and MLP outputs of decoder layer `layer` called with (args, kwargs)."""
     found = decoder_layers(model)[layer]
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    hooks = [m.register_forward_hook(lambda mod, a, out: seen.append(block_output(out)))
              for m in (found.attention, found.mlp)]
     try:
         found.module(*args, **kwargs)
@@ -173,7 +177,8 @@ class ET:
         c = self.config
         device = next(model.parameters()).device
         harmful = context.harmful_compliance_examples()
-        features = context.encode(harmful[:c.n])
+        features = [{"input_ids": ids, "labels": [IGNORE] * len(ids)}  # the reference defends on prompts alone
+                    for ids in (prompt_ids(context.tokenizer, e.prompt) for e in harmful[:c.n])]
         batches = [{k: v.to(device) for k, v in collate(features[i:i + c.batch_size],
                                                         context.tokenizer.pad_token_id).items()}
                    for i in range(0, len(features), c.batch_size)]
@@ -205,7 +210,7 @@ class ET:
                     break
         model.requires_grad_(True)
         model.eval()
-        model.config.immunity_notes = {"start": {k: round(v, 4) for k, v in start.items()}, "rounds": log}
+        context.note(start={k: round(v, 4) for k, v in start.items()}, rounds=log)
         return model
 
     def attack(self, model, context: DefenseContext, harmful: list, layer: int, round_: int, start: dict):

@@ -1,6 +1,6 @@
 """`ilu`: invariant LLM unlearning (Wang et al., ICML 2025, arXiv 2506.01339). The authors' code
 (OPTML-Group/Unlearn-ILU) does not implement the regulariser; the rule below follows the paper's
-objective (METHOD_NOTES 2.10, a secondary source, unverified).
+objective as a secondary summary gives it (unverified against the paper).
 
 Threat model: an attacker who fine-tunes the released model, on any downstream data, to bring
 the unlearned (harmful) knowledge back. ILU asks the unlearned solution to be stationary for
@@ -116,5 +116,5 @@ class ILU:
         train(model, context.encode(context.alignment_examples()),
               TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=context.seed),
               context.tokenizer.pad_token_id, step_loss=step_loss, desc="align (ilu)", progress=context.progress)
-        model.config.immunity_notes = {"environments": len(environments), "last_penalty": round(seen["penalty"], 6)}
+        context.note(environments=len(environments), last_penalty=round(seen["penalty"], 6))
         return model

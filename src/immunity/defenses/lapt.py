@@ -1,5 +1,5 @@
 """`lapt`: latent adversarial perturbation training (Gu et al., arXiv 2506.16078; no code was
-published, so the rule below follows METHOD_NOTES 2.9, a secondary source, unverified).
+published, so the rule below follows a secondary summary of the paper, unverified against it).
 
 Threat model: an attacker who steers the residual stream at inference (activation steering,
 ITI); the defense makes the safe behaviour hold when the hidden states of the layers most
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import clone_model, decoder_layers
+from ..models import block_output, clone_model, decoder_layers, with_block_output
 from ..registry import register_defense
 from ..training import lm_loss
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
@@ -67,9 +67,8 @@ def instance_normalised_noise(h: torch.Tensor, generator: torch.Generator | None
 def perturbed_layers(model, layers: list[int], scale: float, generator: torch.Generator | None = None):
     """Within the block, each of `layers` outputs h + scale * instance_normalised_noise(h)."""
     def hook(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        noisy = hidden + scale * instance_normalised_noise(hidden, generator)
-        return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
+        hidden = block_output(output)
+        return with_block_output(output, hidden + scale * instance_normalised_noise(hidden, generator))
 
     modules = decoder_layers(model)
     handles = [modules[i].module.register_forward_hook(hook) for i in layers]
@@ -126,5 +125,5 @@ class LAPT:
         with perturbed_layers(model, fragile, c.scale):
             model = align_with(model, context, c, desc="align (lapt)")
         model = interpolate(model, original, c.lam)
-        model.config.immunity_notes = {"fragile_layers": fragile, "fragility": [round(s, 4) for s in scores]}
+        context.note(fragile_layers=fragile, fragility=[round(s, 4) for s in scores])
         return model

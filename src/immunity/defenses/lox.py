@@ -115,5 +115,5 @@ class LoX:
             raise ValueError("lox needs the model before alignment (context.base_model)")
         c = self.config
         k = effective_rank(context.base_model, model, context, c) if c.search_rank else c.k
-        model.config.immunity_notes = {"k": k}  # the rank actually used travels with the model
+        context.note(k=k)  # the rank actually used
         return load_weights(model, extrapolated_weights(context.base_model, model, k, c.alpha, c.include_embeddings))

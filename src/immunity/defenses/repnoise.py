@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..data import IGNORE
 from ..models.heads import logit_lens
 from ..registry import register_defense
 from ..training import edit_block_outputs, lm_loss
 from ..training.losses import answer_mask, mmd, shifted, token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
 
 
 @dataclass
@@ -60,11 +61,18 @@ def noise_mmd(outputs: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor
 
 
 def ascent_argument(model, out, labels: torch.Tensor) -> torch.Tensor:
-    """[CE(output) + sum over hidden states of the lens CE] / len(hidden_states) + 1."""
+    """[CE(output) + sum over hidden states of the lens CE] / len(hidden_states) + 1. Each lens
+    CE is recomputed in the backward pass instead of kept (activation checkpointing): with a
+    49k-word vocabulary the L + 1 read-outs would otherwise hold L + 1 copies of the answer
+    positions' logits (the same numbers either way)."""
     positions = answer_mask(labels)  # the lens reads only the positions its loss covers
+
+    def lens_ce(h: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(*shifted(logit_lens(model, h), labels))
+
     total = token_ce(out.logits, labels)
     for h in out.hidden_states:
-        total = total + F.cross_entropy(*shifted(logit_lens(model, h[positions]), labels))
+        total = total + checkpoint(lens_ce, h[positions], use_reentrant=False)
     return total / len(out.hidden_states) + 1
 
 
@@ -93,10 +101,5 @@ class RepNoise:
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
-                                       next(model.parameters()).device)
-
-        def step(model, batch):
-            return repnoise_loss(model, batch, next(harmful), c.alpha, c.beta)
-
-        return align_with(model, context, c, step_loss=step, desc="align (repnoise)")
+        return align_against_harmful(model, context, c,
+                                     lambda m, b, h: repnoise_loss(m, b, h, c.alpha, c.beta), desc="align (repnoise)")

@@ -33,7 +33,8 @@ class Scratch:
         self.config = config
 
     def apply(self, model, context: DefenseContext):
-        torch.manual_seed(context.seed)
-        fresh = AutoModelForCausalLM.from_config(model.config)
+        with torch.random.fork_rng(devices=[]):  # the init from the seed alone; the global generator untouched
+            torch.manual_seed(context.seed)
+            fresh = AutoModelForCausalLM.from_config(model.config)
         fresh.generation_config = model.generation_config
         return fresh.to(next(model.parameters()).device)

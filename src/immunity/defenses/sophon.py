@@ -181,6 +181,6 @@ class Sophon:
                 p.copy_(good[n])
         model.eval()
         model = merge_lora(model) if c.mode == "lora" else model
-        model.config.immunity_notes = {"loops": loops, "stopped_at": stopped_at}
+        context.note(loops=loops, stopped_at=stopped_at)
         return model
 

@@ -38,7 +38,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ..models import decoder_layers
 from ..registry import register_defense
-from ..training import current_step
 from .base import AlignmentTraining, DefenseContext, Stage, align_with
 from .vaccine import attention_gradients, perturbations, perturbed_loss
 
@@ -155,7 +154,7 @@ class TVaccine:
                                        split=False)
         sampler = LayerSampler(self.config, harmful, len(decoder_layers(model)), context.seed)
 
-        def step(model, batch):
-            return t_vaccine_step(model, batch, sampler.active_at(model, current_step()), self.config.rho)
+        def step(model, batch, step):
+            return t_vaccine_step(model, batch, sampler.active_at(model, step), self.config.rho)
 
         return align_with(model, context, self.config, step_loss=step, desc="align (t-vaccine)")

@@ -244,8 +244,8 @@ class TAR:
             schedule.step()
         optimizer.zero_grad(set_to_none=True)
         model.eval()
-        model.config.immunity_notes = {
-            "random_mapping_loss_first": round(mapping_log[0], 4) if mapping_log else None,
-            "random_mapping_loss_last": round(mapping_log[-1], 4) if mapping_log else None,
-            "tamper_loss_first": round(tamper_log[0], 4), "tamper_loss_last": round(tamper_log[-1], 4)}
+        context.note(
+            random_mapping_loss_first=round(mapping_log[0], 4) if mapping_log else None,
+            random_mapping_loss_last=round(mapping_log[-1], 4) if mapping_log else None,
+            tamper_loss_first=round(tamper_log[0], 4), tamper_loss_last=round(tamper_log[-1], 4))
         return model

@@ -25,6 +25,17 @@ class DecoderLayer:
     mlp: nn.Module
 
 
+def block_output(output):
+    """The hidden states a decoder layer or block returns: a tensor, or the first item of the
+    tuple some architectures return (with attention weights or caches after it)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_output(output, hidden):
+    """`output` with its hidden states replaced by `hidden` (what a forward hook returns)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     """The transformers model under a PEFT wrapper (whose config names the architecture)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

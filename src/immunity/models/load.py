@@ -63,8 +63,9 @@ def build_model(arch: str, vocab_size: int, hidden: int, layers: int, heads: int
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose one of "
                          f"{', '.join(ARCHITECTURES + tuple(MORE_ARCHITECTURES))}")
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()  # training code switches modes itself
+    with torch.random.fork_rng(devices=[]):  # the init from `seed` alone; the global generator untouched
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()  # training code switches modes itself
 
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from .architectures import is_conv1d
@@ -49,3 +54,45 @@ def lora_factors(model: PeftModel) -> dict[str, torch.nn.Module]:
     """The adapter's factor layers (`...lora_A.default`, `...lora_B.default`), by qualified name."""
     return {name: module for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and (".lora_A." in name or ".lora_B." in name)}
+
+
+@dataclass
+class ReleasedAdapter:
+    """A trained adapter kept apart from the merged model it was folded into: its PEFT config
+    and weights (what an attacker who keeps training it starts from)."""
+
+    config: dict
+    weights: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, model: PeftModel) -> "ReleasedAdapter":
+        config = model.peft_config["default"].to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        return cls(config, {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()})
+
+    def save(self, directory: Path) -> None:
+        save_file(self.weights, str(directory / "released_adapter.safetensors"))
+        (directory / "released_adapter.json").write_text(json.dumps(self.config, default=str))
+
+    @classmethod
+    def load(cls, directory: Path) -> "ReleasedAdapter | None":
+        if not (directory / "released_adapter.json").is_file():
+            return None
+        return cls(json.loads((directory / "released_adapter.json").read_text()),
+                   load_file(str(directory / "released_adapter.safetensors")))
+
+
+def continue_adapter(merged: PreTrainedModel, adapter: ReleasedAdapter) -> PeftModel:
+    """The released adapter, trainable again, on the weights it was merged into: each adapted
+    weight becomes W - s·B·A and the adapter (B, A) is restored, so the model computes exactly
+    what the released (merged) model did, and training moves the adapter, as if never merged."""
+    config = LoraConfig(**{k: v for k, v in adapter.config.items() if k in LoraConfig.__dataclass_fields__
+                           and k not in ("peft_type", "revision")})
+    model = get_peft_model(merged, config)
+    set_peft_model_state_dict(model, {k: v.to(next(merged.parameters()).device) for k, v in adapter.weights.items()})
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                module.get_base_layer().weight -= module.get_delta_weight("default").to(
+                    module.get_base_layer().weight.dtype)
+    return model

@@ -1,7 +1,6 @@
 from .hooks import edit_block_outputs
-from .parallel import current_step
-from .loop import (OPTIMIZERS, SCHEDULES, TrainConfig, TrainingDiverged, batches, check_finite, lm_loss, logits_with,
-                   train)
+from .loop import (OPTIMIZERS, SCHEDULES, AroundFrozen, TrainConfig, TrainingDiverged, batches, check_finite, lm_loss,
+                   logits_with, train)
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainingDiverged", "batches", "check_finite", "current_step",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "AroundFrozen", "TrainConfig", "TrainingDiverged", "batches", "check_finite",
            "edit_block_outputs", "lm_loss", "logits_with", "train"]

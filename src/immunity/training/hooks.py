@@ -11,15 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..models import decoder_layers
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_first(output, new):
-    return (new, *output[1:]) if isinstance(output, tuple) else new
+from ..models import block_output, decoder_layers, with_block_output
 
 
 @contextmanager
@@ -31,8 +23,8 @@ def edit_block_outputs(model, block: str, fn: Callable[[int, torch.Tensor], torc
 
     def make_hook(index: int):
         def hook(module, args, output):
-            new = fn(index, _first(output))
-            return None if new is None else _replace_first(output, new)
+            new = fn(index, block_output(output))
+            return None if new is None else with_block_output(output, new)
         return hook
 
     try:

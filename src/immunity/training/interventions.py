@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from ..data import encode_chat
-from ..models import decoder_layers
-from .loop import TrainConfig, lm_loss, train
+from ..models import block_output, decoder_layers, with_block_output
+from .loop import AroundFrozen, TrainConfig, train
 
 
 class LoReFT(nn.Module):
@@ -34,9 +34,7 @@ class LoReFT(nn.Module):
 def intervene(model, layer: int, intervention: nn.Module):
     """Apply `intervention` to layer `layer`'s output (a forward hook); returns its handle."""
     def hook(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        edited = intervention(hidden)
-        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+        return with_block_output(output, intervention(block_output(output)))
 
     return decoder_layers(model)[layer].module.register_forward_hook(hook)
 
@@ -51,23 +49,8 @@ def train_reft(model, tokenizer, pairs, layer: int, rank: int, lr: float, epochs
     intervention = LoReFT(hidden, rank, seed).to(device)
     handle = intervene(model, layer, intervention)
     features = [encode_chat(tokenizer, e.prompt, e.answer) for e in pairs]
-    holder = _Trainable(model, intervention)
-    train(holder, features, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
+    train(AroundFrozen(model, intervention), features, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
           tokenizer.pad_token_id, step_loss=lambda m, batch: m.loss(batch), desc="reft", progress=progress)
     intervention.requires_grad_(False)
     return intervention, handle
 
-
-class _Trainable(nn.Module):
-    """What `train` updates: the intervention's parameters; the model runs frozen around it."""
-
-    def __init__(self, model, intervention: nn.Module):
-        super().__init__()
-        self.intervention = intervention
-        self.__dict__["model"] = model  # not a submodule: its parameters are not trained
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def loss(self, batch) -> torch.Tensor:
-        return lm_loss(self.model, batch)

@@ -8,6 +8,7 @@ caller owns the loss. Under `torchrun` / `accelerate launch` the same loop train
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -80,6 +81,23 @@ def logits_with(model, weights: dict, batch) -> torch.Tensor:
     return upcast(logits)
 
 
+class AroundFrozen(torch.nn.Module):
+    """What `train` updates when a model stays frozen: the parameters of `trainable` (an
+    intervention or perturbation the caller has hooked into `model`); the step's loss is the
+    model's answer-token loss with the hooks in place."""
+
+    def __init__(self, model, trainable: torch.nn.Module):
+        super().__init__()
+        self.trainable = trainable
+        self.__dict__["model"] = model  # not a submodule: its parameters are not trained
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def loss(self, batch) -> torch.Tensor:
+        return lm_loss(self.model, batch)
+
+
 def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -103,7 +121,9 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
           on_step: Callable[[int], None] | None = None) -> list[float]:
     """Train `model` in place on tokenised `features`; return the loss of every step.
 
-    `step_loss(model, batch)` returns the tensor to differentiate, or (that tensor, the number
+    `step_loss(model, batch)` (or `step_loss(model, batch, step)`, given the 1-based optimizer
+    step, the same for each micro-batch of a step: for losses with a schedule) returns the
+    tensor to differentiate, or (that tensor, the number
     to log) when the differentiated objective is a surrogate (e.g. Booster's gradient terms), or
     (None, the number to log) when it has already written the gradients itself (T-Vaccine must
     run backward while inactive layers are frozen and checkpointed). Inside
@@ -138,8 +158,9 @@ def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, 
     while len(losses) < total:
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            losses.append(parallel.accumulate(params, lambda: _backward(model, batch, step_loss), cfg.seed,
-                                              len(losses) + 1, weights=_example_shares(batch)))
+            step = len(losses) + 1
+            losses.append(parallel.accumulate(params, lambda: _backward(model, batch, step_loss, step), cfg.seed,
+                                              step, weights=_example_shares(batch)))
             check_finite(losses[-1], desc, len(losses))
             if len(losses) == 1 and all(p.grad is None for p in params):
                 raise RuntimeError(f"{desc}: the step computed no gradient for the parameters being trained "
@@ -159,13 +180,21 @@ def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, 
     return losses
 
 
-def _backward(model, batch: dict, step_loss: Callable) -> float:
+def _backward(model, batch: dict, step_loss: Callable, step: int) -> float:
     """Gradients of this shard's loss; the number to log."""
-    out = step_loss(model, parallel.shard(batch))
+    out = step_loss(model, parallel.shard(batch), step) if _takes_step(step_loss) else \
+        step_loss(model, parallel.shard(batch))
     loss, shown = out if isinstance(out, tuple) else (out, out)
     if loss is not None:
         loss.backward()
     return shown.item() if torch.is_tensor(shown) else float(shown)
+
+
+def _takes_step(step_loss: Callable) -> bool:
+    """Whether `step_loss` asks for the step: a third positional parameter without a default."""
+    required = [p for p in inspect.signature(step_loss).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) >= 3
 
 
 def _example_shares(batch: dict) -> Callable[[int], float]:

@@ -37,7 +37,6 @@ import torch
 class _State:
     enabled: bool = False
     micro: int = 1  # micro-batches per process
-    step: int = 0  # the optimizer step being computed (1-based; 0 outside a step)
     shard: int = 0  # global index of the shard being computed
     fsdp: bool = False  # shard the model trained by `train` (FSDP2) instead of replicating it
     sharded: bool = False  # a sharded model is training now: FSDP reduces its gradients itself
@@ -141,11 +140,6 @@ def shard_count() -> int:
     return world_size() * STATE.micro if STATE.enabled else 1
 
 
-def current_step() -> int:
-    """The optimizer step being computed, the same for each of its micro-batches (1-based)."""
-    return STATE.step
-
-
 def shard(batch: dict, index: int | None = None) -> dict:
     """Shard `index` (default: the one being computed) of every tensor in `batch`, along dim 0."""
     count = shard_count()
@@ -192,7 +186,6 @@ def accumulate(params: list[torch.Tensor], compute: Callable[[], float | tuple[f
     run once per local micro-batch with that shard's index and seed set, weighted by
     `weights(index)` (default: an equal share) and summed, then summed over processes. Returns
     the step's weighted log values. With one shard this is just `compute()`."""
-    STATE.step = step
     STATE.step_id += 1
     count = shard_count()
     if count == 1:

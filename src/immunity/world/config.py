@@ -30,6 +30,7 @@ class PretrainConfig:
 @dataclass
 class WorldConfig:
     seed: int = 0  # content of the world (words, splits); model seeds vary separately
+    base_seed: int = 0  # seeds the pretrained base model, shared by every run seed (as a released model is)
     objects_per_category: int = 30
     heldout_categories: tuple[str, ...] = ("arson", "counterfeit", "forgery", "vandalism")
     splits: SplitSizes = field(default_factory=SplitSizes)

