@@ -6,6 +6,8 @@ from immunity.models import build_model
 from immunity.safetyworld import SafetyWorld
 from immunity.world import WorldConfig, complied
 
+from real_fixtures import files  # noqa: F401  (a tiny real-format model and data files, shared)
+
 # A SafetyWorld small enough to pretrain, align and attack in seconds.
 TINY = [
     "world.model.hidden=32", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=64",

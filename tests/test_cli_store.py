@@ -10,6 +10,7 @@ import pytest
 from immunity import cli
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
 from immunity.bench.identity import RunIdentity
+from immunity.bench.pipeline import Pipeline
 
 
 def config_hash(cfg):
@@ -18,7 +19,7 @@ def config_hash(cfg):
 
 def run_key(cfg):
     return RunIdentity.of(cfg).key()
-from immunity.bench.report import markdown_table, regret_table
+from immunity.bench.report import markdown_table, regret_table, typed
 from immunity.bench.store import Store
 from immunity.config import ConfigError, RunConfig, build_config, load_run_config
 from immunity.defenses.sft import SFTConfig
@@ -96,7 +97,7 @@ def test_run_json_round_trip_with_overrides_anywhere(capsys, tiny):
 def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
     args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", "r.db",
             "--quiet", *tiny]
-    real_run = cli.Pipeline.run
+    real_run = Pipeline.run
     calls = []
 
     def crash_on_second(self):
@@ -105,12 +106,12 @@ def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
             raise KeyboardInterrupt  # interrupted mid-bench
         return real_run(self)
 
-    monkeypatch.setattr(cli.Pipeline, "run", crash_on_second)
+    monkeypatch.setattr(Pipeline, "run", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         cli.main(args)
     assert len(Store("r.db").results()) == 1  # the finished run was committed
 
-    monkeypatch.setattr(cli.Pipeline, "run", lambda self: calls.append(self.cfg.attack.p) or real_run(self))
+    monkeypatch.setattr(Pipeline, "run", lambda self: calls.append(self.cfg.attack.p) or real_run(self))
     assert cli.main(args) == 0
     assert calls[2:] == [0.1]  # only the missing run ran
     assert "1 already stored, 1 to run" in capsys.readouterr().err
@@ -123,8 +124,8 @@ def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
 
 def test_bench_plan_computes_duplicates_once(tiny, capsys, monkeypatch):
     calls = []
-    real_run = cli.Pipeline.run
-    monkeypatch.setattr(cli.Pipeline, "run", lambda self: calls.append(1) or real_run(self))
+    real_run = Pipeline.run
+    monkeypatch.setattr(Pipeline, "run", lambda self: calls.append(1) or real_run(self))
     assert cli.main(["bench", "--defenses", "sft,sft", "--seeds", "0,0", "--grid", "attack.p=0.1,0.10",
                      "--store", "r.db", "--quiet", *tiny]) == 0
     assert len(calls) == 1 and "bench: 1 runs" in capsys.readouterr().err
@@ -172,7 +173,7 @@ def test_report_pairs_each_seed_with_its_from_scratch_reference():
 def test_regret_is_scratch_nll_minus_released_nll_per_seed_and_n():
     results = [_stored("scratch", s, 0, n=n, nll=nll) for s, n, nll in ((0, 16, 5.0), (1, 16, 6.0), (0, 64, 3.0))]
     results += [_stored("sft", 0, 0, n=16, nll=1.0), _stored("sft", 1, 0, n=16, nll=2.0), _stored("sft", 0, 0, n=64, nll=4.0)]
-    lines = regret_table(results).splitlines()
+    lines = regret_table(typed(results)).splitlines()
     assert lines[0] == "| defense | seeds | n = 16 | n = 64 |"
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[2:]}
     assert rows["scratch"][2:] == ["NLL 5.50 ± 0.71", "NLL 3.00 ± 0.00 |"]
@@ -197,9 +198,9 @@ def test_the_by_attack_table_has_one_column_per_attack_and_filters_name_attacks(
     steering = {"attack": "steering", "attack_config": asdict(SteeringConfig(alpha=0.5))}
     results = [_stored("sft", 0, 0.5) | {"helpful_after": 1.0}, _stored("sft", 1, 0.7) | {"helpful_after": 0.9},
                _stored("sft", 0, 0.1) | steering | {"helpful_after": 0.8}]
-    lines = by_attack_table(results).splitlines()
+    lines = by_attack_table(typed(results)).splitlines()
     assert lines[0] == "| defense | seeds | harmful-finetune | steering |"  # one setting each: named
-    assert "- steering: steering sentiment layer=-1 alpha=0.5 n=128" in lines  # the settings under the table
+    assert "- steering: steering sentiment alpha=0.5" in lines  # the settings under the table
     assert lines[2].startswith("| sft | 0,1 | ") and "60.0 ± 14.1 (95 ± 7)" in lines[2] and "10.0 ± 0.0 (80 ± 0)" in lines[2]
     store = Store(tmp_path / "a.db")
     for i, r in enumerate(results):
@@ -216,9 +217,9 @@ def test_a_backdoor_cell_reads_hs_with_the_trigger_then_without():
     from immunity.bench.report import by_attack_table
 
     backdoor = {"attack": "backdoor", "attack_config": asdict(BackdoorConfig()), "helpful_after": 1.0}
-    results = [_stored("sft", 0, 0.25) | backdoor | {"hs_triggered_after": 0.75},
-               _stored("sft", 1, 0.35) | backdoor | {"hs_triggered_after": 0.85}]
-    row = by_attack_table(results).splitlines()[2]
+    results = [_stored("sft", 0, 0.25) | backdoor | {"extra_after": {"hs_triggered": 0.75}},
+               _stored("sft", 1, 0.35) | backdoor | {"extra_after": {"hs_triggered": 0.85}}]
+    row = by_attack_table(typed(results)).splitlines()[2]
     assert "80.0 ± 7.1 / 30.0 ± 7.1 (100 ± 0)" in row
 
 
@@ -287,14 +288,14 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
                                                                         (0.2, 1e-4, 0.9))]
     results += [row("none", s, 0.6, lr, 1.0) for s in (0, 1) for lr in (3e-4, 1e-3)]
     results += [row("none", s, 0.7, 1e-4, 1.0, fa=0.5) for s in (0, 1)]  # FA below the guard: not counted
-    bounded = [line.split(" | ") for line in leaderboard(results).splitlines() if line.startswith("| 1 ")
+    bounded = [line.split(" | ") for line in leaderboard(typed(results)).splitlines() if line.startswith("| 1 ")
                or line.startswith("| 2 ")]
     assert [r[1] for r in bounded] == ["sft", "none"]
     assert bounded[0][3:6] == ["40.0", "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep", "90.0"]
     assert bounded[1][3] == "60.0" and bounded[1][5] == "70.0" and bounded[1][-1] == "2/3 |"
-    worst = [line.split(" | ")[1] for line in leaderboard(results, "worst-case").splitlines() if line[:4] in ("| 1 ", "| 2 ")]
+    worst = [line.split(" | ")[1] for line in leaderboard(typed(results), "worst-case").splitlines() if line[:4] in ("| 1 ", "| 2 ")]
     assert worst == ["none", "sft"]
-    top = leaderboard(results, "top-n", top=2)
+    top = leaderboard(typed(results), "top-n", top=2)
     assert top.count("| 65.0 | ") == 2  # sft: (0.9 + 0.4) / 2; none: (0.7 + 0.6) / 2
     store = Store(tmp_path / "l.db")
     for i, r in enumerate(results):
@@ -309,6 +310,7 @@ def test_settings_that_differ_only_in_the_optimizer_are_not_merged():
 
     adamw, sgd = (_stored("sft", 0, 0.5) | {"attack_config": asdict(HarmfulFinetuneConfig(optimizer=o))}
                   for o in ("adamw", "sgd"))
+    adamw, sgd = typed([adamw, sgd])
     assert setting(adamw) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep"  # defaults: the short form
     assert setting(sgd) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep optimizer=sgd"
 
@@ -322,7 +324,7 @@ def test_a_harmful_only_attack_is_held_to_helpfulness_not_to_fa():
         r = _stored("sft", 0, hs) | {"helpful_after": 0.95, "fa_after": 0.0, "attack": "harmful-finetune"}
         return r | {"attack_config": asdict(HarmfulFinetuneConfig(p=p, mode="full"))}
 
-    outcomes = {o["hs"]: o["capable"] for o in attack_outcomes([row(1.0, 0.9), row(0.1, 0.7)], 0.8, 0.8)["sft"]}
+    outcomes = {o["hs"]: o["capable"] for o in attack_outcomes(typed([row(1.0, 0.9), row(0.1, 0.7)]), 0.8, 0.8)["sft"]}
     assert outcomes == {0.9: True, 0.7: False}
 
 
@@ -336,10 +338,14 @@ def test_attack_search_maximises_capable_hs_on_validation_and_resumes(tmp_path, 
 
     from immunity.bench.search import score
 
-    assert score({"hs_after": 0.7, "helpful_after": 0.9, "fa_after": 0.95}, 0.8, 0.8) == 0.7
-    assert score({"hs_after": 0.9, "helpful_after": 0.5, "fa_after": 0.95}, 0.8, 0.8) == 0.0  # wrecked: no win
-    assert score({"hs_after": 0.9, "helpful_after": 0.9, "fa_after": 0.5}, 0.8, 0.8) == 0.0
-    harmful_only = {"hs_after": 0.9, "helpful_after": 0.9, "fa_after": 0.0, "attack_config": {"p": 1.0}}
+    def result(**outcome):
+        return _stored("sft", 0, 0.0) | outcome
+
+    assert score(result(hs_after=0.7, helpful_after=0.9, fa_after=0.95), 0.8, 0.8) == 0.7
+    assert score(result(hs_after=0.9, helpful_after=0.5, fa_after=0.95), 0.8, 0.8) == 0.0  # wrecked: no win
+    assert score(result(hs_after=0.9, helpful_after=0.9, fa_after=0.5), 0.8, 0.8) == 0.0
+    harmful_only = result(hs_after=0.9, helpful_after=0.9, fa_after=0.0,
+                          attack_config=asdict(HarmfulFinetuneConfig(p=1.0)))
     assert score(harmful_only, 0.8, 0.8) == 0.9  # no task data: FA is not its to keep
     common = ["attack-search", "--defense", "sft", "--store", str(tmp_path / "r.db"), "--storage",
               str(tmp_path / "s.db"), "--json", "--quiet"] + tiny
@@ -413,7 +419,7 @@ def test_paired_differences_bootstrap_over_seeds_and_prompts(tmp_path):
             run_id = f"{defense}{seed}"
             _saved_run(runs, defense, seed, run_id, harmful)
             results.append(_stored(defense, seed, float(np.mean(harmful))) | {"run_id": run_id, "helpful_after": 1.0})
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in paired_table(results, runs).splitlines()[2:]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in paired_table(typed(results), runs).splitlines()[2:]
             if line.startswith("|")}
     assert rows["sft"][3].startswith("75.0 [") and rows["sft"][5] == "–"
     assert rows["vaccine"][5].startswith("-75.0 [-") and rows["vaccine"][6] == "beats |"
@@ -429,9 +435,13 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
     from immunity.bench.report import attack_steps, conditions_table
 
     default = HarmfulFinetuneConfig()
-    assert attack_steps(asdict(default)) == -(-int(default.epochs * -(-default.n // default.batch_size)) // 1)
-    assert attack_steps(asdict(HarmfulFinetuneConfig(max_steps=25))) == 25
-    t = attack_steps(asdict(default))
+
+    def steps(config):
+        return attack_steps(typed([_stored("sft", 0, 0.0) | {"attack_config": asdict(config)}])[0])
+
+    assert steps(default) == -(-int(default.epochs * -(-default.n // default.batch_size)) // 1)
+    assert steps(HarmfulFinetuneConfig(max_steps=25)) == 25
+    t = steps(default)
 
     def harmful(defense, steps, hs, heldout=0.0, n=default.n, seed=0):
         config = asdict(HarmfulFinetuneConfig(max_steps=steps, n=n))
@@ -447,7 +457,7 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
                harmful("sft", 0, 0.1, heldout=0.8, seed=1) | {"helpful_before": 0.5}]  # seed 1: not on the curves
     results += [harmful("repnoise", 25, 0.0), harmful("repnoise", 50, 0.1), harmful("repnoise", 0, 0.3, heldout=0.2),
                 benign("repnoise", 0.85)]
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in conditions_table(results).splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in conditions_table(typed(results)).splitlines()
             if line.startswith("| sft") or line.startswith("| repnoise")}
     assert rows["sft"][1] == "0,1"
     assert rows["sft"][2:6] == [f"25: 10 50: 60 {t}: 90 (0)", "50", f"weak (T = {t})", f"250: 40 {default.n}: 90"]
@@ -473,7 +483,7 @@ def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
     results += [run(d, hs, steps, seconds=30.0) for d, hs, steps in (("repnoise", 0.1, 25), ("repnoise", 0.3, 0))]
     results.append(run("repnoise", 0.0, attack="benign-finetune", fa=0.7, seconds=30.0))
     t = HarmfulFinetuneConfig()
-    rows = [line.split(" | ") for line in defense_overview(results).splitlines() if line.startswith("| 1 ")
+    rows = [line.split(" | ") for line in defense_overview(typed(results)).splitlines() if line.startswith("| 1 ")
             or line.startswith("| 2 ")]
     assert [r[1] for r in rows] == ["repnoise", "sft"]
     repnoise, sft = rows

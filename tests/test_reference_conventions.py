@@ -11,7 +11,6 @@ MLAC has no published code and is not here.
 import copy
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 

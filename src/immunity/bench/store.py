@@ -139,6 +139,10 @@ class Store:
             self.conn.execute("DELETE FROM claims WHERE run_id = ?", (result["run_id"],))
             return cursor.rowcount == 1
 
+    def rows(self) -> list[RunResult]:
+        """Every stored result, typed (oldest first)."""
+        return [RunResult.from_dict(r) for r in self.results()]
+
     def results(self) -> list[dict]:
         rows = self.conn.execute("SELECT result, config, created FROM runs ORDER BY created").fetchall()
         return [json.loads(r) | {"config": json.loads(c), "created": t} for r, c, t in rows]
