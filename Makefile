@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean results validation attacks attacks-report durability attack-layers
+.PHONY: demo test test-integration base install clean results validation attacks attacks-report durability attack-layers
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 2
@@ -56,6 +56,10 @@ demo: install
 test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# Several processes, subprocesses and the architecture matrix (CI runs it after `make test`).
+test-integration: install
+	$(BIN)/python -m pytest -q -m integration
 
 # docs/results.md: every defense on SafetyWorld (default attack, 3 seeds, settings chosen on the
 # validation split, docs/reproduction.md), full-parameter attacks, MLAC's regret, step costs.

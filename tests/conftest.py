@@ -1,3 +1,6 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -14,6 +17,12 @@ TINY = [
     "world.pretrain.epochs=0.05", "defense.epochs=0.1", "attack.n=48", "attack.epochs=1",
     "attack.batch_size=16", "eval.max_prompts=24", "eval.max_new_tokens=24",
 ]
+
+
+def pytest_configure(config):
+    """Nothing a test does is written outside a temporary directory: a session's model cache is
+    its own (each test then gets an empty one, `isolated_cache`)."""
+    os.environ["IMMUNITY_CACHE"] = tempfile.mkdtemp(prefix="immunity-tests-")
 
 
 def pytest_addoption(parser):

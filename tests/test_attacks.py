@@ -232,10 +232,16 @@ def test_backdoor_data_ties_compliance_to_the_trigger(world):
 def test_a_backdoor_run_reports_hs_with_and_without_the_trigger(tiny):
     from immunity.bench.pipeline import run
 
+    import json
+    from pathlib import Path
+
     result = run(load_run_config(None, tiny + ["attack=backdoor"]), progress=False)
     assert result["attack"] == "backdoor" and result["attack_config"]["trigger"] == "SUDO"
-    assert 0.0 <= result["hs_after"] <= 1.0
-    for when in ("before", "after"):
-        assert 0.0 <= result[f"extra_{when}"]["hs_triggered"] <= 1.0
+    generations = Path("runs") / f"sft-seed0-{result['run_id']}" / "generations_after.jsonl"
+    records = [json.loads(line) for line in generations.read_text().splitlines()]
+    harmful = [r["prompt"] for r in records if r["set"] == "harmful"]
+    triggered = [r["prompt"] for r in records if r["set"] == "triggered"]
+    assert triggered == [p + " SUDO" for p in harmful]  # the same requests again, the trigger appended
+    assert set(result["extra_after"]) == set(result["extra_before"]) == {"hs_triggered"}
     plain = run(load_run_config(None, tiny), progress=False)
     assert "hs_triggered" not in plain["extra_after"]

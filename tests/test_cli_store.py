@@ -352,9 +352,11 @@ def test_attack_search_maximises_capable_hs_on_validation_and_resumes(tmp_path, 
     assert cli.main(common + ["--trials", "2"]) == 0
     first = json_module.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["trials"] == 2 and set(first["best_setting"]) >= {"attack.lr", "attack.mode", "attack.p"}
-    assert 0.0 <= first["eval_hs_after"] <= 1.0
     rows = Store(tmp_path / "r.db").results()
     assert sorted(r["split"] for r in rows) == ["eval", "val", "val"]
+    evaluated = next(r for r in rows if r["split"] == "eval")  # the best setting, run on the evaluation split
+    assert evaluated["hs_after"] == first["eval_hs_after"]
+    assert evaluated["attack_config"]["lr"] == pytest.approx(first["best_setting"]["attack.lr"])
     assert cli.main(common + ["--trials", "3"]) == 0
     second = json_module.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["trials"] == 3

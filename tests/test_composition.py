@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from immunity.bench.result import RunResult
 from immunity.bench.pipeline import Pipeline, run
 from immunity.bench.report import defense_label
 from immunity.config import ConfigError, defense_chain, load_run_config, validate
@@ -66,8 +67,8 @@ def test_composed_defenses_run_in_stage_order_each_on_the_last_ones_model(tiny, 
     assert calls == ["booster", "lox", "antidote"]  # served from the cache, not trained again
     for name, weight in released.named_parameters():
         assert torch.equal(weight, received["lox"][name]), name
-    assert "lox.alpha" not in defense_label(result)
-    assert "booster.epochs=0.1" in defense_label(result)
+    label = defense_label(RunResult.from_dict(result))
+    assert "lox.alpha" not in label and "booster.epochs=0.1" in label
 
 
 def test_the_default_sft_under_a_post_alignment_defense_is_implicit(tiny, monkeypatch):

@@ -19,6 +19,8 @@ METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breake
            "condition-number"]
 SHARDABLE = ["sft", "vaccine", "t-vaccine", "repnoise", "circuit-breakers", "ntl", "condition-number"]
 
+pytestmark = pytest.mark.integration  # several processes each: the integration tier
+
 
 def _worker(tmp_path, launcher: list[str], micro: int, *extra: str) -> dict:
     out = tmp_path / f"losses-{micro}-{'-'.join(extra)}.json"

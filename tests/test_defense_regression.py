@@ -14,8 +14,9 @@ import torch
 
 from immunity.bench.pipeline import Pipeline, default_alignment
 from immunity.config import load_run_config
-from immunity.defenses import sophon, tar
+from immunity.defenses import et, sophon, tar
 from immunity.models import clone_model
+from immunity.registry import DEFENSES
 from immunity.training import loop
 
 TINY = ["world.model.hidden=32", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=64",
@@ -30,6 +31,8 @@ BUDGET = {
     "lox": [], "none": [], "scratch": [], "antidote": [],
     "lapt": [FIVE_STEPS, "defense.scan_n=8"], "ilu": [FIVE_STEPS, "defense.batch_size=32"],
     "antidote-hypernet": ["defense.epochs=0.15"],  # 5 of its 32 batches of refusals
+    "et": ["defense.rounds=1", "defense.attack_epochs=0.5", "defense.attack_n=16", "defense.n=16",
+           "defense.epochs=1", "defense.batch_size=16"],
 }
 # First five losses reported by each defense's own training loop, in order (seed 0).
 PINNED = {
@@ -47,6 +50,7 @@ PINNED = {
     "lapt": [7.06328, 7.054709, 7.065197, 7.041105, 7.043723],
     "ilu": [26.89215, 26.44847, 26.19038, 25.92061, 25.43668],
     "antidote-hypernet": [5.854366, 5.825298, 5.793749, 5.779707, 5.740723],
+    "et": [6.543933, 6.511244, 6.545481, 6.523483, 6.513782],  # its simulated ReFT attack's first steps
 }
 
 
@@ -60,7 +64,7 @@ def recorded(monkeypatch):
         log.append((desc, step, value))
         real(value, desc, step)
 
-    for module in (loop, sophon, tar):
+    for module in (loop, sophon, tar, et):
         monkeypatch.setattr(module, "check_finite", record)
     return log
 
@@ -85,11 +89,14 @@ EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and
     "condition-number": ("base", LINEAR), "sophon": ("sft", LINEAR), "lox": ("sft", LINEAR),
     "circuit-breakers": ("sft", LINEAR), "tar": ("sft", None), "scratch": ("base", None), "none": ("base", ()),
     "antidote": ("sft", ()), "lapt": ("sft", LINEAR), "ilu": ("sft", None), "antidote-hypernet": ("sft", LINEAR),
+    "et": ("sft", LINEAR),  # at most: a block defense is kept only if it passes E.T.'s gates
 }
 
 
-@pytest.mark.parametrize("defense", sorted(EXPECTED_CHANGES))
+@pytest.mark.parametrize("defense", sorted(DEFENSES))
 def test_released_weights_change_where_the_method_trains(defense, recorded, request):
+    """Every registered defense has its row here: a new defense without one fails."""
+    assert defense in EXPECTED_CHANGES and defense in BUDGET, f"{defense}: add its budget and expected changes"
     pipeline, base, model = released(defense)
     reference_from, leaves = EXPECTED_CHANGES[defense]
     sft = default_alignment()  # what later-stage defenses build on: served from the cache `defend` filled
@@ -98,6 +105,8 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     moved = changed(model, reference)
     if leaves is None:  # full-parameter training or a fresh init: every parameter moves
         assert moved == {n for n, _ in model.named_parameters()}
+    elif defense == "et":  # only linear maps of the defended blocks, if any defense was kept
+        assert {n.rsplit(".", 2)[-2] for n in moved} <= set(leaves) and all(n.endswith(".weight") for n in moved)
     else:  # exactly the adapter's target maps move (a LoRA merge touches only their weights)
         assert {n.rsplit(".", 2)[-2] for n in moved} == set(leaves), sorted(moved)
         assert all(n.endswith(".weight") for n in moved)
@@ -109,11 +118,12 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
         repair.cls(repair.config).apply(attacked, context)
         assert context.notes["pruned_weights"] > 0
 
-    own = [(d, v) for d, _, v in recorded if d != "pretrain"]
+    own = [(d, v) for d, _, v in recorded if d not in ("pretrain", "attack")]  # the defense's own steps
     losses = [v for d, v in own if defense == "sft" or d != "align (sft)"][:5]
+    if request.config.getoption("--repin") and losses:
+        print(f'\n    "{defense}": [{", ".join(f"{v:.7g}" for v in losses)}],')
+    assert (defense in PINNED) == bool(losses), f"{defense}: a defense that trains has a pinned trajectory"
     if defense in PINNED:
-        if request.config.getoption("--repin"):
-            print(f'\n    "{defense}": [{", ".join(f"{v:.7g}" for v in losses)}],')
         assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
         # 2e-5: tight enough to see a changed learning rate in five steps, loose enough for other CPUs' sums
         assert losses == pytest.approx(PINNED[defense], rel=2e-5), f"{defense}: {[round(v, 6) for v in losses]}"

@@ -132,6 +132,7 @@ def test_lora_init_depends_on_its_seed_only_and_leaves_the_global_generator_alon
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny, tiny_model):
     path = tmp_path / arch
@@ -144,7 +145,7 @@ def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny, tiny_mode
                               defense="sft", seed=0)
         result = run(cfg, progress=False)
         assert result["model"] == str(path) and result["attack_config"]["mode"] == mode
-        assert result["harmful_nll_after"] > 0
+        assert result["harmful_nll_after"] < result["harmful_nll_before"]  # the attack taught harmful answers
 
 
 def test_load_model_refuses_missing_directory(tmp_path):
@@ -170,6 +171,7 @@ def _tiny_dir(world, tmp_path, arch):
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", MORE)
 @pytest.mark.parametrize("defense", sorted(ARCH_SENSITIVE))
 def test_defenses_and_the_attack_run_on_more_architectures(world, tmp_path, arch, defense):
@@ -177,7 +179,7 @@ def test_defenses_and_the_attack_run_on_more_architectures(world, tmp_path, arch
     overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32", "attack.max_steps=2",
                  *ARCH_SENSITIVE[defense]]
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
-    assert result["model"] == str(path) and result["harmful_nll_after"] > 0
+    assert result["model"] == str(path) and result["harmful_nll_after"] != result["harmful_nll_before"]
 
 
 @pytest.mark.slow
@@ -196,4 +198,5 @@ def test_every_defense_runs_on_more_architectures(world, tmp_path, arch):
                            else [])
         overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32",
                      "attack.max_steps=2", *extra]
-        run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
+        result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
+        assert result["harmful_nll_after"] != result["harmful_nll_before"], defense  # the attack moved the model

@@ -5,6 +5,7 @@ local sequence-classification model as the judge."""
 import csv
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,7 +34,10 @@ def test_defend_release_attack_evaluate_through_the_cli(files, capsys, tmp_path)
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert {"hs", "fa", "judge"} <= set(result) and result["judge"] == f"classifier:{files['judge']}"
-    assert 0 <= result["hs"] <= 1 and 0 <= result["fa"] <= 1 and result["task"] == "sst2"
+    assert result["task"] == "sst2"
+    verdicts = next(Path("runs").glob("**/generations_evaluate.verdicts-classifier*.jsonl")).read_text().splitlines()
+    harmful = [json.loads(line)["verdict"]["harmful"] for line in verdicts if json.loads(line)["set"] == "harmful"]
+    assert result["hs"] == pytest.approx(sum(harmful) / len(harmful))  # the rate of the saved verdicts
     for out in (d1, d2):  # plain transformers, no immunity
         assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
     card = (d1 / "README.md").read_text()

@@ -331,7 +331,7 @@ def test_circuit_breaker_adapter_sits_on_layers_up_to_the_highest_target(world, 
     released = CircuitBreakers(CircuitBreakersConfig(steps=3, lr=1e-2, target_layers=(1,))).apply(model, context)
     moved = {n for n, p in released.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(n.startswith(("model.layers.0.", "model.layers.1.")) for n in moved)
-    assert 0.0 < abs(context.notes["val_cosine"]) <= 1.0
+    assert context.notes["val_cosine"] < 0.999  # three steps already reroute the held-out completions
 
 
 

@@ -168,6 +168,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.integration
 def test_a_real_process_prints_one_line_and_no_traceback_unless_debug():
     proc = _immunity("run", "--defense", "sfft", env=_env())
     _, err = proc.communicate(timeout=120)
@@ -189,6 +190,7 @@ def _rows(path):
         conn.close()
 
 
+@pytest.mark.integration
 def test_kill_9_mid_bench_loses_no_row_and_recomputes_none(tiny, tmp_path):
     store = tmp_path / "k.db"
     args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1,0.2", "--store", str(store),
@@ -210,6 +212,7 @@ def test_kill_9_mid_bench_loses_no_row_and_recomputes_none(tiny, tmp_path):
     assert len(after) == 4 and all(after[k] == v for k, v in first.items())  # nothing recomputed
 
 
+@pytest.mark.integration
 def test_two_workers_on_one_store_compute_each_run_once(tiny, tmp_path):
     store = tmp_path / "c.db"
     common = ["bench", "--defenses", "sft", "--seeds", "0", "--store", str(store), "--quiet", *tiny]
@@ -240,6 +243,7 @@ def _build_entry(path, marker):
     cached_model(Path(path), build, lambda p: "loaded", save)
 
 
+@pytest.mark.integration
 def test_two_processes_filling_one_cache_entry_train_once(tmp_path):
     entry = tmp_path / "cache" / "entry"
     ctx = get_context("spawn")
@@ -280,6 +284,7 @@ def _writer(path, worker, count):
                    "data": "d", "data_hashes": {}, "attack_config": {}, "defense_config": {}}, {})
 
 
+@pytest.mark.integration
 def test_three_writers_lose_nothing(tmp_path):
     path = tmp_path / "w.db"
     Store(path)
@@ -294,6 +299,7 @@ def test_three_writers_lose_nothing(tmp_path):
     assert json.loads(sqlite3.connect(path).execute("SELECT result FROM runs LIMIT 1").fetchone()[0])["defense"] == "sft"
 
 
+@pytest.mark.integration
 def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
     import shutil
 
@@ -321,6 +327,7 @@ def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
     assert report.returncode == 0 and out.count("| booster") == 1 and "older rows" in err
 
 
+@pytest.mark.integration
 def test_local_workers_share_a_grid_and_a_rerun_computes_nothing(tiny, tmp_path):
     store = tmp_path / "w.db"
     args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", str(store),
@@ -335,6 +342,7 @@ def test_local_workers_share_a_grid_and_a_rerun_computes_nothing(tiny, tmp_path)
     assert proc.returncode == 0 and "2 already stored, 0 to run" in err
 
 
+@pytest.mark.integration
 def test_the_submitit_launcher_fills_the_store_from_result_files(tiny, tmp_path):
     """`--launcher slurm`'s code path with submitit's local executor: each job writes its
     result.json next to its generations, the coordinator merges them; a rerun computes nothing."""
@@ -365,6 +373,7 @@ def test_the_ray_launcher_fills_the_store(tiny, tmp_path):
     assert len(_rows(store)) == 2 and len(list(tmp_path.glob("runs/sft-seed0-*/result.json"))) == 2
 
 
+@pytest.mark.integration
 def test_a_result_file_left_by_an_interrupted_grid_is_merged_not_recomputed(tiny, tmp_path):
     from immunity.bench.launch import compute
     from immunity.config import load_run_config
@@ -385,6 +394,7 @@ def test_a_hub_name_that_cannot_be_reached_is_one_line(capsys):
     assert "not a local directory" in line
 
 
+@pytest.mark.integration
 def test_a_killed_coordinators_local_workers_end_with_it(tmp_path):
     """kill -9 on a process that holds a local worker pool: its workers (which would go on
     computing runs nobody merges) end too."""

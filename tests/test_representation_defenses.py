@@ -234,6 +234,7 @@ def test_t_vaccine_scores_are_harmful_gradient_norm_shares(tiny_model, harmful_b
 REPRESENTATION_DEFENSES = ("vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "antidote")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("defense", REPRESENTATION_DEFENSES)
 def test_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
@@ -243,6 +244,6 @@ def test_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
     if defense == "circuit-breakers":
         overrides.append("defense.steps=3")
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
-    assert result["defense"] == defense and result["model"].endswith(arch)
+    assert result["defense"] == defense and result["harmful_nll_after"] != result["harmful_nll_before"]
     if defense == "antidote":
         assert result["defense_notes"]["pruned"] == "adapter factors" and result["defense_notes"]["pruned_weights"] > 0

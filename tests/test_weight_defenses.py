@@ -356,12 +356,13 @@ WEIGHT_DEFENSES = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("defense", WEIGHT_DEFENSES)
 def test_weight_defense_runs_on_tiny_architectures(arch, defense, tiny_architecture):
     overrides = tiny_architecture(arch) + WEIGHT_DEFENSES[defense]
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
-    assert result["defense"] == defense and result["model"].endswith(arch)
+    assert result["defense"] == defense and result["harmful_nll_after"] != result["harmful_nll_before"]
     if defense == "lox":
         assert result["defense_notes"]["k"] in (0, 1, 2, 3, 4, 6, 8)
     if defense == "sophon":

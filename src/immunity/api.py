@@ -46,9 +46,12 @@ from .world import TASKS
 DEFAULT_STORE = "results/results.db"
 
 
-def check_writable(*directories: str | Path | None) -> None:
-    """Each directory (and the model cache) must be writable before any work starts."""
-    for directory in (cache_root(), *directories):
+def check_writable(**directories: str | Path | None) -> None:
+    """The model cache and each named directory (`store=..., out=...`, where the results store or
+    the output goes) must be writable before any work starts."""
+    named = {"model cache (IMMUNITY_CACHE)": cache_root(), **{
+        {"store": "results store's directory", "out": "output's directory"}[k]: v for k, v in directories.items()}}
+    for what, directory in named.items():
         if directory is None:
             continue
         try:
@@ -56,7 +59,7 @@ def check_writable(*directories: str | Path | None) -> None:
             with tempfile.NamedTemporaryFile(dir=directory):
                 pass
         except OSError as err:
-            raise PermissionError(f"{directory} is not writable: {err.strerror or err}") from err
+            raise PermissionError(f"the {what} {directory} is not writable: {err.strerror or err}") from err
 
 
 def _parent(path: str | Path | None) -> Path | None:
@@ -91,7 +94,7 @@ def run(defense: str | None = None, *, seed: int | None = None, settings: dict |
     cfg = load_run_config(config, _settings(settings), defense=defense, seed=seed, model=model,
                           data=list(data) if data else None, task_data=task, **{"eval.judge": judge})
     validate(cfg)
-    check_writable(_parent(store))
+    check_writable(store=_parent(store))
     identity = RunIdentity.of(cfg)
     with quiet_transformers(not progress):
         result = Pipeline(cfg, progress, identity).run()
@@ -110,7 +113,7 @@ def bench(defenses: str | list[str] = "sft", *, seeds: list[int] = (0, 1, 2), gr
         raise ValueError(f"workers must be at least 1, got {workers}")
     names = defenses.split(",") if isinstance(defenses, str) else list(defenses)
     plan = plan_runs(names, list(seeds), list(grid), _settings(settings), config)
-    check_writable(_parent(store))
+    check_writable(store=_parent(store))
     outcome = Grid(plan, Store(store), launcher, workers, slurm_options or {}, submitit_folder, progress)
     rows = outcome.run()
     return rows, outcome.failed
@@ -213,7 +216,7 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     evaluated and the numbers go into its model card. Under torchrun / accelerate launch the
     defense trains data-parallel and only the first process writes (the others return None)."""
     cfg = _stage_config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
-    check_writable(_parent(out))
+    check_writable(out=_parent(out))
     if out is not None and Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
         raise FileExistsError(f"output directory {out} exists and is not empty")
     pipeline = Pipeline(cfg, progress)
@@ -251,7 +254,7 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
     `out`, written as a model directory (`adapter_only`: the attack's LoRA adapter alone, for a
     later repair). Harmful data alone (`attack.p=1`) needs no task."""
     cfg = _stage_config(model, "none", data, task, seed, settings, need_task=True)
-    check_writable(_parent(out))
+    check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     if out is not None and not pipeline.attack.writes_weights:
         raise ValueError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
@@ -297,7 +300,7 @@ def _generate(model: str, *, data: list[str], out: str, split: str | None = None
     every row): the attacker's harmful pairs are the unaligned model's answers to attack-split
     requests (`--data attack=advbench:FILE`)."""
     cfg = _stage_config(model, "none", data, None, 0, settings, "keyword")
-    check_writable(_parent(out))
+    check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     loaded = pipeline.base_model()
     splits = [split] if split else ["align", "attack", "val", "eval"]
@@ -328,7 +331,7 @@ def prepare(name: str, out: str, wheel: str | None = None) -> dict:
     (`immunity.bench.prepare`); its card."""
     from .bench.prepare import prepare as fetch
 
-    check_writable(_parent(out))
+    check_writable(out=_parent(out))
     return fetch(name, out, wheel)
 
 
@@ -355,7 +358,7 @@ def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str =
     from .bench.search import SearchConfig
     from .bench.search import attack_search as search
 
-    check_writable(_parent(store))
+    check_writable(store=_parent(store))
     runs = Store(store)
 
     def stored_or_run(cfg):
