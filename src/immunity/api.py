@@ -30,7 +30,7 @@ from .bench.answers import write_generated
 from .bench.export import write_release
 from .bench.grid import Grid, plan_runs
 from .bench.identity import RunIdentity, versions
-from .bench.pipeline import Pipeline, answers_model, quiet_transformers
+from .bench.pipeline import Pipeline, quiet_transformers
 from .bench.reports import ReportOptions, render, select
 from .bench.store import Store
 from .cache import cache_root, weights_digest

@@ -25,7 +25,6 @@ from pathlib import Path
 from ..cache import cache_root, stable_hash
 from ..data import DataBundle
 from ..evaluation.generate import generate
-from ..world import Example
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from statistics import mean, stdev
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
-from ..registry import ATTACKS, DEFENSES, lookup
+from ..registry import DEFENSES, lookup
 from .result import RunResult
 
 METRICS = (
@@ -435,46 +435,8 @@ def auc(curve: dict[int, float]) -> float | None:
     return area / (steps[-1] - steps[0])
 
 
-def per_seed_table(results: list[RunResult], reference: str = "sft") -> str:
-    """Per defense and seed, under the default harmful fine-tune: HS after, the harmful answers'
-    NLL after (higher: the attacker learnt less; not a cliff) and, where the budget sweep is
-    stored for the seed, the area under its HS-vs-steps curve; then the mean of each and its
-    paired difference from `reference` (seed by seed) with a 95 % bootstrap interval over seeds."""
-    from .stats import seed_bootstrap
-
-    table: dict[str, dict[int, dict]] = {}
-    for label, rows in _by_label(results).items():
-        for seed in sorted({r.seed for r in rows}):
-            mine = [r for r in rows if r.seed == seed]
-            default = [r for r in mine if _default_apart_from(r, ())]
-            curve, _ = _curve([r for r in mine if _default_apart_from(r)], attack_steps)
-            if default:
-                table.setdefault(label, {})[seed] = {"hs": default[0].hs_after, "nll": default[0].harmful_nll_after,
-                                                     "auc": auc(curve), "helpful": default[0].helpful_after}
-    header = ["defense", "seeds", "HS after per seed", "HS after", "vs sft", "harmful NLL after", "vs sft",
-              "HS-steps AUC", "vs sft"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ref = table.get(reference, {})
-    for label, seeds in table.items():
-        cells = [label, ",".join(map(str, seeds)), " / ".join(f"{100 * v['hs']:.0f}" for v in seeds.values())]
-        for key, scale in (("hs", 100), ("nll", 1), ("auc", 100)):
-            values = [v[key] for v in seeds.values() if v[key] is not None]
-            cells.append(f"{scale * mean(values):.{1 if scale == 100 else 2}f}" if values else "–")
-            paired = [v[key] - ref[s][key] for s, v in seeds.items()
-                      if s in ref and v[key] is not None and ref[s][key] is not None]
-            cells.append(_interval(paired, scale, seed_bootstrap) if paired and label != reference else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _by_label(results: list[RunResult]) -> dict[str, list[RunResult]]:
+def by_label(results: list[RunResult]) -> dict[str, list[RunResult]]:
     found: dict[str, list[RunResult]] = {}
     for r in results:
         found.setdefault(defense_label(r), []).append(r)
     return found
-
-
-def _interval(differences: list[float], scale: float, bootstrap) -> str:
-    low, high = bootstrap(differences)
-    digits = 1 if scale == 100 else 2
-    return f"{scale * mean(differences):+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"

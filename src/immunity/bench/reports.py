@@ -36,7 +36,7 @@ REPORTS = {
     "conditions": lambda rows, o: analysis.conditions_table(rows, o.phi),
     "overview": lambda rows, o: analysis.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
     "paired": lambda rows, o: _paired(rows, o),
-    "per-seed": lambda rows, o: analysis.per_seed_table(rows),
+    "per-seed": lambda rows, o: _per_seed(rows),
     "html": lambda rows, o: _html(rows, o),
     **{name: (lambda name: lambda rows, o: analysis.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
        for name in analysis.AGGREGATES},
@@ -47,6 +47,12 @@ def _paired(rows, options):
     from .stats import paired_table
 
     return paired_table(rows, options.runs)
+
+
+def _per_seed(rows):
+    from .stats import per_seed_table
+
+    return per_seed_table(rows)
 
 
 def _html(rows, options):
