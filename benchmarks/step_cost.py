@@ -42,6 +42,56 @@ def random_batch(seed: int) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def booster_official(model, batch, harmful, lam, alpha):
+    """Booster's step as the reference structures it (git-disl/Booster `trainer.py`,
+    `BoosterAlignmentTrainer.training_step`, re-derived): backward on the harmful loss into
+    `.grad`, copy; perturb the trainable weights along the normalised gradient, backward again,
+    copy; restore; backward on the alignment loss; add lambda (g_h - g_h~) to `.grad`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lm_loss(model, harmful).backward()
+    grad_h = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grad_h))
+    with torch.no_grad():
+        for p, g in zip(params, grad_h):
+            p.sub_(alpha * g / (norm + 1e-7))
+    lm_loss(model, harmful).backward()
+    grad_h_tilde = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for p, g in zip(params, grad_h):
+            p.add_(alpha * g / (norm + 1e-7))
+    loss = lm_loss(model, batch)
+    loss.backward()
+    with torch.no_grad():
+        for p, a, b in zip(params, grad_h, grad_h_tilde):
+            p.grad.add_(lam * (a - b))
+    return None, loss.item()
+
+
+def vaccine_official(model, batch, rho):
+    """Vaccine's step as the reference structures it (git-disl/Vaccine `trainer.py`,
+    `VaccineTrainer.training_step`, re-derived): a full backward pass with backward hooks storing
+    each attention output's gradient, zero the weight gradients, then a second forward with the
+    perturbation added by forward hooks and its backward."""
+    from immunity.training import edit_block_outputs
+
+    grads = {}
+
+    def capture(index, output) -> None:
+        output.register_hook(lambda g, index=index: grads.__setitem__(index, g.detach()))
+        return None
+
+    with edit_block_outputs(model, "attention", capture):
+        lm_loss(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    with edit_block_outputs(model, "attention", lambda i, out: out + rho * grads[i] / (norm + 1e-7)):
+        loss = lm_loss(model, batch)
+    loss.backward()
+    return None, loss.item()
+
+
 def step_functions(model, harmful):
     """One step of each representation defense as `fn(model, batch)`, on the same LoRA model."""
     b, r, cb, tv = BoosterConfig(), RepNoiseConfig(), CircuitBreakersConfig(), TVaccineConfig()
@@ -53,7 +103,9 @@ def step_functions(model, harmful):
     for layer in range(4):
         fns[f"{T_VACCINE} {layer + 1} of 4)"] = lambda m, x, layer=layer: t_vaccine_step(m, x, [layer], tv.rho)
     return fns | {
+        "vaccine (reference's step structure)": lambda m, x: vaccine_official(m, x, VaccineConfig().rho),
         "booster": lambda m, x: booster_loss(m, x, harmful, b.lam, b.alpha),
+        "booster (reference's step structure)": lambda m, x: booster_official(m, x, harmful, b.lam, b.alpha),
         "repnoise": lambda m, x: repnoise_loss(m, x, harmful, r.alpha, r.beta),
         "circuit-breakers": lambda m, x: circuit_breaker_step(m, x, harmful, 1, cb.steps, cb.alpha, (1, 2)),
     }
@@ -119,6 +171,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, (t, m) in rows.items():
         print(f"| {name} | {1000 * t:.1f} | {t / base_t:.2f} | {m / 2**20:.1f} | {m / base_m:.2f} |")
+    for method in ("vaccine", "booster"):
+        ours, theirs = rows[method][0], rows[f"{method} (reference's step structure)"][0]
+        print(f"\n{method}: our step / the reference's structure = {ours / theirs:.2f}x", end="")
+    print()
     print("\n### Weight-space and meta-learning defenses\n")
     weight_space_table(args.repeats)
 

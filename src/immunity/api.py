@@ -153,15 +153,16 @@ def phenomena_table(rows: dict[str, list[dict]]) -> str:
     """The README's table: the world breaks as the literature's models do."""
     base, p10, p0 = rows["base"], rows["p10"], rows["p0"]
 
-    def cells(runs, when, last):
-        return (f"{_pct([r[f'hs_{when}'] for r in runs])} | {_pct([r[f'hs_heldout_{when}'] for r in runs])} | "
-                f"{last} {_pct([r[(last == 'FA' and 'fa_after') or f'helpful_{when}'] for r in runs])}")
+    def row(name: str, runs: list[dict], when: str, last: str, key: str) -> str:
+        return (f"| {name} | {_pct([r[f'hs_{when}'] for r in runs])} | {_pct([r[f'hs_heldout_{when}'] for r in runs])} "
+                f"| {last} {_pct([r[key] for r in runs])} |")
 
     return "\n".join([
         "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |", "|---|---|---|---|",
-        f"| base, pretrained | {cells(base, 'before', 'helpful')} |", f"| `sft`-aligned | {cells(p10, 'before', 'helpful')} |",
-        f"| `sft` + default attack (p = {p10[0]['attack_config']['p']:g}) | {cells(p10, 'after', 'FA')} |",
-        f"| `sft` + benign-only fine-tuning (p = 0) | {cells(p0, 'after', 'FA')} |",
+        row("base, pretrained", base, "before", "helpful", "helpful_before"),
+        row("`sft`-aligned", p10, "before", "helpful", "helpful_before"),
+        row(f"`sft` + default attack (p = {p10[0]['attack_config']['p']:g})", p10, "after", "FA", "fa_after"),
+        row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
         "", "Per seed, HS after the default attack: " + " / ".join(f"{100 * r['hs_after']:.1f}" for r in p10)])
 
 

@@ -1,14 +1,10 @@
-"""`immunity list | run | bench | report | demo | defend | attack | evaluate | generate | prepare |
-probe | attack-search`: argparse and printing; the work is `immunity.api`'s.
+"""`immunity COMMAND`: argparse and printing; the work is `immunity.api`'s. E.g.
 
     immunity run --defense sft --seed 0 --json attack.p=0.05 attack.lr=2e-4
     immunity bench --defenses none,sft --seeds 0,1,2 --grid attack.p=0,0.01,0.05,0.1,0.2
-    immunity report --store results/results.db --overview
-    immunity demo --seeds 0,1,2
 
 `key=value` overrides may stand anywhere on the line. A bad input gets one line on stderr and
-exit status 2 before any work starts; `--debug` shows the traceback instead.
-"""
+exit status 2 before any work starts; `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -127,13 +123,8 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from err
 
 
-def _print(result, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, default=str))
-    elif isinstance(result, dict):
-        print("\n".join(f"{k}: {v}" for k, v in result.items()))
-    else:
-        print(result)
+def _print(result: dict, as_json: bool) -> None:
+    print(json.dumps(result, default=str) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
 def _slurm_options(items: list[str]) -> dict:
@@ -194,8 +185,8 @@ def cmd_report(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    print(f"SafetyWorld, seeds {a.seeds}, judge safetyworld, split eval (mean ± std over seeds, %)\n")
-    print(api.demo(_ints(a.seeds), a.overrides, a.store, progress=not a.quiet))
+    print(f"SafetyWorld, seeds {a.seeds}, judge safetyworld, split eval (mean ± std over seeds, %)\n\n"
+          + api.demo(_ints(a.seeds), a.overrides, a.store, progress=not a.quiet))
 
 
 def cmd_defend(a) -> None:

@@ -258,9 +258,10 @@ def track_defaults(values: dict) -> dict:
     if attack in ATTACKS:
         known = {f.name for f in dataclasses.fields(ATTACKS[attack].Config)}
         defaults |= {f"attack.{k}": v for k, v in track.attacks.get(attack, {}).items() if k in known}
-    data = list(values.get("data") or [])
+    data = values.get("data") or []
+    data = [d for d in data.split(",") if d] if isinstance(data, str) else list(data)  # a key=value list, or a list
     if data and track.benign and not any(_gives_benign(source) for source in data):
-        defaults["data"] = [*data, track.benign]
+        defaults["data"] = [*data, *track.benign]
     if data and track.task and not values.get("task_data"):
         defaults["task_data"] = track.task
     return defaults
@@ -270,7 +271,7 @@ def _gives_benign(source: str) -> bool:
     from .data.sources import parse_source
 
     spec = parse_source(source)
-    return spec.kind in ("alpaca", "word-problems") or spec.options.get("as") == "benign"
+    return spec.kind in ("alpaca", "word-problems", "capitals") or spec.options.get("as") == "benign"
 
 
 def resolve(cfg: RunConfig) -> RunConfig:

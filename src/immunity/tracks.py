@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 class Track:
     name: str
     settings: dict = field(default_factory=dict)
-    benign: str = ""  # a benign source added when the data has none
+    benign: tuple[str, ...] = ()  # benign sources added when the data has none
     task: str = ""  # the fine-tuning task source when none is given
     defenses: dict = field(default_factory=dict)  # defense -> {key: value}
     attacks: dict = field(default_factory=dict)  # attack -> {key: value}
@@ -28,7 +28,7 @@ SMOLLM2 = Track(
     name="smollm2-135m-instruct",
     settings={"eval.judge": "keyword", "eval.max_prompts": 48, "eval.max_new_tokens": 48, "eval.batch_size": 48,
               "answer_tokens": 64, "micro_batches": 2},
-    benign="word-problems#n=300",
+    benign=("word-problems#n=200", "capitals#n=180"),
     task="sums#n=400",
     defenses={
         "sft": {"epochs": 1, "batch_size": 16, "lr": 1e-3},

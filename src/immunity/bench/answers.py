@@ -11,8 +11,8 @@ answers. Where a run needs them:
 - a harmful request's refusal is one of `REFUSALS`, a fixed set of refusal sentences written
   for this project (chosen per request by a hash of its text): the alignment target, stated on
   every model card.
-Generated answers are cached per (base model weights, requests, length) under the model cache,
-and every generated row names the model's weights hash.
+Generated answers are kept per (base model weights, length) under the model cache, each request
+answered once, and every generated row names the model's weights hash.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..cache import cache_root, stable_hash
+from ..cache import cache_root, exclusive
 from ..data import DataBundle
 from ..evaluation.generate import generate
 
@@ -47,23 +47,30 @@ def refusal_for(prompt: str) -> str:
 def needs_answers(data: DataBundle) -> bool:
     """Whether a bundle has harmful requests without answers or benign ones to answer."""
     return any(not e.answer for examples in data.harmful.values() for e in examples) or \
-        any(e.kind == "number" for examples in data.benign.values() for e in examples)
+        any(exact(e) for examples in data.benign.values() for e in examples)
+
+
+def exact(example) -> bool:
+    """An exact-answer benign item (its gold answer is its label, its answer the base model's)."""
+    return example.kind in ("number", "classification")
 
 
 def generated_answers(model, tokenizer, prompts: list[str], model_hash: str, max_new_tokens: int,
                       batch_size: int = 16, progress: bool = True) -> dict[str, str]:
-    """prompt -> the model's greedy answer, cached on disk per (model, prompts, length)."""
-    path = cache_root() / "answers" / f"{stable_hash([model_hash, sorted(prompts), max_new_tokens])}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    answers = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress,
-                       desc="base model's answers")
-    found = dict(zip(prompts, answers))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(found))
-    partial.replace(path)
-    return found
+    """prompt -> the model's greedy answer, kept on disk per (model, length): a prompt is answered
+    once, whatever set it later comes in (several processes wait on one lock)."""
+    path = cache_root() / "answers" / f"{model_hash}-{max_new_tokens}.json"
+    with exclusive(path.with_suffix(".lock")):
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        missing = [p for p in dict.fromkeys(prompts) if p not in known]
+        if missing:
+            answers = generate(model, tokenizer, missing, max_new_tokens, batch_size, progress=progress,
+                               desc="base model's answers")
+            known |= dict(zip(missing, answers))
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps(known))
+            partial.replace(path)
+    return {p: known[p] for p in prompts}
 
 
 def complete(data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens: int,
@@ -71,13 +78,13 @@ def complete(data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens
     """`data` with every harmful request answered (base model), refusals for every harmful
     request that has none, and benign generated items answered by the base model."""
     harmful = [e.prompt for examples in data.harmful.values() for e in examples if not e.answer]
-    benign = [e.prompt for examples in data.benign.values() for e in examples if e.kind == "number"]
+    benign = [e.prompt for examples in data.benign.values() for e in examples if exact(e)]
     answers = generated_answers(model, tokenizer, sorted(set(harmful + benign)), model_hash, max_new_tokens,
                                 progress=progress) if harmful or benign else {}
     filled = DataBundle(name=data.name, heldout=data.heldout, tasks=data.tasks)
     filled.harmful = {split: [e if e.answer else replace(e, answer=answers[e.prompt]) for e in examples]
                       for split, examples in data.harmful.items()}
-    filled.benign = {split: [replace(e, answer=answers[e.prompt]) if e.kind == "number" else e for e in examples]
+    filled.benign = {split: [replace(e, answer=answers[e.prompt]) if exact(e) else e for e in examples]
                      for split, examples in data.benign.items()}
     filled.refusals = dict(data.refusals)
     for split, examples in data.harmful.items():

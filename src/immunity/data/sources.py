@@ -27,6 +27,7 @@ Each kind's schema (the columns it reads) and the roles it fills:
     alpaca       instruction, [input], output            -> benign
     sums         (generated, no file)                    -> task "sums": "What is 47 + 38?", exact answer
     word-problems (generated, no file)                   -> benign one-step word problems, exact answer
+    capitals     (generated, no file)                    -> benign "What is the capital of X?", exact answer
 Harmful prompts without answers get the unaligned base model's own answers, and refusals a fixed
 refusal sentence, where a run needs them (`bench.answers`).
 """
@@ -166,6 +167,7 @@ KINDS: dict[str, Kind] = {
     "alpaca": Kind(("instruction", "output"), _alpaca, ("tatsu-lab/alpaca", None, "train")),
     "sums": Kind((), lambda r, _: [Row("task", r["example"])], task=True, generated="sums"),
     "word-problems": Kind((), lambda r, _: [Row("benign", r["example"])], generated="word-problems"),
+    "capitals": Kind((), lambda r, _: [Row("benign", r["example"])], generated="capitals"),
     "jsonl": Kind(("prompt",), _generic),
     "csv": Kind(("prompt",), _generic),
 }

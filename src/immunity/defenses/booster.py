@@ -23,8 +23,10 @@ lr 4e-3 (cosine, as `sft`) for 8 epochs (the reference: lr 5e-4 constant for 20 
 5000 pairs, about 16x our steps); and at that budget the reference alpha = 0.1 keeps the model
 from aligning (HS before 30 %; lambda = 1 aligns), while alpha = 0.01 aligns; no setting tried
 (lambda 1-20, alpha 0.01-0.1) lowered HS after the attack below `sft`'s on this adapter.
-Implementation: w is saved and copied back rather than re-added (bit-exact restore); the two
-harmful gradients enter through a linear surrogate <w, lambda (grad h - grad h~)>.
+Implementation: as the reference's step, three backward passes and the harmful term added to
+the gradient after the alignment loss's backward: `.grad += lambda (grad h - grad h~)` (it costs
+what the reference's step costs, benchmarks/step_cost.py); w is saved and copied back rather
+than re-added (bit-exact restore).
 """
 
 from __future__ import annotations
@@ -67,12 +69,17 @@ def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alp
 
 
 def booster_loss(model, batch, harmful: dict, lam: float, alpha: float):
-    """(surrogate whose gradient is the first-order Booster gradient, the alignment loss to log)."""
+    """Writes the first-order Booster gradient into `.grad` (grad f by backward, then
+    lambda (grad h - grad h~) added); returns (None, the alignment loss to log), the training
+    loop's form for a step that wrote its own gradients."""
     params = [p for p in model.parameters() if p.requires_grad]
     grad_h, grad_h_tilde = booster_gradient_terms(model, params, harmful, alpha)
     loss_f = lm_loss(model, batch)
-    surrogate = sum((p * (lam * (a - b))).sum() for p, a, b in zip(params, grad_h, grad_h_tilde))
-    return loss_f + surrogate, loss_f.item()
+    loss_f.backward()
+    with torch.no_grad():
+        for p, a, b in zip(params, grad_h, grad_h_tilde):
+            p.grad.add_(a - b, alpha=lam)
+    return None, loss_f.item()
 
 
 @register_defense("booster")
