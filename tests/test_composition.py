@@ -5,7 +5,7 @@ import torch
 
 from immunity.bench.result import RunResult
 from immunity.bench.pipeline import Pipeline, run
-from immunity.bench.report import defense_label
+from immunity.bench.analysis import defense_label
 from immunity.config import ConfigError, defense_chain, load_run_config, validate
 from immunity.defenses.antidote import Antidote
 from immunity.defenses.booster import Booster

@@ -8,7 +8,8 @@ import pytest
 from immunity import registry
 from immunity.attacks.base import Attack, AttackTask
 from immunity.bench.pipeline import run
-from immunity.bench.report import by_attack_table, typed
+from immunity.bench.analysis import typed
+from immunity.bench.report import by_attack_table
 from immunity.config import load_run_config
 from immunity.evaluation.judges import JudgeSettings, check_judge, judge_choices, make_judge
 from immunity.evaluation.judges.base import by_kind

@@ -16,7 +16,8 @@ import warnings
 from . import api
 from .bench.launch import LAUNCHERS
 from .bench.prepare import ASSETS, PrepareError
-from .bench.report import AGGREGATES, markdown_table
+from .bench.analysis import AGGREGATES
+from .bench.report import markdown_table
 from .bench.result import ResultError
 from .bench.store import StoreError
 from .config import ConfigError, parse_overrides

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from statistics import mean
 
 from .result import RunResult
-from .report import (attack_outcomes, attack_steps, by_attack_table, conditions_table, defense_label, defense_overview,
-                     leaderboard, markdown_table, setting, short_settings)
+from .analysis import attack_outcomes, attack_steps, defense_label, setting, short_settings
+from .report import by_attack_table, conditions_table, defense_overview, leaderboard, markdown_table
 
 BUDGET_KEYS = {"epochs", "max_steps", "n", "batch_size"}
 

@@ -3,7 +3,7 @@
 Rows come out of the store as typed `RunResult`s, one per configuration: the newest made by the
 current code (a row whose code has changed since is stale: left out, or shown marked with
 `include_stale`), then filtered by defense, split and attack setting. Each report is a function
-of those rows (analysis in `report`, rendering there and in `html`).
+of those rows (analysis in `analysis`, rendering in `report` and `html`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from ..config import build_config, parse_overrides
 from ..registry import ATTACKS, lookup
-from . import report as analysis
+from . import report
+from .analysis import AGGREGATES, latest_per_config
 from .identity import run_code_version
 from .result import RunResult
 from .store import Store, StoreError
@@ -30,16 +31,16 @@ class ReportOptions:
 
 
 REPORTS = {
-    "table": lambda rows, o: analysis.markdown_table(rows),
-    "by-attack": lambda rows, o: analysis.by_attack_table(rows),
-    "regret": lambda rows, o: analysis.regret_table(rows),
-    "conditions": lambda rows, o: analysis.conditions_table(rows, o.phi),
-    "overview": lambda rows, o: analysis.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
+    "table": lambda rows, o: report.markdown_table(rows),
+    "by-attack": lambda rows, o: report.by_attack_table(rows),
+    "regret": lambda rows, o: report.regret_table(rows),
+    "conditions": lambda rows, o: report.conditions_table(rows, o.phi),
+    "overview": lambda rows, o: report.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
     "paired": lambda rows, o: _paired(rows, o),
     "per-seed": lambda rows, o: _per_seed(rows),
     "html": lambda rows, o: _html(rows, o),
-    **{name: (lambda name: lambda rows, o: analysis.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
-       for name in analysis.AGGREGATES},
+    **{name: (lambda name: lambda rows, o: report.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
+       for name in AGGREGATES},
 }
 
 
@@ -75,7 +76,7 @@ def current_rows(store: Store, include_stale: bool = False) -> list[RunResult]:
     every = store.rows()
     fresh = [r for r in every if current(r)]
     covered = {r.config_hash for r in fresh}
-    rows, _ = analysis.latest_per_config(fresh + [r for r in every if r.config_hash not in covered])
+    rows, _ = latest_per_config(fresh + [r for r in every if r.config_hash not in covered])
     older = len(every) - len(rows)
     stale = [r for r in rows if not current(r)]
     if stale:

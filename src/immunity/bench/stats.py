@@ -19,7 +19,7 @@ from statistics import mean
 import numpy as np
 
 from ..evaluation.suite import _record_key, verdict_path
-from .report import _curve, _default_apart_from, attack_steps, auc, by_label, defense_label, setting, short_settings
+from .analysis import attack_steps, auc, by_label, curve, default_apart_from, defense_label, setting, short_settings
 from .result import RunResult
 
 RESAMPLES = 2000
@@ -130,11 +130,11 @@ def per_seed_table(results: list[RunResult], reference: str = "sft") -> str:
     for label, rows in by_label(results).items():
         for seed in sorted({r.seed for r in rows}):
             mine = [r for r in rows if r.seed == seed]
-            default = [r for r in mine if _default_apart_from(r, ())]
-            curve, _ = _curve([r for r in mine if _default_apart_from(r)], attack_steps)
+            default = [r for r in mine if default_apart_from(r, ())]
+            budgets, _ = curve([r for r in mine if default_apart_from(r)], attack_steps)
             if default:
                 table.setdefault(label, {})[seed] = {"hs": default[0].hs_after, "nll": default[0].harmful_nll_after,
-                                                     "auc": auc(curve), "helpful": default[0].helpful_after}
+                                                     "auc": auc(budgets), "helpful": default[0].helpful_after}
     header = ["defense", "seeds", "HS after per seed", "HS after", "vs sft", "harmful NLL after", "vs sft",
               "HS-steps AUC", "vs sft"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
