@@ -13,19 +13,12 @@ from pathlib import Path
 import torch
 
 from ...registry import register_judge
-from ...world.lexicon import Lexicon
-from .base import JudgeSettings, by_kind, chunks, device, keyword_refused
+from .base import JudgeSettings, ModelJudge, by_kind, chunks, device, keyword_refused
 
 
 @register_judge("classifier")
-class ClassifierJudge:
-    needs_model = True
-    data = "real"
+class ClassifierJudge(ModelJudge):
     usage = "classifier:PATH (a sequence-classification moderation model)"
-
-    @classmethod
-    def build(cls, path: str, settings: JudgeSettings, lexicon: Lexicon | None):
-        return cls(path, settings)
 
     def __init__(self, path: str, settings: JudgeSettings):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
