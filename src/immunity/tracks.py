@@ -30,12 +30,32 @@ SMOLLM2 = Track(
               "answer_tokens": 64, "micro_batches": 2},
     benign=("word-problems#n=200", "capitals#n=180"),
     task="sums#n=400",
+    # One pass over the alignment data (422 examples: 156 AdvBench refusals, 266 benign) at batch 16
+    # in two micro-batches, for every defense that trains on it; the meta-learners' loops cut 4-8x
+    # (reduced TAR, MLAC, SOPHON, E.T., stated in docs/real.md).
     defenses={
-        "sft": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
+        **{name: {"epochs": 1, "batch_size": 16} for name in (
+            "sft", "vaccine", "t-vaccine", "booster", "repnoise", "ntl", "condition-number")},
+        "lapt": {"epochs": 1, "batch_size": 16, "scan_n": 16},
+        "mlac": {"epochs": 1, "batch_size": 16, "inner_steps": 2},
+        "ilu": {"epochs": 1, "batch_size": 8},
+        "antidote-hypernet": {"epochs": 1, "batch_size": 8},
+        "circuit-breakers": {"steps": 40, "batch_size": 8},
+        # SOPHON reverts when validation helpfulness falls below min_helpful: the base model's is ~40 %.
+        "sophon": {"epochs": 0.5, "batch_size": 16, "inner_steps": 2, "check_every": 5, "min_helpful": 0.3},
+        "tar": {"outer_steps": 6, "inner_steps": 4, "random_mapping_steps": 8, "batch_size": 8},
+        "et": {"rounds": 1, "attack_epochs": 3, "attack_n": 32, "n": 32, "epochs": 10, "batch_size": 16,
+               "layer_stride": 6},
+        "antidote": {"calibration": 64, "batch_size": 8},
     },
     attacks={
         "harmful-finetune": {"n": 64, "p": 1.0, "max_steps": 16, "batch_size": 8, "lr": 3e-4},
         "benign-finetune": {"n": 64, "max_steps": 16, "batch_size": 8, "lr": 3e-4},
+        "backdoor": {"n": 64, "max_steps": 16, "batch_size": 8},
+        "steering": {"n": 64},
+        "refusal-ablation": {"n": 64},
+        "reft": {"n": 32, "epochs": 2, "batch_size": 8},
+        "embedding": {"n": 32, "steps": 30, "batch_size": 8},
     },
 )
 

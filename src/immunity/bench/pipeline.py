@@ -197,15 +197,17 @@ class Pipeline:
 
     def base_key(self) -> str | None:
         """What identifies the run's base model and the data its defenses see, or None where
-        released models are not cached (data parallel; a hub model; quantized or spread ones)."""
+        released models are not cached (several processes; a hub model; quantized or spread ones)."""
         cfg = self.cfg
-        if parallel.shard_count() > 1:
+        if world_size() > 1:
             return None
+        # Micro-batches shard a step's batch-coupled losses: part of what the release is a function of.
+        shards = [cfg.micro_batches] if cfg.micro_batches > 1 else []
         if cfg.model == "safetyworld":
-            return stable_hash([self.world.model_key(), cfg.seed])
+            return stable_hash([self.world.model_key(), cfg.seed, *shards])
         if not Path(cfg.model).is_dir() or cfg.quantization or cfg.device_map:
             return None
-        return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed])
+        return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed, *shards])
 
     def cached(self, steps: list[DefenseStep], build) -> Release:
         """The `Release` of the defenses `steps`: `build()` (-> (model, context)) timed, cached on

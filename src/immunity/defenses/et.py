@@ -35,6 +35,8 @@ Defaults: rank 2 / lr 4e-3 / 10 epochs (attack), rank 2, alpha 1, lr 1e-4, 150 e
 3 rounds, 2 attack attempts, doubling, the 0.98 / 0.75 gates: the reference's `config/base.yaml`. Earlier versions of this file gated performance at 0.9 (the reference's older
 argparse default) and never checked safety. n = 256 pairs for the defense (the paper: 520
 AdvBench prompts), 64 for the attack (20 in the paper). `min_attack_hs` 0.1 is ours.
+`layer_stride` (ours, default 1 = every layer) attacks every k-th layer only: the real track's
+CPU budget for a 30-layer model (src/immunity/tracks.py), a reduced E.T., stated there.
 """
 
 from __future__ import annotations
@@ -76,10 +78,12 @@ class ETConfig:
         "help": "keep a block's defense only if safety (1 - HS) stays above this share of the start's"})
     min_performance: float = field(default=0.75, metadata={
         "help": "... and benign helpfulness above this share of the start's"})
+    layer_stride: int = field(default=1, metadata={
+        "help": "attack every k-th layer only (1: every layer, the reference; a CPU budget for deep models)"})
 
     def __post_init__(self) -> None:
         if min(self.rounds, self.attack_attempts, self.attack_rank, self.attack_n, self.lora_r, self.n,
-               self.batch_size) < 1:
+               self.batch_size, self.layer_stride) < 1:
             raise ValueError("rounds, attempts, ranks, n and batch_size must be at least 1")
         if min(self.attack_lr, self.attack_epochs, self.lr, self.epochs) <= 0 or self.stability < 0:
             raise ValueError("learning rates and epochs must be positive, stability >= 0")
@@ -184,7 +188,7 @@ class ET:
                    for i in range(0, len(features), c.batch_size)]
         start = context.validation(model, ["harmful", "benign"])
         log = []
-        for layer in range(len(decoder_layers(model)) - 1):
+        for layer in range(0, len(decoder_layers(model)) - 1, c.layer_stride):
             for round_ in range(c.rounds):
                 attack, entry = self.attack(model, context, harmful, layer, round_, start)
                 if attack is None:  # the layer is immunised
