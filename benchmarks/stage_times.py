@@ -2,8 +2,8 @@
 
     python benchmarks/stage_times.py [--seed 0]
 
-Not a test: timings depend on the machine. Cold uses a fresh temporary cache (pretraining and
-alignment run); warm reuses it (the aligned model loads from disk).
+Not a test: timings depend on the machine. Cold uses a fresh temporary cache (the shipped base
+loads, alignment runs); warm reuses it (the aligned model loads from disk).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def sft_step_seconds(seed: int, steps: int = 20) -> tuple[float, int]:
     from immunity.safetyworld import SafetyWorld
 
     world = SafetyWorld(progress=False)
-    model = world.pretrained_model(seed)
+    model = world.base_model()
     ctx = DefenseContext(world.tokenizer, from_world(world.data), seed, progress=False)
     feats = ctx.encode(ctx.alignment_examples())[:32]
     batch = collate(feats, world.tokenizer.pad_token_id)

@@ -188,8 +188,8 @@ class Pipeline:
             return
         source = answers_model(self.cfg.model)
         model = base if source == self.cfg.model else load_model(source, dtype=self.cfg.model_dtype)[0].to(self.device)
-        self.data = complete(self.data, model, self.tokenizer, weights_digest(Path(source)), self.cfg.answer_tokens,
-                             self.progress)
+        identity = weights_digest(Path(source)) if Path(source).is_dir() else stable_hash(source)  # a hub id: its name
+        self.data = complete(self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress)
 
     def context(self, base_model=None) -> DefenseContext:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
