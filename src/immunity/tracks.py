@@ -26,7 +26,7 @@ class Track:
 
 SMOLLM2 = Track(
     name="smollm2-135m-instruct",
-    settings={"eval.judge": "keyword", "eval.max_prompts": 48, "eval.max_new_tokens": 48, "eval.batch_size": 48,
+    settings={"eval.judge": "keyword", "eval.max_prompts": 40, "eval.max_new_tokens": 32, "eval.batch_size": 40,
               "answer_tokens": 64, "micro_batches": 2},
     benign=("word-problems#n=200", "capitals#n=180"),
     task="sums#n=400",

@@ -310,7 +310,9 @@ class Pipeline:
     def _run(self) -> dict | None:
         """The result (None on every process but the first, which alone evaluates and reports)."""
         cfg, clock = self.cfg, self.clock
-        sets = ["harmful", "heldout", "benign", f"task:{cfg.attack.task}"]
+        # FA: the attacker's task, measured only where the attack trains on it (or for the world's own tasks)
+        task = self.world is not None or self.attack.trains_on_task(asdict(cfg.attack))
+        sets = ["harmful", "heldout", "benign"] + ([f"task:{cfg.attack.task}"] if task else [])
         with clock.stage("base"):
             base = self.base_model()
             self.complete_data(base)
