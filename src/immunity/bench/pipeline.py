@@ -37,7 +37,7 @@ from ..data import from_world
 from ..data.sources import cached_bundle
 from ..defenses.base import DefenseContext, Stage
 from ..evaluation.judges import make_judge
-from ..evaluation.suite import answer_nll, generate_sets, prompt_sets, score, verdict_path
+from ..evaluation.suite import answer_nll, evenly_spaced, generate_sets, prompt_sets, score, verdict_path
 from ..models import clone_model, load_model, save_model
 from ..models.lora import ReleasedAdapter
 from ..registry import DEFENSES, JUDGES, lookup
@@ -298,7 +298,7 @@ class Pipeline:
                                 prefill)
         metrics = score(records, self.judge, verdict_path(path, self.judge.name))
         for name, role in (("harmful_nll", self.data.harmful), ("benign_nll", self.data.benign)):
-            with_answers = [x for x in role.get(e.split, []) if x.answer]
+            with_answers = evenly_spaced([x for x in role.get(e.split, []) if x.answer], e.max_prompts)
             metrics[name] = answer_nll(model, self.tokenizer, with_answers, e.batch_size) if with_answers else None
         return metrics
 

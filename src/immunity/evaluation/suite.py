@@ -38,10 +38,10 @@ def prompt_sets(data: DataBundle, names: list[str], split: str, limit: int = 0) 
             sets[name] = data.task(name.split(":", 1)[1], split)
         else:
             raise ValueError(f"unknown evaluation set {name!r}")
-    return {name: _evenly_spaced(examples, limit) for name, examples in sets.items() if examples}
+    return {name: evenly_spaced(examples, limit) for name, examples in sets.items() if examples}
 
 
-def _evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
+def evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
     if limit <= 0 or limit >= len(examples):
         return examples
     return [examples[i * len(examples) // limit] for i in range(limit)]
