@@ -276,7 +276,7 @@ def test_readme_python_example_runs(files, tmp_path, monkeypatch):
     from pathlib import Path
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(import immunity\n.*?)```", readme, re.S).group(1)
+    code = re.search(r"## Your own model\n.*?```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     for name, target in (("M", files["model"]), ("BT.jsonl", files["bt"]), ("SST.jsonl", files["sst"]),
                          ("J", files["judge"])):
@@ -292,3 +292,21 @@ def test_a_bf16_model_stays_bf16_through_defense_and_release(files, tmp_path):
     released = AutoModelForCausalLM.from_pretrained(out)
     assert released.dtype == torch.bfloat16
     assert json.loads((tmp_path / "B" / "immunity.json").read_text())["config"]["model_dtype"] == "bfloat16"
+
+
+def test_readme_python_section_calls_functions_that_exist():
+    """The README's "Python" section (not run: it trains) names only functions of immunity.api."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from immunity import api
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Python\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    called = set(re.findall(r"\bapi\.(\w+)\(", code))
+    assert called >= {"run", "bench", "report", "generate"}
+    for name in called:
+        assert inspect.isfunction(getattr(api, name)), name
+    for name in immunity.__all__:  # the package's shortcuts reach the same functions
+        assert getattr(immunity, name) is getattr(api, name)

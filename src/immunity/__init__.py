@@ -1,11 +1,12 @@
 """immunity: make harmful fine-tuning of LLMs difficult, and measure how difficult.
 
     import immunity
-    immunity.defend(...), immunity.attack(...), immunity.evaluate(...)   # see immunity.api
+    immunity.defend(...), immunity.attack(...), immunity.evaluate(...), immunity.run(...)   # see immunity.api
 """
 
 __version__ = "0.2.0"
-__all__ = ["attack", "defend", "evaluate"]
+__all__ = ["attack", "attack_search", "catalogue", "defend", "demo", "evaluate", "generate", "prepare",
+           "probe", "report", "run"]
 
 
 def __getattr__(name):  # the stages load torch and transformers: only when first used
