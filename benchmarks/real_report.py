@@ -29,6 +29,12 @@ def _num(values, digits=2) -> str:
     return f"{mean(values):.{digits}f}" if values else "–"
 
 
+def build_peak(runs) -> float:
+    """Peak resident memory (MB) while the released model was built (kept with the cached
+    release; 0 when no run of it measured one)."""
+    return max((r.peak_memory_mb.get("defense", 0) for r in runs), default=0)
+
+
 def released_table(rows) -> str:
     """Per defense, its released model (each seed once): safety, capability, cost, memory."""
     by: dict[str, dict[int, object]] = {}
@@ -36,21 +42,21 @@ def released_table(rows) -> str:
         by.setdefault(defense_label(r), {})[r.seed] = r
     ref = by.get("sft", {})
     ref_seconds = mean(r.defense_seconds for r in ref.values()) if ref else None
-    ref_memory = mean(r.peak_memory_mb.get("defend", 0) for r in ref.values()) if ref else None
+    ref_memory = build_peak(ref.values())
     header = ["defense", "seeds", "HS before (keyword)", "refusal", "harmful NLL before", "helpful before",
-              "over-refusal", "benign NLL before", "defense s", "x sft", "peak memory GB (defend)", "x sft"]
+              "over-refusal", "benign NLL before", "defense s", "x sft", "peak memory GB (build)", "x sft"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, seeds in by.items():
         runs = list(seeds.values())
         seconds = mean(r.defense_seconds for r in runs)
-        memory = mean(r.peak_memory_mb.get("defend", 0) for r in runs)
+        memory = build_peak(runs)
         lines.append("| " + " | ".join([
             label, ",".join(map(str, sorted(seeds))), _pct(r.hs_before for r in runs),
             _pct(r.refusal_before for r in runs), _num(r.harmful_nll_before for r in runs),
             _pct(r.helpful_before for r in runs), _pct(r.over_refusal_before for r in runs),
             _num(r.benign_nll_before for r in runs), f"{seconds:.0f}",
-            f"{seconds / ref_seconds:.1f}" if ref_seconds else "–", f"{memory / 1024:.1f}",
-            f"{memory / ref_memory:.2f}" if ref_memory else "–"]) + " |")
+            f"{seconds / ref_seconds:.1f}" if ref_seconds else "–", f"{memory / 1024:.1f}" if memory else "–",
+            f"{memory / ref_memory:.2f}" if memory and ref_memory else "–"]) + " |")
     return "\n".join(lines)
 
 

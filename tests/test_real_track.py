@@ -6,6 +6,7 @@ import hashlib
 import json
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +212,16 @@ def test_a_prepared_models_card_supplies_its_tracks_settings(files, tmp_path):
     assert cfg.task_data.startswith("sums") and any(s.startswith("word-problems") for s in cfg.data)
     plain = load_run_config(None, [], model=str(files["model"]), defense="sft", data=[f"beavertails:{files['bt']}"])
     assert plain.micro_batches == 1 and not plain.task_data  # no card, no track
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's resettable resident peak")
+def test_each_run_measures_its_own_peak_memory():
+    """Several runs share one worker process: a run's peak must not include its predecessors'."""
+    from immunity.bench.pipeline import peak_memory_mb, reset_peak_memory
+
+    big = torch.ones(64 * 2**20, dtype=torch.float64)  # 512 MB resident
+    big.add_(1)
+    before = peak_memory_mb()
+    del big
+    reset_peak_memory()
+    assert peak_memory_mb() < before - 400

@@ -56,10 +56,30 @@ def run_dir(cfg: RunConfig, run_id: str) -> Path:
     return Path(cfg.out_dir) / f"{cfg.defense}-seed{cfg.seed}-{run_id}"
 
 
+PROC_STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak afresh: a worker runs several runs in one process, and the
+    process's lifetime peak would charge each run with its predecessors' memory."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the resident peak
+    except OSError:
+        pass  # elsewhere the peak stays the process's
+
+
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (CUDA: peak allocated on the device)."""
+    """Peak resident memory since `reset_peak_memory` (Linux; the process's peak elsewhere; CUDA:
+    peak allocated on the device)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    if PROC_STATUS.exists():
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
@@ -112,16 +132,19 @@ def release_identity(steps: list[DefenseStep]) -> tuple[str, object, list[str]]:
 @dataclass
 class Release:
     """A defense's released model with what it noted, the adapter it trained (if any) and what
-    it cost (seconds, measured when it was built, kept with it in the cache)."""
+    it cost (seconds and peak resident memory, measured when it was built, kept with it in the
+    cache; 0 for a release cached before peaks were kept)."""
 
     model: object
     notes: dict
     adapter: ReleasedAdapter | None
     seconds: float
+    peak_mb: float = 0.0
 
     def save(self, path: Path) -> None:
         def extras(tmp: Path) -> None:
-            (tmp / RELEASE_NOTES).write_text(json.dumps({"notes": self.notes, "seconds": self.seconds}, default=str))
+            (tmp / RELEASE_NOTES).write_text(json.dumps({"notes": self.notes, "seconds": self.seconds, "peak_mb": self.peak_mb},
+                                                         default=str))
             if self.adapter is not None:
                 self.adapter.save(tmp)
             write_manifest(tmp)
@@ -132,7 +155,7 @@ class Release:
     def load(cls, path: Path, device) -> "Release":
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device)
         record = json.loads((path / RELEASE_NOTES).read_text())
-        return cls(model, record["notes"], ReleasedAdapter.load(path), record["seconds"])
+        return cls(model, record["notes"], ReleasedAdapter.load(path), record["seconds"], record.get("peak_mb", 0.0))
 
 
 class Pipeline:
@@ -150,11 +173,13 @@ class Pipeline:
         self.identity = identity or RunIdentity.of(cfg)  # taken now, from the code this process loaded
         self.device = parallel.device()
         self.clock = StageClock()
+        reset_peak_memory()
         self.tokenizer = self.world.tokenizer if self.world else None
         self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
             else from_world(self.world.data)
         self._judge = None
         self.defense_seconds = 0.0  # the defenses' own cost (alignment measured even when cached)
+        self.defense_peak_mb = 0.0  # and their peak resident memory, from the release's build
         self.notes: dict = {}  # what the defenses decided or measured
         self.released_adapter: ReleasedAdapter | None = None  # the last defense's trained adapter
         self.release_path: Path | None = None  # the released model's cache entry, if cached
@@ -215,7 +240,8 @@ class Pipeline:
         def timed() -> Release:
             start = time.perf_counter()
             model, context = build()
-            return Release(model, context.notes, context.released_adapter, round(time.perf_counter() - start, 2))
+            return Release(model, context.notes, context.released_adapter, round(time.perf_counter() - start, 2),
+                           round(peak_memory_mb(), 1))
 
         base = self.base_key()
         if base is None:
@@ -243,8 +269,14 @@ class Pipeline:
             model, self.released_adapter = release.model, release.adapter
             if step in self.chain:  # the implicit `sft`'s cost is not the defense's
                 self.defense_seconds += release.seconds
+                self.defense_peak_mb = max(self.defense_peak_mb, release.peak_mb)
                 self._note(step, release.notes)
         return model
+
+    def peak_memory(self) -> dict[str, float]:
+        """Per stage, this run's peak resident memory so far; "defense": the released model's build
+        peak (kept with a cached release, so a run that reuses it still reports it)."""
+        return self.clock.peak_mb | ({"defense": self.defense_peak_mb} if self.defense_peak_mb else {})
 
     def _note(self, step: DefenseStep, notes: dict) -> None:
         if len(self.chain) == 1:
@@ -350,7 +382,7 @@ class Pipeline:
             attack_config=asdict(cfg.attack), defense_config=chain_config(self.chain), **measured,
             extra_before={name: before.get(name) for name in extra}, extra_after={name: after.get(name) for name in extra},
             attack_notes=self.attack.notes, defense_notes=self.notes, timings=self.clock.seconds,
-            defense_seconds=round(self.defense_seconds, 2), peak_memory_mb=self.clock.peak_mb,
+            defense_seconds=round(self.defense_seconds, 2), peak_memory_mb=self.peak_memory(),
             processes=world_size(), micro_batches=cfg.micro_batches, fsdp=cfg.fsdp)
 
 
