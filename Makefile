@@ -87,7 +87,8 @@ results-report: install
 	{ echo "# Results on SafetyWorld"; echo; \
 	  echo "Regenerate: \`make results\` (runs what the store lacks, then rewrites this file). Evaluation split,"; \
 	  echo "exact judge; one shipped base model, so a seed varies alignment, the attack's data and order. Defaults"; \
-	  echo "chosen on the validation split at the default attack (72 steps; docs/reproduction.md, \"Re-selection\")."; echo; \
+	  echo "chosen on the validation split at the default attack (72 steps; docs/reproduction.md, round 5). Each row"; \
+	  echo "names its seeds: a store filled in part (fewer seeds, side studies missing) is reported as it is."; echo; \
 	  echo "## Every defense under the default attack, per seed"; echo; \
 	  echo "HS after per seed; the means of HS after, the harmful answers' NLL after (higher: the attacker learnt"; \
 	  echo "less) and the area under HS against the attacker's steps (where the budget sweep is stored), each with"; \

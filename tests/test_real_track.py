@@ -157,6 +157,23 @@ def test_generate_is_deterministic_and_names_its_model(files, tmp_path):
     assert {r["model"] for r in rows} == {str(files["model"])} and len({r["model_weights"] for r in rows}) == 1
 
 
+def test_generate_on_a_track_model_answers_only_the_sources_named(files, tmp_path):
+    """A real track adds benign requests to a run; `generate --data attack=...` must not mix them
+    into the attacker's harmful file."""
+    import shutil
+
+    model = tmp_path / "M"
+    shutil.copytree(files["model"], model)
+    (model / "immunity.json").write_text(json.dumps({"track": "smollm2-135m-instruct"}))
+    out = tmp_path / "h.jsonl"
+    assert cli.main(["generate", "--model", str(model), "--data", f"attack=beavertails:{files['bt']}", "--out",
+                     str(out), "--quiet", "answer_tokens=4"]) == 0
+    prompts = {json.loads(line)["prompt"] for line in out.read_text().splitlines()}
+    harmful = {json.loads(line)["prompt"] for line in files["bt"].read_text().splitlines()
+               if not json.loads(line)["is_safe"]}
+    assert prompts and prompts <= harmful
+
+
 def test_a_harmful_only_attack_needs_no_task(files, tmp_path):
     harmful = tmp_path / "h.jsonl"
     harmful.write_text("".join(json.dumps({"prompt": f"how can i hurt person {i}", "answer": f"strike {i}"}) + "\n"

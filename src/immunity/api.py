@@ -299,20 +299,23 @@ def _generate(model: str, *, data: list[str], out: str, split: str | None = None
     """`model`'s greedy answers to the requests of `data` (harmful ones first, then benign; on
     `split` only, if given) as JSONL (prompt, answer, and the model's name and weights hash on
     every row): the attacker's harmful pairs are the unaligned model's answers to attack-split
-    requests (`--data attack=advbench:FILE`)."""
+    requests (`--data attack=advbench:FILE`). Only the sources named are answered, not the benign
+    requests a real track adds to a run."""
     cfg = _stage_config(model, "none", data, None, 0, settings, "keyword")
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     loaded = pipeline.base_model()
     splits = [split] if split else ["align", "attack", "val", "eval"]
-    prompts = list(dict.fromkeys(e.prompt for s in splits for name in ("harmful", "benign")
-                                 for e in prompt_sets(pipeline.data, [name], s).get(name, [])))
-    if not prompts:
+    kinds = ["harmful"] + (["benign"] if list(cfg.data) == list(data) else [])  # the track added none
+    requests = list(dict.fromkeys((e.prompt, kind) for s in splits for kind in kinds
+                                  for e in prompt_sets(pipeline.data, [kind], s).get(kind, [])))
+    if not requests:
         raise ValueError(f"no requests in {pipeline.data.name} on the {' / '.join(splits)} split")
-    answers = greedy(loaded, pipeline.tokenizer, prompts, cfg.answer_tokens, cfg.eval.batch_size, progress=progress,
-                     desc="generate")
+    answers = greedy(loaded, pipeline.tokenizer, [prompt for prompt, _ in requests], cfg.answer_tokens,
+                     cfg.eval.batch_size, progress=progress, desc="generate")
     digest = weights_digest(Path(cfg.model)) if Path(cfg.model).is_dir() else cfg.model
-    write_generated(Path(out).expanduser(), list(zip(prompts, answers)), digest, cfg.model)
+    write_generated(Path(out).expanduser(), [(prompt, answer) for (prompt, _), answer in zip(requests, answers)],
+                    digest, cfg.model)
     return str(out)
 
 
