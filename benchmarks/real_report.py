@@ -41,7 +41,7 @@ def released_table(rows) -> str:
     by: dict[str, dict[int, object]] = {}
     for r in rows:
         by.setdefault(defense_label(r), {})[r.seed] = r
-    ref = by.get("sft", {})
+    ref = {r.seed: r for r in rows if r.defense == "sft"}  # labelled with the track's budget
     ref_seconds = mean(r.defense_seconds for r in ref.values()) if ref else None
     ref_memory = build_peak(ref.values())
     header = ["defense", "seeds", "HS before (keyword)", "refusal", "harmful NLL before", "helpful before",
@@ -102,8 +102,8 @@ def track_default(row) -> bool:
 def _vs_sft(rows) -> dict[str, tuple[float, float, int]]:
     """Per defense: mean HS after and its mean paired difference from `sft` over the seeds both have."""
     by: dict[str, dict[int, float]] = {}
-    for r in rows:
-        by.setdefault(defense_label(r), {})[r.seed] = r.hs_after
+    for r in rows:  # by name: each runs at the track's budget, which the label would spell out
+        by.setdefault(r.defense, {})[r.seed] = r.hs_after
     ref = by.get("sft", {})
     out = {}
     for name, seeds in by.items():
