@@ -8,6 +8,7 @@ once, stronger (`evolve_attack_config`, immunization_utils.py:1857)."""
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -105,3 +106,19 @@ def test_the_loop_keeps_a_passing_defense_and_restores_the_block_after_a_failing
     assert all(torch.equal(final[n], p) for n, p in after_round_0.items())  # the kept defense stays
     assert any(not torch.equal(after_round_0[n], p) for n, p in original.items())
     assert any(not torch.equal(rejected[n], p) for n, p in after_round_0.items())  # the rejected one is undone
+
+
+def test_layer_stride_attacks_every_kth_layer_only(world, tiny_model):
+    """The real track's CPU budget: `layer_stride` 2 on a 4-layer model attacks layers 0 and 2 (the
+    reference, stride 1, attacks 0, 1, 2)."""
+    model = tiny_model("llama", torch.float32, layers=4)
+    failing = [{"hs": 0.0, "helpful": 1.0}, {"hs": 0.0, "helpful": 1.0}]  # both attempts fail: immunised
+    context = ScriptedContext(world.tokenizer, from_world(world.data), 0, progress=False,
+                              script=[{"hs": 0.0, "helpful": 1.0}, *failing, *failing])
+    config = ETConfig(rounds=1, attack_epochs=0.2, attack_n=16, n=16, batch_size=16, layer_stride=2)
+    ET(config).apply(model, context)
+
+    assert not context.script
+    assert sorted({e["layer"] for e in context.notes["rounds"]}) == [0, 2]
+    with pytest.raises(ValueError):
+        ETConfig(layer_stride=0)

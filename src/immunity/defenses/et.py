@@ -84,7 +84,7 @@ class ETConfig:
     def __post_init__(self) -> None:
         if min(self.rounds, self.attack_attempts, self.attack_rank, self.attack_n, self.lora_r, self.n,
                self.batch_size, self.layer_stride) < 1:
-            raise ValueError("rounds, attempts, ranks, n and batch_size must be at least 1")
+            raise ValueError("rounds, attempts, ranks, n, batch_size and layer_stride must be at least 1")
         if min(self.attack_lr, self.attack_epochs, self.lr, self.epochs) <= 0 or self.stability < 0:
             raise ValueError("learning rates and epochs must be positive, stability >= 0")
         if not all(0 <= share <= 1 for share in (self.min_attack_performance, self.min_safety, self.min_performance)):
