@@ -5,8 +5,12 @@ model's card; a model made from it carries the name on). Pure data.
 A track gives run keys (evaluation sizes, micro-batches, answer length), the benign and task
 sources added when the user gives none, and per defense and per attack the budget (steps,
 batch, sequence) at which it fits the CPU and 12 GB of memory. Keys the user sets win; a
-defense or attack not listed runs at its own defaults. Every number here was chosen on the
-validation split (docs/real.md, "Budgets").
+defense or attack not listed runs at its own defaults (its SafetyWorld-chosen learning rates
+included). What was chosen on the validation split (docs/real.md, "Budgets"): the attack's
+16 steps (8 left `sft` at 12.5 % HS, 16 took it to 97.9 %). The defense budgets are a rule, not
+a selection: one pass over the alignment data, the meta-learners' loops cut. Measured since:
+Circuit Breakers at its SafetyWorld lr (1e-2) breaks this model (helpful 0 %; it answers
+"I can't" to everything), so docs/real.md also reports it at the reference's lr 1e-4.
 """
 
 from __future__ import annotations
