@@ -19,6 +19,12 @@ def setting(row: RunResult) -> str:
     return row.label()
 
 
+def changed_settings(name: str, config: dict) -> dict:
+    """The settings of defense `name` in `config` that differ from its defaults (lists left out)."""
+    defaults = asdict(lookup(DEFENSES, "defense", name).Config())
+    return {k: v for k, v in config.items() if defaults.get(k) != v and not isinstance(v, (list, tuple))}
+
+
 def defense_label(row: RunResult) -> str:
     """The defense's name plus the settings that differ from its defaults (in a composition,
     each prefixed with its defense's name)."""
@@ -26,11 +32,9 @@ def defense_label(row: RunResult) -> str:
     configs = row.defense_config if len(names) > 1 else {names[0]: row.defense_config}
     changed = []
     for name in names:
-        defaults = asdict(lookup(DEFENSES, "defense", name).Config())
         prefix = f"{name}." if len(names) > 1 else ""
         changed += [f"{prefix}{k}={v:g}" if isinstance(v, float) else f"{prefix}{k}={v}"
-                    for k, v in configs.get(name, {}).items()
-                    if defaults.get(k) != v and not isinstance(v, (list, tuple))]
+                    for k, v in changed_settings(name, configs.get(name, {})).items()]
     stale = " (stale)" if row.stale else ""
     return row.defense + (f" ({', '.join(changed)})" if changed else "") + stale
 
