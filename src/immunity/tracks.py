@@ -41,6 +41,8 @@ SMOLLM2 = Track(
         **{name: {"epochs": 1, "batch_size": 16} for name in (
             "sft", "vaccine", "t-vaccine", "booster", "repnoise", "ntl", "condition-number")},
         "lapt": {"epochs": 1, "batch_size": 16, "scan_n": 16},
+        # MLAC at batch 16 passes 12 GB (15 GB within a minute); measured at batch 8 (`make real`
+        # passes it) until the next full re-run changes it here.
         "mlac": {"epochs": 1, "batch_size": 16, "inner_steps": 2},
         "ilu": {"epochs": 1, "batch_size": 8},
         "antidote-hypernet": {"epochs": 1, "batch_size": 8},

@@ -15,8 +15,8 @@ Rule. With w a scale multiplying the weights elementwise, evaluated at w = 1,
 l_i the answer-token cross-entropy of environment i (the defender's benign `align` requests,
 split by domain into `environments` groups: the paper's environments are fine-tuning datasets,
 e.g. GSM8K; SafetyWorld's tasks have no `align` split, the defender's share; one batch each per
-step) and the penalty taken over the trained
-weights; its gradient needs a double backward (create_graph). The unlearning loss l_u is NPO
+step) and the penalty taken over the trained weights; its gradient needs a double backward
+(create_graph), taken one environment at a time. The unlearning loss l_u is NPO
 (Zhang et al. 2024; the paper pairs ILU with NPO or RMU) on the defender's harmful (request,
 compliant answer) pairs, with the model before ILU as the reference, plus the retain
 cross-entropy on `sft`'s data (refusals and helpful benign answers):
@@ -108,9 +108,16 @@ class ILU:
 
         def step_loss(m, batch):
             loss = lm_loss(m, batch) + c.npo_weight * npo_loss(m, reference, next(forget), c.beta)
-            penalty = sum(invariance_penalty(m, next(stream)) for stream in environments)
-            seen["penalty"] = float(penalty.detach())
-            return loss + c.lam * penalty
+            # Each environment's penalty is differentiated on its own, so one double-backward
+            # graph is alive at a time (three at once passed 12 GB on a 135M model); backward
+            # adds into .grad, so the step's gradient is that of the summed objective.
+            penalty = 0.0
+            for stream in environments:
+                term = invariance_penalty(m, next(stream))
+                (c.lam * term).backward()
+                penalty += float(term.detach())
+            seen["penalty"] = penalty
+            return loss, loss.detach() + c.lam * penalty
 
         model.requires_grad_(True)
         train(model, context.encode(context.alignment_examples()),
