@@ -26,8 +26,8 @@ REPORT = $(BIN)/immunity report --store $(RESULTS_STORE) --split eval
 AUC_STEPS = 24,48,96,160
 # The matched baselines: sft with Vaccine's and T-Vaccine's reference adapter and budget, and with
 # Booster's.
-MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8" \
-	"sft defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3 defense.epochs=8"
+BOOSTER_MATCHED = defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3 defense.epochs=8
+MATCHED = "sft defense.lora_r=8 defense.lora_alpha=4 defense.lora_dropout=0.1 defense.epochs=8" "sft $(BOOSTER_MATCHED)"
 # The papers' own threat models: the attacker keeps training the released adapter (Booster's
 # `single_lora`), at our attack's budget and at the reference fine-tuning settings (lr 1e-5,
 # 20 epochs of batch 10 on n = 500).
@@ -95,10 +95,22 @@ results-report: install
 	  echo "its paired difference from \`sft\` over seeds and a 95 % bootstrap interval."; echo; \
 	  $(REPORT) --per-seed; echo; \
 	  $(BIN)/python benchmarks/detectable.py --store $(RESULTS_STORE); echo; \
+	  echo "## On the papers' own threat model, per seed"; echo; \
+	  echo "The attacker keeps training the released adapter (\`attack.continue_adapter=true\`, Booster's"; \
+	  echo "reference scripts); the matched \`sft\` rows train the defense's own adapter and budget."; echo; \
+	  $(REPORT) --per-seed --attack continue_adapter=true; echo; \
 	  echo "## Every configuration (mean ± std over seeds)"; echo; \
 	  $(REPORT); echo; \
 	  echo "## Intervals over seeds x prompts, and each defense against sft"; echo; \
 	  $(REPORT) --paired; echo; \
+	  echo "## Re-selection on the validation split"; echo; \
+	  echo "\`make reselect\` ($(RESELECT_STORE)): each sweep at the default attack on the validation split, per seed;"; \
+	  echo "Booster and its matched \`sft\` also with the attacker continuing the released adapter (its paper's"; \
+	  echo "threat model). Rule and choices: docs/reproduction.md, round 5."; echo; \
+	  if [ -f $(RESELECT_STORE) ]; then $(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed; echo; \
+	    echo "The attacker continues the released adapter:"; echo; \
+	    $(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed --attack continue_adapter=true; \
+	  else echo "(not run: no $(RESELECT_STORE))"; fi; echo; \
 	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; } > docs/results.md
 
 # Which defense holds against which threat: every defense x every attack family (evaluation
@@ -183,7 +195,10 @@ durability: install
 
 # Re-selection at the default attack (72 steps): each method's sweep on the validation split, the
 # choice by HS after the default attack (and its harmful NLL) with helpfulness before >= 90 %;
-# `make reselect-report` prints the per-seed table docs/reproduction.md quotes.
+# Booster's alpha at lambda 5: lambda*alpha 0.05 / 0.2 / 0.5 (the reference's 0.5), under a fresh
+# adapter and under its paper's threat model (the attacker continues its adapter), where the
+# matched `sft` is not saturated. `make reselect-report` prints the per-seed table
+# docs/reproduction.md quotes.
 RESELECT_STORE = results/reselect.db
 RESELECT = $(BIN)/immunity bench --store $(RESELECT_STORE) --quiet --workers $(WORKERS) eval.split=val
 reselect: install
@@ -191,8 +206,10 @@ reselect: install
 	$(RESELECT) --seeds 0,1,2 --defenses ntl --grid defense.alpha=0.03,0.3
 	$(RESELECT) --seeds 0,1,2 --defenses tar --grid defense.lr=2e-5,1e-4
 	$(RESELECT) --seeds 0,1,2 --defenses antidote --grid defense.ratio=0.01,0.1
-	$(RESELECT) --seeds 0,1,2 --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=150
+	$(RESELECT) --seeds 0,1,2 --defenses circuit-breakers --grid defense.lr=3e-3,1e-2 --grid defense.steps=150,300
 	$(RESELECT) --seeds 0,1 --defenses booster --grid defense.alpha=0.01,0.04,0.1
+	$(RESELECT) --seeds 0,1 --defenses booster --grid defense.alpha=0.01,0.04,0.1 attack.continue_adapter=true
+	$(RESELECT) --seeds 0,1 --defenses sft $(BOOSTER_MATCHED) attack.continue_adapter=true
 	$(RESELECT) --seeds 0,1 --defenses vaccine --grid defense.rho=2,5
 	$(RESELECT) --seeds 0,1 --defenses t-vaccine --grid defense.rho=3,5
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(RESELECT) --seeds 0,1 --defenses $$d "$$@"; done
@@ -200,6 +217,7 @@ reselect: install
 
 reselect-report: install
 	$(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed
+	$(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed --attack continue_adapter=true
 
 # Does a SafetyWorld figure depend on the machine's thread count? (README, "Numbers that hold")
 threads: install
@@ -216,6 +234,8 @@ base: install
 REAL_MODEL ?= models/smollm2-135m-instruct
 REAL_DATA ?= data/advbench.jsonl
 REAL_SEEDS ?= 0
+# The base and `sft` under the default attack on more seeds.
+REAL_BASE_SEEDS ?= 0,1,2
 REAL_STORE ?= results/real.db
 REAL = $(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(REAL_MODEL) data=advbench:$(REAL_DATA)
 REAL_DEFENSES ?= none,sft,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ilu,ntl,condition-number,tar
@@ -225,6 +245,8 @@ REAL_DEFENSES := $(REAL_DEFENSES),vaccine,t-vaccine,booster,sophon,et,scratch
 # makes every stored real row stale).
 REAL_MLAC = mlac defense.batch_size=8
 REAL_ATTACKS = harmful-finetune,steering,refusal-ablation,embedding,prefill
+# `sft` on Booster's adapter (its matched baseline) at the track's budget.
+REAL_BOOSTER_MATCHED = defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3
 real-prepare: install
 	$(BIN)/pip install --quiet -e ".[gguf]"
 	$(BIN)/immunity prepare smollm2-135m-instruct --out $(REAL_MODEL)
@@ -234,10 +256,15 @@ real-prepare: install
 real: real-prepare
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) --grid attack=$(REAL_ATTACKS)
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) --grid attack=$(REAL_ATTACKS)
+	$(REAL) --seeds $(REAL_BASE_SEEDS) --defenses none,sft
 	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,sophon attack.max_steps=64
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.max_steps=64
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.mode=full
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.mode=full
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.p=0.5 attack.n=128
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.p=0.5 attack.n=128
+	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,booster attack.continue_adapter=true
+	$(REAL) --seeds $(REAL_SEEDS) --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
 	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack=prefill --grid attack.tokens=5,20
 	$(REAL) --seeds $(REAL_SEEDS) --defenses antidote --grid attack.mode=lora,full
 	$(MAKE) real-report

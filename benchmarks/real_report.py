@@ -41,9 +41,8 @@ def released_table(rows) -> str:
     by: dict[str, dict[int, object]] = {}
     for r in rows:
         by.setdefault(defense_label(r), {})[r.seed] = r
-    ref = {r.seed: r for r in rows if r.defense == "sft"}  # labelled with the track's budget
-    ref_seconds = mean(r.defense_seconds for r in ref.values()) if ref else None
-    ref_memory = build_peak(ref.values())
+    # `sft` at the track's budget (not a matched `sft` on another adapter), on the same seeds
+    ref = {r.seed: r for r in rows if r.defense == "sft" and at_budget(r, MEASURED_BUDGETS)}
     header = ["defense", "seeds", "HS before (keyword)", "refusal", "harmful NLL before", "helpful before",
               "over-refusal", "benign NLL before", "defense s", "x sft", "peak memory GB (build)", "x sft"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -51,6 +50,9 @@ def released_table(rows) -> str:
         runs = list(seeds.values())
         seconds = mean(r.defense_seconds for r in runs)
         memory = build_peak(runs)
+        paired = [ref[s] for s in seeds if s in ref] or list(ref.values())
+        ref_seconds = mean(r.defense_seconds for r in paired) if paired else None
+        ref_memory = build_peak(paired)
         lines.append("| " + " | ".join([
             label, ",".join(map(str, sorted(seeds))), _pct(r.hs_before for r in runs),
             _pct(r.refusal_before for r in runs), _num(r.harmful_nll_before for r in runs),
@@ -199,7 +201,8 @@ def main() -> None:
     print("HS before the attack by the keyword judge, refusal rate, NLL of the base model's own answers to the "
           "held-out harmful requests (higher: the model is less likely to produce them), helpfulness on benign "
           "exact-answer requests, over-refusal (refusal phrases on them), NLL of the base model's benign answers; "
-          "the defense's own cost and peak resident memory, each as a multiple of `sft`'s.\n")
+          "the defense's own cost and peak resident memory, each as a multiple of `sft`'s (at the track's budget, "
+          "on the same seeds; timings are one thread per run with two or three runs sharing 2 cores: indicative).\n")
     print(released_table(rows) + "\n")
     print("## Defenses x attacks: keyword HS after (helpfulness after)\n")
     print(by_attack_table(rows) + "\n")

@@ -7,10 +7,15 @@ from dataclasses import asdict
 
 import pytest
 
-from immunity import cli
+from immunity import api, cli
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
+from immunity.bench.analysis import typed
 from immunity.bench.identity import RunIdentity
 from immunity.bench.pipeline import Pipeline
+from immunity.bench.report import markdown_table, regret_table
+from immunity.bench.store import Store
+from immunity.config import ConfigError, RunConfig, build_config, load_run_config
+from immunity.defenses.sft import SFTConfig
 
 
 def config_hash(cfg):
@@ -19,11 +24,6 @@ def config_hash(cfg):
 
 def run_key(cfg):
     return RunIdentity.of(cfg).key()
-from immunity.bench.analysis import typed
-from immunity.bench.report import markdown_table, regret_table
-from immunity.bench.store import Store
-from immunity.config import ConfigError, RunConfig, build_config, load_run_config
-from immunity.defenses.sft import SFTConfig
 
 
 def test_list_json_names_everything(capsys):
@@ -531,6 +531,24 @@ def test_per_seed_table_pairs_each_seed_with_sft():
     assert lines["sft"][2] == "30 / 40 / 50 / 60"
     assert lines["repnoise"][4].startswith("-20.0 [-20.0, -20.0]")  # the same 20 points lower on every seed
     assert lines["repnoise"][6].startswith("+0.30")  # NLL after: 0.5 vs 0.2
+
+
+def test_per_seed_table_reads_rows_an_attack_filter_fixed_as_the_default(tmp_path):
+    """`report --per-seed --attack continue_adapter=true`: the continued rows are the table, the
+    fresh-adapter ones are not."""
+    from immunity.bench.identity import run_code_version
+
+    store = Store(tmp_path / "c.db")
+    current = run_code_version("booster", "harmful-finetune", "safetyworld")
+    for seed, (fresh, continued) in enumerate(((0.9, 0.1), (0.8, 0.2))):
+        row = _stored("booster", seed, fresh) | {"code_version": current}
+        store.put(row, {})
+        config = asdict(HarmfulFinetuneConfig(continue_adapter=True))
+        store.put(row | {"run_id": f"c{seed}", "config_hash": f"c{seed}", "hs_after": continued,
+                         "attack_config": config}, {})
+    table = api.report(str(tmp_path / "c.db"), "per-seed", attack=["continue_adapter=true"])
+    assert "| booster | 0,1 | 10 / 20 | 15.0 |" in table
+    assert "| booster | 0,1 | 90 / 80 |" in api.report(str(tmp_path / "c.db"), "per-seed")
 
 
 def test_a_defense_that_fails_stability_is_never_ranked_above_sft():

@@ -25,7 +25,7 @@ FIVE_STEPS = "defense.epochs=0.06"  # ceil(0.06 * 77 batches) = 5 steps of align
 BUDGET = {
     "sft": [FIVE_STEPS], "vaccine": [FIVE_STEPS], "t-vaccine": [FIVE_STEPS], "booster": [FIVE_STEPS],
     "repnoise": [FIVE_STEPS], "mlac": [FIVE_STEPS, "defense.inner_steps=2"], "ntl": [FIVE_STEPS],
-    "condition-number": [FIVE_STEPS], "circuit-breakers": ["defense.steps=5"],
+    "condition-number": [FIVE_STEPS], "circuit-breakers": ["defense.steps=5", "defense.lr=1e-2"],
     "sophon": ["defense.loops=5", "defense.inner_steps=2", "defense.check_every=5", "defense.min_helpful=0"],
     "tar": ["defense.outer_steps=3", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
     "lox": [], "none": [], "scratch": [], "antidote": [],

@@ -34,7 +34,7 @@ from .bench.pipeline import Pipeline, quiet_transformers
 from .bench.reports import ReportOptions, render, select
 from .bench.store import Store
 from .cache import cache_root, weights_digest
-from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, validate
+from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
 from .defenses.base import Stage
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
@@ -127,7 +127,8 @@ def report(store: str = DEFAULT_STORE, kind: str = "table", *, defense: str | No
     list, a split, one attack setting (`["mode=full", "lr=1e-3"]`; `attack=NAME` for another
     attack), attacks at their defaults. `options` are `ReportOptions` (phi, top, guards, runs)."""
     rows = select(store, defense, split, attack, default_attacks, include_stale, any_n=kind == "regret")
-    return render(kind, rows, ReportOptions(**options, store=store))
+    fixed = tuple(k for k in parse_overrides(attack or []) if k != "attack")
+    return render(kind, rows, ReportOptions(**options, store=store, attack_keys=fixed))
 
 
 def demo(seeds: list[int] = (0, 1, 2), settings: dict | list | None = None, store: str = DEFAULT_STORE,

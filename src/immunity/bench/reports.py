@@ -28,6 +28,7 @@ class ReportOptions:
     guard_fa: float = 0.8  # ... and FA a fine-tuning attack with task data must reach
     runs: str = "runs"  # where the runs' generations are (paired)
     store: str = ""
+    attack_keys: tuple[str, ...] = ()  # attack keys the `attack` filter fixed (per-seed: not a departure)
 
 
 REPORTS = {
@@ -37,7 +38,7 @@ REPORTS = {
     "conditions": lambda rows, o: report.conditions_table(rows, o.phi),
     "overview": lambda rows, o: report.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
     "paired": lambda rows, o: _paired(rows, o),
-    "per-seed": lambda rows, o: _per_seed(rows),
+    "per-seed": lambda rows, o: _per_seed(rows, o.attack_keys),
     "html": lambda rows, o: _html(rows, o),
     **{name: (lambda name: lambda rows, o: report.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
        for name in AGGREGATES},
@@ -50,10 +51,10 @@ def _paired(rows, options):
     return paired_table(rows, options.runs)
 
 
-def _per_seed(rows):
+def _per_seed(rows, attack_keys):
     from .stats import per_seed_table
 
-    return per_seed_table(rows)
+    return per_seed_table(rows, fixed=attack_keys)
 
 
 def _html(rows, options):

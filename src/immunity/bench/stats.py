@@ -121,17 +121,19 @@ def paired_table(results: list[RunResult], runs_root: Path | str = "runs", refer
     return "\n".join(lines + ([""] + settings if settings else []))
 
 
-def per_seed_table(results: list[RunResult], reference: str = "sft") -> str:
-    """Per defense and seed, under the default harmful fine-tune: HS after, the harmful answers'
-    NLL after (higher: the attacker learnt less; not a cliff) and, where the budget sweep is
-    stored for the seed, the area under its HS-vs-steps curve; then the mean of each and its
+def per_seed_table(results: list[RunResult], reference: str = "sft", fixed: tuple[str, ...] = ()) -> str:
+    """Per defense and seed, under the default harmful fine-tune (apart from the attack keys in
+    `fixed`, e.g. `continue_adapter` when the rows were filtered to it): HS after, the harmful
+    answers' NLL after (higher: the attacker learnt less; not a cliff) and, where the budget sweep
+    is stored for the seed, the area under its HS-vs-steps curve; then the mean of each and its
     paired difference from `reference` (seed by seed) with a 95 % bootstrap interval over seeds."""
     table: dict[str, dict[int, dict]] = {}
     for label, rows in by_label(results).items():
         for seed in sorted({r.seed for r in rows}):
             mine = [r for r in rows if r.seed == seed]
-            default = [r for r in mine if default_apart_from(r, ())]
-            budgets, _ = curve([r for r in mine if default_apart_from(r)], attack_steps)
+            default = [r for r in mine if default_apart_from(r, fixed)]
+            budgets, _ = curve([r for r in mine if default_apart_from(r, ("epochs", "max_steps") + fixed)],
+                               attack_steps)
             if default:
                 table.setdefault(label, {})[seed] = {"hs": default[0].hs_after, "nll": default[0].harmful_nll_after,
                                                      "auc": auc(budgets), "helpful": default[0].helpful_after}

@@ -27,13 +27,18 @@ at zero): only rounding noise moves the adapter (measured: max gradient 9e-9 at 
 AdamW's epsilon in float32; the reference trains in bf16, whose noise is far larger). With a
 zero init our float32 runs stayed at cosine 1.000 (no change from `sft`) at lr 1e-4 and 1e-3,
 and at lr 3e-3 escaped on two seeds of three; the tiny random B gives the losses a gradient
-from the first step on every seed (`init_b_std=0` restores the reference's init). lr and
-steps were chosen on the validation split by the rerouting criterion "mean cosine on held-out
-harmful completions <= 0.1" where reachable, else the lowest cosine that keeps helpfulness
->= 90 % (docs/reproduction.md). No setting reached 0.1: at 300 steps the cosine fell to 0.507
-(lr 1e-3), 0.241 (3e-3) and 0.206 (1e-2), helpfulness 96 / 96 / 95 %; 600 steps lowered
-neither cosine nor HS and cost helpfulness. Hence lr 1e-2, 300 steps. The final cosine is
-recorded in `defense_notes`.
+from the first step on every seed (`init_b_std=0` restores the reference's init).
+
+lr and steps: chosen on the validation split (docs/reproduction.md). Round 2 (cosine over every
+token) chose lr 1e-2, 300 steps by the rerouting criterion "mean cosine <= 0.1", which no
+setting reached then. Round 5 re-selected at the calibrated attack (72 steps, seeds 0-2) with
+the cosine on the harmful completions' tokens, by the project's rule (lowest HS after among
+settings that keep helpfulness >= 90 % and the task; ties to the higher harmful NLL after):
+lr 1e-2 / 300 steps, 1e-2 / 150, 3e-3 / 300 and 3e-3 / 150 give HS after 8.5 / 6.6 / 7.1 /
+8.2 % (a tie: the per-seed spread is 4-6 points) and harmful NLL after 0.53 / 0.48 / 0.80 /
+1.15; the rerouting cosine ends at 0.00 / 0.04 / 0.00 / 0.53. Hence lr 3e-3 and the
+reference's 150 steps: less rerouting, but the attacker ends 0.6 nats further from the harmful
+answers. The final cosine is recorded in `defense_notes`.
 
 Defaults and provenance (`scripts/lorra_circuit_breaker_llama3_8b.sh` of the reference; `src/
 args.py` has other defaults, lorra_alpha 5 and r 8, that the script overrides): alpha = 10,
@@ -59,8 +64,8 @@ from .base import DefenseContext, Stage
 @dataclass
 class CircuitBreakersConfig:
     alpha: float = field(default=10.0, metadata={"help": "coefficient scale (reference 10)"})
-    steps: int = field(default=300, metadata={"help": "training steps (reference 150; chosen on validation)"})
-    lr: float = field(default=1e-2, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
+    steps: int = field(default=150, metadata={"help": "training steps (reference 150; validation agrees)"})
+    lr: float = field(default=3e-3, metadata={"help": "constant learning rate (reference 1e-4; chosen on validation)"})
     batch_size: int = field(default=16, metadata={"help": "examples per step in each set (reference 16)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (reference 16)"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (reference 16)"})
