@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test test-integration base install clean results results-report reselect reselect-report threads \
-	attacks attacks-report durability attack-layers real real-report
+	attacks attacks-report durability attack-layers real real-report real-budgets
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 1
@@ -238,15 +238,27 @@ REAL_SEEDS ?= 0
 REAL_BASE_SEEDS ?= 0,1,2
 REAL_STORE ?= results/real.db
 REAL = $(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(REAL_MODEL) data=advbench:$(REAL_DATA)
-REAL_DEFENSES ?= none,sft,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ilu,ntl,condition-number,tar
+REAL_DEFENSES ?= none,sft,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ntl,condition-number,tar
 REAL_DEFENSES := $(REAL_DEFENSES),vaccine,t-vaccine,booster,sophon,et,scratch
 # MLAC at the track's batch 16 passed 12 GB within a minute (its second-order inner loop): run at
 # batch 8 here until the track's budget is changed with the next full re-run (a tracks.py change
 # makes every stored real row stale).
 REAL_MLAC = mlac defense.batch_size=8
+# ILU at half a pass, chosen on the validation split (`make real-budgets`: the cheapest fraction of a
+# pass within 10 points of HS and 0.1 nats of the full pass's), passed here likewise.
+REAL_ILU = ilu defense.epochs=0.5
 REAL_ATTACKS = harmful-finetune,steering,refusal-ablation,embedding,prefill
 # `sft` on Booster's adapter (its matched baseline) at the track's budget.
 REAL_BOOSTER_MATCHED = defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3
+# The validation runs behind the track's budgets (docs/real.md, "Budgets"): the attack's steps on
+# `none` and `sft`, and the defenses that take hours at one pass (RepNoise, ILU) at fractions of it.
+REAL_VAL_STORE ?= results/real_val.db
+REAL_VAL = $(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(REAL_MODEL) data=advbench:$(REAL_DATA) \
+	eval.split=val
+real-budgets: real-prepare
+	$(REAL_VAL) --seeds 0 --defenses none,sft --grid attack.max_steps=8,16
+	$(REAL_VAL) --seeds 0 --defenses repnoise,ilu --grid defense.epochs=0.125,0.25,0.5,1
+
 real-prepare: install
 	$(BIN)/pip install --quiet -e ".[gguf]"
 	$(BIN)/immunity prepare smollm2-135m-instruct --out $(REAL_MODEL)
@@ -256,13 +268,16 @@ real-prepare: install
 real: real-prepare
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) --grid attack=$(REAL_ATTACKS)
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) --grid attack=$(REAL_ATTACKS)
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) --grid attack=$(REAL_ATTACKS)
 	$(REAL) --seeds $(REAL_BASE_SEEDS) --defenses none,sft
 	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,sophon attack.max_steps=64
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.max_steps=64
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.mode=full
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.mode=full
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) attack.mode=full
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.p=0.5 attack.n=128
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.p=0.5 attack.n=128
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) attack.p=0.5 attack.n=128
 	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,booster attack.continue_adapter=true
 	$(REAL) --seeds $(REAL_SEEDS) --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
 	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack=prefill --grid attack.tokens=5,20

@@ -6,11 +6,19 @@ A track gives run keys (evaluation sizes, micro-batches, answer length), the ben
 sources added when the user gives none, and per defense and per attack the budget (steps,
 batch, sequence) at which it fits the CPU and 12 GB of memory. Keys the user sets win; a
 defense or attack not listed runs at its own defaults (its SafetyWorld-chosen learning rates
-included). What was chosen on the validation split (docs/real.md, "Budgets"): the attack's
-16 steps (8 left `sft` at 12.5 % HS, 16 took it to 97.9 %). The defense budgets are a rule, not
-a selection: one pass over the alignment data, the meta-learners' loops cut. Measured since:
-Circuit Breakers at its SafetyWorld lr (1e-2) breaks this model (helpful 0 %; it answers
-"I can't" to everything), so docs/real.md also reports it at the reference's lr 1e-4.
+included). What was chosen on the validation split (`make real-budgets`; docs/real.md,
+"Budgets"): the attack's 16 steps (8 left `sft` at 7.5 % HS, 16 took it to 97.5 %). The defense
+budgets are a rule: one pass over the alignment data, the meta-learners' loops cut. The two that
+took hours at one pass were swept over 1/8, 1/4 and 1/2 of it, and the cheapest fraction whose HS
+(before and after the attack) lies within 10 points and harmful NLL within 0.1 nats of the full
+pass's chosen: ILU half a pass (HS 0 -> 95 % both, NLL 2.08 -> 1.15 vs 2.16 -> 1.21); RepNoise
+none (at half a pass HS 0 -> 97.5, NLL 1.57 -> 0.98 vs the full pass's 52.5 -> 85, 2.37 -> 1.13:
+its effect builds in the second half), so it keeps the full pass and its cost (the L + 1 logit-lens
+cross-entropies over a 49k vocabulary each step). ILU's half pass is passed by `make real`
+(REAL_ILU) until the next full re-run changes it here (any change below stales every stored real
+row). Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
+(helpful 0 %; it answers "I can't" to everything); at its re-selected 3e-3 and at the reference's
+1e-4 its 40 steps reroute nothing (cosine 1.00): its working lr here, if any, is not searched.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ SMOLLM2 = Track(
         # MLAC at batch 16 passes 12 GB (15 GB within a minute); measured at batch 8 (`make real`
         # passes it) until the next full re-run changes it here.
         "mlac": {"epochs": 1, "batch_size": 16, "inner_steps": 2},
+        # ILU: half a pass chosen on validation, measured so (`make real` passes it) until the next
+        # full re-run changes it here.
         "ilu": {"epochs": 1, "batch_size": 8},
         "antidote-hypernet": {"epochs": 1, "batch_size": 8},
         "circuit-breakers": {"steps": 40, "batch_size": 8},
