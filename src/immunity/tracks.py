@@ -18,7 +18,8 @@ cross-entropies over a 49k vocabulary each step). ILU's half pass is passed by `
 (REAL_ILU) until the next full re-run changes it here (any change below stales every stored real
 row). Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
 (helpful 0 %; it answers "I can't" to everything); at its re-selected 3e-3 and at the reference's
-1e-4 its 40 steps reroute nothing (cosine 1.00): its working lr here, if any, is not searched.
+1e-4 its 40 steps reroute nothing (cosine 1.00), nor at 5e-3 (0.9993, validation): its working lr
+here, if any, lies between 5e-3 and 1e-2.
 """
 
 from __future__ import annotations
