@@ -218,7 +218,7 @@ def budget_cuts(val_rows) -> str:
             default_attack = r.attack == "harmful-finetune" and r.attack_config.get("max_steps") == 16
             if r.defense == name and default_attack and not changed:
                 runs[r.defense_config.get("epochs", 1)] = r
-        full = runs.get(1) or runs.get(1.0)
+        full = runs.get(1)  # 1 == 1.0: either spelling of a full pass
         if full is None:
             continue
         chosen = min((e for e, r in runs.items() if _within(r, full)), default=1)
