@@ -236,7 +236,7 @@ def test_version_one_store_is_migrated_and_its_rows_read_as_stale(tmp_path, caps
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     assert [r["config_hash"] for r in store.results()] == ["abc"]  # kept
     assert cli.main(["report", "--store", str(path)]) == 0
     captured = capsys.readouterr()

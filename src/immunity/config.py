@@ -52,6 +52,10 @@ class EvalConfig:
             raise ValueError("eval.max_new_tokens and eval.batch_size must be positive, eval.max_prompts >= 0")
 
 
+MAX_STEPS = 100_000  # an attack or defense budget above this is refused without force=true
+MAX_PASSES = 100  # nor may an attack pass over its n samples more often than this
+
+
 @dataclass
 class RunConfig:
     defense: str = field(default="sft", metadata={
@@ -84,6 +88,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     defense_args: dict = field(default_factory=dict, metadata={"help": "defense.KEY=VALUE overrides"})
     out_dir: str = field(default="runs", metadata={"help": "where generations are written"})
+    force: bool = field(default=False, metadata={
+        "help": f"accept budgets beyond the sanity caps ({MAX_STEPS:,} steps, {MAX_PASSES} passes over the data)"})
 
     @property
     def attack_cls(self) -> type:
@@ -321,6 +327,7 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(f"fsdp=true: {', '.join(unshardable)} does not run on sharded weights (it differentiates with respect "
                           "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
                           "data-parallel on replicated weights")
+    check_budgets(cfg, attack)
     if cfg.data:
         from .data.sources import cached_bundle
 
@@ -331,5 +338,49 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     elif cfg.attack.task not in TASKS:
         raise ConfigError(f"unknown fine-tuning task attack.task={cfg.attack.task!r}; SafetyWorld's tasks: "
                           f"{', '.join(TASKS)}")
+    else:
+        bundle = world_bundle(cfg.world)
+    if need_task:  # the stage runs the attack: its data must be there
+        try:
+            getattr(attack, "check_data", lambda config, data: None)(cfg.attack, bundle)
+        except ValueError as err:
+            raise ConfigError(f"{err} (checked before any training)") from err
     if cfg.model != "safetyworld":
         check_model_dir(cfg.model)
+
+
+_WORLD_BUNDLES: dict[str, Any] = {}
+
+
+def world_bundle(world: WorldConfig):
+    """SafetyWorld's data bundle for `world` (built once per process per world config)."""
+    from .cache import stable_hash
+    from .data import from_world
+    from .safetyworld import SafetyWorld
+
+    key = stable_hash(world)
+    if key not in _WORLD_BUNDLES:
+        _WORLD_BUNDLES[key] = from_world(SafetyWorld(world, progress=False).data)
+    return _WORLD_BUNDLES[key]
+
+
+def check_budgets(cfg: RunConfig, attack: type) -> None:
+    """Refuse, before any work, a budget no one means: more than MAX_STEPS optimizer steps, or an
+    attack passing over its data more than MAX_PASSES times, unless force=true."""
+    if cfg.force:
+        return
+    steps = getattr(attack, "steps", lambda config: None)(cfg.attack)
+    n, batch = getattr(cfg.attack, "n", 0), getattr(cfg.attack, "batch_size", 0)
+    if steps and steps > MAX_STEPS:
+        raise ConfigError(f"attack budget of {steps:,} steps exceeds the cap of {MAX_STEPS:,}; lower "
+                          "attack.max_steps / attack.epochs, or pass --force (force=true) if you mean it")
+    if steps and n and batch and steps * batch > MAX_PASSES * n:
+        raise ConfigError(f"attack budget of {steps:,} steps of {batch} is {steps * batch / n:,.0f} passes over "
+                          f"attack.n={n} samples (cap {MAX_PASSES}); raise attack.n or lower the budget, or pass "
+                          "--force (force=true)")
+    for step in cfg.chain:
+        epochs, max_steps = getattr(step.config, "epochs", 0), getattr(step.config, "max_steps", 0)
+        if (max_steps and max_steps > MAX_STEPS) or (epochs and epochs > MAX_PASSES):
+            raise ConfigError(f"defense {step.name}: a budget of {max_steps or epochs:,} "
+                              f"{'steps' if max_steps else 'epochs'} exceeds the cap ({MAX_STEPS:,} steps, "
+                              f"{MAX_PASSES} epochs); lower it, or pass --force (force=true) if you mean it")

@@ -50,7 +50,7 @@ ATTACK = Contract("attack", required=("Config", "run"),
                   flags={"writes_weights": True,  # False: acts at inference time (a hook), nothing to export
                          "fine_tunes": False,  # trains an adapter or the weights: what a repair repairs
                          "attacker_metric": "hs"},  # the metric that says what the attacker reached
-                  optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill"))
+                  optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill", "check_data", "steps"))
 JUDGE = Contract("judge", required=("score", "build"),
                  flags={"needs_model": False,  # KIND:PATH_OR_ID
                         "data": "any",  # "safetyworld" | "real" | "any": the data it can score

@@ -55,6 +55,15 @@ class Attack:
         """Whether the attack fine-tunes on task data (then FA is its to keep)."""
         return False
 
+    @classmethod
+    def check_data(cls, config, data) -> None:
+        """Raise ValueError if `data` cannot supply what the attack draws (checked before work)."""
+
+    @classmethod
+    def steps(cls, config) -> int | None:
+        """Optimizer steps of the attack's budget (None: it trains nothing), for the budget check."""
+        return None
+
     def extra_prompt_sets(self, sets: dict[str, list[Example]]) -> dict[str, list[Example]]:
         """More prompt sets to evaluate before and after the attack (their HS is reported as
         `hs_<set>`), made from the standard ones."""

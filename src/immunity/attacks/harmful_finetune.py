@@ -22,9 +22,11 @@ attacked this way, and the run says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from ..data import DataBundle, encode_chat, harmful_mix
+from ..data.mixing import check_mix
 from ..models import attach_lora, merge_lora
 from ..models.lora import continue_adapter
 from ..registry import register_attack
@@ -111,6 +113,18 @@ class HarmfulFinetune(Attack):
 
     def examples(self, data: DataBundle, seed: int) -> list[Example]:
         return attack_examples(data, self.config, seed)
+
+    @classmethod
+    def check_data(cls, config, data: DataBundle) -> None:
+        """The mix can be drawn from `data` (before any training)."""
+        harmful = len(data.harmful.get("attack", [])) if config.p > 0 else 0
+        task = len(data.task(config.task, "attack")) if config.p < 1 and config.task in data.tasks else 0
+        check_mix(task, harmful, config.n, config.p)
+
+    @classmethod
+    def steps(cls, config) -> int:
+        """Optimizer steps of the attack's budget."""
+        return config.max_steps or math.ceil(config.epochs * config.n / config.batch_size)
 
     def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
             adapter=None):

@@ -22,9 +22,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..cache import cache_root, exclusive
+from ..cache import cache_root, code_version, exclusive, stable_hash
 from ..data import DataBundle
 from ..evaluation.generate import generate
+from ..outputs import write_text_atomic
+from .identity import versions as library_versions
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -55,11 +57,20 @@ def exact(example) -> bool:
     return example.kind in ("number", "classification")
 
 
+def answers_key(model, model_hash: str, max_new_tokens: int, batch_size: int) -> str:
+    """What a base model's greedy answers are a function of: its weights and their precision, the
+    length and batch (padding) of generation, and the code that generates."""
+    dtype = str(next(model.parameters()).dtype)
+    return f"{model_hash}-{max_new_tokens}-" + stable_hash(
+        [dtype, batch_size, code_version("immunity.evaluation.generate"), library_versions()])
+
+
 def generated_answers(model, tokenizer, prompts: list[str], model_hash: str, max_new_tokens: int,
                       batch_size: int = 16, progress: bool = True) -> dict[str, str]:
-    """prompt -> the model's greedy answer, kept on disk per (model, length): a prompt is answered
-    once, whatever set it later comes in (several processes wait on one lock)."""
-    path = cache_root() / "answers" / f"{model_hash}-{max_new_tokens}.json"
+    """prompt -> the model's greedy answer, kept on disk per (model weights, their dtype, the
+    generation settings and the generation code): a prompt is answered once, whatever set it
+    later comes in (several processes wait on one lock)."""
+    path = cache_root() / "answers" / f"{answers_key(model, model_hash, max_new_tokens, batch_size)}.json"
     with exclusive(path.with_suffix(".lock")):
         known = json.loads(path.read_text()) if path.is_file() else {}
         missing = [p for p in dict.fromkeys(prompts) if p not in known]
@@ -67,9 +78,7 @@ def generated_answers(model, tokenizer, prompts: list[str], model_hash: str, max
             answers = generate(model, tokenizer, missing, max_new_tokens, batch_size, progress=progress,
                                desc="base model's answers")
             known |= dict(zip(missing, answers))
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(json.dumps(known))
-            partial.replace(path)
+            write_text_atomic(path, json.dumps(known))
     return {p: known[p] for p in prompts}
 
 
@@ -94,8 +103,7 @@ def complete(data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens
 
 
 def write_generated(path: Path, rows: list[tuple[str, str]], model_hash: str, model: str) -> None:
-    """(prompt, answer) rows as JSONL, each naming the generating model and its weights hash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for prompt, answer in rows:
-            f.write(json.dumps({"prompt": prompt, "answer": answer, "model": model, "model_weights": model_hash}) + "\n")
+    """(prompt, answer) rows as JSONL, each naming the generating model and its weights hash
+    (written whole or not at all)."""
+    write_text_atomic(path, "".join(json.dumps({"prompt": prompt, "answer": answer, "model": model,
+                                                "model_weights": model_hash}) + "\n" for prompt, answer in rows))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from peft import PeftModel
 
 from ..models import merge_lora
+from ..outputs import directory_in_place
 from ..registry import DEFENSES
 
 
@@ -62,28 +62,22 @@ def model_card(provenance: dict) -> str:
     return "\n".join(lines)
 
 
-def write_release(model, tokenizer, out: Path, provenance: dict, adapter_only: bool = False) -> Path:
+def write_release(model, tokenizer, out: Path, provenance: dict, adapter_only: bool = False,
+                  overwrite: bool = False) -> Path:
     """Save `model` (merged unless `adapter_only`), its tokenizer, README.md and immunity.json
-    into `out`, through a temporary directory renamed into place."""
+    into `out`, through a uniquely named temporary directory renamed into place (`outputs`):
+    a non-empty `out` is replaced only with `overwrite`, and a concurrent writer's is never merged."""
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output directory {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if adapter_only:
-        if not isinstance(model, PeftModel):
-            raise ValueError("--adapter-only needs a LoRA stage (mode=lora); this model has no adapter")
-        model.save_pretrained(tmp, safe_serialization=True)
-    else:
-        merge_lora(model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    provenance = provenance | {"out": str(out), "adapter_only": adapter_only,
-                               "created": provenance.get("created") or datetime.now(timezone.utc).isoformat()}
-    (tmp / "immunity.json").write_text(json.dumps(provenance, indent=1, default=str))
-    (tmp / "README.md").write_text(model_card(provenance))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    if adapter_only and not isinstance(model, PeftModel):
+        raise ValueError("--adapter-only needs a LoRA stage (mode=lora); this model has no adapter")
+    with directory_in_place(out, overwrite) as tmp:
+        if adapter_only:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            merge_lora(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        provenance = provenance | {"out": str(out), "adapter_only": adapter_only,
+                                   "created": provenance.get("created") or datetime.now(timezone.utc).isoformat()}
+        (tmp / "immunity.json").write_text(json.dumps(provenance, indent=1, default=str))
+        (tmp / "README.md").write_text(model_card(provenance))
     return out

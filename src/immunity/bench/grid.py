@@ -1,10 +1,12 @@
 """`bench`: a grid of runs (defenses x attack settings x seeds) against one results store.
 
 The grid is planned whole and validated before any run starts, duplicates removed; then
-`Grid.run` claims the runs nobody has stored or is computing, dispatches them to a launcher
-(`launch`), merges each result file into the store as it arrives, and waits for runs another
-`bench` on the same store is computing (or takes over a dead one's claim). Resumable: an
-interrupted grid's finished result files are merged, not recomputed.
+`Grid.run` claims a run nobody has stored or is computing each time one of its workers is free
+(so several `bench` processes on one store split a grid between them), dispatches it to a
+launcher (`launch`), merges each result file into the store as it arrives, renews its claims
+while it works (`store.Heartbeat`), and waits for runs another `bench` is computing (or takes
+over a claim whose lease ran out). Resumable: an interrupted grid's finished result files are
+merged, not recomputed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from ..config import RunConfig, load_run_config, parse_overrides, validate
 from .identity import RunIdentity
 from .launch import in_process, launch, read_result, result_file
-from .store import Store
+from .store import Heartbeat, Store
 
 
 def grid_points(items: list[str]) -> list[dict]:
@@ -69,18 +71,15 @@ class Grid:
         print(f"bench: {len(self.plan)} runs, {len(self.plan) - len(todo)} already stored, {len(todo)} to run",
               file=sys.stderr)
         number = {identity.run_id: i for i, (_, identity) in enumerate(todo, 1)}
-        pending = todo
-        while pending:
-            mine = [(cfg, identity) for cfg, identity in pending if self.store.claim(identity.run_id)]
-            if mine:
-                self.dispatch(mine, lambda c, i: print(f"[{number[i.run_id]}/{len(todo)}] {describe(c)}",
-                                                       file=sys.stderr, flush=True))
-            # The rest is being computed by another `bench` on this store: wait, or take over a
-            # run whose coordinator died (its claim is released then).
-            pending = [(cfg, identity) for cfg, identity in pending if not self.store.has(identity.run_id)
-                       and identity.run_id not in self.failed and (cfg, identity) not in mine]
-            if pending and not mine:
-                time.sleep(1.0)
+        announce = lambda c, i: print(f"[{number[i.run_id]}/{len(todo)}] {describe(c)}",  # noqa: E731
+                                      file=sys.stderr, flush=True)
+        with Heartbeat(self.store.path):
+            while pending := [(cfg, identity) for cfg, identity in todo if not self.store.has(identity.run_id)
+                              and identity.run_id not in self.failed]:
+                if not self.dispatch(pending, announce):
+                    # The rest is being computed by another `bench` on this store: wait for it, or
+                    # for its lease to run out (then the claim is taken over).
+                    time.sleep(1.0)
         ids = {identity.run_id for _, identity in self.plan}
         return [r for r in self.store.results() if r["run_id"] in ids]
 
@@ -93,17 +92,25 @@ class Grid:
                 self.store.put(*read_result(result_file(cfg, identity.run_id)))
         return [(cfg, identity) for cfg, identity in todo if not self.store.has(identity.run_id)]
 
-    def dispatch(self, runs: list[tuple[RunConfig, RunIdentity]], announce) -> None:
-        """Run the claimed `runs` with the launcher; merge each result file into the store as it
-        arrives; a failed run is reported and stored nowhere, the rest of the grid goes on."""
-        jobs = [cfg for cfg, _ in runs]
+    def dispatch(self, runs: list[tuple[RunConfig, RunIdentity]], announce) -> int:
+        """Claim and run what of `runs` nobody holds, a run each time a worker is free; merge each
+        result file into the store as it arrives; a failed run is reported and stored nowhere,
+        the rest of the grid goes on. Returns how many runs this process claimed."""
+        claimed: list[int] = []
+
+        def claimable():
+            for i, (cfg, identity) in enumerate(runs):
+                if not self.store.has(identity.run_id) and self.store.claim(identity.run_id):
+                    claimed.append(i)
+                    announce(cfg, identity)
+                    yield i, cfg
+
         if self.launcher == "local" and self.workers == 1:
-            outcomes = in_process(jobs, progress=self.progress, before=lambda i: announce(*runs[i]))
+            outcomes = in_process(claimable(), progress=self.progress)
         else:
-            for cfg, identity in runs:
-                announce(cfg, identity)
             threads = int(self.options.get("cpus_per_task", 0)) or max(1, (os.cpu_count() or 1) // self.workers)
-            outcomes = launch(self.launcher, jobs, self.workers, threads, folder=self.folder, options=self.options)
+            outcomes = launch(self.launcher, claimable(), self.workers, threads, folder=self.folder,
+                              options=self.options)
         try:
             for i, path, error in outcomes:
                 run_id = runs[i][1].run_id
@@ -114,5 +121,6 @@ class Grid:
                     self.failed.append(run_id)
                 self.store.release(run_id)
         finally:
-            for _, identity in runs:
-                self.store.release(identity.run_id)
+            for i in claimed:
+                self.store.release(runs[i][1].run_id)
+        return len(claimed)

@@ -38,7 +38,7 @@ def resolved_config(cfg: RunConfig) -> dict:
     """The run's configuration with the defenses' configs built and typed (so `rho=5`, `rho=5.0`
     and YAML `rho: 5` are one value) and the content hashes of what it reads from disk."""
     resolved = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out_dir", "defense_args", "micro_batches", "fsdp")} | {
+                if k not in ("out_dir", "defense_args", "micro_batches", "fsdp", "force")} | {
         "defense_config": chain_config(cfg.chain)}
     if world_size() * cfg.micro_batches > 1:  # shards of a step change batch-coupled losses
         resolved["parallel"] = {"processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp}

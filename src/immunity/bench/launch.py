@@ -2,6 +2,10 @@
 run, through submitit; `submitit-local` is the same path on this machine, without a scheduler),
 `ray` (Ray tasks).
 
+Local workers are processes of our own (spawned, one run at a time each): a worker the kernel
+kills (the OOM killer sends signal 9) fails its run alone, reported as killed with the memory it
+had reached, and a fresh worker takes the next run, while the other workers go on.
+
 Workers never open the results store: each writes its result atomically as `result.json` next to
 its generations, and the coordinator (`immunity bench`) merges those files into the store as they
 arrive. So no SQLite file is shared by writers over a network filesystem, and a grid resumed after
@@ -13,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..config import RunConfig
+from ..outputs import write_text_atomic
 from ..training import TrainingDiverged
 from .identity import RunIdentity
 from .pipeline import Pipeline, run_dir
@@ -39,10 +44,7 @@ def compute(cfg: RunConfig, threads: int, progress: bool = False) -> str:
     identity = RunIdentity.of(cfg)
     result = Pipeline(cfg, progress, identity).run()
     path = result_file(cfg, result["run_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"result.json.writing-{os.getpid()}")
-    partial.write_text(json.dumps({"result": result, "config": identity.resolved}, default=str))
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps({"result": result, "config": identity.resolved}, default=str))
     return str(path)
 
 
@@ -65,18 +67,105 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _local(jobs: list[RunConfig], workers: int, threads: int) -> Iterator[Outcome]:
-    """K spawned processes (fork would copy torch's thread pools), each with `threads` threads."""
+class WorkerKilled(RuntimeError):
+    """A local worker process ended without reporting its run (a signal, or an exit)."""
+
+    def __init__(self, exitcode: int | None, peak_mb: float):
+        if exitcode is not None and exitcode < 0:
+            signal_number = -exitcode
+            memory = f"; likely out of memory at {peak_mb / 1024:.1f} GB" if signal_number == 9 and peak_mb else ""
+            text = f"killed (signal {signal_number}{memory})"
+        else:
+            text = f"its worker process exited with status {exitcode} before reporting"
+        super().__init__(text)
+
+
+def _resident_peak_mb(pid: int) -> float:
+    """A live process's peak resident memory so far (Linux; 0 elsewhere or once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _serve(connection, threads: int) -> None:
+    """A local worker: compute each run sent until told to stop (None); report (file, error)."""
+    _die_with_parent()
+    while (cfg := connection.recv()) is not None:
+        try:
+            connection.send((compute(cfg, threads), None))
+        except Exception as err:  # noqa: BLE001 - reported to the coordinator, which goes on
+            try:
+                connection.send((None, err))
+            except Exception:  # noqa: BLE001 - an error that does not pickle: its text
+                connection.send((None, RuntimeError(f"{type(err).__name__}: {err}")))
+
+
+class _Worker:
+    def __init__(self, context, threads: int):
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, threads), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: int | None = None
+        self.peak_mb = 0.0
+
+    def give(self, index: int, cfg: RunConfig) -> None:
+        self.job, self.peak_mb = index, 0.0
+        self.connection.send(cfg)
+
+    def stop(self) -> None:
+        try:
+            self.connection.send(None)
+        except OSError:
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def _local(jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int) -> Iterator[Outcome]:
+    """K spawned processes (fork would copy torch's thread pools), each with `threads` threads,
+    taking the next job as each is free (so `jobs` may claim lazily). A worker that dies fails
+    its own run only; a fresh one replaces it."""
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # inherited by the workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_die_with_parent) as pool:
-        futures = {pool.submit(compute, cfg, threads): i for i, cfg in enumerate(jobs)}
-        for future in as_completed(futures):
-            error = future.exception()
-            yield futures[future], None if error else future.result(), error
+    context, pending, idle, busy = get_context("spawn"), iter(jobs), [], []
+    try:
+        while True:
+            while len(busy) < workers and (job := next(pending, None)) is not None:
+                worker = idle.pop() if idle else _Worker(context, threads)
+                worker.give(*job)
+                busy.append(worker)
+            if not busy:
+                return
+            ready = wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=0.5)
+            for worker in list(busy):
+                worker.peak_mb = max(worker.peak_mb, _resident_peak_mb(worker.process.pid))
+                if worker.connection in ready and worker.connection.poll():
+                    try:
+                        path, error = worker.connection.recv()
+                    except (EOFError, OSError):  # died while answering
+                        worker.process.join(5)
+                        path, error = None, WorkerKilled(worker.process.exitcode, worker.peak_mb)
+                    else:
+                        idle.append(worker)
+                elif worker.process.sentinel in ready or not worker.process.is_alive():
+                    worker.process.join(5)
+                    path, error = None, WorkerKilled(worker.process.exitcode, worker.peak_mb)
+                else:
+                    continue
+                busy.remove(worker)
+                yield worker.job, path, error
+    finally:
+        for worker in idle + busy:
+            worker.stop()
 
 
-def _submitit(jobs: list[RunConfig], cluster: str, folder: str, options: dict, threads: int) -> Iterator[Outcome]:
+def _submitit(jobs: list[tuple[int, RunConfig]], cluster: str, folder: str, options: dict,
+              threads: int) -> Iterator[Outcome]:
     try:
         import submitit
     except ImportError as err:
@@ -84,14 +173,15 @@ def _submitit(jobs: list[RunConfig], cluster: str, folder: str, options: dict, t
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**options)
     with executor.batch():  # one job array
-        submitted = [executor.submit(compute, cfg, threads) for cfg in jobs]
-    index = {job.job_id: i for i, job in enumerate(submitted)}
+        submitted = [(i, executor.submit(compute, cfg, threads)) for i, cfg in jobs]
+    index = {job.job_id: i for i, job in submitted}
+    submitted = [job for _, job in submitted]
     for job in submitit.helpers.as_completed(submitted):
         error = job.exception()
         yield index[job.job_id], None if error else job.result(), error
 
 
-def _ray(jobs: list[RunConfig], workers: int, threads: int) -> Iterator[Outcome]:
+def _ray(jobs: list[tuple[int, RunConfig]], workers: int, threads: int) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError as err:
@@ -100,7 +190,7 @@ def _ray(jobs: list[RunConfig], workers: int, threads: int) -> Iterator[Outcome]
         ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS")
                  else workers * threads, include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=threads)(compute)
-    pending = {task.remote(cfg, threads): i for i, cfg in enumerate(jobs)}
+    pending = {task.remote(cfg, threads): i for i, cfg in jobs}
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(done)
@@ -110,25 +200,26 @@ def _ray(jobs: list[RunConfig], workers: int, threads: int) -> Iterator[Outcome]
             yield i, None, err
 
 
-def launch(launcher: str, jobs: list[RunConfig], workers: int, threads: int, folder: str = "runs/submitit",
-           options: dict | None = None) -> Iterator[Outcome]:
-    """Run `jobs`; yield (index, result file, error) as each one finishes."""
+def launch(launcher: str, jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int,
+           folder: str = "runs/submitit", options: dict | None = None) -> Iterator[Outcome]:
+    """Run the (index, config) `jobs`; yield (index, result file, error) as each one finishes.
+    The local launcher draws the next job only when a worker is free; the cluster launchers
+    submit them all at once."""
     if launcher == "local":
         return _local(jobs, workers, threads)
     if launcher in ("slurm", "submitit-local"):
-        return _submitit(jobs, "slurm" if launcher == "slurm" else "local", folder, options or {}, threads)
+        return _submitit(list(jobs), "slurm" if launcher == "slurm" else "local", folder, options or {}, threads)
     if launcher == "ray":
-        return _ray(jobs, workers, threads)
+        return _ray(list(jobs), workers, threads)
     raise ValueError(f"--launcher must be one of {LAUNCHERS}, got {launcher!r}")
 
 
-def in_process(jobs: list[RunConfig], progress: bool, before: Callable[[int], None]) -> Iterator[Outcome]:
+def in_process(jobs: Iterable[tuple[int, RunConfig]], progress: bool) -> Iterator[Outcome]:
     """One worker: the runs in this process, one after another (progress bars shown; an error
     other than a diverged run stops the grid with its traceback, as a bug should)."""
     import torch
 
-    for i, cfg in enumerate(jobs):
-        before(i)
+    for i, cfg in jobs:
         try:
             yield i, compute(cfg, torch.get_num_threads(), progress), None
         except TrainingDiverged as err:

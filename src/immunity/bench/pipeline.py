@@ -17,7 +17,6 @@ from one process's).
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import sys
@@ -40,12 +39,14 @@ from ..evaluation.judges import make_judge
 from ..evaluation.suite import answer_nll, evenly_spaced, generate_sets, prompt_sets, score, verdict_path
 from ..models import clone_model, load_model, save_model
 from ..models.lora import ReleasedAdapter
+from ..outputs import write_text_atomic
 from ..registry import DEFENSES, JUDGES, lookup
 from ..safetyworld import SafetyWorld
 from ..training import parallel
 from ..training.parallel import world_size
 from .answers import complete, needs_answers
-from .identity import RunIdentity
+from .identity import RunIdentity, versions
+from .resources import estimate
 from .result import RunResult
 
 RELEASE_NOTES = "immunity-release.json"
@@ -199,6 +200,8 @@ class Pipeline:
         if cfg.model == "safetyworld":
             with parallel.main_first():
                 return self.world.base_model().to(self.device)
+        if Path(cfg.model).is_dir():
+            check_memory(cfg, self.progress)
         model, self.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
                                            device_map=cfg.device_map, quantization=cfg.quantization)
         if cfg.gradient_checkpointing:
@@ -228,8 +231,11 @@ class Pipeline:
             return None
         # Micro-batches shard a step's batch-coupled losses: part of what the release is a function of.
         shards = [cfg.micro_batches] if cfg.micro_batches > 1 else []
+        # The alignment data is part of what is released, for every model: SafetyWorld's base
+        # aligned on a user's data is another model than the world's own alignment.
+        data = [self.data.hashes()] if cfg.data else []
         if cfg.model == "safetyworld":
-            return stable_hash([self.world.model_key(), cfg.seed, *shards])
+            return stable_hash([self.world.model_key(), cfg.seed, *data, *shards])
         if not Path(cfg.model).is_dir() or cfg.quantization or cfg.device_map:
             return None
         return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed, *shards])
@@ -249,7 +255,8 @@ class Pipeline:
             return timed()
         name, config, modules = release_identity(steps)
         version = code_version(*modules, "immunity.safetyworld")
-        self.release_path = cache_root() / f"aligned-{name}-{stable_hash([config, base])}-{version}"
+        # Library versions are in the run id; a release made under others is another entry.
+        self.release_path = cache_root() / f"aligned-{name}-{stable_hash([config, base, versions()])}-{version}"
         return cached_model(self.release_path, timed, lambda p: Release.load(p, self.device), lambda r, p: r.save(p))
 
     def defend(self, base):
@@ -311,9 +318,7 @@ class Pipeline:
             kept.parent.mkdir(parents=True, exist_ok=True)
             for file in path.parent.glob(f"{path.stem}*.jsonl"):
                 shutil.copyfile(file, kept.with_name(file.name.replace(path.stem, kept.stem)))
-            partial = kept.with_suffix(f".json.{os.getpid()}")
-            partial.write_text(json.dumps(metrics))
-            partial.replace(kept.with_suffix(".json"))  # atomic: a reader sees all of it or nothing
+            write_text_atomic(kept.with_suffix(".json"), json.dumps(metrics))  # a reader sees all of it or nothing
         return metrics
 
     def kept_evaluation(self, prompts: dict) -> Path:
@@ -384,6 +389,22 @@ class Pipeline:
             attack_notes=self.attack.notes, defense_notes=self.notes, timings=self.clock.seconds,
             defense_seconds=round(self.defense_seconds, 2), peak_memory_mb=self.peak_memory(),
             processes=world_size(), micro_batches=cfg.micro_batches, fsdp=cfg.fsdp)
+
+
+def check_memory(cfg: RunConfig, show: bool) -> None:
+    """Before a real model loads: its memory estimate on stderr (with `show`), and a warning when
+    it exceeds what this machine has available."""
+    configs = [step.config for step in cfg.chain] + [cfg.attack]
+    batch = max([getattr(c, "batch_size", 0) for c in configs] + [1]) // max(1, cfg.micro_batches)
+    full = any(getattr(c, "mode", "lora") == "full" for c in configs)
+    found = estimate(cfg.model, max(1, batch), full, cfg.model_dtype)
+    if found is None:
+        return
+    if found.too_large():
+        print(f"immunity: warning: {found.line()}: expect to run out of memory (lower the batch sizes, set "
+              "micro_batches=K or gradient_checkpointing=true)", file=sys.stderr, flush=True)
+    elif show:
+        print(f"immunity: {found.line()}", file=sys.stderr, flush=True)
 
 
 def answers_model(model: str) -> str:

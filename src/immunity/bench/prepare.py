@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from typing import Callable
 import yaml
 
 from ..cache import weights_digest
+from ..outputs import WRITING, OutputError, check_target, directory_in_place, write_text_atomic
 from .answers import REFUSAL_SOURCE
 
 
@@ -74,9 +76,9 @@ def donotanswer_rows(members: dict[str, bytes], out: Path) -> dict:
 def _write_rows(rows: list[dict], out: Path) -> dict:
     if not rows:
         raise PrepareError(f"no prompts found for {out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"rows": len(rows), "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    write_text_atomic(out, text)
+    return {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def gguf_model(members: dict[str, bytes], out: Path) -> dict:
@@ -174,30 +176,54 @@ def read_members(asset: Asset, wheel: Path) -> dict[str, bytes]:
     return members
 
 
-def prepare(name: str, out: str | Path, wheel: str | Path | None = None) -> dict:
+def _earlier_card(asset: Asset, name: str, out: Path) -> dict | None:
+    """The card of this asset's own earlier output at `out`, or None."""
+    card_file = card_path(asset, out)
+    try:
+        card = json.loads(card_file.read_text()) if card_file.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return card if isinstance(card, dict) and card.get("asset") == name else None
+
+
+def prepare(name: str, out: str | Path, wheel: str | Path | None = None, overwrite: bool = False) -> dict:
     """Fetch, check, convert and write asset `name` to `out` with its card; reuse what a
-    previous run wrote. Returns the card."""
+    previous run wrote. Returns the card. `out` must be free or this asset's own earlier output
+    (its card says so); anything else there is refused unless `overwrite`. Written through a
+    temporary sibling renamed into place, so a failure leaves what was there untouched."""
     if name not in ASSETS:
         raise PrepareError(f"unknown asset {name!r}; choose one of {', '.join(ASSETS)}")
     asset, out = ASSETS[name], Path(out).expanduser()
-    card_file = card_path(asset, out)
-    if card_file.is_file():
-        card = json.loads(card_file.read_text())
-        if card.get("asset") == name and card.get("input_sha256") == asset.sha256 and _output_intact(asset, out, card):
-            return card | {"reused": True}
-    with tempfile.TemporaryDirectory() as tmp:
+    earlier = _earlier_card(asset, name, out)
+    if earlier is not None and earlier.get("input_sha256") == asset.sha256 and _output_intact(asset, out, earlier):
+        return earlier | {"reused": True}
+    try:  # a foreign file or directory at `out` is the user's: refused unless --overwrite
+        check_target(out, kind="dir" if asset.model else "file", overwrite=overwrite or earlier is not None,
+                     what=f"output of `prepare {name}`")
+    except OutputError as err:
+        raise PrepareError(str(err)) from err
+    with tempfile.TemporaryDirectory(prefix=f".immunity-prepare.{os.getpid()}.", suffix=WRITING) as tmp:
         path = Path(wheel).expanduser() if wheel else fetch_wheel(asset, Path(tmp))
         if not path.is_file():
             raise PrepareError(f"no wheel at {path}")
         members = read_members(asset, path)
-        fields = asset.convert(members, out)
+        if asset.model:
+            with directory_in_place(out, overwrite=True) as staging:
+                card = _card(asset, name, asset.convert(members, staging), out)
+                (staging / "README.md").write_text(_model_card(card))
+                (staging / "immunity.json").write_text(json.dumps(card, indent=1) + "\n")
+            return card
+        card = _card(asset, name, asset.convert(members, out), out)
+    write_text_atomic(card_path(asset, out), json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def _card(asset: Asset, name: str, fields: dict, out: Path) -> dict:
     card = {"asset": name, "source": asset.source, "licence": asset.licence, "package": asset.package,
             "version": asset.version, "member": asset.members, "input_sha256": asset.sha256, **fields}
     if asset.model:
         card["base_model"] = {"path": str(out.resolve()), "weights": fields["weights"]}
         card["refusals"] = REFUSAL_SOURCE
-        (out / "README.md").write_text(_model_card(card))
-    card_file.write_text(json.dumps(card, indent=1) + "\n")
     return card
 
 

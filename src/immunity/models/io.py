@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..outputs import WRITING, clean_leftovers, sibling_prefix
+
 
 def clone_model(model):
     """An independent copy (defenses and attacks must not touch a cached model)."""
@@ -24,7 +26,8 @@ def save_model(model, path: Path, tokenizer=None, before_rename: Callable[[Path]
     (another writer won), keep theirs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    clean_leftovers(path.parent)  # what killed writers left
+    tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(path), suffix=WRITING, dir=path.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
