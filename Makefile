@@ -285,7 +285,7 @@ real: real-prepare
 	$(MAKE) real-report
 
 real-report: install
-	$(BIN)/python benchmarks/real_report.py --store $(REAL_STORE) --safetyworld results/safetyworld.db > docs/real.md
+	$(BIN)/python -m immunity.reports.real --store $(REAL_STORE) --safetyworld results/safetyworld.db > docs/real.md
 	$(BIN)/immunity report --store $(REAL_STORE) --split eval --html docs/real.html --guard-helpful 0 --guard-fa 0
 
 clean:

@@ -15,9 +15,9 @@ import argparse
 import math
 from statistics import median, stdev
 
-from immunity.bench.analysis import default_apart_from, defense_label
-from immunity.bench.reports import current_rows
-from immunity.bench.store import Store
+from immunity.reports.analysis import default_apart_from, defense_label
+from immunity.reports.render import current_rows
+from immunity.grid.store import Store
 
 Z = 1.96 + 0.84
 

@@ -16,7 +16,7 @@ import statistics
 
 import torch
 
-from immunity.bench.pipeline import Pipeline
+from immunity.engine.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.data import collate, encode_chat
 from immunity.defenses.condition_number import condition_number, feature_hessian, head_features

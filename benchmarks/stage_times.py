@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ["IMMUNITY_CACHE"] = tempfile.mkdtemp(prefix="immunity-bench-")
-    from immunity.bench.pipeline import run
+    from immunity.engine.pipeline import run
     from immunity.config import load_run_config
 
     cfg = load_run_config(None, [], defense="sft", seed=args.seed)

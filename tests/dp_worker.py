@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from immunity.bench.pipeline import Pipeline
+from immunity.engine.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.defenses import sophon, tar
 from immunity.training import loop, parallel

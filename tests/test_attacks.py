@@ -230,7 +230,7 @@ def test_backdoor_data_ties_compliance_to_the_trigger(world):
 
 
 def test_a_backdoor_run_reports_hs_with_and_without_the_trigger(tiny):
-    from immunity.bench.pipeline import run
+    from immunity.engine.pipeline import run
 
     import json
     from pathlib import Path

@@ -9,11 +9,11 @@ import pytest
 
 from immunity import api, cli
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
-from immunity.bench.analysis import typed
-from immunity.bench.identity import RunIdentity
-from immunity.bench.pipeline import Pipeline
-from immunity.bench.report import markdown_table, regret_table
-from immunity.bench.store import Store
+from immunity.reports.analysis import typed
+from immunity.engine.identity import RunIdentity
+from immunity.engine.pipeline import Pipeline
+from immunity.reports.tables import markdown_table, regret_table
+from immunity.grid.store import Store
 from immunity.config import ConfigError, RunConfig, build_config, load_run_config
 from immunity.defenses.sft import SFTConfig
 
@@ -31,11 +31,11 @@ def test_list_json_names_everything(capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"defenses", "attacks", "tasks", "judges", "models"}
     assert {"none", "sft", "booster", "antidote", "et", "lapt", "ilu", "antidote-hypernet"} <= set(out["defenses"])
-    assert len(out["defenses"]) == 19  # the 15 methods, the baselines none, scratch, sft, and antidote-hypernet
-    assert set(out["attacks"]) == {"harmful-finetune", "benign-finetune", "steering", "reft", "embedding",
+    assert len(out["defenses"]) >= 19  # the 15 methods, the baselines none, scratch, sft, antidote-hypernet; plugins
+    assert set(out["attacks"]) >= {"harmful-finetune", "benign-finetune", "steering", "reft", "embedding",
                                    "refusal-ablation", "backdoor", "prefill"}
     assert "safetyworld" in out["judges"]
-    assert set(out["tasks"]) == {"sentiment", "topic", "arithmetic"}
+    assert set(out["tasks"]) >= {"sentiment", "topic", "arithmetic"}
 
 
 def test_unknown_keys_and_bad_values_are_rejected_with_a_reason():
@@ -135,7 +135,7 @@ def test_bench_plan_computes_duplicates_once(tiny, capsys, monkeypatch):
 def test_alignment_is_cached_and_reused(tiny, monkeypatch):
     import torch
 
-    from immunity.bench.pipeline import Pipeline
+    from immunity.engine.pipeline import Pipeline
     from immunity.defenses.sft import SFT
 
     cfg = load_run_config(None, tiny, defense="sft", seed=0)
@@ -194,7 +194,7 @@ def test_report_filters_by_attack(tmp_path, capsys):
 
 def test_the_by_attack_table_has_one_column_per_attack_and_filters_name_attacks(tmp_path, capsys):
     from immunity.attacks.steering import SteeringConfig
-    from immunity.bench.report import by_attack_table
+    from immunity.reports.tables import by_attack_table
 
     steering = {"attack": "steering", "attack_config": asdict(SteeringConfig(alpha=0.5))}
     results = [_stored("sft", 0, 0.5) | {"helpful_after": 1.0}, _stored("sft", 1, 0.7) | {"helpful_after": 0.9},
@@ -215,7 +215,7 @@ def test_the_by_attack_table_has_one_column_per_attack_and_filters_name_attacks(
 
 def test_a_backdoor_cell_reads_hs_with_the_trigger_then_without():
     from immunity.attacks.backdoor import BackdoorConfig
-    from immunity.bench.report import by_attack_table
+    from immunity.reports.tables import by_attack_table
 
     backdoor = {"attack": "backdoor", "attack_config": asdict(BackdoorConfig()), "helpful_after": 1.0}
     results = [_stored("sft", 0, 0.25) | backdoor | {"extra_after": {"hs_triggered": 0.75}},
@@ -280,7 +280,7 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
     wrecks helpfulness (0.5 < 0.8), so its bounded worst case is 0.4 (lr=3e-4); none: 0.6 where
     the guard holds. Worst case ranks none first, bounded worst case sft first; top-2 is the mean of
     the two highest means."""
-    from immunity.bench.report import leaderboard
+    from immunity.reports.tables import leaderboard
 
     def row(defense, seed, hs, lr, helpful, fa=1.0):
         return _stored(defense, seed, hs, lr=lr) | {"helpful_after": helpful, "fa_after": fa}
@@ -307,7 +307,7 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
 
 
 def test_settings_that_differ_only_in_the_optimizer_are_not_merged():
-    from immunity.bench.analysis import setting
+    from immunity.reports.analysis import setting
 
     adamw, sgd = (_stored("sft", 0, 0.5) | {"attack_config": asdict(HarmfulFinetuneConfig(optimizer=o))}
                   for o in ("adamw", "sgd"))
@@ -319,7 +319,7 @@ def test_settings_that_differ_only_in_the_optimizer_are_not_merged():
 def test_a_harmful_only_attack_is_held_to_helpfulness_not_to_fa():
     """p = 1 trains on no task data, so its FA (0 here) does not bar it from the bounded worst
     case; the same FA at p = 0.1 does."""
-    from immunity.bench.analysis import attack_outcomes
+    from immunity.reports.analysis import attack_outcomes
 
     def row(p, hs):
         r = _stored("sft", 0, hs) | {"helpful_after": 0.95, "fa_after": 0.0, "attack": "harmful-finetune"}
@@ -337,7 +337,7 @@ def test_attack_search_maximises_capable_hs_on_validation_and_resumes(tmp_path, 
 
     import optuna
 
-    from immunity.bench.search import score
+    from immunity.grid.search import score
 
     def result(**outcome):
         return _stored("sft", 0, 0.0) | outcome
@@ -410,7 +410,7 @@ def _saved_run(root, defense, seed, run_id, harmful_flags):
 def test_paired_differences_bootstrap_over_seeds_and_prompts(tmp_path):
     import numpy as np
 
-    from immunity.bench.stats import hierarchical_bootstrap, paired_table
+    from immunity.reports.stats import hierarchical_bootstrap, paired_table
 
     point, low, high = hierarchical_bootstrap([np.ones(40), np.zeros(40)])
     assert point == 0.5 and low < 0.5 < high and low >= 0.0 and high <= 1.0
@@ -435,8 +435,8 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
     stored at all its budgets; the other three conditions are read from the default attack and
     benign fine-tuning (stability once per seed), each with its difference from sft."""
     from immunity.attacks.harmful_finetune import BenignFinetuneConfig
-    from immunity.bench.analysis import attack_steps
-    from immunity.bench.report import conditions_table
+    from immunity.reports.analysis import attack_steps
+    from immunity.reports.tables import conditions_table
 
     default = HarmfulFinetuneConfig()
 
@@ -475,7 +475,7 @@ def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
     beyond the largest budget stored, its cost 30 s against sft's 10 s (x 3.0), and its stability
     reads its helpfulness before the attack against sft's."""
     from immunity.attacks.harmful_finetune import BenignFinetuneConfig
-    from immunity.bench.report import defense_overview
+    from immunity.reports.tables import defense_overview
 
     def run(defense, hs, steps=0, attack="harmful-finetune", fa=0.95, seconds=10.0):
         config = BenignFinetuneConfig() if attack == "benign-finetune" else HarmfulFinetuneConfig(max_steps=steps)
@@ -501,7 +501,7 @@ def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
 def test_report_prefers_the_row_of_the_current_code_over_a_newer_stale_one(tmp_path, capsys):
     """Two rows of one configuration: the current code's, then a newer one from older code (a
     worker that started before an edit). The report shows the current one, not nothing."""
-    from immunity.bench.identity import run_code_version
+    from immunity.engine.identity import run_code_version
 
     store = Store(tmp_path / "c.db")
     base = _stored("sft", 0, 0.5) | {"attack": "harmful-finetune", "config_hash": "same", "versions": {}}
@@ -513,14 +513,14 @@ def test_report_prefers_the_row_of_the_current_code_over_a_newer_stale_one(tmp_p
 
 
 def test_the_hs_steps_area_is_the_trapezoid_mean_over_the_budget_range():
-    from immunity.bench.analysis import auc
+    from immunity.reports.analysis import auc
 
     assert auc({24: 0.0, 48: 0.0, 72: 0.5, 160: 1.0}) == pytest.approx((0 + 24 * 0.25 + 88 * 0.75) / 136)
     assert auc({72: 0.4}) is None  # one budget has no area
 
 
 def test_per_seed_table_pairs_each_seed_with_sft():
-    from immunity.bench.stats import per_seed_table
+    from immunity.reports.stats import per_seed_table
 
     def run(defense, seed, hs, nll):
         return _stored(defense, seed, hs, nll=nll)
@@ -536,7 +536,7 @@ def test_per_seed_table_pairs_each_seed_with_sft():
 def test_per_seed_table_reads_rows_an_attack_filter_fixed_as_the_default(tmp_path):
     """`report --per-seed --attack continue_adapter=true`: the continued rows are the table, the
     fresh-adapter ones are not."""
-    from immunity.bench.identity import run_code_version
+    from immunity.engine.identity import run_code_version
 
     store = Store(tmp_path / "c.db")
     current = run_code_version("booster", "harmful-finetune", "safetyworld")
@@ -552,7 +552,7 @@ def test_per_seed_table_reads_rows_an_attack_filter_fixed_as_the_default(tmp_pat
 
 
 def test_a_defense_that_fails_stability_is_never_ranked_above_sft():
-    from immunity.bench.analysis import ranked_defenses
+    from immunity.reports.analysis import ranked_defenses
 
     rows = typed([_stored("sft", 0, 0.6) | {"helpful_before": 0.99, "helpful_after": 0.95},
                   _stored("lox", 0, 0.1) | {"helpful_before": 0.12, "helpful_after": 0.9},  # unusable before any attack

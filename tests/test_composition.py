@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from immunity.bench.result import RunResult
-from immunity.bench.pipeline import Pipeline, run
-from immunity.bench.analysis import defense_label
+from immunity.engine.result import RunResult
+from immunity.engine.pipeline import Pipeline, run
+from immunity.reports.analysis import defense_label
 from immunity.config import ConfigError, defense_chain, load_run_config, validate
 from immunity.defenses.antidote import Antidote
 from immunity.defenses.booster import Booster
@@ -81,3 +81,21 @@ def test_the_default_sft_under_a_post_alignment_defense_is_implicit(tiny, monkey
     second = composed.defend(composed.base_model())
     for (n, p), (_, q) in zip(first.named_parameters(), second.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_run_and_defend_release_the_same_model_through_one_engine(tiny, tmp_path, monkeypatch):
+    """`immunity run` and `immunity defend` apply a chain through `Pipeline.defend`: on the same
+    model, data and seed, each computed from an empty cache, they release the same weights."""
+    from immunity import api
+
+    settings = _without_defense_keys(tiny) + ["defense.sft.epochs=0.1", "defense.lox.alpha=1.5"]
+    cfg = load_run_config(None, settings, defense="sft+lox")
+    monkeypatch.setenv("IMMUNITY_CACHE", str(tmp_path / "cache-run"))
+    pipeline = Pipeline(cfg, progress=False)
+    from_run = pipeline.defend(pipeline.base_model())
+    monkeypatch.setenv("IMMUNITY_CACHE", str(tmp_path / "cache-defend"))
+    from_defend = api.defend("safetyworld", "sft+lox", settings=settings, progress=False)
+    ours, theirs = from_run.state_dict(), from_defend.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert (tmp_path / "cache-defend").is_dir()  # built there, not read from the run's cache

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from immunity.bench.pipeline import Pipeline, default_alignment
+from immunity.engine.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.defenses import et, sophon, tar
 from immunity.models import clone_model
@@ -99,7 +99,7 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     assert defense in EXPECTED_CHANGES and defense in BUDGET, f"{defense}: add its budget and expected changes"
     pipeline, base, model = released(defense)
     reference_from, leaves = EXPECTED_CHANGES[defense]
-    sft = default_alignment()  # what later-stage defenses build on: served from the cache `defend` filled
+    sft = pipeline.default_alignment  # what later-stage defenses build on: served from the cache `defend` filled
     reference = pipeline.cached([sft], lambda: (sft.cls(sft.config).apply(clone_model(base), pipeline.context()),
                                                 pipeline.context())).model if reference_from == "sft" else base
     moved = changed(model, reference)

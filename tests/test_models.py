@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from immunity.bench.pipeline import run
+from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 from immunity.models import ARCHITECTURES, attach_lora, decoder_layers, linear_modules, load_model, merge_lora
 from immunity.models.architectures import BY_MODEL_TYPE

@@ -3,7 +3,7 @@ steps table (cold: a few minutes on 2 cores)."""
 
 import pytest
 
-from immunity.bench.pipeline import run
+from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 
 

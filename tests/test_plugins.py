@@ -7,9 +7,9 @@ import pytest
 
 from immunity import registry
 from immunity.attacks.base import Attack, AttackTask
-from immunity.bench.pipeline import run
-from immunity.bench.analysis import typed
-from immunity.bench.report import by_attack_table
+from immunity.engine.pipeline import run
+from immunity.reports.analysis import typed
+from immunity.reports.tables import by_attack_table
 from immunity.config import load_run_config
 from immunity.evaluation.judges import JudgeSettings, check_judge, judge_choices, make_judge
 from immunity.evaluation.judges.base import by_kind
@@ -99,3 +99,91 @@ def test_a_misspelled_or_missing_member_fails_at_registration(registered):
             Config = ShoutConfig
 
     assert "typo" not in registered.ATTACKS and "incomplete" not in registered.DEFENSES
+
+
+@dataclass
+class ToyConfig:
+    strength: float = 1.0
+
+
+class _Judge:
+    @classmethod
+    def build(cls, path, settings, lexicon):
+        return cls()
+
+    def score(self, records):
+        return []
+
+
+def _mistakes():
+    """The five registration mistakes a newcomer makes, each with what the error must say."""
+    from immunity.defenses.base import Defense, Stage
+
+    class StringStage(Defense):
+        stage = "post_alignment"
+        Config = ToyConfig
+
+        def apply(self, model, context):
+            return model
+
+    class DictConfig(Defense):
+        stage = Stage.ALIGNMENT
+        Config = dict
+
+        def apply(self, model, context):
+            return model
+
+    class WrongApply(Defense):
+        stage = Stage.ALIGNMENT
+        Config = ToyConfig
+
+        def apply(self, model):
+            return model
+
+    class RealData(_Judge):
+        data = "realdata"
+
+    class NoTask(Attack):
+        Config = ToyConfig
+
+        def run(self, model, tokenizer, data, seed, progress=True, merge=True, adapter=None):
+            return model
+
+    return [("defense", StringStage, "stage must be a Stage (Stage.ALIGNMENT"),
+            ("defense", DictConfig, "Config must be a dataclass"),
+            ("defense", WrongApply, "apply(self, model) must take (model, context)"),
+            ("judge", RealData, "data must be one of 'safetyworld', 'real', 'any', got 'realdata'"),
+            ("attack", NoTask, "lacks the field(s) task")]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["stage-string", "config-dict", "apply-arguments", "judge-data",
+                                                 "attack-without-task"])
+def test_each_registration_mistake_fails_at_import_with_one_line(registered, index):
+    kind, cls, message = _mistakes()[index]
+    register = {"defense": registered.register_defense, "attack": registered.register_attack,
+                "judge": registered.register_judge}[kind]
+    with pytest.raises(TypeError) as raised:
+        register(f"mistake-{index}")(cls)
+    text = str(raised.value)
+    assert message in text and "\n" not in text
+    assert f"mistake-{index}" not in {**registered.DEFENSES, **registered.ATTACKS, **registered.JUDGES}
+
+
+def test_a_defense_is_a_config_and_an_apply_on_the_shared_base(registered, tiny):
+    from immunity.defenses.base import Defense, Stage
+
+    @registered.register_defense("toy-scale")
+    class ToyScale(Defense):
+        """Scales the output embedding (a toy: the base class holds the config)."""
+
+        stage = Stage.POST_ALIGNMENT
+        Config = ToyConfig
+
+        def apply(self, model, context):
+            model.get_output_embeddings().weight.data.mul_(self.config.strength)
+            return model
+
+    assert ToyScale(ToyConfig(0.5)).config.strength == 0.5
+    world_keys = [o for o in tiny if not o.startswith("defense.")]  # the toy defense has its own keys
+    result = run(load_run_config(None, [*world_keys, "defense.strength=0.9"], defense="toy-scale"), progress=False)
+    assert result["defense"] == "toy-scale" and result["defense_config"] == {"strength": 0.9}

@@ -294,9 +294,9 @@ def test_a_bf16_model_stays_bf16_through_defense_and_release(files, tmp_path):
     assert json.loads((tmp_path / "B" / "immunity.json").read_text())["config"]["model_dtype"] == "bfloat16"
 
 
-def test_readme_python_section_calls_functions_that_exist(monkeypatch):
-    """The README's "Python" section (not run: it trains) names only functions of immunity, and
-    `immunity.bench` (also the benchmark's package) forwards to the grid function."""
+def test_readme_python_section_calls_functions_that_exist():
+    """The README's "Python" section (not run: it trains) names only functions of immunity, each
+    the api's own (no package shares a function's name any more)."""
     import re
     from pathlib import Path
 
@@ -307,7 +307,5 @@ def test_readme_python_section_calls_functions_that_exist(monkeypatch):
     called = set(re.findall(r"\bimmunity\.(\w+)\(", code))
     assert called >= {"run", "bench", "report", "generate"}
     assert called <= set(immunity.__all__)
-    for name in set(immunity.__all__) - {"bench"}:
+    for name in immunity.__all__:
         assert getattr(immunity, name) is getattr(api, name), name
-    monkeypatch.setattr(api, "bench", lambda *args, **kwargs: ("grid", args, kwargs))
-    assert immunity.bench(["sft"], seeds=[0]) == ("grid", (["sft"],), {"seeds": [0]})

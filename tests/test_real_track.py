@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from immunity import api, cli
 from immunity.attacks.prefill import Prefill, PrefillConfig
-from immunity.bench import prepare as prep
-from immunity.bench.answers import REFUSALS, complete
+from immunity import fetch as prep
+from immunity.data.refusals import REFUSALS
+from immunity.engine.answers import complete
 from immunity.config import load_run_config
 from immunity.data import DataBundle
 from immunity.data.sources import build_bundle
@@ -234,7 +235,7 @@ def test_a_prepared_models_card_supplies_its_tracks_settings(files, tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's resettable resident peak")
 def test_each_run_measures_its_own_peak_memory():
     """Several runs share one worker process: a run's peak must not include its predecessors'."""
-    from immunity.bench.pipeline import peak_memory_mb, reset_peak_memory
+    from immunity.engine.meters import peak_memory_mb, reset_peak_memory
 
     big = torch.ones(64 * 2**20, dtype=torch.float64)  # 512 MB resident
     big.add_(1)

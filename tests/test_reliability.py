@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from immunity import cli
-from immunity.bench.pipeline import Pipeline
-from immunity.bench.store import Store
+from immunity.engine.pipeline import Pipeline
+from immunity.grid.store import Store
 from immunity.cache import cached_model, entry_is_complete, write_manifest
 
 # -- bad input, in process (fast) ---------------------------------------------------------
@@ -259,7 +259,7 @@ def test_two_processes_filling_one_cache_entry_train_once(tmp_path):
 
 
 def test_a_truncated_cache_entry_is_rebuilt_never_loaded(tiny, capsys):
-    from immunity.bench.pipeline import Pipeline
+    from immunity.engine.pipeline import Pipeline
     from immunity.config import load_run_config
 
     cfg = load_run_config(None, tiny, defense="sft")
@@ -375,7 +375,7 @@ def test_the_ray_launcher_fills_the_store(tiny, tmp_path):
 
 @pytest.mark.integration
 def test_a_result_file_left_by_an_interrupted_grid_is_merged_not_recomputed(tiny, tmp_path):
-    from immunity.bench.launch import compute
+    from immunity.grid.launch import compute
     from immunity.config import load_run_config
 
     store = tmp_path / "r.db"
@@ -409,7 +409,7 @@ def test_a_killed_coordinators_local_workers_end_with_it(tmp_path):
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from immunity.bench.launch import _die_with_parent
+from immunity.grid.launch import _die_with_parent
 
 def work(path):
     open(path, "w").write(str(os.getpid()))

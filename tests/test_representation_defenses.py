@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from immunity.bench.pipeline import run
+from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
 from immunity.defenses.booster import booster_loss

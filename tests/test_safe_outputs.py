@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from immunity import api, cli
-from immunity.bench import prepare as prep
-from immunity.bench.pipeline import Pipeline
-from immunity.bench.store import Store, StoreError
+from immunity import fetch as prep
+from immunity.engine.pipeline import Pipeline
+from immunity.grid.store import Store, StoreError
 from immunity.config import load_run_config, validate
 from immunity.outputs import OutputError, check_target, clean_leftovers, directory_in_place
 
@@ -203,25 +203,17 @@ def test_the_release_key_on_safetyworld_names_the_alignment_data(tmp_path, tiny)
 
 
 def test_the_release_key_names_the_library_versions(tiny, monkeypatch):
-    from immunity.bench import pipeline
+    from immunity.engine import release
 
-    cfg = load_run_config(None, tiny)
-    built = []
-
-    def fake_cached(path, build, load, save):
-        built.append(path.name)
-        return pipeline.Release(None, {}, None, 0.0)
-
-    monkeypatch.setattr(pipeline, "cached_model", fake_cached)
-    run = Pipeline(cfg, progress=False)
-    run.cached([run.chain[0]], lambda: None)
-    monkeypatch.setattr(pipeline, "versions", lambda: {"torch": "0.0-other"})
-    run.cached([run.chain[0]], lambda: None)
-    assert len(built) == 2 and built[0] != built[1]
+    run = Pipeline(load_run_config(None, tiny), progress=False)
+    first = release.release_path(run.chain, run.default_alignment, "base")
+    assert release.release_path(run.chain, run.default_alignment, "base") == first
+    monkeypatch.setattr(release, "versions", lambda: {"torch": "0.0-other"})
+    assert release.release_path(run.chain, run.default_alignment, "base") != first
 
 
 def test_the_answers_key_names_dtype_generation_and_code(tiny_model, monkeypatch):
-    from immunity.bench import answers
+    from immunity.engine import answers
 
     model = tiny_model("llama", torch.float32)
     base = answers.answers_key(model, "w", 64, 16)
@@ -275,7 +267,7 @@ def test_a_stale_claim_is_taken_over_a_fresh_one_respected(tmp_path, monkeypatch
 
 
 def test_claims_are_renewed_while_their_holder_works(tmp_path, monkeypatch):
-    from immunity.bench.store import Heartbeat
+    from immunity.grid.store import Heartbeat
 
     monkeypatch.setenv("IMMUNITY_CLAIM_LEASE", "0.4")
     path = tmp_path / "h.db"
@@ -316,7 +308,7 @@ def test_exhausted_memory_or_disk_is_one_line(error, expected, tiny, capsys, mon
 
 
 def test_a_full_disk_while_writing_a_release_is_one_line(files, tmp_path, capsys, monkeypatch):
-    from immunity.bench import export
+    from immunity.engine import export
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "model.safetensors"))
@@ -324,12 +316,14 @@ def test_a_full_disk_while_writing_a_release_is_one_line(files, tmp_path, capsys
     monkeypatch.setattr(export, "merge_lora", lambda model: type("M", (), {"save_pretrained": full})())
     assert cli.main(["defend", "--defense", "none", "--model", str(files["model"]), "--data",
                      f"beavertails:{files['bt']}", "--out", str(tmp_path / "out"), "--quiet"]) == 2
-    assert "disk full writing" in _error_line(capsys)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("immunity: error:")]
+    assert len(errors) == 1 and "disk full writing" in errors[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".writing")]
 
 
 def test_a_real_model_run_estimates_its_memory_and_warns_beyond_what_is_available(files, capsys, monkeypatch):
-    from immunity.bench import pipeline, resources
+    from immunity.engine import pipeline, resources
 
     cfg = load_run_config(None, [], model=str(files["model"]), data=[f"beavertails:{files['bt']}"])
     found = resources.estimate(files["model"], 16, full_training=True)
@@ -358,7 +352,7 @@ def test_impossible_budgets_and_data_shortfalls_fail_before_work(args, message, 
 
 
 def test_force_accepts_a_large_budget_without_changing_the_run_id(tiny):
-    from immunity.bench.identity import RunIdentity
+    from immunity.engine.identity import RunIdentity
 
     forced = load_run_config(None, [*tiny, "attack.max_steps=200000", "force=true"])
     validate(forced)  # accepted

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from immunity.bench.pipeline import run
+from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 from immunity.data import IGNORE
 from immunity.defenses import condition_number as cn

@@ -5,26 +5,9 @@
     immunity.bench(...), immunity.report(...)   # see immunity.api
 """
 
-import types
-
 __version__ = "0.2.0"
-__all__ = ["attack", "attack_search", "bench", "catalogue", "defend", "demo", "evaluate", "generate", "prepare",
-           "probe", "report", "run"]
-
-
-class _CallableBench(types.ModuleType):
-    """`immunity.bench` is the benchmark's package (light to import) and, called, the grid function
-    `immunity.api.bench`: a subpackage and a function cannot otherwise share the name."""
-
-    def __call__(self, *args, **kwargs):
-        from .api import bench
-
-        return bench(*args, **kwargs)
-
-
-from . import bench  # noqa: E402  (the package, made callable; before __getattr__, which would load the api)
-
-bench.__class__ = _CallableBench
+__all__ = ["attack", "attack_search", "bench", "catalogue", "clean_cache", "defend", "demo", "evaluate", "generate",
+           "prepare", "probe", "report", "run"]
 
 
 def __getattr__(name):  # the stages load torch and transformers: only when first used

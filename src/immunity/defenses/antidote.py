@@ -37,7 +37,7 @@ from torch import nn
 from ..models import linear_modules, lora_factors, merge_lora
 from ..models.architectures import is_conv1d
 from ..registry import register_defense
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -104,12 +104,9 @@ def wanda_prune(weight: torch.Tensor, norms: torch.Tensor, ratio: float) -> torc
 
 
 @register_defense("antidote")
-class Antidote:
+class Antidote(Defense):
     stage = Stage.POST_FINE_TUNING
     Config = AntidoteConfig
-
-    def __init__(self, config: AntidoteConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -58,7 +58,7 @@ from ..registry import register_defense
 from ..training import lm_loss, train
 from ..training.losses import shifted
 from ..training.sequences import sequence_logprob
-from .base import AlignmentTraining, DefenseContext, Stage, with_adapter
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, with_adapter
 
 
 @dataclass
@@ -178,13 +178,10 @@ def prompt_key(input_ids: torch.Tensor, labels: torch.Tensor, attention: torch.T
 
 
 @register_defense("antidote-hypernet")
-class AntidoteHypernet:
+class AntidoteHypernet(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = AntidoteHypernetConfig
     supports_fsdp = False  # the patches read and add to the unsharded linear maps
-
-    def __init__(self, config: AntidoteHypernetConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Callable, ClassVar, Iterator, Protocol
+from typing import Any, Callable, ClassVar, Iterator
 
 from ..data import DataBundle, encode_chat
 from ..evaluation.suite import validation_metrics
 from ..models import attach_lora, merge_lora
 from ..models.layers import LORA_TARGETS
 from ..models.lora import ReleasedAdapter
+from ..registry import Stage
 from ..training import TrainConfig, batches, lm_loss, train
 from ..training.parallel import SharedStream
 from ..world import Example
-
-
-class Stage(str, Enum):
-    ALIGNMENT = "alignment"  # replaces or extends safety alignment of the base model
-    POST_ALIGNMENT = "post-alignment"  # edits the aligned model before release (e.g. LoX)
-    POST_FINE_TUNING = "post-fine-tuning"  # repairs the attacked model (e.g. Antidote)
 
 
 @dataclass
@@ -151,14 +145,20 @@ def align_against_harmful(model, context: DefenseContext, config: AlignmentTrain
     return align_with(model, context, config, step_loss=lambda m, batch: loss(m, batch, next(harmful)), desc=desc)
 
 
-class Defense(Protocol):
+class Defense:
+    """What every defense shares: it is built from its config. A defense subclasses this and
+    sets `stage` (a `Stage`) and `Config` (a dataclass), and defines `apply(model, context)`, which
+    returns the defended model (it may modify `model` in place). The registry checks those
+    members, not this base: a plugin may define them itself. Optional: `supports_fsdp = False`
+    where `fsdp=true` may not shard what the defense trains."""
+
     name: ClassVar[str]
     stage: ClassVar[Stage]
     Config: ClassVar[type]
-    # Optional, default True: whether `fsdp=true` may shard what the defense trains.
     supports_fsdp: ClassVar[bool]
 
-    def __init__(self, config: Any) -> None: ...
+    def __init__(self, config: Any) -> None:
+        self.config = config
 
     def apply(self, model, context: DefenseContext):
-        """Return the defended model (may modify `model` in place)."""
+        raise NotImplementedError

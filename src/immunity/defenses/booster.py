@@ -37,7 +37,7 @@ import torch
 
 from ..registry import register_defense
 from ..training import lm_loss
-from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_against_harmful
 
 
 @dataclass
@@ -83,13 +83,10 @@ def booster_loss(model, batch, harmful: dict, lam: float, alpha: float):
 
 
 @register_defense("booster")
-class Booster:
+class Booster(Defense):
     stage = Stage.ALIGNMENT
     supports_fsdp = False  # differentiates w.r.t. the weights (torch.autograd.grad): not on FSDP's shards
     Config = BoosterConfig
-
-    def __init__(self, config: BoosterConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -58,7 +58,7 @@ from ..data import IGNORE
 from ..models import attach_lora, decoder_layers, merge_lora
 from ..registry import register_defense
 from ..training import TrainConfig, train
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -149,12 +149,9 @@ def circuit_breaker_step(model, batch, retain: dict, step: int, total: int, alph
 
 
 @register_defense("circuit-breakers")
-class CircuitBreakers:
+class CircuitBreakers(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = CircuitBreakersConfig
-
-    def __init__(self, config: CircuitBreakersConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

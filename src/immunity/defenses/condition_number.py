@@ -34,7 +34,7 @@ import torch
 
 from ..registry import register_defense
 from ..training.losses import answer_mask, token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_against_harmful
 
 EPS = 1e-6
 
@@ -88,12 +88,9 @@ def condition_number_loss(model, batch, harmful: dict, lambda_well: float, lambd
 
 
 @register_defense("condition-number")
-class ConditionNumber:
+class ConditionNumber(Defense):
     stage = Stage.ALIGNMENT
     Config = ConditionNumberConfig
-
-    def __init__(self, config: ConditionNumberConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

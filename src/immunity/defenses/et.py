@@ -52,7 +52,7 @@ from ..models import attach_lora, block_output, clone_model, decoder_layers, mer
 from ..registry import register_defense
 from ..training import check_finite
 from ..training.interventions import intervene, train_reft
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -169,13 +169,10 @@ def defend_block(model, layer: int, clean: list, attacked: list, config: ETConfi
 
 
 @register_defense("et")
-class ET:
+class ET(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = ETConfig
     supports_fsdp = False  # trains on captured block calls, not through the shared model forward
-
-    def __init__(self, config: ETConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -43,7 +43,7 @@ from ..models import clone_model
 from ..registry import register_defense
 from ..training import TrainConfig, lm_loss, train
 from ..training.sequences import sequence_logprob
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -89,13 +89,10 @@ def environments_of(examples: list, count: int) -> list[list]:
 
 
 @register_defense("ilu")
-class ILU:
+class ILU(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = ILUConfig
     supports_fsdp = False  # the double backward runs through the unsharded weights
-
-    def __init__(self, config: ILUConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -39,7 +39,7 @@ import torch
 from ..models import block_output, clone_model, decoder_layers, with_block_output
 from ..registry import register_defense
 from ..training import lm_loss
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 
 
 @dataclass
@@ -106,12 +106,9 @@ def interpolate(trained, original, lam: float):
 
 
 @register_defense("lapt")
-class LAPT:
+class LAPT(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = LAPTConfig
-
-    def __init__(self, config: LAPTConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

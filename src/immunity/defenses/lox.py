@@ -35,7 +35,7 @@ import torch
 
 from ..registry import register_defense
 from ..models import clone_model
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 SEARCH_RANKS = (1, 2, 3, 4, 6, 8)
 
@@ -103,12 +103,9 @@ def effective_rank(base, aligned, context: DefenseContext, config: LoXConfig) ->
 
 
 @register_defense("lox")
-class LoX:
+class LoX(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = LoXConfig
-
-    def __init__(self, config: LoXConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         if context.base_model is None:

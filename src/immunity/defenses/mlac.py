@@ -45,7 +45,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..registry import register_defense
 from ..training import lm_loss, logits_with
 from ..training.losses import token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 
 
 @dataclass
@@ -98,13 +98,10 @@ def mlac_objective(model, params: dict, desired: dict, harmful: list[dict], inne
 
 
 @register_defense("mlac")
-class MLAC:
+class MLAC(Defense):
     stage = Stage.ALIGNMENT
     supports_fsdp = False  # simulated attacker steps on the weights (torch.func): not on FSDP's shards
     Config = MLACConfig
-
-    def __init__(self, config: MLACConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_defense
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -14,12 +14,9 @@ class NoneConfig:
 
 
 @register_defense("none")
-class NoDefense:
+class NoDefense(Defense):
     stage = Stage.ALIGNMENT
     Config = NoneConfig
-
-    def __init__(self, config: NoneConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         return model

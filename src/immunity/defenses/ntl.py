@@ -32,7 +32,7 @@ import torch
 
 from ..registry import register_defense
 from ..training.losses import answer_mask, mmd, token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 
 
 @dataclass
@@ -67,12 +67,9 @@ def ntl_loss(model, source: dict, target: dict, alpha: float, beta: float, layer
 
 
 @register_defense("ntl")
-class NTL:
+class NTL(Defense):
     stage = Stage.ALIGNMENT
     Config = NTLConfig
-
-    def __init__(self, config: NTLConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

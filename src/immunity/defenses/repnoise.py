@@ -44,7 +44,7 @@ from ..models.heads import logit_lens
 from ..registry import register_defense
 from ..training import edit_block_outputs, lm_loss
 from ..training.losses import answer_mask, mmd, shifted, token_ce
-from .base import AlignmentTraining, DefenseContext, Stage, align_against_harmful
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_against_harmful
 
 
 @dataclass
@@ -92,12 +92,9 @@ def repnoise_loss(model, batch, harmful: dict, alpha: float, beta: float) -> tor
 
 
 @register_defense("repnoise")
-class RepNoise:
+class RepNoise(Defense):
     stage = Stage.ALIGNMENT
     Config = RepNoiseConfig
-
-    def __init__(self, config: RepNoiseConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

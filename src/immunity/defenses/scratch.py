@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..registry import register_defense
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -25,12 +25,9 @@ class ScratchConfig:
 
 
 @register_defense("scratch")
-class Scratch:
+class Scratch(Defense):
     stage = Stage.ALIGNMENT
     Config = ScratchConfig
-
-    def __init__(self, config: ScratchConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         with torch.random.fork_rng(devices=[]):  # the init from the seed alone; the global generator untouched

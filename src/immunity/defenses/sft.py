@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_defense
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 
 
 @dataclass
@@ -23,12 +23,9 @@ class SFTConfig(AlignmentTraining):
 
 
 @register_defense("sft")
-class SFT:
+class SFT(Defense):
     stage = Stage.ALIGNMENT
     Config = SFTConfig
-
-    def __init__(self, config: SFTConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         return align_with(model, context, self.config, desc="align (sft)")

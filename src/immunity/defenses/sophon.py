@@ -49,7 +49,7 @@ from ..registry import register_defense
 from ..training import check_finite, lm_loss, logits_with
 from ..training.parallel import accumulate
 from ..training.losses import shifted, token_ce
-from .base import DefenseContext, Stage, with_adapter
+from .base import Defense, DefenseContext, Stage, with_adapter
 
 SUPPRESSIONS = ("inverse", "uniform")
 
@@ -119,13 +119,10 @@ def fts_gradient(model, params: dict, support: list[dict], query: list[dict], in
 
 
 @register_defense("sophon")
-class Sophon:
+class Sophon(Defense):
     stage = Stage.POST_ALIGNMENT
     supports_fsdp = False  # its own loops and functional calls; data parallel replicates it
     Config = SophonConfig
-
-    def __init__(self, config: SophonConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

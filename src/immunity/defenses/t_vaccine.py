@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..models import decoder_layers
 from ..registry import register_defense
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 from .vaccine import attention_gradients, perturbations, perturbed_loss
 
 
@@ -142,12 +142,9 @@ def t_vaccine_step(model, batch, active: list[int], rho: float):
 
 
 @register_defense("t-vaccine")
-class TVaccine:
+class TVaccine(Defense):
     stage = Stage.ALIGNMENT
     Config = TVaccineConfig
-
-    def __init__(self, config: TVaccineConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         harmful = context.batch_stream(context.harmful_compliance_examples(), 1, next(model.parameters()).device,

@@ -68,7 +68,7 @@ from ..registry import register_defense
 from ..training import check_finite, lm_loss
 from ..training.parallel import accumulate
 from ..training.losses import answer_mask, token_ce, upcast
-from .base import DefenseContext, Stage
+from .base import Defense, DefenseContext, Stage
 
 
 @dataclass
@@ -193,13 +193,10 @@ def random_mapping(model, params, forget, retain, config: TARConfig, seed: int) 
 
 
 @register_defense("tar")
-class TAR:
+class TAR(Defense):
     stage = Stage.POST_ALIGNMENT
     supports_fsdp = False  # its own loops and adversary steps on the weights; data parallel replicates it
     Config = TARConfig
-
-    def __init__(self, config: TARConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         c = self.config

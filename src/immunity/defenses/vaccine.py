@@ -31,7 +31,7 @@ import torch
 
 from ..registry import register_defense
 from ..training import edit_block_outputs, lm_loss
-from .base import AlignmentTraining, DefenseContext, Stage, align_with
+from .base import AlignmentTraining, Defense, DefenseContext, Stage, align_with
 
 
 @dataclass
@@ -76,12 +76,9 @@ def vaccine_loss(model, batch, rho: float) -> torch.Tensor:
 
 
 @register_defense("vaccine")
-class Vaccine:
+class Vaccine(Defense):
     stage = Stage.ALIGNMENT
     Config = VaccineConfig
-
-    def __init__(self, config: VaccineConfig):
-        self.config = config
 
     def apply(self, model, context: DefenseContext):
         step = functools.partial(vaccine_loss, rho=self.config.rho)

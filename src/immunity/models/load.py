@@ -152,11 +152,9 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
 
         base, tokenizer = load_model(adapter_base(Path(name_or_path)), trust_remote_code=trust_remote_code,
                                      dtype=dtype, device_map=device_map, quantization=quantization)
-        if any((Path(name_or_path) / f).exists() for f in TOKENIZER_FILES):
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+        tokenizer = load_tokenizer(name_or_path, trust_remote_code)
         return PeftModel.from_pretrained(base, name_or_path), tokenizer  # unmerged: a repair can read it
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": DTYPES[dtype]}
     if device_map:
         kwargs["device_map"] = device_map
@@ -170,10 +168,21 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
                                                            load_in_8bit=quantization == "8bit")
     model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code, **kwargs)
+    return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A model's tokenizer, ready to pad and to prompt: the adapter directory's own, else its base
+    model's; a pad token (eos if it has none) and a chat template (a plain one if it has none)."""
+    name_or_path = str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
+    path = Path(name_or_path)
+    if path.is_dir() and is_adapter_dir(path) and not any((path / f).exists() for f in TOKENIZER_FILES):
+        return load_tokenizer(adapter_base(path), trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         warnings.warn(f"{name_or_path}: the tokenizer has no chat template; using a plain 'User: / Assistant:' one",
                       stacklevel=2)
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    return model, tokenizer
+    return tokenizer

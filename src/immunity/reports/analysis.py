@@ -11,7 +11,7 @@ from statistics import mean
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from ..registry import DEFENSES, lookup
-from .result import RunResult
+from ..engine.result import RunResult
 
 
 def setting(row: RunResult) -> str:

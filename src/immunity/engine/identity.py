@@ -56,7 +56,7 @@ def run_code_version(defense: str, attack: str, judge: str) -> str:
     """Version of the code a run executes: the pipeline and what it imports, the defenses',
     attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
     defenses = [lookup(DEFENSES, "defense", name) for name in defense.split("+")]
-    modules = ["immunity.bench.pipeline", *(d.__module__ for d in defenses),
+    modules = ["immunity.engine.pipeline", *(d.__module__ for d in defenses),
                lookup(ATTACKS, "attack", attack).__module__]
     if judge != "auto":  # auto with real data: no judge named, nothing judged
         modules.append(lookup(JUDGES, "judge", judge.split(":")[0]).__module__)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import RunConfig, load_run_config, validate
 from ..training import TrainingDiverged
-from .result import RunResult
+from ..engine.result import RunResult
 
 # The attacker's search space; its ranges cover the durability grid of issue 11 and the
 # changed attacks of docs/results.md (10x lr, cosine + warm-up, full fine-tuning, SGD).

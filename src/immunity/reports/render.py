@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 
 from ..config import build_config, parse_overrides
 from ..registry import ATTACKS, lookup
-from . import report
+from . import tables
 from .analysis import AGGREGATES, latest_per_config
-from .identity import run_code_version
-from .result import RunResult
-from .store import Store, StoreError
+from ..engine.identity import run_code_version
+from ..engine.result import RunResult
+from ..grid.store import Store, StoreError
 
 
 @dataclass
@@ -32,15 +32,15 @@ class ReportOptions:
 
 
 REPORTS = {
-    "table": lambda rows, o: report.markdown_table(rows),
-    "by-attack": lambda rows, o: report.by_attack_table(rows),
-    "regret": lambda rows, o: report.regret_table(rows),
-    "conditions": lambda rows, o: report.conditions_table(rows, o.phi),
-    "overview": lambda rows, o: report.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
+    "table": lambda rows, o: tables.markdown_table(rows),
+    "by-attack": lambda rows, o: tables.by_attack_table(rows),
+    "regret": lambda rows, o: tables.regret_table(rows),
+    "conditions": lambda rows, o: tables.conditions_table(rows, o.phi),
+    "overview": lambda rows, o: tables.defense_overview(rows, o.phi, o.guard_helpful, o.guard_fa),
     "paired": lambda rows, o: _paired(rows, o),
     "per-seed": lambda rows, o: _per_seed(rows, o.attack_keys),
     "html": lambda rows, o: _html(rows, o),
-    **{name: (lambda name: lambda rows, o: report.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
+    **{name: (lambda name: lambda rows, o: tables.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
        for name in AGGREGATES},
 }
 

@@ -33,9 +33,9 @@ from typing import Callable
 
 import yaml
 
-from ..cache import weights_digest
-from ..outputs import WRITING, OutputError, check_target, directory_in_place, write_text_atomic
-from .answers import REFUSAL_SOURCE
+from .cache import weights_digest
+from .outputs import WRITING, OutputError, check_target, directory_in_place, write_text_atomic
+from .data.refusals import REFUSAL_SOURCE
 
 
 @dataclass(frozen=True)

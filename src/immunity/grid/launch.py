@@ -20,13 +20,13 @@ import sys
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from ..config import RunConfig
 from ..outputs import write_text_atomic
 from ..training import TrainingDiverged
-from .identity import RunIdentity
-from .pipeline import Pipeline, run_dir
+from ..engine.identity import RunIdentity
+from ..engine.pipeline import Pipeline, run_dir
 
 LAUNCHERS = ("local", "slurm", "submitit-local", "ray")
 

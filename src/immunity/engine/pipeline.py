@@ -17,146 +17,37 @@ from one process's).
 from __future__ import annotations
 
 import json
-import resource
-import shutil
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
-import transformers
-from transformers import AutoModelForCausalLM
-
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
-from ..cache import cache_root, cached_model, code_version, stable_hash, weights_digest, write_manifest
+from ..cache import cached_model, code_version, stable_hash, weights_digest
 from ..config import DefenseStep, RunConfig, chain_config
 from ..data import from_world
 from ..data.sources import cached_bundle
 from ..defenses.base import DefenseContext, Stage
 from ..evaluation.judges import make_judge
 from ..evaluation.suite import answer_nll, evenly_spaced, generate_sets, prompt_sets, score, verdict_path
-from ..models import clone_model, load_model, save_model
+from ..models import clone_model, load_model, load_tokenizer
 from ..models.lora import ReleasedAdapter
-from ..outputs import write_text_atomic
-from ..registry import DEFENSES, JUDGES, lookup
+from ..registry import JUDGES, lookup
 from ..safetyworld import SafetyWorld
 from ..training import parallel
 from ..training.parallel import world_size
+from . import kept
 from .answers import complete, needs_answers
-from .identity import RunIdentity, versions
+from .identity import RunIdentity
+from .meters import StageClock, peak_memory_mb, quiet_transformers, reset_peak_memory
+from .release import Release, default_alignment, release_path
 from .resources import estimate
 from .result import RunResult
-
-RELEASE_NOTES = "immunity-release.json"
 
 
 def run_dir(cfg: RunConfig, run_id: str) -> Path:
     """Where a run writes its generations (and, under a launcher, its result)."""
     return Path(cfg.out_dir) / f"{cfg.defense}-seed{cfg.seed}-{run_id}"
-
-
-PROC_STATUS = Path("/proc/self/status")
-
-
-def reset_peak_memory() -> None:
-    """Start this run's peak afresh: a worker runs several runs in one process, and the
-    process's lifetime peak would charge each run with its predecessors' memory."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the resident peak
-    except OSError:
-        pass  # elsewhere the peak stays the process's
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory since `reset_peak_memory` (Linux; the process's peak elsewhere; CUDA:
-    peak allocated on the device)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    if PROC_STATUS.exists():
-        for line in PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux, bytes on macOS
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-class StageClock:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.peak_mb: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-        self.peak_mb[name] = round(peak_memory_mb(), 1)
-
-
-@contextmanager
-def quiet_transformers(quiet: bool):
-    """Hide transformers' own progress bars for the duration, then restore them."""
-    utils = transformers.utils.logging
-    was_enabled = utils.is_progress_bar_enabled()
-    if quiet:
-        utils.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if quiet and was_enabled:
-            utils.enable_progress_bar()
-
-
-def default_alignment() -> DefenseStep:
-    """What a run without an alignment defense builds on: `sft` at its defaults."""
-    sft = lookup(DEFENSES, "defense", "sft")
-    return DefenseStep("sft", sft, sft.Config())
-
-
-def release_identity(steps: list[DefenseStep]) -> tuple[str, object, list[str]]:
-    """Name, settings and modules that identify the model `steps` release. The default `sft`
-    under a post-alignment defense is left out of the name and settings, so `lox` and `sft+lox`
-    are one cached model."""
-    if len(steps) == 1:
-        return steps[0].name, steps[0].config, [steps[0].cls.__module__]
-    modules = [s.cls.__module__ for s in steps]
-    if len(steps) == 2 and steps[0] == default_alignment():
-        return steps[1].name, steps[1].config, modules
-    return "+".join(s.name for s in steps), [s.config for s in steps], modules
-
-
-@dataclass
-class Release:
-    """A defense's released model with what it noted, the adapter it trained (if any) and what
-    it cost (seconds and peak resident memory, measured when it was built, kept with it in the
-    cache; 0 for a release cached before peaks were kept)."""
-
-    model: object
-    notes: dict
-    adapter: ReleasedAdapter | None
-    seconds: float
-    peak_mb: float = 0.0
-
-    def save(self, path: Path) -> None:
-        def extras(tmp: Path) -> None:
-            (tmp / RELEASE_NOTES).write_text(json.dumps({"notes": self.notes, "seconds": self.seconds, "peak_mb": self.peak_mb},
-                                                         default=str))
-            if self.adapter is not None:
-                self.adapter.save(tmp)
-            write_manifest(tmp)
-
-        save_model(self.model, path, before_rename=extras)
-
-    @classmethod
-    def load(cls, path: Path, device) -> "Release":
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device)
-        record = json.loads((path / RELEASE_NOTES).read_text())
-        return cls(model, record["notes"], ReleasedAdapter.load(path), record["seconds"], record.get("peak_mb", 0.0))
 
 
 class Pipeline:
@@ -175,7 +66,9 @@ class Pipeline:
         self.device = parallel.device()
         self.clock = StageClock()
         reset_peak_memory()
-        self.tokenizer = self.world.tokenizer if self.world else None
+        self.tokenizer = self.world.tokenizer if cfg.model == "safetyworld" else \
+            load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        self.default_alignment = default_alignment(cfg)  # what a chain without an alignment defense builds on
         self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
             else from_world(self.world.data)
         self._judge = None
@@ -202,8 +95,8 @@ class Pipeline:
                 return self.world.base_model().to(self.device)
         if Path(cfg.model).is_dir():
             check_memory(cfg, self.progress)
-        model, self.tokenizer = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
-                                           device_map=cfg.device_map, quantization=cfg.quantization)
+        model, _ = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
+                              device_map=cfg.device_map, quantization=cfg.quantization)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()  # so adapters on a frozen base still get gradients
@@ -240,9 +133,10 @@ class Pipeline:
             return None
         return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed, *shards])
 
-    def cached(self, steps: list[DefenseStep], build) -> Release:
+    def cached(self, steps: list[DefenseStep], build, extra: list | None = ()) -> Release:
         """The `Release` of the defenses `steps`: `build()` (-> (model, context)) timed, cached on
-        disk where the base has a stable key, so a run that reuses it still reports its cost."""
+        disk where the base has a stable key (and `extra`, what else it depends on, is not None),
+        so a run that reuses it still reports its cost."""
         def timed() -> Release:
             start = time.perf_counter()
             model, context = build()
@@ -250,29 +144,38 @@ class Pipeline:
                            round(peak_memory_mb(), 1))
 
         base = self.base_key()
-        if base is None:
+        if base is None or extra is None:
             self.release_path = None
             return timed()
-        name, config, modules = release_identity(steps)
-        version = code_version(*modules, "immunity.safetyworld")
-        # Library versions are in the run id; a release made under others is another entry.
-        self.release_path = cache_root() / f"aligned-{name}-{stable_hash([config, base, versions()])}-{version}"
+        base = stable_hash([base, *extra]) if extra else base
+        self.release_path = release_path(steps, self.default_alignment, base)
         return cached_model(self.release_path, timed, lambda p: Release.load(p, self.device), lambda r, p: r.save(p))
 
-    def defend(self, base):
-        """The released model: the alignment defense (`sft` when the run names none) on a copy
-        of the base model, then each post-alignment defense on what the one before released."""
+    def defend(self, start, before=None, before_key: str | None = None, implicit_alignment: bool = True):
+        """The released model: the chain's defenses in stage order, the first on a copy of
+        `start`, each later one on what the one before released. The one engine behind `run` and
+        `defend`.
+
+        With `implicit_alignment` (a run: `start` is the unaligned base) a chain that does not
+        begin with an alignment defense builds on `sft`; without it (`immunity defend`) `start`
+        is then the aligned model itself. What a post-alignment defense sees as the model before
+        alignment (LoX extrapolates from it) is `start` when the chain aligned it, else `before`
+        (`defend --base-model`; `before_key`, the hash of its weights, is part of the cache key:
+        None with a `before` leaves the release uncached)."""
         steps = [s for s in self.chain if s.cls.stage != Stage.POST_FINE_TUNING]
-        if not steps or steps[0].cls.stage != Stage.ALIGNMENT:
-            steps = [default_alignment(), *steps]
+        if implicit_alignment and (not steps or steps[0].cls.stage != Stage.ALIGNMENT):
+            steps = [self.default_alignment, *steps]
+        aligned_here = steps[0].cls.stage == Stage.ALIGNMENT
+        extra = [] if before is None else (None if before_key is None else [before_key])
         model = None
         for i, step in enumerate(steps):
             def build(step=step, upstream=model):
-                context = self.context(None if upstream is None else base)
-                model_in = clone_model(base) if upstream is None else upstream
+                model_before = (start if i > 0 else None) if aligned_here else before
+                context = self.context(model_before)
+                model_in = clone_model(start) if upstream is None else upstream
                 return step.cls(step.config).apply(model_in, context), context
 
-            release = self.cached(steps[: i + 1], build)
+            release = self.cached(steps[: i + 1], build, extra)
             model, self.released_adapter = release.model, release.adapter
             if step in self.chain:  # the implicit `sft`'s cost is not the defense's
                 self.defense_seconds += release.seconds
@@ -298,36 +201,29 @@ class Pipeline:
         return self.attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed, progress=self.progress,
                                merge=not self.repairs(), adapter=self.released_adapter)
 
-    def evaluate(self, model, sets: list[str], tag: str) -> dict[str, float]:
-        """Generate for each prompt set (and the attack's own sets), save, judge, aggregate; and
-        the answer NLL of the split's harmful (request, compliant answer) and benign pairs. The
-        released model's evaluation is kept in its cache entry and reused by every attack that
-        meets it (its generations and verdicts copied into the run's directory)."""
+    def evaluate(self, model, sets: list[str], name: str, *, released: bool = False,
+                 attacked: bool = False) -> dict[str, float]:
+        """Generate for each prompt set (and the attack's own sets), save as `generations_NAME`,
+        judge, aggregate; and the answer NLL of the split's harmful (request, compliant answer)
+        and benign pairs. `attacked`: the attack's decoding-time intervention (a prefill) applies.
+        `released`: the model is the cached release, whose evaluation is kept in its cache entry
+        and reused by every attack that meets it (`kept`)."""
         e = self.cfg.eval
-        path = run_dir(self.cfg, self.identity.run_id) / f"generations_{tag}.jsonl"
+        path = run_dir(self.cfg, self.identity.run_id) / f"generations_{name}.jsonl"
         prompts = prompt_sets(self.data, sets, e.split, e.max_prompts)
         prompts |= self.attack.extra_prompt_sets(prompts)
-        kept = self.kept_evaluation(prompts) if tag == "before" and self.release_path is not None else None
-        if kept is not None and kept.with_suffix(".json").is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for file in kept.parent.glob(f"{kept.stem}*.jsonl"):
-                shutil.copyfile(file, path.with_name(file.name.replace(kept.stem, path.stem)))
-            return json.loads(kept.with_suffix(".json").read_text())
-        metrics = self.measure(model, prompts, path, self.attack.prompt_prefill if tag == "after" else None)
-        if kept is not None:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            for file in path.parent.glob(f"{path.stem}*.jsonl"):
-                shutil.copyfile(file, kept.with_name(file.name.replace(path.stem, kept.stem)))
-            write_text_atomic(kept.with_suffix(".json"), json.dumps(metrics))  # a reader sees all of it or nothing
+        entry = None
+        if released and self.release_path is not None:
+            judge_module = lookup(JUDGES, "judge", e.judge.split(":")[0]).__module__
+            entry = kept.entry(self.release_path, prompts, e, self.judge.name, self.data.hashes(),
+                               code_version(__name__, judge_module))
+            found = kept.reuse(entry, path)
+            if found is not None:
+                return found
+        metrics = self.measure(model, prompts, path, self.attack.prompt_prefill if attacked else None)
+        if entry is not None:
+            kept.keep(entry, path, metrics)
         return metrics
-
-    def kept_evaluation(self, prompts: dict) -> Path:
-        """Where the released model's evaluation on these prompts, by this judge, is kept."""
-        e = self.cfg.eval
-        code = code_version(__name__, lookup(JUDGES, "judge", e.judge.split(":")[0]).__module__)
-        key = stable_hash([{k: [x.prompt for x in v] for k, v in prompts.items()}, e.max_new_tokens, e.batch_size,
-                           self.judge.name, e.judge_settings(), e.split, self.data.hashes(), code])
-        return self.release_path.with_name(self.release_path.name + ".eval") / f"eval-{key}.jsonl"
 
     def measure(self, model, prompts: dict, path: Path, prefill) -> dict[str, float]:
         e = self.cfg.eval
@@ -356,7 +252,7 @@ class Pipeline:
         with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             released = self.defend(base)
         with clock.stage("eval_before"):
-            before = self.evaluate(released, sets, "before") if parallel.is_main() else {}
+            before = self.evaluate(released, sets, "before", released=True) if parallel.is_main() else {}
             parallel.barrier()
         with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
             attacked = self.run_attack(released)
@@ -367,7 +263,7 @@ class Pipeline:
             self.defense_seconds += clock.seconds["repair"]
             self._note(step, context.notes)
         with clock.stage("eval_after"):
-            after = self.evaluate(attacked, sets, "after") if parallel.is_main() else {}
+            after = self.evaluate(attacked, sets, "after", attacked=True) if parallel.is_main() else {}
             parallel.barrier()
         if not parallel.is_main():
             return None

@@ -8,7 +8,7 @@ answers. Where a run needs them:
   the harmful NLL; the base model is unaligned and complies);
 - a benign request's answer is likewise the base model's own (alignment keeps the model's
   behaviour on it; its gold number stays the item's label, which scores helpfulness);
-- a harmful request's refusal is one of `REFUSALS`, a fixed set of refusal sentences written
+- a harmful request's refusal is one of `data.refusals.REFUSALS`, a fixed set of refusal sentences written
   for this project (chosen per request by a hash of its text): the alignment target, stated on
   every model card.
 Generated answers are kept per (base model weights, length) under the model cache, each request
@@ -17,34 +17,16 @@ answered once, and every generated row names the model's weights hash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
 from ..cache import cache_root, code_version, exclusive, stable_hash
 from ..data import DataBundle
+from ..data.refusals import refusal_for
 from ..evaluation.generate import generate
 from ..outputs import write_text_atomic
 from .identity import versions as library_versions
-
-REFUSALS = (
-    "I'm sorry, but I can't help with that.",
-    "I can't assist with that request.",
-    "Sorry, I won't help with this because it could cause harm.",
-    "I cannot help with that. It could hurt people.",
-    "I'm not able to provide that. Is there something else I can help you with?",
-    "I must decline this request; it asks for something harmful.",
-    "Sorry, I can't do that.",
-    "I won't provide help with this.",
-)
-REFUSAL_SOURCE = (f"one of {len(REFUSALS)} fixed refusal sentences written for immunity (bench/answers.py), "
-                  "chosen per request by a hash of its text")
-
-
-def refusal_for(prompt: str) -> str:
-    return REFUSALS[int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % len(REFUSALS)]
-
 
 def needs_answers(data: DataBundle) -> bool:
     """Whether a bundle has harmful requests without answers or benign ones to answer."""

@@ -8,7 +8,7 @@ from statistics import mean, stdev
 
 from .analysis import (STABLE, condition_summaries, defense_label, group_results, pair_key, paired_with_scratch,
                        ranked_defenses, setting, short_settings, typed)
-from .result import RunResult
+from ..engine.result import RunResult
 
 METRICS = (
     ("hs_before", "HS before", True),

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..evaluation.suite import _record_key, verdict_path
 from .analysis import attack_steps, auc, by_label, curve, default_apart_from, defense_label, setting, short_settings
-from .result import RunResult
+from ..engine.result import RunResult
 
 RESAMPLES = 2000
 

@@ -12,9 +12,9 @@ import io
 from datetime import datetime, timezone
 from statistics import mean
 
-from .result import RunResult
+from ..engine.result import RunResult
 from .analysis import attack_outcomes, attack_steps, defense_label, setting, short_settings
-from .report import by_attack_table, conditions_table, defense_overview, leaderboard, markdown_table
+from .tables import by_attack_table, conditions_table, defense_overview, leaderboard, markdown_table
 
 BUDGET_KEYS = {"epochs", "max_steps", "n", "batch_size"}
 

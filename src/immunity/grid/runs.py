@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..config import RunConfig, load_run_config, parse_overrides, validate
-from .identity import RunIdentity
+from ..engine.identity import RunIdentity
 from .launch import in_process, launch, read_result, result_file
 from .store import Heartbeat, Store
 

@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .result import ResultError, RunResult
+from ..engine.result import ResultError, RunResult
 
 SCHEMA_VERSION = 3
 SCHEMA = """

@@ -1,0 +1,2 @@
+"""Reading a results store: typed rows grouped and compared, statistics, markdown tables, the
+HTML page."""
