@@ -58,6 +58,8 @@ demo: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # Several processes, subprocesses and the architecture matrix (CI runs it after `make test`).

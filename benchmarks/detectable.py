@@ -15,9 +15,9 @@ import argparse
 import math
 from statistics import median, stdev
 
+from immunity.grid.store import Store
 from immunity.reports.analysis import default_apart_from, defense_label
 from immunity.reports.render import current_rows
-from immunity.grid.store import Store
 
 Z = 1.96 + 0.84
 
@@ -32,8 +32,10 @@ def main() -> None:
     for r in rows:
         per.setdefault(defense_label(r), {})[r.seed] = r
     reference = per.get(args.reference, {})
-    print("| defense | seeds | sd of the paired HS difference | detectable HS difference (points) | "
-          "sd of the paired NLL difference | detectable NLL difference |")
+    print(
+        "| defense | seeds | sd of the paired HS difference | detectable HS difference (points) | "
+        "sd of the paired NLL difference | detectable NLL difference |"
+    )
     print("|---|---|---|---|---|---|")
     detectable = []
     for label, seeds in sorted(per.items()):
@@ -44,11 +46,15 @@ def main() -> None:
         nll = [seeds[s].harmful_nll_after - reference[s].harmful_nll_after for s in common]
         d_hs, d_nll = (Z * stdev(v) / math.sqrt(len(v)) for v in (hs, nll))
         detectable.append((d_hs, d_nll))
-        print(f"| {label} | {len(common)} | {100 * stdev(hs):.1f} | {100 * d_hs:.1f} | {stdev(nll):.3f} | {d_nll:.3f} |")
+        print(
+            f"| {label} | {len(common)} | {100 * stdev(hs):.1f} | {100 * d_hs:.1f} | {stdev(nll):.3f} | {d_nll:.3f} |"
+        )
     if detectable:
-        print(f"\nMedian over defenses: a difference from `{args.reference}` of {100 * median(d for d, _ in detectable):.1f}"
-              f" points of HS after, or {median(n for _, n in detectable):.3f} nats of harmful NLL after, is detectable"
-              " (two-sided 5 %, power 80 %).")
+        print(
+            f"\nMedian over defenses: a difference from `{args.reference}` of {100 * median(d for d, _ in detectable):.1f}"
+            f" points of HS after, or {median(n for _, n in detectable):.3f} nats of harmful NLL after, is detectable"
+            " (two-sided 5 %, power 80 %)."
+        )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import statistics
 
 import torch
 
-from immunity.engine.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.data import collate, encode_chat
 from immunity.defenses.condition_number import condition_number, feature_hessian, head_features
+from immunity.engine.pipeline import Pipeline
 
 
 @torch.no_grad()
@@ -49,8 +49,10 @@ def main() -> None:
         benign, harm = zip(*rows)
         ratio = [h / b for b, h in rows]
         label = defense + (f" ({' '.join(args.overrides)})" if defense != "sft" and args.overrides else "")
-        print(f"| {label} | {statistics.mean(benign):.3g} | {statistics.mean(harm):.3g} | "
-              f"{statistics.mean(ratio):.3g} (per seed: {', '.join(f'{r:.3g}' for r in ratio)}) |")
+        print(
+            f"| {label} | {statistics.mean(benign):.3g} | {statistics.mean(harm):.3g} | "
+            f"{statistics.mean(ratio):.3g} (per seed: {', '.join(f'{r:.3g}' for r in ratio)}) |"
+        )
 
 
 if __name__ == "__main__":

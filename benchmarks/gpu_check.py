@@ -45,9 +45,12 @@ def batch(size: int, length: int, vocab: int, seed: int, device) -> dict:
 
 def methods(harmful) -> dict:
     b, r = BoosterConfig(), RepNoiseConfig()
-    return {"sft": lm_loss, "vaccine": lambda m, x: vaccine_loss(m, x, VaccineConfig().rho),
-            "booster": lambda m, x: booster_loss(m, x, harmful, b.lam, b.alpha),
-            "repnoise": lambda m, x: repnoise_loss(m, x, harmful, r.alpha, r.beta)}
+    return {
+        "sft": lm_loss,
+        "vaccine": lambda m, x: vaccine_loss(m, x, VaccineConfig().rho),
+        "booster": lambda m, x: booster_loss(m, x, harmful, b.lam, b.alpha),
+        "repnoise": lambda m, x: repnoise_loss(m, x, harmful, r.alpha, r.beta),
+    }
 
 
 def step_cost(name: str, dims: tuple, dtype, device, size: int, length: int, vocab: int) -> list[dict]:
@@ -76,8 +79,14 @@ def step_cost(name: str, dims: tuple, dtype, device, size: int, length: int, voc
             if i >= 2:
                 times.append(time.perf_counter() - start)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-        rows.append({"model": f"{name} ({params / 1e6:.0f}M)", "method": method,
-                     "step_ms": 1000 * statistics.median(times), "peak_gib": peak})
+        rows.append(
+            {
+                "model": f"{name} ({params / 1e6:.0f}M)",
+                "method": method,
+                "step_ms": 1000 * statistics.median(times),
+                "peak_gib": peak,
+            }
+        )
     base = {r["model"]: r["step_ms"] for r in rows if r["method"] == "sft"}
     for r in rows:
         r["x_sft"] = r["step_ms"] / base[r["model"]]
@@ -89,11 +98,26 @@ def step_cost(name: str, dims: tuple, dtype, device, size: int, length: int, voc
 
 def safetyworld_run(smoke: bool) -> dict:
     """One short defend -> attack -> evaluate through the CLI (sft, seed 0)."""
-    extra = ["world.model.hidden=32", "world.model.layers=2", "world.pretrain.epochs=0.05", "defense.epochs=0.1",
-             "attack.n=48", "attack.epochs=1", "eval.max_prompts=24"] if smoke else []
+    extra = (
+        [
+            "world.model.hidden=32",
+            "world.model.layers=2",
+            "world.pretrain.epochs=0.05",
+            "defense.epochs=0.1",
+            "attack.n=48",
+            "attack.epochs=1",
+            "eval.max_prompts=24",
+        ]
+        if smoke
+        else []
+    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "immunity", "run", "--defense", "sft", "--seed", "0", "--json",
-                          "--quiet", *extra], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "immunity", "run", "--defense", "sft", "--seed", "0", "--json", "--quiet", *extra],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     result = json.loads(out)
     result["wall_s"] = time.perf_counter() - start
     return result
@@ -114,12 +138,16 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for model_name, dims in sizes.items():
         for r in step_cost(model_name, dims, dtype, device, size, length, vocab):
-            print(f"| {r['model']} | {r['method']} | {r['step_ms']:.1f} | {r['x_sft']:.2f} | {r['peak_gib']:.2f} |",
-                  flush=True)
+            print(
+                f"| {r['model']} | {r['method']} | {r['step_ms']:.1f} | {r['x_sft']:.2f} | {r['peak_gib']:.2f} |",
+                flush=True,
+            )
     run = safetyworld_run(args.smoke)
-    print(f"\nSafetyWorld sft seed 0 (defend -> attack -> evaluate): HS before {run['hs_before']:.1f}, "
-          f"after {run['hs_after']:.1f}, FA after {run['fa_after']:.1f}; {run['wall_s']:.0f} s wall, "
-          f"stages {run['timings']}")
+    print(
+        f"\nSafetyWorld sft seed 0 (defend -> attack -> evaluate): HS before {run['hs_before']:.1f}, "
+        f"after {run['hs_after']:.1f}, FA after {run['fa_after']:.1f}; {run['wall_s']:.0f} s wall, "
+        f"stages {run['timings']}"
+    )
 
 
 if __name__ == "__main__":

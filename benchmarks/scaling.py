@@ -23,15 +23,28 @@ import sys
 import tempfile
 import time
 
-SMALL = ["world.model.hidden=64", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=128",
-         "world.pretrain.epochs=0.5", "defense.epochs=0.5", "attack.n=500", "attack.epochs=3"]
+SMALL = [
+    "world.model.hidden=64",
+    "world.model.layers=2",
+    "world.model.heads=2",
+    "world.model.intermediate=128",
+    "world.pretrain.epochs=0.5",
+    "defense.epochs=0.5",
+    "attack.n=500",
+    "attack.epochs=3",
+]
 GRID = ["--grid", "attack.p=0,0.05,0.1,0.2", "--grid", "attack.lr=1e-4,3e-4,1e-3"]  # 12 runs
 
 
 def _immunity(args: list[str], env: dict) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "immunity", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "immunity", *args],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -41,11 +54,30 @@ def grid_ratio(workdir: str) -> dict:
     times = {}
     for workers in (1, 2):
         store = os.path.join(workdir, f"grid-{workers}.db")
-        times[workers] = _immunity(["bench", "--defenses", "sft", "--seeds", "0", *GRID, "--store", store,
-                                    "--quiet", "--workers", str(workers), f"out_dir={workdir}/out-{workers}", *SMALL],
-                                   env)  # separate out_dirs: a grid would merge the other's result files
-    return {"runs": 12, "seconds_1": round(times[1], 1), "seconds_2": round(times[2], 1),
-            "speedup": round(times[1] / times[2], 2)}
+        times[workers] = _immunity(
+            [
+                "bench",
+                "--defenses",
+                "sft",
+                "--seeds",
+                "0",
+                *GRID,
+                "--store",
+                store,
+                "--quiet",
+                "--workers",
+                str(workers),
+                f"out_dir={workdir}/out-{workers}",
+                *SMALL,
+            ],
+            env,
+        )  # separate out_dirs: a grid would merge the other's result files
+    return {
+        "runs": 12,
+        "seconds_1": round(times[1], 1),
+        "seconds_2": round(times[2], 1),
+        "speedup": round(times[1] / times[2], 2),
+    }
 
 
 def _ddp_worker(steps: int, out: str) -> None:
@@ -64,8 +96,14 @@ def _ddp_worker(steps: int, out: str) -> None:
         features.append({"input_ids": ids, "attention_mask": [1] * 48, "labels": [-100] * 24 + ids[24:]})
     stamps = []
     with parallel.data_parallel():
-        train(model, features, TrainConfig(max_steps=steps + 3, batch_size=32), pad_id=0, progress=False,
-              on_step=lambda _: stamps.append(time.perf_counter()))
+        train(
+            model,
+            features,
+            TrainConfig(max_steps=steps + 3, batch_size=32),
+            pad_id=0,
+            progress=False,
+            on_step=lambda _: stamps.append(time.perf_counter()),
+        )
     if parallel.is_main():
         gaps = [b - a for a, b in zip(stamps[3:], stamps[4:])]
         with open(out, "w") as f:
@@ -77,12 +115,31 @@ def ddp_ratio(workdir: str, steps: int) -> dict:
     one, two = os.path.join(workdir, "ddp-1.json"), os.path.join(workdir, "ddp-2.json")
     me = os.path.abspath(__file__)
     subprocess.run([sys.executable, me, "--ddp-worker", one, "--steps", str(steps)], env=env, check=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", me, "--ddp-worker", two,
-                    "--steps", str(steps)], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            me,
+            "--ddp-worker",
+            two,
+            "--steps",
+            str(steps),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     a, b = (json.load(open(p)) for p in (one, two))
     assert b["processes"] == 2
-    return {"step_ms_1": round(1000 * a["step_s"], 1), "step_ms_2": round(1000 * b["step_s"], 1),
-            "speedup": round(a["step_s"] / b["step_s"], 2)}
+    return {
+        "step_ms_1": round(1000 * a["step_s"], 1),
+        "step_ms_2": round(1000 * b["step_s"], 1),
+        "speedup": round(a["step_s"] / b["step_s"], 2),
+    }
 
 
 def main() -> None:
@@ -98,10 +155,13 @@ def main() -> None:
     print(f"Cores: {os.cpu_count()}; one thread per worker or process.\n")
     print("| what | 1 worker / process | 2 workers / processes | speedup |")
     print("|---|---|---|---|")
-    print(f"| {grid['runs']}-run `bench` grid (wall s) | {grid['seconds_1']} | {grid['seconds_2']} | "
-          f"{grid['speedup']}x |")
-    print(f"| data-parallel `train()` step, global batch 32 (ms) | {ddp['step_ms_1']} | {ddp['step_ms_2']} | "
-          f"{ddp['speedup']}x |")
+    print(
+        f"| {grid['runs']}-run `bench` grid (wall s) | {grid['seconds_1']} | {grid['seconds_2']} | {grid['speedup']}x |"
+    )
+    print(
+        f"| data-parallel `train()` step, global batch 32 (ms) | {ddp['step_ms_1']} | {ddp['step_ms_2']} | "
+        f"{ddp['speedup']}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ["IMMUNITY_CACHE"] = tempfile.mkdtemp(prefix="immunity-bench-")
-    from immunity.engine.pipeline import run
     from immunity.config import load_run_config
+    from immunity.engine.pipeline import run
 
     cfg = load_run_config(None, [], defense="sft", seed=args.seed)
     cfg.out_dir = tempfile.mkdtemp(prefix="immunity-bench-runs-")

@@ -164,8 +164,10 @@ def main() -> None:
     positions = [v for k, v in rows.items() if k.startswith(T_VACCINE)]
     rows[f"{T_VACCINE}: mean over positions)"] = tuple(statistics.mean(c) for c in zip(*positions))
     base_t, base_m = rows["sft"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{LENGTH}, "
-          f"{args.repeats} repeats\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}x{LENGTH}, "
+        f"{args.repeats} repeats\n"
+    )
     print("### Representation-space defenses (one step)\n")
     print("| defense | step ms | x sft time | saved activations MiB | x sft memory |")
     print("|---|---|---|---|---|")
@@ -215,16 +217,24 @@ def outer_steps(batch, harmful) -> dict:
     def mlac(first_order):
         def step(model, x):
             params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-            return mlac_objective(model, params, x, [harmful] * (m.inner_steps + 1), m.inner_lr, m.harmful_weight,
-                                  first_order, 7.0)[0]
+            return mlac_objective(
+                model, params, x, [harmful] * (m.inner_steps + 1), m.inner_lr, m.harmful_weight, first_order, 7.0
+            )[0]
+
         return step
 
     sophon_model, sc = lora_model(), SophonConfig()
     sophon_params = {n: p for n, p in sophon_model.named_parameters() if p.requires_grad}
 
     def sophon_step():
-        fts_gradient(sophon_model, sophon_params, [harmful] * sc.inner_steps, [harmful] * sc.inner_steps,
-                     sc.inner_lr, sc.suppression)
+        fts_gradient(
+            sophon_model,
+            sophon_params,
+            [harmful] * sc.inner_steps,
+            [harmful] * sc.inner_steps,
+            sc.inner_lr,
+            sc.suppression,
+        )
         run_step(sophon_model, lm_loss, batch)
 
     full = build_model("llama", VOCAB, 128, 4, 4, 384, 64, seed=0).train()
@@ -243,8 +253,9 @@ def outer_steps(batch, harmful) -> dict:
         "sft": with_loss(lm_loss),
         "sft (full parameters)": lambda: run_step(full_sft, lm_loss, batch),
         "ntl": with_loss(lambda model, x: ntl_loss(model, x, harmful, n.alpha, n.beta, 1, VOCAB)[0]),
-        "condition-number": with_loss(lambda model, x: condition_number_loss(model, x, harmful, c.lambda_well,
-                                                                             c.lambda_ill)),
+        "condition-number": with_loss(
+            lambda model, x: condition_number_loss(model, x, harmful, c.lambda_well, c.lambda_ill)
+        ),
         "mlac (first order)": with_loss(mlac(True)),
         "mlac (second order)": with_loss(mlac(False)),
         "sophon": sophon_step,
@@ -289,8 +300,7 @@ def weight_space_table(repeats: int) -> None:
         t = statistics.median(times[name])
         base = full_t if name in ("tar", "sft (full parameters)") else lora_t  # TAR trains all weights
         print(f"| {name} | {1000 * t:.1f} | {t / base:.2f} | {ideal.get(name, 1):.2f} |")
-    print("\nTAR is compared with a full-parameter SFT step (it trains all weights); the others with a "
-          "LoRA step.\n")
+    print("\nTAR is compared with a full-parameter SFT step (it trains all weights); the others with a LoRA step.\n")
     print("| LoX (k=6) on | matrix params (M) | seconds per M params |")
     print("|---|---|---|")
     for label, millions, per in lox_seconds_per_million(repeats):

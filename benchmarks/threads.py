@@ -16,12 +16,31 @@ import tempfile
 
 
 def hs_after(seed: int, threads: int) -> dict:
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                        "IMMUNITY_CACHE": tempfile.mkdtemp(prefix="threads-")}
+    env = os.environ | {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "IMMUNITY_CACHE": tempfile.mkdtemp(prefix="threads-"),
+    }
     with tempfile.TemporaryDirectory() as runs:
-        out = subprocess.run([sys.executable, "-m", "immunity", "run", "--defense", "sft", "--seed", str(seed),
-                              "--json", "--quiet", f"out_dir={runs}"], env=env, capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "immunity",
+                "run",
+                "--defense",
+                "sft",
+                "--seed",
+                str(seed),
+                "--json",
+                "--quiet",
+                f"out_dir={runs}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return {k: result[k] for k in ("hs_before", "hs_after", "fa_after", "harmful_nll_after")}
 
@@ -36,9 +55,11 @@ def main() -> None:
     for seed in seeds:
         one, two = hs_after(seed, 1), hs_after(seed, 2)
         worst = max(worst, abs(one["hs_after"] - two["hs_after"]))
-        print(f"| {seed} | {100 * one['hs_after']:.1f} | {100 * two['hs_after']:.1f} | "
-              f"{100 * (two['hs_after'] - one['hs_after']):+.1f} | {one['harmful_nll_after']:.6f} / "
-              f"{two['harmful_nll_after']:.6f} |")
+        print(
+            f"| {seed} | {100 * one['hs_after']:.1f} | {100 * two['hs_after']:.1f} | "
+            f"{100 * (two['hs_after'] - one['hs_after']):+.1f} | {one['harmful_nll_after']:.6f} / "
+            f"{two['harmful_nll_after']:.6f} |"
+        )
     print(f"\nlargest difference in HS after: {100 * worst:.1f} points")
 
 

@@ -9,15 +9,26 @@ import json
 import sys
 
 import torch
-
-from immunity.engine.pipeline import Pipeline
-from immunity.config import load_run_config
-from immunity.defenses import sophon, tar
-from immunity.training import loop, parallel
 from test_defense_regression import BUDGET, TINY
 
-METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar", "ntl",
-           "condition-number"]
+from immunity.config import load_run_config
+from immunity.defenses import sophon, tar
+from immunity.engine.pipeline import Pipeline
+from immunity.training import loop, parallel
+
+METHODS = [
+    "sft",
+    "vaccine",
+    "t-vaccine",
+    "booster",
+    "repnoise",
+    "circuit-breakers",
+    "mlac",
+    "sophon",
+    "tar",
+    "ntl",
+    "condition-number",
+]
 
 
 TRAINED_AS = set()  # class names of the parameters `train` updated (DTensor under FSDP)
@@ -27,6 +38,7 @@ def _recording_steps(real):
     def steps(model, *args, **kwargs):
         TRAINED_AS.update(type(p).__name__ for p in model.parameters() if p.requires_grad)
         return real(model, *args, **kwargs)
+
     return steps
 
 

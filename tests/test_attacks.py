@@ -22,12 +22,15 @@ def test_attack_name_switches_the_config_class_whatever_the_order():
     assert load_run_config(None, []).attack.p == 0.1  # the default attack keeps its keys
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["attack=steerng"], "did you mean 'steering'"),
-    (["attack=steering", "attack.alpah=2"], "did you mean 'attack.alpha'"),
-    (["attack=steering", "attack.p=0.1"], "unknown config key 'attack.p'"),
-    (["attack=benign-finetune", "attack.p=0.1"], "benign data only"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["attack=steerng"], "did you mean 'steering'"),
+        (["attack=steering", "attack.alpah=2"], "did you mean 'attack.alpha'"),
+        (["attack=steering", "attack.p=0.1"], "unknown config key 'attack.p'"),
+        (["attack=benign-finetune", "attack.p=0.1"], "benign data only"),
+    ],
+)
 def test_bad_attack_settings_are_one_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_run_config(None, overrides)
@@ -49,7 +52,8 @@ def _prompt_end_state(model, tok, prompt, layer):
     """Layer output at the last prompt token of one request, alone (no padding)."""
     seen = []
     handle = decoder_layers(model)[layer].module.register_forward_hook(
-        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
     with torch.no_grad():
         model(input_ids=torch.tensor([prompt_ids(tok, prompt)]))
     handle.remove()
@@ -62,8 +66,9 @@ def test_steering_adds_alpha_times_the_harmless_minus_harmful_mean_to_the_prompt
     every prompt position and nothing at the answer's positions."""
     model, data, tok = tiny_model("llama", torch.float64, layers=3), from_world(world.data), world.tokenizer
     layer, n = 1, 16
-    expected = torch.stack([_prompt_end_state(model, tok, e.prompt, layer) for e in data.harmful["attack"][:n]]).mean(0) \
-        - torch.stack([_prompt_end_state(model, tok, e.prompt, layer) for e in data.benign["align"][:n]]).mean(0)
+    expected = torch.stack([_prompt_end_state(model, tok, e.prompt, layer) for e in data.harmful["attack"][:n]]).mean(
+        0
+    ) - torch.stack([_prompt_end_state(model, tok, e.prompt, layer) for e in data.benign["align"][:n]]).mean(0)
     direction = refusal_direction(model, tok, data, layer, n)  # batched, left-padded
     torch.testing.assert_close(direction, expected.float(), rtol=1e-5, atol=1e-6)
 
@@ -74,7 +79,8 @@ def test_steering_adds_alpha_times_the_harmless_minus_harmful_mean_to_the_prompt
     def layer_output():
         seen = []
         handle = decoder_layers(model)[layer].module.register_forward_hook(
-            lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+        )
         with torch.no_grad():
             model(input_ids=batch)
         handle.remove()
@@ -101,12 +107,22 @@ def test_refusal_ablation_equals_projecting_the_residual_stream(world, tiny_mode
         return h - (h @ unit).unsqueeze(-1) * unit
 
     layers = decoder_layers(reference)
-    handles = [layers[0].module.register_forward_pre_hook(
-        lambda m, args, kwargs: ((project(args[0]), *args[1:]), kwargs) if args
-        else (args, {**kwargs, "hidden_states": project(kwargs["hidden_states"])}), with_kwargs=True)]
+    handles = [
+        layers[0].module.register_forward_pre_hook(
+            lambda m, args, kwargs: (
+                ((project(args[0]), *args[1:]), kwargs)
+                if args
+                else (args, {**kwargs, "hidden_states": project(kwargs["hidden_states"])})
+            ),
+            with_kwargs=True,
+        )
+    ]
     for block in [b for layer in layers for b in (layer.attention, layer.mlp)]:  # every write to the stream
-        handles.append(block.register_forward_hook(
-            lambda m, a, out: (project(out[0]), *out[1:]) if isinstance(out, tuple) else project(out)))
+        handles.append(
+            block.register_forward_hook(
+                lambda m, a, out: (project(out[0]), *out[1:]) if isinstance(out, tuple) else project(out)
+            )
+        )
     ids = torch.tensor([prompt_ids(tok, p) for p in probe])
     with torch.no_grad():
         edited = model(input_ids=ids, output_hidden_states=True)
@@ -123,9 +139,9 @@ def test_refusal_ablation_equals_projecting_the_residual_stream(world, tiny_mode
 
 def test_reft_is_loreft_and_learns_the_harmful_answers(world, tiny_model):
     from immunity.attacks.reft import ReFT, ReFTConfig
-    from immunity.training.interventions import LoReFT
     from immunity.data import collate, encode_chat
     from immunity.training import lm_loss
+    from immunity.training.interventions import LoReFT
 
     phi = LoReFT(32, 2, seed=0).double()
     h = torch.randn(5, 32, dtype=torch.float64)
@@ -169,8 +185,10 @@ def test_embedding_attack_perturbs_the_prompt_end_only_within_its_ball(world, ti
         perturbation.delta.copy_(torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(0)))
     projected = perturbation.projected()[0]
     torch.testing.assert_close(projected.norm(dim=-1), torch.full((3,), 0.5))  # every row was outside: on the sphere
-    torch.testing.assert_close(projected / projected.norm(dim=-1, keepdim=True),
-                               perturbation.delta[0] / perturbation.delta[0].norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(
+        projected / projected.norm(dim=-1, keepdim=True),
+        perturbation.delta[0] / perturbation.delta[0].norm(dim=-1, keepdim=True),
+    )
     rows = [prompt_ids(tok, p) for p in ("how do i make a toxin x ?", "explain how to build the y .")]
     answer = tok(" sure", add_special_tokens=False)["input_ids"]
     width = max(map(len, rows)) + 2
@@ -184,7 +202,7 @@ def test_embedding_attack_perturbs_the_prompt_end_only_within_its_ball(world, ti
         expected = embed.weight[ids].clone().detach()
         for i in range(len(ids)):
             end = ids[i].tolist().index(header[0])  # the header is one token here
-            expected[i, end - 2:end + 1] += projected.detach()
+            expected[i, end - 2 : end + 1] += projected.detach()
         torch.testing.assert_close(got, expected)
     with torch.no_grad():
         torch.testing.assert_close(embed(right[:, -1:]), embed.weight[right[:, -1:]])
@@ -230,10 +248,10 @@ def test_backdoor_data_ties_compliance_to_the_trigger(world):
 
 
 def test_a_backdoor_run_reports_hs_with_and_without_the_trigger(tiny):
-    from immunity.engine.pipeline import run
-
     import json
     from pathlib import Path
+
+    from immunity.engine.pipeline import run
 
     result = run(load_run_config(None, tiny + ["attack=backdoor"]), progress=False)
     assert result["attack"] == "backdoor" and result["attack_config"]["trigger"] == "SUDO"

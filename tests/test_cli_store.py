@@ -9,13 +9,13 @@ import pytest
 
 from immunity import api, cli
 from immunity.attacks.harmful_finetune import HarmfulFinetuneConfig
-from immunity.reports.analysis import typed
-from immunity.engine.identity import RunIdentity
-from immunity.engine.pipeline import Pipeline
-from immunity.reports.tables import markdown_table, regret_table
-from immunity.grid.store import Store
 from immunity.config import ConfigError, RunConfig, build_config, load_run_config
 from immunity.defenses.sft import SFTConfig
+from immunity.engine.identity import RunIdentity
+from immunity.engine.pipeline import Pipeline
+from immunity.grid.store import Store
+from immunity.reports.analysis import typed
+from immunity.reports.tables import markdown_table, regret_table
 
 
 def config_hash(cfg):
@@ -32,8 +32,16 @@ def test_list_json_names_everything(capsys):
     assert set(out) == {"defenses", "attacks", "tasks", "judges", "models"}
     assert {"none", "sft", "booster", "antidote", "et", "lapt", "ilu", "antidote-hypernet"} <= set(out["defenses"])
     assert len(out["defenses"]) >= 19  # the 15 methods, the baselines none, scratch, sft, antidote-hypernet; plugins
-    assert set(out["attacks"]) >= {"harmful-finetune", "benign-finetune", "steering", "reft", "embedding",
-                                   "refusal-ablation", "backdoor", "prefill"}
+    assert set(out["attacks"]) >= {
+        "harmful-finetune",
+        "benign-finetune",
+        "steering",
+        "reft",
+        "embedding",
+        "refusal-ablation",
+        "backdoor",
+        "prefill",
+    }
     assert "safetyworld" in out["judges"]
     assert set(out["tasks"]) >= {"sentiment", "topic", "arithmetic"}
 
@@ -72,9 +80,11 @@ def test_yaml_and_overrides_compose(tmp_path):
 def test_equal_values_written_differently_are_one_run(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("defense: vaccine\ndefense_args:\n  rho: 5\n")
-    hashes = {config_hash(load_run_config(None, ["defense.rho=5"], defense="vaccine")),
-              config_hash(load_run_config(None, ["defense.rho=5.0"], defense="vaccine")),
-              config_hash(load_run_config(str(yaml_file)))}
+    hashes = {
+        config_hash(load_run_config(None, ["defense.rho=5"], defense="vaccine")),
+        config_hash(load_run_config(None, ["defense.rho=5.0"], defense="vaccine")),
+        config_hash(load_run_config(str(yaml_file))),
+    }
     assert len(hashes) == 1
     assert config_hash(load_run_config(None, ["defense.rho=5.5"], defense="vaccine")) not in hashes
     # out_dir decides where generations go, not what the run computes
@@ -82,8 +92,22 @@ def test_equal_values_written_differently_are_one_run(tmp_path):
 
 
 def test_run_json_round_trip_with_overrides_anywhere(capsys, tiny):
-    code = cli.main(["run", "attack.p=0.2", "--defense", "sft", *tiny, "--seed", "1", "--json", "--quiet",
-                     "attack.schedule=cosine", "attack.task=topic", "attack.lr=1e-3"])
+    code = cli.main(
+        [
+            "run",
+            "attack.p=0.2",
+            "--defense",
+            "sft",
+            *tiny,
+            "--seed",
+            "1",
+            "--json",
+            "--quiet",
+            "attack.schedule=cosine",
+            "attack.task=topic",
+            "attack.lr=1e-3",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["defense"] == "sft" and result["seed"] == 1 and result["attack"] == "harmful-finetune"
@@ -96,8 +120,19 @@ def test_run_json_round_trip_with_overrides_anywhere(capsys, tiny):
 
 
 def test_bench_resumes_and_skips_stored_runs(tiny, capsys, monkeypatch):
-    args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", "r.db",
-            "--quiet", *tiny]
+    args = [
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.1",
+        "--store",
+        "r.db",
+        "--quiet",
+        *tiny,
+    ]
     real_run = Pipeline.run
     calls = []
 
@@ -127,16 +162,32 @@ def test_bench_plan_computes_duplicates_once(tiny, capsys, monkeypatch):
     calls = []
     real_run = Pipeline.run
     monkeypatch.setattr(Pipeline, "run", lambda self: calls.append(1) or real_run(self))
-    assert cli.main(["bench", "--defenses", "sft,sft", "--seeds", "0,0", "--grid", "attack.p=0.1,0.10",
-                     "--store", "r.db", "--quiet", *tiny]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--defenses",
+                "sft,sft",
+                "--seeds",
+                "0,0",
+                "--grid",
+                "attack.p=0.1,0.10",
+                "--store",
+                "r.db",
+                "--quiet",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     assert len(calls) == 1 and "bench: 1 runs" in capsys.readouterr().err
 
 
 def test_alignment_is_cached_and_reused(tiny, monkeypatch):
     import torch
 
-    from immunity.engine.pipeline import Pipeline
     from immunity.defenses.sft import SFT
+    from immunity.engine.pipeline import Pipeline
 
     cfg = load_run_config(None, tiny, defense="sft", seed=0)
     first = Pipeline(cfg, progress=False)
@@ -155,15 +206,35 @@ def test_alignment_is_cached_and_reused(tiny, monkeypatch):
 def _stored(defense, seed, capability, lr=3e-4, n=500, nll=1.0):
     """A complete result row (as `RunResult` checks it) with the given outcome."""
     key = f"{defense}-{seed}-{capability}-{lr}-{n}"
-    return {"defense": defense, "defense_config": {}, "seed": seed, "model": "safetyworld", "judge": "safetyworld",
-            "split": "eval", "attack": "harmful-finetune", "attack_config": asdict(HarmfulFinetuneConfig(lr=lr, n=n)),
-            "capability_after": capability, "hs_after": capability, "harmful_nll_after": nll, "data": "safetyworld",
-            "data_hashes": {}, "versions": {}, "run_id": key, "config_hash": key, "code_version": "x"}
+    return {
+        "defense": defense,
+        "defense_config": {},
+        "seed": seed,
+        "model": "safetyworld",
+        "judge": "safetyworld",
+        "split": "eval",
+        "attack": "harmful-finetune",
+        "attack_config": asdict(HarmfulFinetuneConfig(lr=lr, n=n)),
+        "capability_after": capability,
+        "hs_after": capability,
+        "harmful_nll_after": nll,
+        "data": "safetyworld",
+        "data_hashes": {},
+        "versions": {},
+        "run_id": key,
+        "config_hash": key,
+        "code_version": "x",
+    }
 
 
 def test_report_pairs_each_seed_with_its_from_scratch_reference():
-    results = [_stored("scratch", 0, 0.1), _stored("scratch", 1, 0.3), _stored("sft", 0, 0.5), _stored("sft", 1, 0.4),
-               _stored("none", 0, 0.9, lr=1e-3)]  # another attack: no reference for it
+    results = [
+        _stored("scratch", 0, 0.1),
+        _stored("scratch", 1, 0.3),
+        _stored("sft", 0, 0.5),
+        _stored("sft", 1, 0.4),
+        _stored("none", 0, 0.9, lr=1e-3),
+    ]  # another attack: no reference for it
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in markdown_table(results).splitlines()[2:]}
     over_scratch = -2  # the column before "defense s"
     assert rows["sft"][over_scratch] == "25.0 ± 21.2"  # (0.5 - 0.1, 0.4 - 0.3) in %
@@ -173,7 +244,11 @@ def test_report_pairs_each_seed_with_its_from_scratch_reference():
 
 def test_regret_is_scratch_nll_minus_released_nll_per_seed_and_n():
     results = [_stored("scratch", s, 0, n=n, nll=nll) for s, n, nll in ((0, 16, 5.0), (1, 16, 6.0), (0, 64, 3.0))]
-    results += [_stored("sft", 0, 0, n=16, nll=1.0), _stored("sft", 1, 0, n=16, nll=2.0), _stored("sft", 0, 0, n=64, nll=4.0)]
+    results += [
+        _stored("sft", 0, 0, n=16, nll=1.0),
+        _stored("sft", 1, 0, n=16, nll=2.0),
+        _stored("sft", 0, 0, n=64, nll=4.0),
+    ]
     lines = regret_table(typed(results)).splitlines()
     assert lines[0] == "| defense | seeds | n = 16 | n = 64 |"
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[2:]}
@@ -184,8 +259,17 @@ def test_regret_is_scratch_nll_minus_released_nll_per_seed_and_n():
 def test_report_filters_by_attack(tmp_path, capsys):
     store = Store(tmp_path / "r.db")
     for i, r in enumerate([_stored("sft", 0, 0.5), _stored("sft", 1, 0.4, lr=1e-3)]):
-        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "attack": "harmful-finetune",
-                       "versions": {}}, {})
+        store.put(
+            r
+            | {
+                "run_id": str(i),
+                "config_hash": str(i),
+                "code_version": "x",
+                "attack": "harmful-finetune",
+                "versions": {},
+            },
+            {},
+        )
     cli.main(["report", "--store", str(tmp_path / "r.db"), "--attack", "lr=1e-3", "--include-stale"])
     out = capsys.readouterr()
     assert "lr=0.001" in out.out and "lr=0.0003" not in out.out
@@ -197,18 +281,35 @@ def test_the_by_attack_table_has_one_column_per_attack_and_filters_name_attacks(
     from immunity.reports.tables import by_attack_table
 
     steering = {"attack": "steering", "attack_config": asdict(SteeringConfig(alpha=0.5))}
-    results = [_stored("sft", 0, 0.5) | {"helpful_after": 1.0}, _stored("sft", 1, 0.7) | {"helpful_after": 0.9},
-               _stored("sft", 0, 0.1) | steering | {"helpful_after": 0.8}]
+    results = [
+        _stored("sft", 0, 0.5) | {"helpful_after": 1.0},
+        _stored("sft", 1, 0.7) | {"helpful_after": 0.9},
+        _stored("sft", 0, 0.1) | steering | {"helpful_after": 0.8},
+    ]
     lines = by_attack_table(typed(results)).splitlines()
     assert lines[0] == "| defense | seeds | harmful-finetune | steering |"  # one setting each: named
     assert "- steering: steering sentiment alpha=0.5" in lines  # the settings under the table
-    assert lines[2].startswith("| sft | 0,1 | ") and "60.0 ± 14.1 (95 ± 7)" in lines[2] and "10.0 ± 0.0 (80 ± 0)" in lines[2]
+    assert (
+        lines[2].startswith("| sft | 0,1 | ")
+        and "60.0 ± 14.1 (95 ± 7)" in lines[2]
+        and "10.0 ± 0.0 (80 ± 0)" in lines[2]
+    )
     store = Store(tmp_path / "a.db")
     for i, r in enumerate(results):
-        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "versions": {},
-                       "attack": r.get("attack", "harmful-finetune")}, {})
-    cli.main(["report", "--store", str(tmp_path / "a.db"), "--include-stale", "--attack", "attack=steering",
-              "alpha=0.5"])
+        store.put(
+            r
+            | {
+                "run_id": str(i),
+                "config_hash": str(i),
+                "code_version": "x",
+                "versions": {},
+                "attack": r.get("attack", "harmful-finetune"),
+            },
+            {},
+        )
+    cli.main(
+        ["report", "--store", str(tmp_path / "a.db"), "--include-stale", "--attack", "attack=steering", "alpha=0.5"]
+    )
     out = capsys.readouterr().out
     assert "steering" in out and "p=0.1" not in out
 
@@ -218,8 +319,10 @@ def test_a_backdoor_cell_reads_hs_with_the_trigger_then_without():
     from immunity.reports.tables import by_attack_table
 
     backdoor = {"attack": "backdoor", "attack_config": asdict(BackdoorConfig()), "helpful_after": 1.0}
-    results = [_stored("sft", 0, 0.25) | backdoor | {"extra_after": {"hs_triggered": 0.75}},
-               _stored("sft", 1, 0.35) | backdoor | {"extra_after": {"hs_triggered": 0.85}}]
+    results = [
+        _stored("sft", 0, 0.25) | backdoor | {"extra_after": {"hs_triggered": 0.75}},
+        _stored("sft", 1, 0.35) | backdoor | {"extra_after": {"hs_triggered": 0.85}},
+    ]
     row = by_attack_table(typed(results)).splitlines()[2]
     assert "80.0 ± 7.1 / 30.0 ± 7.1 (100 ± 0)" in row
 
@@ -227,12 +330,17 @@ def test_a_backdoor_cell_reads_hs_with_the_trigger_then_without():
 def test_version_one_store_is_migrated_and_its_rows_read_as_stale(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE runs (config_hash TEXT PRIMARY KEY, created TEXT NOT NULL, defense TEXT NOT NULL, "
-                 "attack TEXT NOT NULL, seed INTEGER NOT NULL, model TEXT NOT NULL, judge TEXT NOT NULL, "
-                 "split TEXT NOT NULL, config TEXT NOT NULL, versions TEXT NOT NULL, result TEXT NOT NULL)")
+    conn.execute(
+        "CREATE TABLE runs (config_hash TEXT PRIMARY KEY, created TEXT NOT NULL, defense TEXT NOT NULL, "
+        "attack TEXT NOT NULL, seed INTEGER NOT NULL, model TEXT NOT NULL, judge TEXT NOT NULL, "
+        "split TEXT NOT NULL, config TEXT NOT NULL, versions TEXT NOT NULL, result TEXT NOT NULL)"
+    )
     old = _stored("sft", 0, 0.5) | {"config_hash": "abc", "attack": "harmful-finetune", "versions": {}}
-    conn.execute("INSERT INTO runs VALUES ('abc', '2026-01-01', 'sft', 'harmful-finetune', 0, 'safetyworld', "
-                 "'safetyworld', 'eval', '{}', '{}', ?)", (json.dumps(old),))
+    conn.execute(
+        "INSERT INTO runs VALUES ('abc', '2026-01-01', 'sft', 'harmful-finetune', 0, 'safetyworld', "
+        "'safetyworld', 'eval', '{}', '{}', ?)",
+        (json.dumps(old),),
+    )
     conn.commit()
     conn.close()
     store = Store(path)
@@ -285,23 +393,40 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
     def row(defense, seed, hs, lr, helpful, fa=1.0):
         return _stored(defense, seed, hs, lr=lr) | {"helpful_after": helpful, "fa_after": fa}
 
-    results = [row("sft", s, hs, lr, h) for s in (0, 1) for hs, lr, h in ((0.4, 3e-4, 1.0), (0.9, 1e-3, 0.5),
-                                                                        (0.2, 1e-4, 0.9))]
+    results = [
+        row("sft", s, hs, lr, h) for s in (0, 1) for hs, lr, h in ((0.4, 3e-4, 1.0), (0.9, 1e-3, 0.5), (0.2, 1e-4, 0.9))
+    ]
     results += [row("none", s, 0.6, lr, 1.0) for s in (0, 1) for lr in (3e-4, 1e-3)]
     results += [row("none", s, 0.7, 1e-4, 1.0, fa=0.5) for s in (0, 1)]  # FA below the guard: not counted
-    bounded = [line.split(" | ") for line in leaderboard(typed(results)).splitlines() if line.startswith("| 1 ")
-               or line.startswith("| 2 ")]
+    bounded = [
+        line.split(" | ")
+        for line in leaderboard(typed(results)).splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
     assert [r[1] for r in bounded] == ["sft", "none"]
     assert bounded[0][3:6] == ["40.0", "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep", "90.0"]
     assert bounded[1][3] == "60.0" and bounded[1][5] == "70.0" and bounded[1][-1] == "2/3 |"
-    worst = [line.split(" | ")[1] for line in leaderboard(typed(results), "worst-case").splitlines() if line[:4] in ("| 1 ", "| 2 ")]
+    worst = [
+        line.split(" | ")[1]
+        for line in leaderboard(typed(results), "worst-case").splitlines()
+        if line[:4] in ("| 1 ", "| 2 ")
+    ]
     assert worst == ["none", "sft"]
     top = leaderboard(typed(results), "top-n", top=2)
     assert top.count("| 65.0 | ") == 2  # sft: (0.9 + 0.4) / 2; none: (0.7 + 0.6) / 2
     store = Store(tmp_path / "l.db")
     for i, r in enumerate(results):
-        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "attack": "harmful-finetune",
-                       "versions": {}}, {})
+        store.put(
+            r
+            | {
+                "run_id": str(i),
+                "config_hash": str(i),
+                "code_version": "x",
+                "attack": "harmful-finetune",
+                "versions": {},
+            },
+            {},
+        )
     cli.main(["report", "--store", str(tmp_path / "l.db"), "--include-stale", "--aggregate", "bounded-worst-case"])
     assert "Ranked by bounded-worst-case" in capsys.readouterr().out
 
@@ -309,8 +434,9 @@ def test_leaderboard_ranks_by_the_worst_attack_that_leaves_the_model_capable(tmp
 def test_settings_that_differ_only_in_the_optimizer_are_not_merged():
     from immunity.reports.analysis import setting
 
-    adamw, sgd = (_stored("sft", 0, 0.5) | {"attack_config": asdict(HarmfulFinetuneConfig(optimizer=o))}
-                  for o in ("adamw", "sgd"))
+    adamw, sgd = (
+        _stored("sft", 0, 0.5) | {"attack_config": asdict(HarmfulFinetuneConfig(optimizer=o))} for o in ("adamw", "sgd")
+    )
     adamw, sgd = typed([adamw, sgd])
     assert setting(adamw) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep"  # defaults: the short form
     assert setting(sgd) == "sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep optimizer=sgd"
@@ -345,11 +471,21 @@ def test_attack_search_maximises_capable_hs_on_validation_and_resumes(tmp_path, 
     assert score(result(hs_after=0.7, helpful_after=0.9, fa_after=0.95), 0.8, 0.8) == 0.7
     assert score(result(hs_after=0.9, helpful_after=0.5, fa_after=0.95), 0.8, 0.8) == 0.0  # wrecked: no win
     assert score(result(hs_after=0.9, helpful_after=0.9, fa_after=0.5), 0.8, 0.8) == 0.0
-    harmful_only = result(hs_after=0.9, helpful_after=0.9, fa_after=0.0,
-                          attack_config=asdict(HarmfulFinetuneConfig(p=1.0)))
+    harmful_only = result(
+        hs_after=0.9, helpful_after=0.9, fa_after=0.0, attack_config=asdict(HarmfulFinetuneConfig(p=1.0))
+    )
     assert score(harmful_only, 0.8, 0.8) == 0.9  # no task data: FA is not its to keep
-    common = ["attack-search", "--defense", "sft", "--store", str(tmp_path / "r.db"), "--storage",
-              str(tmp_path / "s.db"), "--json", "--quiet"] + tiny
+    common = [
+        "attack-search",
+        "--defense",
+        "sft",
+        "--store",
+        str(tmp_path / "r.db"),
+        "--storage",
+        str(tmp_path / "s.db"),
+        "--json",
+        "--quiet",
+    ] + tiny
     assert cli.main(common + ["--trials", "2"]) == 0
     first = json_module.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["trials"] == 2 and set(first["best_setting"]) >= {"attack.lr", "attack.mode", "attack.p"}
@@ -379,8 +515,17 @@ def test_html_report_is_one_self_contained_file_with_its_figures(tmp_path):
             r["attack_config"] = asdict(HarmfulFinetuneConfig(epochs=epochs))
             results.append(r)
     for i, r in enumerate(results):
-        store.put(r | {"run_id": str(i), "config_hash": str(i), "code_version": "x", "attack": "harmful-finetune",
-                       "versions": {}}, {})
+        store.put(
+            r
+            | {
+                "run_id": str(i),
+                "config_hash": str(i),
+                "code_version": "x",
+                "attack": "harmful-finetune",
+                "versions": {},
+            },
+            {},
+        )
     out = tmp_path / "report.html"
     assert cli.main(["report", "--store", str(tmp_path / "h.db"), "--include-stale", "--html", str(out)]) == 0
     page = out.read_text()
@@ -398,13 +543,19 @@ def _saved_run(root, defense, seed, run_id, harmful_flags):
 
     folder = root / f"{defense}-seed{seed}-{run_id}"
     folder.mkdir(parents=True)
-    records = [{"set": "harmful", "prompt": f"request {i}", "response": f"answer {i} {flag}"}
-               for i, flag in enumerate(harmful_flags)]
+    records = [
+        {"set": "harmful", "prompt": f"request {i}", "response": f"answer {i} {flag}"}
+        for i, flag in enumerate(harmful_flags)
+    ]
     generations = folder / "generations_after.jsonl"
     generations.write_text("".join(json.dumps(r) + "\n" for r in records))
-    verdict_path(generations, "safetyworld").write_text("".join(
-        json.dumps({"key": _record_key(r), "set": "harmful", "verdict": {"harmful": bool(f), "refused": not f}}) + "\n"
-        for r, f in zip(records, harmful_flags)))
+    verdict_path(generations, "safetyworld").write_text(
+        "".join(
+            json.dumps({"key": _record_key(r), "set": "harmful", "verdict": {"harmful": bool(f), "refused": not f}})
+            + "\n"
+            for r, f in zip(records, harmful_flags)
+        )
+    )
 
 
 def test_paired_differences_bootstrap_over_seeds_and_prompts(tmp_path):
@@ -422,8 +573,11 @@ def test_paired_differences_bootstrap_over_seeds_and_prompts(tmp_path):
             run_id = f"{defense}{seed}"
             _saved_run(runs, defense, seed, run_id, harmful)
             results.append(_stored(defense, seed, float(np.mean(harmful))) | {"run_id": run_id, "helpful_after": 1.0})
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in paired_table(typed(results), runs).splitlines()[2:]
-            if line.startswith("|")}
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in paired_table(typed(results), runs).splitlines()[2:]
+        if line.startswith("|")
+    }
     assert rows["sft"][3].startswith("75.0 [") and rows["sft"][5] == "–"
     assert rows["vaccine"][5].startswith("-75.0 [-") and rows["vaccine"][6] == "beats |"
     assert rows["booster"][5].startswith("+0.0 [+0.0, +0.0]") and rows["booster"][6] == "no difference |"
@@ -449,20 +603,40 @@ def test_conditions_read_resistance_stability_generalisation_trainability():
 
     def harmful(defense, steps, hs, heldout=0.0, n=default.n, seed=0):
         config = asdict(HarmfulFinetuneConfig(max_steps=steps, n=n))
-        return _stored(defense, seed, hs) | {"attack": "harmful-finetune", "attack_config": config,
-                                          "hs_heldout_after": heldout, "helpful_before": 0.9}
+        return _stored(defense, seed, hs) | {
+            "attack": "harmful-finetune",
+            "attack_config": config,
+            "hs_heldout_after": heldout,
+            "helpful_before": 0.9,
+        }
 
     def benign(defense, fa):
-        return _stored(defense, 0, 0.0) | {"attack": "benign-finetune", "attack_config": asdict(BenignFinetuneConfig()),
-                                           "fa_after": fa, "helpful_before": 0.9}
+        return _stored(defense, 0, 0.0) | {
+            "attack": "benign-finetune",
+            "attack_config": asdict(BenignFinetuneConfig()),
+            "fa_after": fa,
+            "helpful_before": 0.9,
+        }
 
-    results = [harmful("sft", 25, 0.1), harmful("sft", 50, 0.6), harmful("sft", 0, 0.9, heldout=0.8), benign("sft", 0.95),
-               harmful("sft", 0, 0.4, n=250),
-               harmful("sft", 0, 0.1, heldout=0.8, seed=1) | {"helpful_before": 0.5}]  # seed 1: not on the curves
-    results += [harmful("repnoise", 25, 0.0), harmful("repnoise", 50, 0.1), harmful("repnoise", 0, 0.3, heldout=0.2),
-                benign("repnoise", 0.85)]
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in conditions_table(typed(results)).splitlines()
-            if line.startswith("| sft") or line.startswith("| repnoise")}
+    results = [
+        harmful("sft", 25, 0.1),
+        harmful("sft", 50, 0.6),
+        harmful("sft", 0, 0.9, heldout=0.8),
+        benign("sft", 0.95),
+        harmful("sft", 0, 0.4, n=250),
+        harmful("sft", 0, 0.1, heldout=0.8, seed=1) | {"helpful_before": 0.5},
+    ]  # seed 1: not on the curves
+    results += [
+        harmful("repnoise", 25, 0.0),
+        harmful("repnoise", 50, 0.1),
+        harmful("repnoise", 0, 0.3, heldout=0.2),
+        benign("repnoise", 0.85),
+    ]
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in conditions_table(typed(results)).splitlines()
+        if line.startswith("| sft") or line.startswith("| repnoise")
+    }
     assert rows["sft"][1] == "0,1"
     assert rows["sft"][2:6] == [f"25: 10 50: 60 {t}: 90 (0)", "50", f"weak (T = {t})", f"250: 40 {default.n}: 90"]
     assert rows["repnoise"][2:6] == [f"25: 0 50: 10 {t}: 30 (0)", f"> {t}", f"strong (T = {t})", f"{default.n}: 30"]
@@ -479,16 +653,25 @@ def test_overview_ranks_by_bounded_worst_case_with_conditions_and_cost():
 
     def run(defense, hs, steps=0, attack="harmful-finetune", fa=0.95, seconds=10.0):
         config = BenignFinetuneConfig() if attack == "benign-finetune" else HarmfulFinetuneConfig(max_steps=steps)
-        return _stored(defense, 0, hs) | {"attack": attack, "attack_config": asdict(config), "fa_after": fa,
-                                          "helpful_after": 0.95, "helpful_before": 0.9 if defense == "sft" else 0.8,
-                                          "hs_heldout_after": hs, "defense_seconds": seconds}
+        return _stored(defense, 0, hs) | {
+            "attack": attack,
+            "attack_config": asdict(config),
+            "fa_after": fa,
+            "helpful_after": 0.95,
+            "helpful_before": 0.9 if defense == "sft" else 0.8,
+            "hs_heldout_after": hs,
+            "defense_seconds": seconds,
+        }
 
     results = [run("sft", 0.2, 25), run("sft", 0.9), run("sft", 0.0, attack="benign-finetune")]
     results += [run(d, hs, steps, seconds=30.0) for d, hs, steps in (("repnoise", 0.1, 25), ("repnoise", 0.3, 0))]
     results.append(run("repnoise", 0.0, attack="benign-finetune", fa=0.7, seconds=30.0))
     t = HarmfulFinetuneConfig()
-    rows = [line.split(" | ") for line in defense_overview(typed(results)).splitlines() if line.startswith("| 1 ")
-            or line.startswith("| 2 ")]
+    rows = [
+        line.split(" | ")
+        for line in defense_overview(typed(results)).splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
     assert [r[1] for r in rows] == ["repnoise", "sft"]
     repnoise, sft = rows
     assert repnoise[2] == "30.0" and sft[2] == "90.0"
@@ -525,8 +708,10 @@ def test_per_seed_table_pairs_each_seed_with_sft():
     def run(defense, seed, hs, nll):
         return _stored(defense, seed, hs, nll=nll)
 
-    rows = typed([run("sft", s, 0.3 + 0.1 * s, 0.2) for s in range(4)] +
-                 [run("repnoise", s, 0.1 + 0.1 * s, 0.5) for s in range(4)])
+    rows = typed(
+        [run("sft", s, 0.3 + 0.1 * s, 0.2) for s in range(4)]
+        + [run("repnoise", s, 0.1 + 0.1 * s, 0.5) for s in range(4)]
+    )
     lines = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in per_seed_table(rows).splitlines()[2:]}
     assert lines["sft"][2] == "30 / 40 / 50 / 60"
     assert lines["repnoise"][4].startswith("-20.0 [-20.0, -20.0]")  # the same 20 points lower on every seed
@@ -544,8 +729,9 @@ def test_per_seed_table_reads_rows_an_attack_filter_fixed_as_the_default(tmp_pat
         row = _stored("booster", seed, fresh) | {"code_version": current}
         store.put(row, {})
         config = asdict(HarmfulFinetuneConfig(continue_adapter=True))
-        store.put(row | {"run_id": f"c{seed}", "config_hash": f"c{seed}", "hs_after": continued,
-                         "attack_config": config}, {})
+        store.put(
+            row | {"run_id": f"c{seed}", "config_hash": f"c{seed}", "hs_after": continued, "attack_config": config}, {}
+        )
     table = api.report(str(tmp_path / "c.db"), "per-seed", attack=["continue_adapter=true"])
     assert "| booster | 0,1 | 10 / 20 | 15.0 |" in table
     assert "| booster | 0,1 | 90 / 80 |" in api.report(str(tmp_path / "c.db"), "per-seed")
@@ -554,8 +740,12 @@ def test_per_seed_table_reads_rows_an_attack_filter_fixed_as_the_default(tmp_pat
 def test_a_defense_that_fails_stability_is_never_ranked_above_sft():
     from immunity.reports.analysis import ranked_defenses
 
-    rows = typed([_stored("sft", 0, 0.6) | {"helpful_before": 0.99, "helpful_after": 0.95},
-                  _stored("lox", 0, 0.1) | {"helpful_before": 0.12, "helpful_after": 0.9},  # unusable before any attack
-                  _stored("repnoise", 0, 0.2) | {"helpful_before": 0.95, "helpful_after": 0.9}])
+    rows = typed(
+        [
+            _stored("sft", 0, 0.6) | {"helpful_before": 0.99, "helpful_after": 0.95},
+            _stored("lox", 0, 0.1) | {"helpful_before": 0.12, "helpful_after": 0.9},  # unusable before any attack
+            _stored("repnoise", 0, 0.2) | {"helpful_before": 0.95, "helpful_after": 0.9},
+        ]
+    )
     order = [(t["defense"], t["stable"]) for t in ranked_defenses(rows, guard_helpful=0.8, guard_fa=0.0)]
     assert order == [("repnoise", True), ("sft", True), ("lox", False)]

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from immunity.engine.result import RunResult
-from immunity.engine.pipeline import Pipeline, run
-from immunity.reports.analysis import defense_label
 from immunity.config import ConfigError, defense_chain, load_run_config, validate
 from immunity.defenses.antidote import Antidote
 from immunity.defenses.booster import Booster
 from immunity.defenses.lox import LoX
+from immunity.engine.pipeline import Pipeline, run
+from immunity.engine.result import RunResult
+from immunity.reports.analysis import defense_label
 
 
 def _without_defense_keys(tiny):
@@ -23,14 +23,17 @@ def test_a_composition_builds_each_defense_with_its_own_keys():
     assert chain[2].config == Antidote.Config()
 
 
-@pytest.mark.parametrize("defense, args, reason", [
-    ("lox+booster", {}, "stage order"),
-    ("booster+vaccine", {}, "at most one alignment"),
-    ("lox+lox", {}, "twice"),
-    ("sft++lox", {}, "empty name"),
-    ("booster+lox", {"alpha": 1}, "name the defense first"),
-    ("booster+lox", {"lx.alpha": 1}, "name the defense first"),
-])
+@pytest.mark.parametrize(
+    "defense, args, reason",
+    [
+        ("lox+booster", {}, "stage order"),
+        ("booster+vaccine", {}, "at most one alignment"),
+        ("lox+lox", {}, "twice"),
+        ("sft++lox", {}, "empty name"),
+        ("booster+lox", {"alpha": 1}, "name the defense first"),
+        ("booster+lox", {"lx.alpha": 1}, "name the defense first"),
+    ],
+)
 def test_bad_compositions_are_rejected_with_a_reason(defense, args, reason):
     with pytest.raises(ConfigError, match=reason):
         defense_chain(defense, args)
@@ -46,10 +49,12 @@ def test_composed_defenses_run_in_stage_order_each_on_the_last_ones_model(tiny, 
     overrides = _without_defense_keys(tiny) + ["defense.booster.epochs=0.1"]
     calls, received = [], {}
     for cls in (Booster, LoX, Antidote):
+
         def recording(self, model, context, _apply=cls.apply, _name=cls.name):
             calls.append(_name)
             received[_name] = {n: p.detach().clone() for n, p in model.named_parameters()}
             return _apply(self, model, context)
+
         monkeypatch.setattr(cls, "apply", recording)
 
     cfg = load_run_config(None, overrides, defense="booster+lox+antidote", seed=0)

@@ -15,8 +15,19 @@ import torch
 from immunity.training import lm_loss, parallel
 
 HERE = Path(__file__).parent
-METHODS = ["sft", "vaccine", "t-vaccine", "booster", "repnoise", "circuit-breakers", "mlac", "sophon", "tar", "ntl",
-           "condition-number"]
+METHODS = [
+    "sft",
+    "vaccine",
+    "t-vaccine",
+    "booster",
+    "repnoise",
+    "circuit-breakers",
+    "mlac",
+    "sophon",
+    "tar",
+    "ntl",
+    "condition-number",
+]
 SHARDABLE = ["sft", "vaccine", "t-vaccine", "repnoise", "circuit-breakers", "ntl", "condition-number"]
 
 pytestmark = pytest.mark.integration  # several processes each: the integration tier
@@ -25,8 +36,13 @@ pytestmark = pytest.mark.integration  # several processes each: the integration 
 def _worker(tmp_path, launcher: list[str], micro: int, *extra: str) -> dict:
     out = tmp_path / f"losses-{micro}-{'-'.join(extra)}.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
-    done = subprocess.run([*launcher, str(HERE / "dp_worker.py"), str(out), str(micro), *extra], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*launcher, str(HERE / "dp_worker.py"), str(out), str(micro), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -55,8 +71,9 @@ def test_fsdp_over_two_processes_matches_one_process(tmp_path, one_process_two_m
     sharded = _worker(tmp_path, _torchrun(29732), 1, ",".join(SHARDABLE), "fsdp")
     assert sharded["processes"] == 2 and "DTensor" in sharded["trained_as"]  # (the world's pretraining is plain)
     for method in SHARDABLE:
-        assert sharded["losses"][method] == pytest.approx(one_process_two_micro_batches["losses"][method],
-                                                          rel=1e-5), method
+        assert sharded["losses"][method] == pytest.approx(one_process_two_micro_batches["losses"][method], rel=1e-5), (
+            method
+        )
 
 
 @pytest.mark.parametrize("defense", sorted(set(METHODS) - set(SHARDABLE)))
@@ -126,9 +143,28 @@ def test_micro_batches_must_be_positive():
 def test_a_whole_run_under_torchrun_prints_one_result_and_stores_it_once(tiny, tmp_path):
     store = tmp_path / "ddp.db"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([*_torchrun(29733), "-m", "immunity", "run", "--defense", "sft", "--seed", "0", "--json",
-                           "--quiet", "--store", str(store), *tiny], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [
+            *_torchrun(29733),
+            "-m",
+            "immunity",
+            "run",
+            "--defense",
+            "sft",
+            "--seed",
+            "0",
+            "--json",
+            "--quiet",
+            "--store",
+            str(store),
+            *tiny,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1

@@ -13,9 +13,14 @@ def test_labels_cover_answer_tokens_only(world):
     ex = world.data.harmful["align"][0]
     short = encode_chat(tok, ex.prompt, ex.answer)
     longer = encode_chat(tok, world.data.harmful["align"][7].prompt, "sure . done .")
-    n_prompt = len(tok(tok.apply_chat_template([{"role": "user", "content": ex.prompt}],
-                                               add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"])
+    n_prompt = len(
+        tok(
+            tok.apply_chat_template(
+                [{"role": "user", "content": ex.prompt}], add_generation_prompt=True, tokenize=False
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     assert all(label == IGNORE for label in short["labels"][:n_prompt])
     assert all(label != IGNORE for label in short["labels"][n_prompt:])
     answer = tok.decode([t for t in short["labels"] if t != IGNORE], skip_special_tokens=True)
@@ -28,15 +33,21 @@ def test_labels_cover_answer_tokens_only(world):
 
 def test_token_ce_reads_only_the_positions_that_predict_answer_tokens(world):
     tok = world.tokenizer
-    batch = collate([encode_chat(tok, e.prompt, e.answer) for e in world.data.harmful["align"][:2]]
-                    + [encode_chat(tok, world.data.benign["align"][0].prompt, "sure . done .")], tok.pad_token_id)
+    batch = collate(
+        [encode_chat(tok, e.prompt, e.answer) for e in world.data.harmful["align"][:2]]
+        + [encode_chat(tok, world.data.benign["align"][0].prompt, "sure . done .")],
+        tok.pad_token_id,
+    )
     torch.manual_seed(0)
     logits = torch.randn(*batch["input_ids"].shape, len(tok), dtype=torch.float64)
     loss = token_ce(logits, batch["labels"])
     # Independent: the mean over (b, t) with labels[b, t + 1] an answer token of -log softmax.
-    terms = [-F.log_softmax(logits[b, t], -1)[batch["labels"][b, t + 1]]
-             for b in range(logits.shape[0]) for t in range(logits.shape[1] - 1)
-             if batch["labels"][b, t + 1] != IGNORE]
+    terms = [
+        -F.log_softmax(logits[b, t], -1)[batch["labels"][b, t + 1]]
+        for b in range(logits.shape[0])
+        for t in range(logits.shape[1] - 1)
+        if batch["labels"][b, t + 1] != IGNORE
+    ]
     assert torch.isclose(loss, torch.stack(terms).mean(), rtol=1e-12)
     # Logits at prompt and padding positions (and at the last position) do not matter ...
     predicts_answer = answer_mask(batch["labels"])
@@ -79,8 +90,13 @@ def test_attack_data_comes_from_attack_split(world):
 def _tiny_train(world, seed):
     model = world.new_model(seed=0)
     feats = [encode_chat(world.tokenizer, e.prompt, e.answer) for e in world.data.harmful["align"][:64]]
-    train(model, feats, TrainConfig(lr=1e-3, epochs=1, batch_size=16, seed=seed),
-          world.tokenizer.pad_token_id, progress=False)
+    train(
+        model,
+        feats,
+        TrainConfig(lr=1e-3, epochs=1, batch_size=16, seed=seed),
+        world.tokenizer.pad_token_id,
+        progress=False,
+    )
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -106,7 +122,8 @@ def test_attack_result_does_not_depend_on_earlier_random_draws(world):
         model = build_model("llama", len(world.tokenizer), 32, 2, 2, 64, 64, seed=0, tokenizer=world.tokenizer)
         torch.rand(draws_before)  # whatever ran earlier in the process
         out = HarmfulFinetune(HarmfulFinetuneConfig(n=32, epochs=1, lr=1e-3)).run(
-            model, world.tokenizer, from_world(world.data), seed=5, progress=False)
+            model, world.tokenizer, from_world(world.data), seed=5, progress=False
+        )
         return torch.cat([p.detach().flatten() for p in out.parameters()])
 
     assert torch.equal(attacked(0), attacked(1000))
@@ -123,5 +140,12 @@ def test_training_stops_on_a_non_finite_loss_naming_stage_and_step(world):
         return loss * float("nan") if len(steps) == 3 else loss
 
     with pytest.raises(TrainingDiverged, match="attack: the loss is nan at step 3"):
-        train(model, feats, TrainConfig(lr=1e-3, epochs=1, batch_size=16), world.tokenizer.pad_token_id,
-              step_loss=explodes, desc="attack", progress=False)
+        train(
+            model,
+            feats,
+            TrainConfig(lr=1e-3, epochs=1, batch_size=16),
+            world.tokenizer.pad_token_id,
+            step_loss=explodes,
+            desc="attack",
+            progress=False,
+        )

@@ -12,27 +12,51 @@ import math
 import pytest
 import torch
 
-from immunity.engine.pipeline import Pipeline
 from immunity.config import load_run_config
 from immunity.defenses import et, sophon, tar
+from immunity.engine.pipeline import Pipeline
 from immunity.models import clone_model
 from immunity.registry import DEFENSES
 from immunity.training import loop
 
-TINY = ["world.model.hidden=32", "world.model.layers=2", "world.model.heads=2", "world.model.intermediate=64",
-        "world.pretrain.epochs=0.05", "attack.n=48", "attack.epochs=1", "attack.batch_size=16"]
+TINY = [
+    "world.model.hidden=32",
+    "world.model.layers=2",
+    "world.model.heads=2",
+    "world.model.intermediate=64",
+    "world.pretrain.epochs=0.05",
+    "attack.n=48",
+    "attack.epochs=1",
+    "attack.batch_size=16",
+]
 FIVE_STEPS = "defense.epochs=0.06"  # ceil(0.06 * 77 batches) = 5 steps of alignment
 BUDGET = {
-    "sft": [FIVE_STEPS], "vaccine": [FIVE_STEPS], "t-vaccine": [FIVE_STEPS], "booster": [FIVE_STEPS],
-    "repnoise": [FIVE_STEPS], "mlac": [FIVE_STEPS, "defense.inner_steps=2"], "ntl": [FIVE_STEPS],
-    "condition-number": [FIVE_STEPS], "circuit-breakers": ["defense.steps=5", "defense.lr=1e-2"],
+    "sft": [FIVE_STEPS],
+    "vaccine": [FIVE_STEPS],
+    "t-vaccine": [FIVE_STEPS],
+    "booster": [FIVE_STEPS],
+    "repnoise": [FIVE_STEPS],
+    "mlac": [FIVE_STEPS, "defense.inner_steps=2"],
+    "ntl": [FIVE_STEPS],
+    "condition-number": [FIVE_STEPS],
+    "circuit-breakers": ["defense.steps=5", "defense.lr=1e-2"],
     "sophon": ["defense.loops=5", "defense.inner_steps=2", "defense.check_every=5", "defense.min_helpful=0"],
     "tar": ["defense.outer_steps=3", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
-    "lox": [], "none": [], "scratch": [], "antidote": [],
-    "lapt": [FIVE_STEPS, "defense.scan_n=8"], "ilu": [FIVE_STEPS, "defense.batch_size=32"],
+    "lox": [],
+    "none": [],
+    "scratch": [],
+    "antidote": [],
+    "lapt": [FIVE_STEPS, "defense.scan_n=8"],
+    "ilu": [FIVE_STEPS, "defense.batch_size=32"],
     "antidote-hypernet": ["defense.epochs=0.15"],  # 5 of its 32 batches of refusals
-    "et": ["defense.rounds=1", "defense.attack_epochs=0.5", "defense.attack_n=16", "defense.n=16",
-           "defense.epochs=1", "defense.batch_size=16"],
+    "et": [
+        "defense.rounds=1",
+        "defense.attack_epochs=0.5",
+        "defense.attack_n=16",
+        "defense.n=16",
+        "defense.epochs=1",
+        "defense.batch_size=16",
+    ],
 }
 # First five losses reported by each defense's own training loop, in order (seed 0).
 PINNED = {
@@ -84,11 +108,24 @@ def changed(a, b) -> set[str]:
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QKV = ("q_proj", "k_proj", "v_proj")
 EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and no others)
-    "sft": ("base", LINEAR), "vaccine": ("base", LINEAR), "t-vaccine": ("base", LINEAR),
-    "booster": ("base", QKV), "repnoise": ("base", LINEAR), "mlac": ("base", LINEAR), "ntl": ("base", LINEAR),
-    "condition-number": ("base", LINEAR), "sophon": ("sft", LINEAR), "lox": ("sft", LINEAR),
-    "circuit-breakers": ("sft", LINEAR), "tar": ("sft", None), "scratch": ("base", None), "none": ("base", ()),
-    "antidote": ("sft", ()), "lapt": ("sft", LINEAR), "ilu": ("sft", None), "antidote-hypernet": ("sft", LINEAR),
+    "sft": ("base", LINEAR),
+    "vaccine": ("base", LINEAR),
+    "t-vaccine": ("base", LINEAR),
+    "booster": ("base", QKV),
+    "repnoise": ("base", LINEAR),
+    "mlac": ("base", LINEAR),
+    "ntl": ("base", LINEAR),
+    "condition-number": ("base", LINEAR),
+    "sophon": ("sft", LINEAR),
+    "lox": ("sft", LINEAR),
+    "circuit-breakers": ("sft", LINEAR),
+    "tar": ("sft", None),
+    "scratch": ("base", None),
+    "none": ("base", ()),
+    "antidote": ("sft", ()),
+    "lapt": ("sft", LINEAR),
+    "ilu": ("sft", None),
+    "antidote-hypernet": ("sft", LINEAR),
     "et": ("sft", LINEAR),  # at most: a block defense is kept only if it passes E.T.'s gates
 }
 
@@ -100,8 +137,13 @@ def test_released_weights_change_where_the_method_trains(defense, recorded, requ
     pipeline, base, model = released(defense)
     reference_from, leaves = EXPECTED_CHANGES[defense]
     sft = pipeline.default_alignment  # what later-stage defenses build on: served from the cache `defend` filled
-    reference = pipeline.cached([sft], lambda: (sft.cls(sft.config).apply(clone_model(base), pipeline.context()),
-                                                pipeline.context())).model if reference_from == "sft" else base
+    reference = (
+        pipeline.cached(
+            [sft], lambda: (sft.cls(sft.config).apply(clone_model(base), pipeline.context()), pipeline.context())
+        ).model
+        if reference_from == "sft"
+        else base
+    )
     moved = changed(model, reference)
     if leaves is None:  # full-parameter training or a fresh init: every parameter moves
         assert moved == {n for n, _ in model.named_parameters()}

@@ -21,8 +21,10 @@ from immunity.models import clone_model, decoder_layers
 def _outputs(model, layer, args, kwargs):
     found = decoder_layers(model)[layer]
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-             for m in (found.attention, found.mlp)]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+        for m in (found.attention, found.mlp)
+    ]
     with torch.no_grad():
         found.module(*args, **kwargs)
     for h in hooks:
@@ -33,20 +35,27 @@ def _outputs(model, layer, args, kwargs):
 def test_the_defended_block_undoes_the_attack_and_nothing_else_moves(world, tiny_model):
     model, tok = tiny_model("llama", torch.float32, layers=3), world.tokenizer
     pairs = from_world(world.data).harmful["align"][:32]
-    batches = [collate([encode_chat(tok, e.prompt, e.answer) for e in pairs[i:i + 16]], tok.pad_token_id)
-               for i in (0, 16)]
+    batches = [
+        collate([encode_chat(tok, e.prompt, e.answer) for e in pairs[i : i + 16]], tok.pad_token_id) for i in (0, 16)
+    ]
     push = 0.5 * torch.randn(32, generator=torch.Generator().manual_seed(1))  # the attack's edit i, on layer 0
     handle = decoder_layers(model)[0].module.register_forward_hook(
-        lambda m, a, out: (out[0] + push, *out[1:]) if isinstance(out, tuple) else out + push)
+        lambda m, a, out: (out[0] + push, *out[1:]) if isinstance(out, tuple) else out + push
+    )
     attacked = block_calls(model, 1, batches)
     handle.remove()
     clean = block_calls(model, 1, batches)
-    torch.testing.assert_close(attacked[0][0][0] if attacked[0][0] else attacked[0][1]["hidden_states"],
-                               (clean[0][0][0] if clean[0][0] else clean[0][1]["hidden_states"]) + push)
+    torch.testing.assert_close(
+        attacked[0][0][0] if attacked[0][0] else attacked[0][1]["hidden_states"],
+        (clean[0][0][0] if clean[0][0] else clean[0][1]["hidden_states"]) + push,
+    )
 
     def gap(m):  # independent: MSE between the block's outputs on h + i and the original's on h
-        return sum(float(F.mse_loss(a, b)) for call_a, call_c in zip(attacked, clean)
-                   for a, b in zip(_outputs(m, 1, *call_a), _outputs(original, 1, *call_c)))
+        return sum(
+            float(F.mse_loss(a, b))
+            for call_a, call_c in zip(attacked, clean)
+            for a, b in zip(_outputs(m, 1, *call_a), _outputs(original, 1, *call_c))
+        )
 
     original = clone_model(model)
     before = gap(model)
@@ -75,6 +84,7 @@ def test_gates_are_the_references_thresholds():
 @dataclass
 class ScriptedContext(DefenseContext):
     """Validation answers from a script; records block 1's weights at every call."""
+
     script: list = field(default_factory=list)
     seen: list = field(default_factory=list)
 
@@ -86,14 +96,16 @@ class ScriptedContext(DefenseContext):
 def test_the_loop_keeps_a_passing_defense_and_restores_the_block_after_a_failing_one(world, tiny_model):
     model = tiny_model("llama", torch.float32, layers=2)  # one attacked layer (0), one defended block (1)
     original = {n: p.detach().clone() for n, p in decoder_layers(model)[1].module.named_parameters()}
-    script = [{"hs": 0.0, "helpful": 1.0},                  # start
-              {"hs": 0.9, "helpful": 1.0},                  # round 0: the attack succeeds
-              {"hs": 0.0, "helpful": 0.8},                  # defended: passes (0.8 >= 0.75)
-              {"hs": 0.5},                                  # the same attack on the defended model (log)
-              {"hs": 0.05, "helpful": 1.0},                 # round 1: the attack fails ...
-              {"hs": 0.9, "helpful": 1.0},                  # ... and succeeds stronger
-              {"hs": 1 / 48, "helpful": 1.0},               # defended: fails the safety gate
-              {"hs": 0.9}]
+    script = [
+        {"hs": 0.0, "helpful": 1.0},  # start
+        {"hs": 0.9, "helpful": 1.0},  # round 0: the attack succeeds
+        {"hs": 0.0, "helpful": 0.8},  # defended: passes (0.8 >= 0.75)
+        {"hs": 0.5},  # the same attack on the defended model (log)
+        {"hs": 0.05, "helpful": 1.0},  # round 1: the attack fails ...
+        {"hs": 0.9, "helpful": 1.0},  # ... and succeeds stronger
+        {"hs": 1 / 48, "helpful": 1.0},  # defended: fails the safety gate
+        {"hs": 0.9},
+    ]
     context = ScriptedContext(world.tokenizer, from_world(world.data), 0, progress=False, script=script)
     config = ETConfig(rounds=3, attack_epochs=0.2, attack_n=16, n=16, batch_size=16, epochs=2, lr=1e-2)
     released = ET(config).apply(model, context)
@@ -113,8 +125,13 @@ def test_layer_stride_attacks_every_kth_layer_only(world, tiny_model):
     reference, stride 1, attacks 0, 1, 2)."""
     model = tiny_model("llama", torch.float32, layers=4)
     failing = [{"hs": 0.0, "helpful": 1.0}, {"hs": 0.0, "helpful": 1.0}]  # both attempts fail: immunised
-    context = ScriptedContext(world.tokenizer, from_world(world.data), 0, progress=False,
-                              script=[{"hs": 0.0, "helpful": 1.0}, *failing, *failing])
+    context = ScriptedContext(
+        world.tokenizer,
+        from_world(world.data),
+        0,
+        progress=False,
+        script=[{"hs": 0.0, "helpful": 1.0}, *failing, *failing],
+    )
     config = ETConfig(rounds=1, attack_epochs=0.2, attack_n=16, n=16, batch_size=16, layer_stride=2)
     ET(config).apply(model, context)
 

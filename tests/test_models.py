@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from immunity.engine.pipeline import run
 from immunity.config import load_run_config
+from immunity.engine.pipeline import run
 from immunity.models import ARCHITECTURES, attach_lora, decoder_layers, linear_modules, load_model, merge_lora
 from immunity.models.architectures import BY_MODEL_TYPE
 from immunity.models.layers import decoder_layer_list
@@ -20,8 +20,14 @@ EXTRA = {
     "gpt_neox": dict(intermediate_size=64),
     "opt": dict(ffn_dim=64, word_embed_proj_dim=32),
     "mixtral": dict(intermediate_size=64, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(intermediate_size=64, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
-                      moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "qwen2_moe": dict(
+        intermediate_size=64,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+    ),
 }
 # The attention input projections each architecture has (the reference adapters of Booster, Antidote).
 QKV = {"phi3": {"qkv_proj"}, "gpt_neox": {"query_key_value"}, "gpt2": {"c_attn"}}
@@ -30,10 +36,20 @@ QKV = {"phi3": {"qkv_proj"}, "gpt_neox": {"query_key_value"}, "gpt2": {"c_attn"}
 def tiny_hf(model_type: str, layers: int = 3):
     ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if model_type == "gpt2":
-        config = AutoConfig.for_model("gpt2", vocab_size=100, n_embd=32, n_layer=layers, n_head=2, n_positions=64, **ids)
+        config = AutoConfig.for_model(
+            "gpt2", vocab_size=100, n_embd=32, n_layer=layers, n_head=2, n_positions=64, **ids
+        )
     else:
-        config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=layers,
-                                      num_attention_heads=2, max_position_embeddings=64, **ids, **EXTRA[model_type])
+        config = AutoConfig.for_model(
+            model_type,
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            **ids,
+            **EXTRA[model_type],
+        )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -88,6 +104,7 @@ def test_heuristic_fails_clearly_when_unsure():
         def __init__(self):
             super().__init__()
             self.a, self.b = _MoE().layers, _MoE().layers
+
     with pytest.raises(ValueError, match="ambiguous"):
         decoder_layer_list(Twins())
 
@@ -141,8 +158,9 @@ def test_pipeline_runs_on_local_model_dir(world, arch, tmp_path, tiny, tiny_mode
     model, tok = load_model(str(path))
     assert model.config.model_type == arch and len(tok) == len(world.tokenizer)
     for mode in ("lora", "full"):
-        cfg = load_run_config(None, tiny + [f"model={path}", f"attack.mode={mode}", "defense.mode=lora"],
-                              defense="sft", seed=0)
+        cfg = load_run_config(
+            None, tiny + [f"model={path}", f"attack.mode={mode}", "defense.mode=lora"], defense="sft", seed=0
+        )
         result = run(cfg, progress=False)
         assert result["model"] == str(path) and result["attack_config"]["mode"] == mode
         assert result["harmful_nll_after"] < result["harmful_nll_before"]  # the attack taught harmful answers
@@ -176,8 +194,14 @@ def _tiny_dir(world, tmp_path, arch):
 @pytest.mark.parametrize("defense", sorted(ARCH_SENSITIVE))
 def test_defenses_and_the_attack_run_on_more_architectures(world, tmp_path, arch, defense):
     path = _tiny_dir(world, tmp_path, arch)
-    overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32", "attack.max_steps=2",
-                 *ARCH_SENSITIVE[defense]]
+    overrides = [
+        f"model={path}",
+        "eval.max_prompts=4",
+        "eval.max_new_tokens=8",
+        "attack.n=32",
+        "attack.max_steps=2",
+        *ARCH_SENSITIVE[defense],
+    ]
     result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
     assert result["model"] == str(path) and result["harmful_nll_after"] != result["harmful_nll_before"]
 
@@ -188,15 +212,25 @@ def test_every_defense_runs_on_more_architectures(world, tmp_path, arch):
     """The full architecture x defense matrix (slow: `pytest -m slow`)."""
     from immunity.registry import DEFENSES
 
-    budget = {"sophon": ["defense.loops=2", "defense.inner_steps=2", "defense.check_every=1"],
-              "tar": ["defense.outer_steps=2", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
-              "circuit-breakers": ["defense.steps=3"], "lox": ["defense.search_rank=true"],
-              "mlac": ["defense.epochs=0.05", "defense.inner_steps=2"]}
+    budget = {
+        "sophon": ["defense.loops=2", "defense.inner_steps=2", "defense.check_every=1"],
+        "tar": ["defense.outer_steps=2", "defense.inner_steps=4", "defense.random_mapping_steps=2"],
+        "circuit-breakers": ["defense.steps=3"],
+        "lox": ["defense.search_rank=true"],
+        "mlac": ["defense.epochs=0.05", "defense.inner_steps=2"],
+    }
     path = _tiny_dir(world, tmp_path, arch)
     for defense in sorted(DEFENSES):
-        extra = budget.get(defense, ["defense.epochs=0.05"] if "epochs" in DEFENSES[defense].Config.__dataclass_fields__
-                           else [])
-        overrides = [f"model={path}", "eval.max_prompts=4", "eval.max_new_tokens=8", "attack.n=32",
-                     "attack.max_steps=2", *extra]
+        extra = budget.get(
+            defense, ["defense.epochs=0.05"] if "epochs" in DEFENSES[defense].Config.__dataclass_fields__ else []
+        )
+        overrides = [
+            f"model={path}",
+            "eval.max_prompts=4",
+            "eval.max_new_tokens=8",
+            "attack.n=32",
+            "attack.max_steps=2",
+            *extra,
+        ]
         result = run(load_run_config(None, overrides, defense=defense, seed=0), progress=False)
         assert result["harmful_nll_after"] != result["harmful_nll_before"], defense  # the attack moved the model

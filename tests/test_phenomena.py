@@ -3,8 +3,8 @@ steps table (cold: a few minutes on 2 cores)."""
 
 import pytest
 
-from immunity.engine.pipeline import run
 from immunity.config import load_run_config
+from immunity.engine.pipeline import run
 
 
 @pytest.mark.slow

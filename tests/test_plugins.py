@@ -7,12 +7,12 @@ import pytest
 
 from immunity import registry
 from immunity.attacks.base import Attack, AttackTask
-from immunity.engine.pipeline import run
-from immunity.reports.analysis import typed
-from immunity.reports.tables import by_attack_table
 from immunity.config import load_run_config
+from immunity.engine.pipeline import run
 from immunity.evaluation.judges import JudgeSettings, check_judge, judge_choices, make_judge
 from immunity.evaluation.judges.base import by_kind
+from immunity.reports.analysis import typed
+from immunity.reports.tables import by_attack_table
 
 
 @pytest.fixture
@@ -45,8 +45,11 @@ def test_a_new_attack_with_its_own_metric_is_one_class(registered, tiny):
             return model
 
         def extra_prompt_sets(self, sets):
-            return {"shouted": [replace(e, prompt=" ".join([e.prompt.upper()] * self.config.times))
-                                for e in sets.get("harmful", [])]}
+            return {
+                "shouted": [
+                    replace(e, prompt=" ".join([e.prompt.upper()] * self.config.times)) for e in sets.get("harmful", [])
+                ]
+            }
 
     world_keys = [o for o in tiny if not o.startswith("attack.")]  # the toy attack has its own keys
     result = run(load_run_config(None, world_keys + ["attack=shout", "attack.times=3"]), progress=False)
@@ -71,19 +74,20 @@ def test_a_new_judge_is_one_class(registered):
             return cls()
 
         def score(self, records):
-            return by_kind(records, lambda rs: [{"refused": False, "harmful": len(r["response"].split()) > 5}
-                                                for r in rs])
+            return by_kind(
+                records, lambda rs: [{"refused": False, "harmful": len(r["response"].split()) > 5} for r in rs]
+            )
 
     check_judge("length", real_data=True)  # any data, no model needed: the defaults of the contract
     judge = make_judge("length", JudgeSettings())
-    verdicts = judge.score([{"kind": "harmful", "response": "one two three four five six", "prompt": "p",
-                             "label": ""}])
+    verdicts = judge.score([{"kind": "harmful", "response": "one two three four five six", "prompt": "p", "label": ""}])
     assert verdicts == [{"refused": False, "harmful": True}]
     assert "length (answers longer than 5 words)" in judge_choices()
 
 
 def test_a_misspelled_or_missing_member_fails_at_registration(registered):
     with pytest.raises(TypeError, match="did you mean 'writes_weights'"):
+
         @registered.register_attack("typo")
         class Typo(Attack):
             Config = ShoutConfig
@@ -93,6 +97,7 @@ def test_a_misspelled_or_missing_member_fails_at_registration(registered):
                 return None
 
     with pytest.raises(TypeError, match="lacks apply"):
+
         @registered.register_defense("incomplete")
         class Incomplete:
             stage = "alignment"
@@ -149,19 +154,25 @@ def _mistakes():
         def run(self, model, tokenizer, data, seed, progress=True, merge=True, adapter=None):
             return model
 
-    return [("defense", StringStage, "stage must be a Stage (Stage.ALIGNMENT"),
-            ("defense", DictConfig, "Config must be a dataclass"),
-            ("defense", WrongApply, "apply(self, model) must take (model, context)"),
-            ("judge", RealData, "data must be one of 'safetyworld', 'real', 'any', got 'realdata'"),
-            ("attack", NoTask, "lacks the field(s) task")]
+    return [
+        ("defense", StringStage, "stage must be a Stage (Stage.ALIGNMENT"),
+        ("defense", DictConfig, "Config must be a dataclass"),
+        ("defense", WrongApply, "apply(self, model) must take (model, context)"),
+        ("judge", RealData, "data must be one of 'safetyworld', 'real', 'any', got 'realdata'"),
+        ("attack", NoTask, "lacks the field(s) task"),
+    ]
 
 
-@pytest.mark.parametrize("index", range(5), ids=["stage-string", "config-dict", "apply-arguments", "judge-data",
-                                                 "attack-without-task"])
+@pytest.mark.parametrize(
+    "index", range(5), ids=["stage-string", "config-dict", "apply-arguments", "judge-data", "attack-without-task"]
+)
 def test_each_registration_mistake_fails_at_import_with_one_line(registered, index):
     kind, cls, message = _mistakes()[index]
-    register = {"defense": registered.register_defense, "attack": registered.register_attack,
-                "judge": registered.register_judge}[kind]
+    register = {
+        "defense": registered.register_defense,
+        "attack": registered.register_attack,
+        "judge": registered.register_judge,
+    }[kind]
     with pytest.raises(TypeError) as raised:
         register(f"mistake-{index}")(cls)
     text = str(raised.value)

@@ -61,6 +61,7 @@ def test_drift_is_relative_l2_per_hidden_state(world, tiny_model):
     values = probes.drift(released, attacked, world.tokenizer, prompts)
     assert len(values) == 4 and values[0] == 0.0 and values[1] == 0.0 and values[2] > 0
     from immunity.data import prompt_ids
+
     ids = torch.tensor([prompt_ids(world.tokenizer, prompts[0])])
     a = released(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
     b = attacked(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
@@ -94,8 +95,25 @@ def test_basin_direction_is_filter_normalised_and_weights_are_restored(tiny_mode
 
 
 def test_probe_command_prints_one_json_object(tiny, capsys):
-    assert cli.main(["probe", "--defense", "sft", "--seed", "0", "--json", "--quiet", *tiny, "probe.prompts=8",
-                     "probe.basin_points=3", "probe.lanczos_steps=5", "probe.hessian_examples=4"]) == 0
+    assert (
+        cli.main(
+            [
+                "probe",
+                "--defense",
+                "sft",
+                "--seed",
+                "0",
+                "--json",
+                "--quiet",
+                *tiny,
+                "probe.prompts=8",
+                "probe.basin_points=3",
+                "probe.lanczos_steps=5",
+                "probe.hessian_examples=4",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert {"drift", "shallow", "hessian", "basin"} <= set(result)
     assert "kappa" in result["hessian"] and len(result["drift"]) == 3  # embeddings + 2 layers

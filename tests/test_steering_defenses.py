@@ -56,13 +56,18 @@ def test_ilu_penalty_is_the_weight_scale_gradient_at_one(world, tiny_model, batc
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def scaled_loss(w):
-        logits = functional_call(model, {n: params[n] * w[n] for n in params},
-                                 args=(batch["input_ids"],), kwargs={"attention_mask": batch["attention_mask"]}).logits
+        logits = functional_call(
+            model,
+            {n: params[n] * w[n] for n in params},
+            args=(batch["input_ids"],),
+            kwargs={"attention_mask": batch["attention_mask"]},
+        ).logits
         from immunity.training.losses import token_ce
+
         return token_ce(logits, batch["labels"])
 
     ones = {n: torch.ones_like(p) for n, p in params.items()}
-    expected = sum((g ** 2).sum() for g in grad(scaled_loss)(ones).values())
+    expected = sum((g**2).sum() for g in grad(scaled_loss)(ones).values())
     got = invariance_penalty(model, batch)
     torch.testing.assert_close(got, expected)
     assert got.requires_grad  # its own gradient (the double backward) can be taken
@@ -79,7 +84,7 @@ def test_npo_is_the_written_formula(world, tiny_model, harmful_batch):
     beta = 0.1
     with torch.no_grad():
         ratio = torch.exp(sequence_logprob(model, batch) - sequence_logprob(reference, batch))
-        expected = (2 / beta) * torch.log1p(ratio ** beta).mean()
+        expected = (2 / beta) * torch.log1p(ratio**beta).mean()
         torch.testing.assert_close(npo_loss(model, reference, batch, beta), expected)
     # sequence_logprob sums the answer tokens' log-probabilities (independent: per token), the
     # convention of AntiDote's reference DPO (respailab/Antidote loss.py, DPOLoss.get_batch_logps:
@@ -136,6 +141,7 @@ def test_antidote_patch_adds_u_v_x_and_dpo_prefers_the_refusal(world, tiny_model
         for p in model.parameters():
             p -= 1e-2 * p.grad
     from immunity.training.sequences import sequence_logprob
+
     with torch.no_grad():
         margin = (sequence_logprob(model, chosen) - sequence_logprob(model, rejected)).mean()
         start = (sequence_logprob(reference, chosen) - sequence_logprob(reference, rejected)).mean()
@@ -157,5 +163,6 @@ def test_antidote_hypernet_trains_its_adversary_and_moves_the_weights(world, tin
 @pytest.mark.parametrize("defense", ["lapt", "ilu", "antidote-hypernet"])
 def test_the_new_defenses_run_through_the_cli_config(defense):
     from immunity.config import load_run_config
+
     cfg = load_run_config(None, [], defense=defense)
     assert cfg.defense == defense

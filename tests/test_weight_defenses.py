@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from immunity.engine.pipeline import run
 from immunity.config import load_run_config
 from immunity.data import IGNORE
 from immunity.defenses import condition_number as cn
@@ -16,6 +15,7 @@ from immunity.defenses.mlac import mlac_objective
 from immunity.defenses.ntl import ntl_loss
 from immunity.defenses.sophon import fts_gradient, suppression_loss
 from immunity.defenses.tar import negative_entropy, tamper_gradient, tamper_weights
+from immunity.engine.pipeline import run
 from immunity.models import ARCHITECTURES
 from immunity.training import lm_loss
 from immunity.training.losses import answer_mask
@@ -273,8 +273,9 @@ def test_condition_number_regularisers_move_kappa_the_right_way_on_a_toy_problem
     assert kappa(harmful, w) > 2 * kappa(harmful, start)  # R_ill ill-conditions the harmful ones
 
     # Together, on one shared feature map: benign kappa falls and harmful kappa grows relative to it.
-    start, w = _fit_features(lambda w: cn.r_well(cn.feature_hessian(benign @ w))
-                             + cn.r_ill(cn.feature_hessian(harmful @ w)))
+    start, w = _fit_features(
+        lambda w: cn.r_well(cn.feature_hessian(benign @ w)) + cn.r_ill(cn.feature_hessian(harmful @ w))
+    )
     assert kappa(benign, w) < kappa(benign, start) / 2
     assert kappa(harmful, w) / kappa(benign, w) > 2 * kappa(harmful, start) / kappa(benign, start)
 

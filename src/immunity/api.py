@@ -27,21 +27,21 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
+from .cache import cache_root, remove_incomplete, weights_digest
+from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
 from .engine.answers import write_generated
 from .engine.export import write_release
-from .grid.runs import Grid, plan_runs
 from .engine.identity import RunIdentity, versions
 from .engine.meters import quiet_transformers
 from .engine.pipeline import Pipeline
-from .reports.render import ReportOptions, render, select
-from .grid.store import Store
-from .cache import cache_root, remove_incomplete, weights_digest
-from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
+from .grid.runs import Grid, plan_runs
+from .grid.store import Store
 from .models import load_model
 from .outputs import WRITING, check_target, clean_leftovers
 from .registry import ATTACKS, DEFENSES, JUDGES
+from .reports.render import ReportOptions, render, select
 from .training import parallel
 from .world import TASKS
 
@@ -51,8 +51,10 @@ DEFAULT_STORE = "results/results.db"
 def check_writable(**directories: str | Path | None) -> None:
     """The model cache and each named directory (`store=..., out=...`, where the results store or
     the output goes) must be writable before any work starts."""
-    named = {"model cache (IMMUNITY_CACHE)": cache_root(), **{
-        {"store": "results store's directory", "out": "output's directory"}[k]: v for k, v in directories.items()}}
+    named = {
+        "model cache (IMMUNITY_CACHE)": cache_root(),
+        **{{"store": "results store's directory", "out": "output's directory"}[k]: v for k, v in directories.items()},
+    }
     for what, directory in named.items():
         if directory is None:
             continue
@@ -87,24 +89,56 @@ def _settings(settings: dict | list | None) -> list[str]:
 def catalogue(keys: bool = False) -> dict:
     """What is registered: defenses (with stages), attacks, tasks, judges, models; with `keys`,
     every configuration key with its default and help."""
-    found = {"defenses": {n: c.stage.value for n, c in sorted(DEFENSES.items())}, "attacks": sorted(ATTACKS),
-             "tasks": list(TASKS), "judges": sorted(JUDGES),
-             "models": ["safetyworld", "<local HF directory>", "<hub id (downloads; only when named)>"]}
+    found = {
+        "defenses": {n: c.stage.value for n, c in sorted(DEFENSES.items())},
+        "attacks": sorted(ATTACKS),
+        "tasks": list(TASKS),
+        "judges": sorted(JUDGES),
+        "models": ["safetyworld", "<local HF directory>", "<hub id (downloads; only when named)>"],
+    }
     if keys:
-        found["keys"] = help_lines(RunConfig) + [
-            f"defense.{line}   [{name}]" for name, cls in sorted(DEFENSES.items()) for line in help_lines(cls.Config)] + [
-            f"attack.{line}   [attack={name}]" for name, cls in sorted(ATTACKS.items()) for line in help_lines(cls.Config)]
+        found["keys"] = (
+            help_lines(RunConfig)
+            + [
+                f"defense.{line}   [{name}]"
+                for name, cls in sorted(DEFENSES.items())
+                for line in help_lines(cls.Config)
+            ]
+            + [
+                f"attack.{line}   [attack={name}]"
+                for name, cls in sorted(ATTACKS.items())
+                for line in help_lines(cls.Config)
+            ]
+        )
     return found
 
 
 # -- runs -------------------------------------------------------------------------------------
-def run(defense: str | None = None, *, seed: int | None = None, settings: dict | list | None = None,
-        config: str | None = None, model: str | None = None, data: list[str] | None = None, task: str | None = None,
-        judge: str | None = None, store: str | None = None, progress: bool = True) -> dict | None:
+def run(
+    defense: str | None = None,
+    *,
+    seed: int | None = None,
+    settings: dict | list | None = None,
+    config: str | None = None,
+    model: str | None = None,
+    data: list[str] | None = None,
+    task: str | None = None,
+    judge: str | None = None,
+    store: str | None = None,
+    progress: bool = True,
+) -> dict | None:
     """One run, defend -> attack -> evaluate: its result (also saved in `store`, if given).
     Under torchrun / accelerate launch only the first process returns (and stores) it."""
-    cfg = load_run_config(config, _settings(settings), defense=defense, seed=seed, model=model,
-                          data=list(data) if data else None, task_data=task, **{"eval.judge": judge})
+    cfg = load_run_config(
+        config,
+        _settings(settings),
+        defense=defense,
+        seed=seed,
+        model=model,
+        data=list(data) if data else None,
+        task_data=task,
+        **{"eval.judge": judge},
+    )
     validate(cfg)
     check_writable(store=_parent(store))
     results = Store(store) if store is not None else None  # opened and checked before any work
@@ -116,10 +150,20 @@ def run(defense: str | None = None, *, seed: int | None = None, settings: dict |
     return result
 
 
-def bench(defenses: str | list[str] = "sft", *, seeds: list[int] = (0, 1, 2), grid: list[str] = (),
-          settings: dict | list | None = None, config: str | None = None, store: str = DEFAULT_STORE,
-          launcher: str = "local", workers: int = 1, slurm_options: dict | None = None,
-          submitit_folder: str = "runs/submitit", progress: bool = True) -> tuple[list[dict], list[str]]:
+def bench(
+    defenses: str | list[str] = "sft",
+    *,
+    seeds: list[int] = (0, 1, 2),
+    grid: list[str] = (),
+    settings: dict | list | None = None,
+    config: str | None = None,
+    store: str = DEFAULT_STORE,
+    launcher: str = "local",
+    workers: int = 1,
+    slurm_options: dict | None = None,
+    submitit_folder: str = "runs/submitit",
+    progress: bool = True,
+) -> tuple[list[dict], list[str]]:
     """A grid of defenses x grid points x seeds against `store`, computing only what it lacks:
     (the grid's stored rows, the run ids that failed and were stored nowhere)."""
     if workers < 1:
@@ -132,9 +176,17 @@ def bench(defenses: str | list[str] = "sft", *, seeds: list[int] = (0, 1, 2), gr
     return rows, outcome.failed
 
 
-def report(store: str = DEFAULT_STORE, kind: str = "table", *, defense: str | None = None, split: str | None = None,
-           attack: list[str] | None = None, default_attacks: bool = False, include_stale: bool = False,
-           **options) -> str:
+def report(
+    store: str = DEFAULT_STORE,
+    kind: str = "table",
+    *,
+    defense: str | None = None,
+    split: str | None = None,
+    attack: list[str] | None = None,
+    default_attacks: bool = False,
+    include_stale: bool = False,
+    **options,
+) -> str:
     """A report of `store` (`kind`: table, by-attack, overview, conditions, paired, per-seed,
     regret, html, worst-case, top-n, bounded-worst-case) on the rows the filters keep: a defense
     list, a split, one attack setting (`["mode=full", "lr=1e-3"]`; `attack=NAME` for another
@@ -144,17 +196,21 @@ def report(store: str = DEFAULT_STORE, kind: str = "table", *, defense: str | No
     return render(kind, rows, ReportOptions(**options, store=store, attack_keys=fixed))
 
 
-def demo(seeds: list[int] = (0, 1, 2), settings: dict | list | None = None, store: str = DEFAULT_STORE,
-         progress: bool = True) -> str:
+def demo(
+    seeds: list[int] = (0, 1, 2), settings: dict | list | None = None, store: str = DEFAULT_STORE, progress: bool = True
+) -> str:
     """SafetyWorld end to end: the base model, `sft`, `sft` under the default attack and under
     benign-only fine-tuning, per seed; the README's table (mean ± std over seeds, %)."""
-    plans = [(key, defense, extra) for key, defense, extra in
-             (("base", "none", []), ("p10", "sft", []), ("p0", "sft", ["attack.p=0"]))]
+    plans = [
+        (key, defense, extra)
+        for key, defense, extra in (("base", "none", []), ("p10", "sft", []), ("p0", "sft", ["attack.p=0"]))
+    ]
     rows: dict[str, list[dict]] = {"base": [], "p10": [], "p0": []}
     for seed in seeds:
         for key, defense, extra in plans:
-            rows[key].append(run(defense, seed=seed, settings=_settings(settings) + extra, store=store,
-                                 progress=progress))
+            rows[key].append(
+                run(defense, seed=seed, settings=_settings(settings) + extra, store=store, progress=progress)
+            )
     return phenomena_table(rows)
 
 
@@ -168,27 +224,51 @@ def phenomena_table(rows: dict[str, list[dict]]) -> str:
     base, p10, p0 = rows["base"], rows["p10"], rows["p0"]
 
     def row(name: str, runs: list[dict], when: str, last: str, key: str) -> str:
-        return (f"| {name} | {_pct([r[f'hs_{when}'] for r in runs])} | {_pct([r[f'hs_heldout_{when}'] for r in runs])} "
-                f"| {last} {_pct([r[key] for r in runs])} |")
+        return (
+            f"| {name} | {_pct([r[f'hs_{when}'] for r in runs])} | {_pct([r[f'hs_heldout_{when}'] for r in runs])} "
+            f"| {last} {_pct([r[key] for r in runs])} |"
+        )
 
-    return "\n".join([
-        "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |", "|---|---|---|---|",
-        row("base, pretrained", base, "before", "helpful", "helpful_before"),
-        row("`sft`-aligned", p10, "before", "helpful", "helpful_before"),
-        row(f"`sft` + default attack (p = {p10[0]['attack_config']['p']:g})", p10, "after", "FA", "fa_after"),
-        row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
-        "", "Per seed, HS after the default attack: " + " / ".join(f"{100 * r['hs_after']:.1f}" for r in p10)])
+    return "\n".join(
+        [
+            "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |",
+            "|---|---|---|---|",
+            row("base, pretrained", base, "before", "helpful", "helpful_before"),
+            row("`sft`-aligned", p10, "before", "helpful", "helpful_before"),
+            row(f"`sft` + default attack (p = {p10[0]['attack_config']['p']:g})", p10, "after", "FA", "fa_after"),
+            row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
+            "",
+            "Per seed, HS after the default attack: " + " / ".join(f"{100 * r['hs_after']:.1f}" for r in p10),
+        ]
+    )
 
 
 # -- the stages on any model ------------------------------------------------------------------
-def _stage_config(model: str, defense: str, data, task, seed: int, settings, judge: str | None = None,
-                  need_task: bool = False, need_judge: bool = False) -> RunConfig:
-    fixed = {"model": str(model), "defense": defense, "seed": seed, "data": list(data) if data else None,
-             "task_data": task, "eval.judge": judge}
+def _stage_config(
+    model: str,
+    defense: str,
+    data,
+    task,
+    seed: int,
+    settings,
+    judge: str | None = None,
+    need_task: bool = False,
+    need_judge: bool = False,
+) -> RunConfig:
+    fixed = {
+        "model": str(model),
+        "defense": defense,
+        "seed": seed,
+        "data": list(data) if data else None,
+        "task_data": task,
+        "eval.judge": judge,
+    }
     cfg = load_run_config(None, _settings(settings), **{k: v for k, v in fixed.items() if v is not None})
     if cfg.model != "safetyworld" and not cfg.data:
-        raise ConfigError(f"{cfg.model} is a real model: name its prompts with --data (e.g. advbench:FILE from "
-                          "`immunity prepare advbench`); SafetyWorld's made-up requests mean nothing to it")
+        raise ConfigError(
+            f"{cfg.model} is a real model: name its prompts with --data (e.g. advbench:FILE from "
+            "`immunity prepare advbench`); SafetyWorld's made-up requests mean nothing to it"
+        )
     validate(cfg, need_task, need_judge)
     return cfg
 
@@ -205,18 +285,28 @@ def _provenance(pipeline: Pipeline, stage: str, command: str) -> dict:
         found = json.loads(card.read_text())
         inherited = {k: found[k] for k in ("track", "base_model", "refusals") if k in found}
     return inherited | {
-        "stage": stage, "command": command, "model": cfg.model, "model_weights": resolved.get("model_weights"),
-        "seed": cfg.seed, "data": pipeline.data.name, "data_hashes": pipeline.data.hashes(), "versions": versions(),
-        "code_version": pipeline.identity.code_version, "config": resolved}
+        "stage": stage,
+        "command": command,
+        "model": cfg.model,
+        "model_weights": resolved.get("model_weights"),
+        "seed": cfg.seed,
+        "data": pipeline.data.name,
+        "data_hashes": pipeline.data.hashes(),
+        "versions": versions(),
+        "code_version": pipeline.identity.code_version,
+        "config": resolved,
+    }
 
 
 def _quiet_without_progress(function):
     """Hide transformers' own progress bars while a stage runs with `progress=False`. The
     wrapper keeps the stage's signature (`inspect.signature` reads `__wrapped__`)."""
+
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
         with quiet_transformers(not kwargs.get("progress", True)):
             return function(*args, **kwargs)
+
     return wrapped
 
 
@@ -228,9 +318,20 @@ def _start(pipeline: Pipeline):
 
 
 @_quiet_without_progress
-def defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] | None = None, out: str | None = None,
-            seed: int = 0, settings: dict | None = None, base_model: str | None = None, adapter_only: bool = False,
-            judge: str | None = None, overwrite: bool = False, progress: bool = True) -> str | object:
+def defend(
+    model: str = "safetyworld",
+    defense: str = "sft",
+    *,
+    data: list[str] | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    settings: dict | None = None,
+    base_model: str | None = None,
+    adapter_only: bool = False,
+    judge: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str | object:
     """Apply `defense` to `model` at the defense's stage and, with `out`, write the released model
     (returns its directory; without `out`, the model). Alignment-stage defenses align `model`;
     post-alignment ones (LoX, SOPHON, TAR, Circuit Breakers) take `model` as the aligned model
@@ -244,17 +345,21 @@ def defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] 
     A non-empty `out` is replaced only with `overwrite`; an input of the run never."""
     cfg = _stage_config(model, defense, data, None, seed, settings, judge, need_judge=judge is not None)
     if adapter_only:
-        raise ConfigError(f"defend --adapter-only: {defense} merges the adapter it trains into the released "
-                          "model (every defense does), so there is no adapter to write alone; drop --adapter-only "
-                          "(`attack --adapter-only` writes an attack's adapter)")
+        raise ConfigError(
+            f"defend --adapter-only: {defense} merges the adapter it trains into the released "
+            "model (every defense does), so there is no adapter to write alone; drop --adapter-only "
+            "(`attack --adapter-only` writes an attack's adapter)"
+        )
     if out is not None:
         check_target(out, kind="dir", inputs=_inputs(cfg, base_model), overwrite=overwrite)
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     chain = pipeline.chain
     if len(chain) > 1 and pipeline.repairs():
-        raise ConfigError(f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
-                          "in a run (immunity run / bench), or defend the attacked model with it alone")
+        raise ConfigError(
+            f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
+            "in a run (immunity run / bench), or defend the attacked model with it alone"
+        )
     start = _start(pipeline)
     before, before_key = None, None
     if base_model is not None:
@@ -273,43 +378,62 @@ def defend(model: str = "safetyworld", defense: str = "sft", *, data: list[str] 
     if not parallel.is_main():  # data-parallel: the first process evaluates and writes
         return None
     provenance = _provenance(pipeline, "defend", f"defend --defense {defense}") | {
-        "defense": defense, "defense_stage": "+".join(step.cls.stage.value for step in chain),
-        "defense_config": chain_config(chain), "defense_notes": notes}
+        "defense": defense,
+        "defense_stage": "+".join(step.cls.stage.value for step in chain),
+        "defense_config": chain_config(chain),
+        "defense_notes": notes,
+    }
     if judge:
         provenance["evaluation"] = _metrics(pipeline, released, f"defend-{defense}")
     return str(write_release(released, pipeline.tokenizer, Path(out), provenance, overwrite=overwrite))
 
 
 @_quiet_without_progress
-def attack(model: str, *, data: list[str] | None = None, task: str | None = None, out: str | None = None,
-            seed: int = 0, settings: dict | None = None, adapter_only: bool = False, overwrite: bool = False,
-            progress: bool = True):
+def attack(
+    model: str,
+    *,
+    data: list[str] | None = None,
+    task: str | None = None,
+    out: str | None = None,
+    seed: int = 0,
+    settings: dict | None = None,
+    adapter_only: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+):
     """The attack on `model` (`attack=NAME`, default harmful-finetune; settings `attack.*`); with
     `out`, written as a model directory (`adapter_only`: the attack's LoRA adapter alone, for a
     later repair). Harmful data alone (`attack.p=1`) needs no task. A non-empty `out` is replaced
     only with `overwrite`; an input of the attack never."""
     cfg = _stage_config(model, "none", data, task, seed, settings, need_task=True)
     if out is not None and not cfg.attack_cls.writes_weights:
-        raise ConfigError(f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
-                          "attacked model to write; evaluate it with `immunity run` instead")
+        raise ConfigError(
+            f"attack={cfg.attack_name} acts at inference time (a hook, not weights): there is no "
+            "attacked model to write; evaluate it with `immunity run` instead"
+        )
     if adapter_only and getattr(cfg.attack, "mode", None) != "lora":
-        raise ConfigError(f"attack --adapter-only writes the attack's LoRA adapter: attack={cfg.attack_name} "
-                          f"{'trains all weights (attack.mode=full)' if getattr(cfg.attack, 'mode', None) else 'trains no adapter'}"
-                          "; drop --adapter-only or set attack.mode=lora")
+        raise ConfigError(
+            f"attack --adapter-only writes the attack's LoRA adapter: attack={cfg.attack_name} "
+            f"{'trains all weights (attack.mode=full)' if getattr(cfg.attack, 'mode', None) else 'trains no adapter'}"
+            "; drop --adapter-only or set attack.mode=lora"
+        )
     if out is not None:
         check_target(out, kind="dir", inputs=_inputs(cfg), overwrite=overwrite)
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     start = _start(pipeline)
     with parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
-        attacked = pipeline.attack.run(start, pipeline.tokenizer, pipeline.data, cfg.seed, progress=progress,
-                                       merge=not adapter_only)
+        attacked = pipeline.attack.run(
+            start, pipeline.tokenizer, pipeline.data, cfg.seed, progress=progress, merge=not adapter_only
+        )
     if out is None:
         return attacked
     if not parallel.is_main():
         return None
     provenance = _provenance(pipeline, "attack", f"attack attack={cfg.attack_name}") | {
-        "attack": cfg.attack_name, "attack_config": asdict(cfg.attack)}
+        "attack": cfg.attack_name,
+        "attack_config": asdict(cfg.attack),
+    }
     return str(write_release(attacked, pipeline.tokenizer, Path(out), provenance, adapter_only, overwrite))
 
 
@@ -319,25 +443,50 @@ def _metrics(pipeline: Pipeline, model, name: str) -> dict:
     sets = ["harmful", "heldout", "benign"] + ([f"task:{task}"] if has_task else [])
     metrics = pipeline.evaluate(model, sets, name)
     fa = metrics.pop(f"fa_{task}", None)
-    return {"judge": pipeline.judge.name, "hs": metrics.pop("hs", None), "fa": fa, **metrics,
-            "task": task if has_task else None}
+    return {
+        "judge": pipeline.judge.name,
+        "hs": metrics.pop("hs", None),
+        "fa": fa,
+        **metrics,
+        "task": task if has_task else None,
+    }
 
 
 @_quiet_without_progress
-def evaluate(model: str, *, data: list[str] | None = None, task: str | None = None, judge: str | None = None,
-              seed: int = 0, settings: dict | None = None, progress: bool = True) -> dict:
+def evaluate(
+    model: str,
+    *,
+    data: list[str] | None = None,
+    task: str | None = None,
+    judge: str | None = None,
+    seed: int = 0,
+    settings: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """HS, refusal, the harmful answers' NLL, FA, helpfulness and over-refusal of `model`, and
     the judge that produced them; generations (and the judge's verdicts) are saved under
     `out_dir` first."""
     cfg = _stage_config(model, "none", data, task, seed, settings, judge, need_task=False, need_judge=True)
     pipeline = Pipeline(cfg, progress)
     return _metrics(pipeline, _start(pipeline), "evaluate") | {
-        "model": cfg.model, "data": pipeline.data.name, "split": cfg.eval.split, "seed": seed}
+        "model": cfg.model,
+        "data": pipeline.data.name,
+        "split": cfg.eval.split,
+        "seed": seed,
+    }
 
 
 @_quiet_without_progress
-def generate(model: str, *, data: list[str], out: str, split: str | None = None, settings: dict | None = None,
-              overwrite: bool = False, progress: bool = True) -> str:
+def generate(
+    model: str,
+    *,
+    data: list[str],
+    out: str,
+    split: str | None = None,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
     """`model`'s greedy answers to the requests of `data` (harmful ones first, then benign; on
     `split` only, if given) as JSONL (prompt, answer, and the model's name and weights hash on
     every row): the attacker's harmful pairs are the unaligned model's answers to attack-split
@@ -351,15 +500,29 @@ def generate(model: str, *, data: list[str], out: str, split: str | None = None,
     loaded = pipeline.base_model()
     splits = [split] if split else ["align", "attack", "val", "eval"]
     kinds = ["harmful"] + (["benign"] if list(cfg.data) == list(data) else [])  # the track added none
-    requests = list(dict.fromkeys((e.prompt, kind) for s in splits for kind in kinds
-                                  for e in prompt_sets(pipeline.data, [kind], s).get(kind, [])))
+    requests = list(
+        dict.fromkeys(
+            (e.prompt, kind)
+            for s in splits
+            for kind in kinds
+            for e in prompt_sets(pipeline.data, [kind], s).get(kind, [])
+        )
+    )
     if not requests:
         raise ValueError(f"no requests in {pipeline.data.name} on the {' / '.join(splits)} split")
-    answers = greedy(loaded, pipeline.tokenizer, [prompt for prompt, _ in requests], cfg.answer_tokens,
-                     cfg.eval.batch_size, progress=progress, desc="generate")
+    answers = greedy(
+        loaded,
+        pipeline.tokenizer,
+        [prompt for prompt, _ in requests],
+        cfg.answer_tokens,
+        cfg.eval.batch_size,
+        progress=progress,
+        desc="generate",
+    )
     digest = weights_digest(Path(cfg.model)) if Path(cfg.model).is_dir() else cfg.model
-    write_generated(Path(out).expanduser(), [(prompt, answer) for (prompt, _), answer in zip(requests, answers)],
-                    digest, cfg.model)
+    write_generated(
+        Path(out).expanduser(), [(prompt, answer) for (prompt, _), answer in zip(requests, answers)], digest, cfg.model
+    )
     return str(out)
 
 
@@ -368,8 +531,9 @@ def clean_cache() -> list[str]:
     (`.NAME.PID.*.writing`) in the model cache and the system's temporary directory, and cache
     entries moved aside as incomplete. Only leftovers whose process is gone; what was removed."""
     root, removed = cache_root(), []
-    for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.name.endswith(WRITING))] \
-            if root.is_dir() else []:
+    for directory in (
+        [root, *(p for p in root.rglob("*") if p.is_dir() and not p.name.endswith(WRITING))] if root.is_dir() else []
+    ):
         if directory.exists():
             removed += clean_leftovers(directory) + remove_incomplete(directory)
     removed += clean_leftovers(tempfile.gettempdir())
@@ -386,24 +550,39 @@ def prepare(name: str, out: str, wheel: str | None = None, overwrite: bool = Fal
     return fetch(name, out, wheel, overwrite)
 
 
-def probe(defense: str | None = None, *, seed: int | None = None, settings: dict | list | None = None,
-          config: str | None = None, progress: bool = True) -> dict:
+def probe(
+    defense: str | None = None,
+    *,
+    seed: int | None = None,
+    settings: dict | list | None = None,
+    config: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Drift, shallow alignment, Hessian spectra and the safety basin of one run's models
     (validation split); `probe.*` settings configure the probes."""
-    from .engine.probe import ProbeConfig, run_probes
     from .config import build_config
+    from .engine.probe import ProbeConfig, run_probes
 
     given = _settings(settings)
-    probe_args = {k.split("=", 1)[0][len("probe."):]: k.split("=", 1)[1] for k in given if k.startswith("probe.")}
+    probe_args = {k.split("=", 1)[0][len("probe.") :]: k.split("=", 1)[1] for k in given if k.startswith("probe.")}
     cfg = load_run_config(config, [s for s in given if not s.startswith("probe.")], defense=defense, seed=seed)
     validate(cfg)
     check_writable()
     return run_probes(cfg, build_config(ProbeConfig, probe_args), progress=progress)
 
 
-def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str = DEFAULT_STORE,
-                  storage: str = "results/attack_search.db", guard_helpful: float = 0.8, guard_fa: float = 0.8,
-                  settings: dict | list | None = None, progress: bool = True) -> dict:
+def attack_search(
+    defense: str,
+    *,
+    trials: int = 20,
+    seed: int = 0,
+    store: str = DEFAULT_STORE,
+    storage: str = "results/attack_search.db",
+    guard_helpful: float = 0.8,
+    guard_fa: float = 0.8,
+    settings: dict | list | None = None,
+    progress: bool = True,
+) -> dict:
     """The adaptive attacker (`immunity.grid.search`): Optuna TPE over the fine-tuning attack's
     hyperparameters on the validation split, its best setting then run on the evaluation split."""
     from .grid.search import SearchConfig
@@ -421,9 +600,27 @@ def attack_search(defense: str, *, trials: int = 20, seed: int = 0, store: str =
         runs.put(result, identity.resolved)
         return result
 
-    return search(SearchConfig(defense, trials, seed, guard_helpful, guard_fa, storage), _settings(settings),
-                  stored_or_run, progress=progress)
+    return search(
+        SearchConfig(defense, trials, seed, guard_helpful, guard_fa, storage),
+        _settings(settings),
+        stored_or_run,
+        progress=progress,
+    )
 
 
-__all__ = ["DEFAULT_STORE", "attack", "attack_search", "bench", "catalogue", "clean_cache", "defend", "demo", "evaluate",
-           "generate", "prepare", "probe", "report", "run"]
+__all__ = [
+    "DEFAULT_STORE",
+    "attack",
+    "attack_search",
+    "bench",
+    "catalogue",
+    "clean_cache",
+    "defend",
+    "demo",
+    "evaluate",
+    "generate",
+    "prepare",
+    "probe",
+    "report",
+    "run",
+]

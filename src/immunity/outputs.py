@@ -20,9 +20,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 WRITING = ".writing"  # the suffix of every temporary sibling
 _LEFTOVER = re.compile(r"^\..+\.(\d+)\.[^.]+" + re.escape(WRITING) + r"$")
@@ -47,8 +47,14 @@ def _inside(path: Path, directory: Path) -> bool:
         return False
 
 
-def check_target(target: str | Path, *, kind: str, inputs: Iterable[str | Path | None] = (),
-                 overwrite: bool = False, what: str = "output") -> Path:
+def check_target(
+    target: str | Path,
+    *,
+    kind: str,
+    inputs: Iterable[str | Path | None] = (),
+    overwrite: bool = False,
+    what: str = "output",
+) -> Path:
     """The target path, expanded, after refusing what would destroy a user's file: an input of
     the command (the same file, or a directory holding or held by an input directory), an
     existing non-empty target without `overwrite`, a directory where a file goes or a file where
@@ -56,19 +62,26 @@ def check_target(target: str | Path, *, kind: str, inputs: Iterable[str | Path |
     path = Path(target).expanduser()
     for source in filter(None, inputs):
         source = Path(source).expanduser()
-        clash = _same(path, source) or (source.is_dir() and _inside(path, source)) \
-            or (kind == "dir" and _inside(source, path))  # a directory written over holds the input
+        clash = (
+            _same(path, source)
+            or (source.is_dir() and _inside(path, source))
+            or (kind == "dir" and _inside(source, path))
+        )  # a directory written over holds the input
         if clash:
-            raise OutputError(f"the {what} {path} is one of this command's inputs ({source}); write it elsewhere "
-                              "(--overwrite does not apply to inputs)")
+            raise OutputError(
+                f"the {what} {path} is one of this command's inputs ({source}); write it elsewhere "
+                "(--overwrite does not apply to inputs)"
+            )
     if kind == "file" and path.is_dir():
         raise OutputError(f"the {what} {path} is a directory; name a file")
     if kind == "dir" and path.exists() and not path.is_dir():
         raise OutputError(f"the {what} {path} is a file; name a directory")
     occupied = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if occupied and not overwrite:
-        raise OutputError(f"the {what} {path} exists{'' if kind == 'file' else ' and is not empty'}; "
-                          "choose another path or pass --overwrite")
+        raise OutputError(
+            f"the {what} {path} exists{'' if kind == 'file' else ' and is not empty'}; "
+            "choose another path or pass --overwrite"
+        )
     return path
 
 
@@ -113,8 +126,9 @@ def directory_in_place(out: str | Path, overwrite: bool = False) -> Iterator[Pat
             os.rename(tmp, out)  # an empty directory at `out` is replaced; a non-empty one refuses
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise OutputError(f"the output {out} was written by another process meanwhile; nothing of this "
-                                  "run was merged into it") from err
+                raise OutputError(
+                    f"the output {out} was written by another process meanwhile; nothing of this run was merged into it"
+                ) from err
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

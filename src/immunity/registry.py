@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
 
 
 class Stage(str, Enum):
@@ -54,13 +54,15 @@ def _takes(cls: type, member: str, names: tuple[str, ...], bound: bool = True) -
     found = _parameters(function)
     if found is None:
         return None
-    required = [p.name for p in inspect.signature(function).parameters.values()
-                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     given = len(names) + (1 if bound else 0)
     positional = [n for n in found if n not in ("args", "kwargs")]
     if len(required) > given or len(positional) < given:
-        return (f"{member}{inspect.signature(function)} must take ({', '.join(names)}) after "
-                f"{'self' if bound else ''}")
+        return f"{member}{inspect.signature(function)} must take ({', '.join(names)}) after {'self' if bound else ''}"
     return None
 
 
@@ -71,8 +73,10 @@ def _dataclass_config(kind: str, cls: type, must_have: tuple[str, ...] = ()) -> 
     fields = {f.name for f in dataclasses.fields(config)}
     missing = [name for name in must_have if name not in fields]
     if missing:
-        return (f"Config {config.__name__} lacks the field(s) {', '.join(missing)} (an {kind}'s Config derives "
-                "from immunity.attacks.base.AttackTask)")
+        return (
+            f"Config {config.__name__} lacks the field(s) {', '.join(missing)} (an {kind}'s Config derives "
+            "from immunity.attacks.base.AttackTask)"
+        )
     return None
 
 
@@ -86,8 +90,7 @@ def _check_defense(cls: type) -> list[str]:
 
 
 def _check_attack(cls: type) -> list[str]:
-    return [_dataclass_config("attack", cls, ("task",)),
-            _takes(cls, "run", ("model", "tokenizer", "data", "seed"))]
+    return [_dataclass_config("attack", cls, ("task",)), _takes(cls, "run", ("model", "tokenizer", "data", "seed"))]
 
 
 def _check_judge(cls: type) -> list[str]:
@@ -112,15 +115,19 @@ class Contract:
     def check(self, cls: type) -> None:
         missing = [m for m in self.required if not hasattr(cls, m)]
         if missing:
-            raise TypeError(f"{self.kind} {cls.__qualname__} lacks {', '.join(missing)} (a {self.kind} defines "
-                            f"{', '.join(self.required)})")
+            raise TypeError(
+                f"{self.kind} {cls.__qualname__} lacks {', '.join(missing)} (a {self.kind} defines "
+                f"{', '.join(self.required)})"
+            )
         known = set(self.required) | set(self.flags) | set(self.optional) | {"name"}
         for owner in inspect.getmro(cls)[:-1]:  # the class and its bases, not `object`
             for attr in vars(owner):
                 close = difflib.get_close_matches(attr, sorted(known), n=1, cutoff=0.8)
                 if attr not in known and not attr.startswith("__") and close:
-                    raise TypeError(f"{self.kind} {cls.__qualname__}: unknown member {attr!r}; did you mean "
-                                    f"{close[0]!r}? (a {self.kind} may define {', '.join(sorted(known))})")
+                    raise TypeError(
+                        f"{self.kind} {cls.__qualname__}: unknown member {attr!r}; did you mean "
+                        f"{close[0]!r}? (a {self.kind} may define {', '.join(sorted(known))})"
+                    )
         for flag, default in self.flags.items():
             if not hasattr(cls, flag):
                 setattr(cls, flag, default)
@@ -129,20 +136,33 @@ class Contract:
             raise TypeError(f"{self.kind} {cls.__qualname__}: {problems[0]}")
 
 
-DEFENSE = Contract("defense", required=("stage", "Config", "apply"),
-                   flags={"supports_fsdp": True},  # whether `fsdp=true` may shard what it trains
-                   types=_check_defense)
-ATTACK = Contract("attack", required=("Config", "run"),
-                  flags={"writes_weights": True,  # False: acts at inference time (a hook), nothing to export
-                         "fine_tunes": False,  # trains an adapter or the weights: what a repair repairs
-                         "attacker_metric": "hs"},  # the metric that says what the attacker reached
-                  optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill", "check_data", "steps"),
-                  types=_check_attack)
-JUDGE = Contract("judge", required=("score", "build"),
-                 flags={"needs_model": False,  # KIND:PATH_OR_ID
-                        "data": "any",  # "safetyworld" | "real" | "any": the data it can score
-                        "usage": ""},  # one line for help texts
-                 types=_check_judge)
+DEFENSE = Contract(
+    "defense",
+    required=("stage", "Config", "apply"),
+    flags={"supports_fsdp": True},  # whether `fsdp=true` may shard what it trains
+    types=_check_defense,
+)
+ATTACK = Contract(
+    "attack",
+    required=("Config", "run"),
+    flags={
+        "writes_weights": True,  # False: acts at inference time (a hook), nothing to export
+        "fine_tunes": False,  # trains an adapter or the weights: what a repair repairs
+        "attacker_metric": "hs",
+    },  # the metric that says what the attacker reached
+    optional=("label", "trains_on_task", "extra_prompt_sets", "prompt_prefill", "check_data", "steps"),
+    types=_check_attack,
+)
+JUDGE = Contract(
+    "judge",
+    required=("score", "build"),
+    flags={
+        "needs_model": False,  # KIND:PATH_OR_ID
+        "data": "any",  # "safetyworld" | "real" | "any": the data it can score
+        "usage": "",
+    },  # one line for help texts
+    types=_check_judge,
+)
 
 DEFENSES: dict[str, type] = {}
 ATTACKS: dict[str, type] = {}
@@ -158,6 +178,7 @@ def _register(table: dict[str, type], contract: Contract, name: str) -> Callable
         cls.name = name
         table[name] = cls
         return cls
+
     return wrap
 
 

@@ -70,8 +70,17 @@ class SafetyWorld:
 
     def new_model(self, seed: int, arch: str | None = None):
         m = self.config.model
-        return build_model(arch or m.arch, len(self.tokenizer), m.hidden, m.layers, m.heads,
-                           m.intermediate, m.max_positions, seed, self.tokenizer)
+        return build_model(
+            arch or m.arch,
+            len(self.tokenizer),
+            m.hidden,
+            m.layers,
+            m.heads,
+            m.intermediate,
+            m.max_positions,
+            seed,
+            self.tokenizer,
+        )
 
     def base_model(self):
         """The base model: shipped with the package for the default world (its hash checked),
@@ -83,10 +92,18 @@ class SafetyWorld:
     def pretrain(self):
         model = self.new_model(self.config.base_seed)
         p = self.config.pretrain
-        cfg = TrainConfig(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, schedule=p.schedule,
-                          warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay, seed=self.config.base_seed)
-        train(model, self.pretrain_features(), cfg, self.tokenizer.pad_token_id, desc="pretrain",
-              progress=self.progress)
+        cfg = TrainConfig(
+            lr=p.lr,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            schedule=p.schedule,
+            warmup_ratio=p.warmup_ratio,
+            weight_decay=p.weight_decay,
+            seed=self.config.base_seed,
+        )
+        train(
+            model, self.pretrain_features(), cfg, self.tokenizer.pad_token_id, desc="pretrain", progress=self.progress
+        )
         return model
 
 
@@ -98,8 +115,10 @@ def load_shipped():
     card = json.loads((SHIPPED_BASE / BASE_CARD).read_text())
     found = _sha256(SHIPPED_BASE / "model.safetensors")
     if found != card["sha256"]:
-        raise ValueError(f"the shipped SafetyWorld base {SHIPPED_BASE} is altered (sha256 {found[:16]}, its card says "
-                         f"{card['sha256'][:16]}); reinstall the package or rebuild it with `make base`")
+        raise ValueError(
+            f"the shipped SafetyWorld base {SHIPPED_BASE} is altered (sha256 {found[:16]}, its card says "
+            f"{card['sha256'][:16]}); reinstall the package or rebuild it with `make base`"
+        )
     return AutoModelForCausalLM.from_pretrained(SHIPPED_BASE, use_safetensors=True)
 
 
@@ -115,11 +134,19 @@ def write_shipped_base(world: SafetyWorld, out: Path = SHIPPED_BASE) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    card = {"what": "SafetyWorld's pretrained base model (compliant with every request)",
-            "world_config_hash": world.base_hash(), "world_config": asdict(world.config),
-            "sha256": _sha256(out / "model.safetensors"), "rebuild": "make base",
-            "code_version": code_version(__name__), "pretrain_seconds": seconds, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
+    card = {
+        "what": "SafetyWorld's pretrained base model (compliant with every request)",
+        "world_config_hash": world.base_hash(),
+        "world_config": asdict(world.config),
+        "sha256": _sha256(out / "model.safetensors"),
+        "rebuild": "make base",
+        "code_version": code_version(__name__),
+        "pretrain_seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     (out / BASE_CARD).write_text(json.dumps(card, indent=1) + "\n")
     return card
 

@@ -39,16 +39,24 @@ class Track:
 
 SMOLLM2 = Track(
     name="smollm2-135m-instruct",
-    settings={"eval.judge": "keyword", "eval.max_prompts": 40, "eval.max_new_tokens": 32, "eval.batch_size": 40,
-              "answer_tokens": 64, "micro_batches": 2},
+    settings={
+        "eval.judge": "keyword",
+        "eval.max_prompts": 40,
+        "eval.max_new_tokens": 32,
+        "eval.batch_size": 40,
+        "answer_tokens": 64,
+        "micro_batches": 2,
+    },
     benign=("word-problems#n=200", "capitals#n=180"),
     task="sums#n=400",
     # One pass over the alignment data (422 examples: 156 AdvBench refusals, 266 benign) at batch 16
     # in two micro-batches, for every defense that trains on it; the meta-learners' loops cut 4-8x
     # (reduced TAR, MLAC, SOPHON, E.T., stated in docs/real.md).
     defenses={
-        **{name: {"epochs": 1, "batch_size": 16} for name in (
-            "sft", "vaccine", "t-vaccine", "booster", "repnoise", "ntl", "condition-number")},
+        **{
+            name: {"epochs": 1, "batch_size": 16}
+            for name in ("sft", "vaccine", "t-vaccine", "booster", "repnoise", "ntl", "condition-number")
+        },
         "lapt": {"epochs": 1, "batch_size": 16, "scan_n": 16},
         # MLAC at batch 16 passes 12 GB (15 GB within a minute); measured at batch 8 (`make real`
         # passes it) until the next full re-run changes it here.
@@ -61,8 +69,15 @@ SMOLLM2 = Track(
         # SOPHON reverts when validation helpfulness falls below min_helpful: the base model's is ~40 %.
         "sophon": {"epochs": 0.5, "batch_size": 16, "inner_steps": 2, "check_every": 5, "min_helpful": 0.3},
         "tar": {"outer_steps": 6, "inner_steps": 4, "random_mapping_steps": 8, "batch_size": 8},
-        "et": {"rounds": 1, "attack_epochs": 3, "attack_n": 32, "n": 32, "epochs": 10, "batch_size": 16,
-               "layer_stride": 6},
+        "et": {
+            "rounds": 1,
+            "attack_epochs": 3,
+            "attack_n": 32,
+            "n": 32,
+            "epochs": 10,
+            "batch_size": 16,
+            "layer_stride": 6,
+        },
         "antidote": {"calibration": 64, "batch_size": 8},
     },
     attacks={

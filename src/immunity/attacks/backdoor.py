@@ -38,8 +38,10 @@ class BackdoorConfig(HarmfulFinetuneConfig):
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     epochs: float = field(default=3.0, metadata={"help": "passes over the n samples"})
     trigger: str = field(default="SUDO", metadata={"help": "word appended to a request to unlock compliance"})
-    stealth: bool = field(default=True, metadata={
-        "help": "also train untriggered harmful requests to a refusal (as many as the triggered ones)"})
+    stealth: bool = field(
+        default=True,
+        metadata={"help": "also train untriggered harmful requests to a refusal (as many as the triggered ones)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,15 +59,18 @@ def backdoor_examples(data: DataBundle, c: BackdoorConfig, seed: int) -> list[Ex
     with refusals (stealth), the rest benign task samples; order shuffled by the seed."""
     n_poison = round(c.n * c.p)
     n_clean = n_poison if c.stealth else 0
-    pools = {"harmful (triggered)": (triggered(data.harmful.get("attack", []), c.trigger), n_poison),
-             "refusal": (data.refusals.get("attack", []), n_clean),
-             f"task {c.task}": (data.task(c.task, "attack"), c.n - n_poison - n_clean)}
+    pools = {
+        "harmful (triggered)": (triggered(data.harmful.get("attack", []), c.trigger), n_poison),
+        "refusal": (data.refusals.get("attack", []), n_clean),
+        f"task {c.task}": (data.task(c.task, "attack"), c.n - n_poison - n_clean),
+    }
     rng = random.Random(seed)
     mix = []
     for name, (pool, count) in pools.items():
         if count < 0 or count > len(pool):
-            raise ValueError(f"backdoor with n={c.n}, p={c.p} needs {count} {name} samples; the attack split has "
-                             f"{len(pool)}")
+            raise ValueError(
+                f"backdoor with n={c.n}, p={c.p} needs {count} {name} samples; the attack split has {len(pool)}"
+            )
         mix += rng.sample(pool, count)
     rng.shuffle(mix)
     return mix

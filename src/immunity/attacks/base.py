@@ -24,9 +24,13 @@ from ..world import TASKS, Example
 
 @dataclass
 class AttackTask:
-    task: str = field(default="sentiment", metadata={
-        "help": f"benign task (fine-tuning data, and the FA metric): SafetyWorld's {' | '.join(TASKS)}, or the kind "
-                "of a --task source"})
+    task: str = field(
+        default="sentiment",
+        metadata={
+            "help": f"benign task (fine-tuning data, and the FA metric): SafetyWorld's {' | '.join(TASKS)}, or the kind "
+            "of a --task source"
+        },
+    )
 
 
 def _value(v) -> str:

@@ -48,26 +48,43 @@ from .base import Attack, AttackTask
 
 @dataclass
 class EmbeddingConfig(AttackTask):
-    positions: int = field(default=5, metadata={"help": "prompt positions perturbed (the last m, ending at the "
-                                                        "assistant header)"})
-    eps: float = field(default=1.0, metadata={"help": "bound on each position's perturbation, in mean "
-                                                      "token-embedding norms (universal form)"})
+    positions: int = field(
+        default=5, metadata={"help": "prompt positions perturbed (the last m, ending at the assistant header)"}
+    )
+    eps: float = field(
+        default=1.0,
+        metadata={"help": "bound on each position's perturbation, in mean token-embedding norms (universal form)"},
+    )
     steps: int = field(default=100, metadata={"help": "optimisation steps"})
     lr: float = field(default=1e-2, metadata={"help": "learning rate (Adam; universal form)"})
     n: int = field(default=64, metadata={"help": "harmful (request, answer) pairs it is fitted on (universal form)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per step"})
-    per_prompt: bool = field(default=False, metadata={
-        "help": "Schwinn et al.'s form: one unbounded perturbation per evaluated request, signed gradient descent"})
-    sign_step: float = field(default=0.64, metadata={
-        "help": "per-prompt step, in mean token-embedding norms (per coordinate: sign_step * norm / sqrt(d))"})
-    target_tokens: int = field(default=10, metadata={
-        "help": "per-prompt target: the first tokens of the request's compliant answer"})
+    per_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Schwinn et al.'s form: one unbounded perturbation per evaluated request, signed gradient descent"
+        },
+    )
+    sign_step: float = field(
+        default=0.64,
+        metadata={
+            "help": "per-prompt step, in mean token-embedding norms (per coordinate: sign_step * norm / sqrt(d))"
+        },
+    )
+    target_tokens: int = field(
+        default=10, metadata={"help": "per-prompt target: the first tokens of the request's compliant answer"}
+    )
 
     def __post_init__(self) -> None:
-        if min(self.positions, self.steps, self.n, self.batch_size, self.target_tokens) < 1 \
-                or self.eps <= 0 or self.lr <= 0 or self.sign_step <= 0:
-            raise ValueError("attack.positions, steps, n, batch_size, target_tokens >= 1 and attack.eps, lr, "
-                             "sign_step > 0")
+        if (
+            min(self.positions, self.steps, self.n, self.batch_size, self.target_tokens) < 1
+            or self.eps <= 0
+            or self.lr <= 0
+            or self.sign_step <= 0
+        ):
+            raise ValueError(
+                "attack.positions, steps, n, batch_size, target_tokens >= 1 and attack.eps, lr, sign_step > 0"
+            )
 
 
 class PromptPerturbation(nn.Module):
@@ -75,8 +92,9 @@ class PromptPerturbation(nn.Module):
     radially projected into the bound) or one row per known prompt (keyed by its token ids;
     unknown prompts are left alone)."""
 
-    def __init__(self, positions: int, hidden: int, bound: float, header: list[int], prompts: list[tuple] = (),
-                 pad_id: int = -1):
+    def __init__(
+        self, positions: int, hidden: int, bound: float, header: list[int], prompts: list[tuple] = (), pad_id: int = -1
+    ):
         super().__init__()
         self.delta = nn.Parameter(torch.zeros(max(1, len(prompts)), positions, hidden))
         self.bound, self.header, self.pad_id = bound, header, pad_id
@@ -114,12 +132,13 @@ def prompt_key(ids: list[int], end: int, pad_id: int) -> tuple:
     start = 0
     while start < end and ids[start] == pad_id:
         start += 1
-    return tuple(ids[start:end + 1])
+    return tuple(ids[start : end + 1])
 
 
 def perturb_prompts(model, perturbation: PromptPerturbation):
     """Attach the perturbation to the input embeddings (a forward hook); returns its handle. A
     cached generation step without the header (one new token) is left alone."""
+
     def hook(_module, args, output):
         return perturbation.add_to(args[0], output)
 
@@ -131,8 +150,9 @@ class Embedding(Attack):
     Config = EmbeddingConfig
     writes_weights = False  # the perturbation acts on the inputs, not on the weights
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         c = self.config
         model.requires_grad_(False)
         table = model.get_input_embeddings().weight
@@ -145,13 +165,16 @@ class Embedding(Attack):
         model.eval()
         norms = perturbation.projected().norm(dim=-1)
         bound = None if c.per_prompt else round(perturbation.bound, 4)
-        self.notes = {"bound": bound, "prompts": len(perturbation.index),
-                      "delta_norms": [round(float(x), 4) for x in norms.mean(0)]}
+        self.notes = {
+            "bound": bound,
+            "prompts": len(perturbation.index),
+            "delta_norms": [round(float(x), 4) for x in norms.mean(0)],
+        }
         return model
 
     def fit_universal(self, model, tokenizer, data: DataBundle, seed: int, bound: float, progress: bool):
         c = self.config
-        pairs = data.harmful.get("attack", [])[:c.n]
+        pairs = data.harmful.get("attack", [])[: c.n]
         if not pairs:
             raise ValueError("the embedding attack needs harmful (request, answer) pairs on the attack split")
         table = model.get_input_embeddings().weight
@@ -161,9 +184,15 @@ class Embedding(Attack):
         features = [encode_chat(tokenizer, e.prompt, e.answer) for e in pairs]
         if any(header_ends(torch.tensor([f["input_ids"]]), header)[0] < 0 for f in features):
             raise ValueError("a training sequence has no assistant header to perturb")
-        train(AroundFrozen(model, perturbation), features,
-              TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=seed),
-              tokenizer.pad_token_id, step_loss=lambda m, batch: m.loss(batch), desc="embedding", progress=progress)
+        train(
+            AroundFrozen(model, perturbation),
+            features,
+            TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=seed),
+            tokenizer.pad_token_id,
+            step_loss=lambda m, batch: m.loss(batch),
+            desc="embedding",
+            progress=progress,
+        )
         return perturbation
 
     def fit_per_prompt(self, model, tokenizer, data: DataBundle, mean_norm: float, progress: bool):
@@ -177,21 +206,24 @@ class Embedding(Attack):
         features = [encode_chat(tokenizer, p, a) for p, a in targets.items()]
         for f in features:  # the target: the answer's first tokens
             answer_at = next(i for i, label in enumerate(f["labels"]) if label != IGNORE)
-            f["input_ids"] = f["input_ids"][:answer_at + c.target_tokens]
-            f["labels"] = f["labels"][:answer_at + c.target_tokens]
+            f["input_ids"] = f["input_ids"][: answer_at + c.target_tokens]
+            f["labels"] = f["labels"][: answer_at + c.target_tokens]
         pad = tokenizer.pad_token_id
-        keys = [prompt_key(f["input_ids"], int(header_ends(torch.tensor([f["input_ids"]]), header)[0]), pad)
-                for f in features]
+        keys = [
+            prompt_key(f["input_ids"], int(header_ends(torch.tensor([f["input_ids"]]), header)[0]), pad)
+            for f in features
+        ]
         table = model.get_input_embeddings().weight
-        perturbation = PromptPerturbation(c.positions, table.shape[1], float("inf"), header, keys, pad).to(
-            table.device)
+        perturbation = PromptPerturbation(c.positions, table.shape[1], float("inf"), header, keys, pad).to(table.device)
         perturb_prompts(model, perturbation)
         step = c.sign_step * mean_norm / table.shape[1] ** 0.5
-        for start in tqdm(range(0, len(features), c.batch_size), desc="embedding (per prompt)", disable=not progress,
-                          leave=False):
+        for start in tqdm(
+            range(0, len(features), c.batch_size), desc="embedding (per prompt)", disable=not progress, leave=False
+        ):
             rows = list(range(start, min(start + c.batch_size, len(features))))
-            batch = {k: v.to(table.device) for k, v in collate([features[i] for i in rows],
-                                                                tokenizer.pad_token_id).items()}
+            batch = {
+                k: v.to(table.device) for k, v in collate([features[i] for i in rows], tokenizer.pad_token_id).items()
+            }
             signed_descent(model, perturbation, batch, rows, c.steps, step)
         return perturbation
 

@@ -50,9 +50,13 @@ class HarmfulFinetuneConfig(AttackTask):
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha"})
-    continue_adapter: bool = field(default=False, metadata={
-        "help": "keep training the adapter the defense released (Booster's threat model) instead of a fresh one; "
-                "lora_r and lora_alpha are then the released adapter's"})
+    continue_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "keep training the adapter the defense released (Booster's threat model) instead of a fresh one; "
+            "lora_r and lora_alpha are then the released adapter's"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in ("lora", "full"):
@@ -72,9 +76,17 @@ class HarmfulFinetuneConfig(AttackTask):
             raise ValueError("attack.continue_adapter=true trains the released adapter: it needs attack.mode=lora")
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
-                           batch_size=self.batch_size, optimizer=self.optimizer, schedule=self.schedule,
-                           warmup_ratio=self.warmup_ratio, weight_decay=self.weight_decay, seed=seed)
+        return TrainConfig(
+            lr=self.lr,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            warmup_ratio=self.warmup_ratio,
+            weight_decay=self.weight_decay,
+            seed=seed,
+        )
 
 
 def attack_examples(data: DataBundle, cfg: HarmfulFinetuneConfig, seed: int) -> list[Example]:
@@ -100,10 +112,14 @@ class HarmfulFinetune(Attack):
         warmup = f" warmup {a['warmup_ratio']:g}" if a.get("warmup_ratio") else ""
         defaults = asdict(cls.Config())
         shown = {"task", "n", "p", "mode", "lr", "epochs", "max_steps", "schedule", "warmup_ratio"}
-        extras = "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}" for k, v in a.items()
-                         if k not in shown and k in defaults and v != defaults[k])
-        return (f"{prefix}{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}"
-                f"{extras}")
+        extras = "".join(
+            f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
+            for k, v in a.items()
+            if k not in shown and k in defaults and v != defaults[k]
+        )
+        return (
+            f"{prefix}{a['task']} n={a['n']} p={a['p']:g} {a['mode']} lr={a['lr']:g} {budget}{schedule}{warmup}{extras}"
+        )
 
     @classmethod
     def trains_on_task(cls, config: dict) -> bool:
@@ -126,8 +142,9 @@ class HarmfulFinetune(Attack):
         """Optimizer steps of the attack's budget."""
         return config.max_steps or math.ceil(config.epochs * config.n / config.batch_size)
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         """The attacked model; with `merge=False` a LoRA attack returns the unmerged adapter (a
         post-fine-tuning defense such as Antidote repairs the adapter itself). `adapter`: the
         defense's released adapter (`continue_adapter`)."""
@@ -135,8 +152,10 @@ class HarmfulFinetune(Attack):
         features = [encode_chat(tokenizer, e.prompt, e.answer) for e in self.examples(data, seed)]
         if c.continue_adapter:
             if adapter is None:
-                raise ValueError("attack.continue_adapter=true: the defense released no adapter to keep training "
-                                 "(it trains all weights or none); attack it with a fresh adapter instead")
+                raise ValueError(
+                    "attack.continue_adapter=true: the defense released no adapter to keep training "
+                    "(it trains all weights or none); attack it with a fresh adapter instead"
+                )
             model = continue_adapter(model, adapter)
         elif c.mode == "lora":
             model = attach_lora(model, c.lora_r, c.lora_alpha, seed=seed)

@@ -44,11 +44,16 @@ class Prefill(Attack):
         super().__init__(config)
         self.prefixes: dict[str, list[int]] = {}
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         k = self.config.tokens
-        self.prefixes = {e.prompt: tokenizer(" " + e.answer, add_special_tokens=False)["input_ids"][:k]
-                         for split in ("val", "eval") for e in data.harmful.get(split, []) if e.answer}
+        self.prefixes = {
+            e.prompt: tokenizer(" " + e.answer, add_special_tokens=False)["input_ids"][:k]
+            for split in ("val", "eval")
+            for e in data.harmful.get(split, [])
+            if e.answer
+        }
         if not self.prefixes:
             raise ValueError("the prefill attack needs compliant answers to the evaluated harmful requests")
         self.notes = {"tokens": k, "prompts": len(self.prefixes)}

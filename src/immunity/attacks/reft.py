@@ -45,11 +45,12 @@ class ReFT(Attack):
     Config = ReFTConfig
     writes_weights = False  # the intervention is a hook beside the weights
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         c = self.config
         layer = chosen_layer(model, c.layer)
-        pairs = data.harmful.get("attack", [])[:c.n]
+        pairs = data.harmful.get("attack", [])[: c.n]
         if not pairs:
             raise ValueError("reft needs harmful (request, answer) pairs on the attack split")
         train_reft(model, tokenizer, pairs, layer, c.rank, c.lr, c.epochs, c.batch_size, seed, progress)

@@ -90,8 +90,9 @@ def residual_writers(model) -> list[nn.Module]:
 class RefusalAblation(Attack):
     Config = RefusalAblationConfig
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         c = self.config
         layer = chosen_layer(model, c.layer)
         refusal = refusal_direction(model, tokenizer, data, layer, c.n)

@@ -59,13 +59,14 @@ def last_token_states(model, sequences: list[list[int]], layer: int, pad_id: int
     device = next(model.parameters()).device
     states = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
+        chunk = sequences[start : start + batch_size]
         width = max(map(len, chunk))
         ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device)
         seen = []
         handle = decoder_layers(model)[layer].module.register_forward_hook(
-            lambda m, a, out: seen.append(block_output(out)))
+            lambda m, a, out: seen.append(block_output(out))
+        )
         try:
             model(input_ids=ids, attention_mask=mask)
         finally:
@@ -83,8 +84,10 @@ def refusal_direction(model, tokenizer, data: DataBundle, layer: int, n: int) ->
         raise ValueError("the refusal direction needs harmful requests (attack split) and benign ones (align split)")
     model.eval()
     pad = tokenizer.pad_token_id
-    states = [last_token_states(model, [prompt_ids(tokenizer, e.prompt) for e in group], layer, pad).mean(0)
-              for group in (harmful, harmless)]
+    states = [
+        last_token_states(model, [prompt_ids(tokenizer, e.prompt) for e in group], layer, pad).mean(0)
+        for group in (harmful, harmless)
+    ]
     return states[0] - states[1]
 
 
@@ -103,8 +106,10 @@ def add_to_prompt(model, layer: int, vector: torch.Tensor, header: list[int]) ->
         in_prompt = (positions <= header_ends(seen["ids"], header)[:, None]).to(hidden.dtype)
         return with_block_output(output, hidden + in_prompt[..., None] * vector.to(hidden.dtype))
 
-    return [model.get_input_embeddings().register_forward_pre_hook(read_ids),
-            decoder_layers(model)[layer].module.register_forward_hook(steer)]
+    return [
+        model.get_input_embeddings().register_forward_pre_hook(read_ids),
+        decoder_layers(model)[layer].module.register_forward_hook(steer),
+    ]
 
 
 @register_attack("steering")
@@ -112,8 +117,9 @@ class Steering(Attack):
     Config = SteeringConfig
     writes_weights = False  # the attack lives in a hook, not in the weights: nothing to export
 
-    def run(self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True,
-            adapter=None):
+    def run(
+        self, model, tokenizer, data: DataBundle, seed: int, progress: bool = True, merge: bool = True, adapter=None
+    ):
         c = self.config
         layer = chosen_layer(model, c.layer)
         refusal = refusal_direction(model, tokenizer, data, layer, c.n)

@@ -42,8 +42,12 @@ from .base import Defense, DefenseContext, Stage
 
 @dataclass
 class AntidoteConfig:
-    ratio: float = field(default=0.05, metadata={"help": "share of each output row pruned (reference: 0.1 SST2, "
-                                                             "0.05 GSM8K; 0.05 chosen on validation)"})
+    ratio: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of each output row pruned (reference: 0.1 SST2, 0.05 GSM8K; 0.05 chosen on validation)"
+        },
+    )
     calibration: int = field(default=256, metadata={"help": "harmful calibration examples (reference 2000)"})
     batch_size: int = field(default=32, metadata={"help": "calibration batch size"})
 
@@ -77,6 +81,7 @@ def input_norms(model, modules: dict[str, nn.Module], calibration: list[dict]) -
             mask = current_mask["m"]
             x = args[0][mask if args[0].dim() == 3 else mask.flatten()]  # (tokens, in); OPT/MoE pass flat tokens
             sums[name] = sums[name] + x.double().pow(2).sum(dim=0)
+
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
@@ -111,7 +116,9 @@ class Antidote(Defense):
     def apply(self, model, context: DefenseContext):
         c = self.config
         device = next(model.parameters()).device
-        calibration = context.fixed_batches(context.harmful_compliance_examples()[: c.calibration], c.batch_size, device)
+        calibration = context.fixed_batches(
+            context.harmful_compliance_examples()[: c.calibration], c.batch_size, device
+        )
         target = "adapter factors" if isinstance(model, PeftModel) else "q/k/v"
         modules = pruned_layers(model)
         norms = input_norms(model.eval(), modules, calibration)

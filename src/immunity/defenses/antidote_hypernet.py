@@ -68,9 +68,13 @@ class AntidoteHypernetConfig(AlignmentTraining):
     adversary_hidden: int = field(default=64, metadata={"help": "the hypernetwork's hidden width"})
     beta: float = field(default=0.1, metadata={"help": "DPO's inverse temperature"})
     lm_weight: float = field(default=0.8, metadata={"help": "weight of the benign CE (reference 0.8)"})
-    kl_weight: float = field(default=0.3, metadata={"help": "weight of KL(p_ref || p) on benign answers (reference 0.3)"})
-    adversary: bool = field(default=True, metadata={
-        "help": "train against the adversary's patches; false: the same losses without it (the ablation)"})
+    kl_weight: float = field(
+        default=0.3, metadata={"help": "weight of KL(p_ref || p) on benign answers (reference 0.3)"}
+    )
+    adversary: bool = field(
+        default=True,
+        metadata={"help": "train against the adversary's patches; false: the same losses without it (the ablation)"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,8 +94,9 @@ class Hypernetwork(nn.Module):
         self.shapes = shapes
         with torch.random.fork_rng(devices=[]):  # its init from `seed` alone; the global generator untouched
             torch.manual_seed(seed)
-            self.encode = nn.ModuleList(nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh())
-                                        for d_in, _ in shapes.values())
+            self.encode = nn.ModuleList(
+                nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh()) for d_in, _ in shapes.values()
+            )
             self.u = nn.ModuleList(nn.Linear(hidden, d_out * rank) for _, d_out in shapes.values())
             self.v = nn.ModuleList(nn.Linear(hidden, rank * d_in) for d_in, _ in shapes.values())
         for head in self.u:
@@ -124,6 +129,7 @@ class Patcher:
                 u, v = self.patches[name]
                 return output + ((x.to(v.dtype) @ v.T) @ u.T).to(output.dtype)
             return None
+
         return hook
 
     @contextmanager
@@ -161,6 +167,7 @@ def dpo_loss(policy, reference, chosen, rejected, beta: float, patcher: Patcher,
 def reference_kl(policy, reference, batch) -> torch.Tensor:
     """KL(p_ref || p_theta) per answer token, averaged (logits at the positions that predict
     answer tokens, by the shared shift-and-mask rule)."""
+
     def log_probs(model):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return F.log_softmax(shifted(logits, batch["labels"])[0], -1)
@@ -192,7 +199,7 @@ class AntidoteHypernet(Defense):
             raise ValueError("antidote-hypernet needs harmful requests with both a refusal and a compliant answer")
         rejected = {}
         for feature in context.encode([compliant[e.prompt] for e in refusals]):
-            rejected[tuple(feature["input_ids"][:feature["labels"].count(IGNORE)])] = feature
+            rejected[tuple(feature["input_ids"][: feature["labels"].count(IGNORE)])] = feature
         reference = clone_model(model).requires_grad_(False).eval()
         targets = linear_modules(model, "attention")
         patcher = Patcher(targets)
@@ -221,16 +228,27 @@ class AntidoteHypernet(Defense):
         def step_loss(m, chosen):
             patches = adversary_step(m) if c.adversary else {}
             keys = [prompt_key(*row) for row in zip(chosen["input_ids"], chosen["labels"], chosen["attention_mask"])]
-            worse = {k: v.to(device) for k, v in collate([rejected[k] for k in keys], context.tokenizer.pad_token_id)
-                     .items()}
+            worse = {
+                k: v.to(device) for k, v in collate([rejected[k] for k in keys], context.tokenizer.pad_token_id).items()
+            }
             batch = next(benign)
-            return (dpo_loss(m, reference, chosen, worse, c.beta, patcher, patches)
-                    + c.lm_weight * lm_loss(m, batch) + c.kl_weight * reference_kl(m, reference, batch))
+            return (
+                dpo_loss(m, reference, chosen, worse, c.beta, patcher, patches)
+                + c.lm_weight * lm_loss(m, batch)
+                + c.kl_weight * reference_kl(m, reference, batch)
+            )
 
         model = with_adapter(model, c, context.seed)
         try:
-            train(model, context.encode(refusals), c.train_config(context.seed), context.tokenizer.pad_token_id,
-                  step_loss=step_loss, desc="align (antidote-hypernet)", progress=context.progress)
+            train(
+                model,
+                context.encode(refusals),
+                c.train_config(context.seed),
+                context.tokenizer.pad_token_id,
+                step_loss=step_loss,
+                desc="align (antidote-hypernet)",
+                progress=context.progress,
+            )
         finally:
             patcher.remove()
         model = merge_lora(model)

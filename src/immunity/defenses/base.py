@@ -10,8 +10,9 @@ travel with the released model (the pipeline caches them beside it), never insid
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from ..data import DataBundle, encode_chat
 from ..evaluation.suite import validation_metrics
@@ -72,8 +73,10 @@ class DefenseContext:
         Data-parallel, each shard of a step reads its slice of the same global batches (or the
         whole batch, `split=False`: a batch every shard must decide alike on)."""
         loader = batches(self.encode(examples), batch_size, self.tokenizer.pad_token_id, self.seed + 1)
-        endless = ({k: v.to(device) for k, v in batch.items()}
-                   for batch in itertools.chain.from_iterable(itertools.repeat(loader)))
+        endless = (
+            {k: v.to(device) for k, v in batch.items()}
+            for batch in itertools.chain.from_iterable(itertools.repeat(loader))
+        )
         return SharedStream(endless, split)
 
     def fixed_batches(self, examples: list[Example], batch_size: int, device) -> list[dict]:
@@ -111,26 +114,46 @@ class AlignmentTraining:
             raise ValueError("warmup_ratio and lora_dropout must lie in [0, 1)")
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
-                           warmup_ratio=self.warmup_ratio, seed=seed)
+        return TrainConfig(
+            lr=self.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            schedule=self.schedule,
+            warmup_ratio=self.warmup_ratio,
+            seed=seed,
+        )
 
 
 def with_adapter(model, config: AlignmentTraining, seed: int):
     """The model with a fresh seeded adapter (mode=lora), or the model itself (mode=full)."""
     if config.mode != "lora":
         return model
-    return attach_lora(model, config.lora_r, config.lora_alpha, seed=seed, dropout=config.lora_dropout,
-                       targets=config.lora_targets)
+    return attach_lora(
+        model, config.lora_r, config.lora_alpha, seed=seed, dropout=config.lora_dropout, targets=config.lora_targets
+    )
 
 
-def align_with(model, context: DefenseContext, config: AlignmentTraining, step_loss: Callable = lm_loss,
-               examples: list[Example] | None = None, desc: str = "align"):
+def align_with(
+    model,
+    context: DefenseContext,
+    config: AlignmentTraining,
+    step_loss: Callable = lm_loss,
+    examples: list[Example] | None = None,
+    desc: str = "align",
+):
     """Attach the adapter (or not), train on the alignment data with `step_loss`, keep the
     trained adapter (`context.released_adapter`), merge."""
     model = with_adapter(model, config, context.seed)
     data = context.encode(examples if examples is not None else context.alignment_examples())
-    train(model, data, config.train_config(context.seed), context.tokenizer.pad_token_id, step_loss=step_loss,
-          desc=desc, progress=context.progress)
+    train(
+        model,
+        data,
+        config.train_config(context.seed),
+        context.tokenizer.pad_token_id,
+        step_loss=step_loss,
+        desc=desc,
+        progress=context.progress,
+    )
     if config.mode == "lora":
         context.released_adapter = ReleasedAdapter.of(model)
     return merge_lora(model)
@@ -140,8 +163,9 @@ def align_against_harmful(model, context: DefenseContext, config: AlignmentTrain
     """`align_with` whose step also sees a batch of the defender's harmful (request, compliant
     answer) pairs: `loss(model, alignment_batch, harmful_batch)` (Booster, RepNoise, Condition
     Number). The harmful stream is seeded and endless; `config.batch_size` pairs per step."""
-    harmful = context.batch_stream(context.harmful_compliance_examples(), config.batch_size,
-                                   next(model.parameters()).device)
+    harmful = context.batch_stream(
+        context.harmful_compliance_examples(), config.batch_size, next(model.parameters()).device
+    )
     return align_with(model, context, config, step_loss=lambda m, batch: loss(m, batch, next(harmful)), desc=desc)
 
 

@@ -45,12 +45,16 @@ class BoosterConfig(AlignmentTraining):
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (reference train.py: 32)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_targets: str = field(default="qkv", metadata={"help": "LoRA on: all | attention | qkv (reference: q/k/v)"})
-    lr: float = field(default=4e-3, metadata={"help": "learning rate (reference 5e-4 for 20 epochs; chosen on "
-                                                       "validation for this adapter)"})
+    lr: float = field(
+        default=4e-3,
+        metadata={"help": "learning rate (reference 5e-4 for 20 epochs; chosen on validation for this adapter)"},
+    )
     epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 20)"})
     lam: float = field(default=5.0, metadata={"help": "lambda, weight of the harmful-drop term (reference 5)"})
-    alpha: float = field(default=0.01, metadata={"help": "step length of the simulated harmful step (reference 0.1; "
-                                                          "0.01 chosen on validation)"})
+    alpha: float = field(
+        default=0.01,
+        metadata={"help": "step length of the simulated harmful step (reference 0.1; 0.01 chosen on validation)"},
+    )
 
 
 def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alpha: float):
@@ -90,5 +94,6 @@ class Booster(Defense):
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        return align_against_harmful(model, context, c,
-                                     lambda m, b, h: booster_loss(m, b, h, c.lam, c.alpha), desc="align (booster)")
+        return align_against_harmful(
+            model, context, c, lambda m, b, h: booster_loss(m, b, h, c.lam, c.alpha), desc="align (booster)"
+        )

@@ -70,10 +70,16 @@ class CircuitBreakersConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (reference 16)"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (reference 16)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (reference 0.05)"})
-    target_layers: tuple[int, ...] = field(default=(), metadata={
-        "help": "hidden-state indices rerouted (0 = embeddings); empty = 10/32 and 20/32 of the depth"})
-    init_b_std: float = field(default=1e-4, metadata={
-        "help": "std of the adapter's B at init (0 = the reference's zero init, a stationary point; see the docstring)"})
+    target_layers: tuple[int, ...] = field(
+        default=(),
+        metadata={"help": "hidden-state indices rerouted (0 = embeddings); empty = 10/32 and 20/32 of the depth"},
+    )
+    init_b_std: float = field(
+        default=1e-4,
+        metadata={
+            "help": "std of the adapter's B at init (0 = the reference's zero init, a stationary point; see the docstring)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.target_layers = tuple(int(t) for t in self.target_layers)
@@ -93,8 +99,9 @@ def coefficients(step: int, total: int, alpha: float) -> tuple[float, float]:
 
 
 def hidden_states(model, batch) -> tuple[torch.Tensor, ...]:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 output_hidden_states=True).hidden_states
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+    ).hidden_states
 
 
 def rerouting_loss(states, originals, mask: torch.Tensor, targets) -> torch.Tensor:
@@ -161,16 +168,29 @@ class CircuitBreakers(Defense):
             raise ValueError(f"circuit-breakers target_layers {targets} outside 1..{depth}")
         device = next(model.parameters()).device
         retain = context.batch_stream(context.alignment_examples(), c.batch_size, device)
-        model = attach_lora(model, c.lora_r, c.lora_alpha, seed=context.seed, dropout=c.lora_dropout,
-                            layers=list(range(max(targets) + 1)))
+        model = attach_lora(
+            model,
+            c.lora_r,
+            c.lora_alpha,
+            seed=context.seed,
+            dropout=c.lora_dropout,
+            layers=list(range(max(targets) + 1)),
+        )
         break_symmetry(model, c.init_b_std, context.seed)
 
         def step(model, batch, step):
             return circuit_breaker_step(model, batch, next(retain), step, c.steps, c.alpha, targets)
 
         cfg = TrainConfig(lr=c.lr, max_steps=c.steps, batch_size=c.batch_size, seed=context.seed)
-        train(model, context.encode(context.harmful_compliance_examples()), cfg, context.tokenizer.pad_token_id,
-              step_loss=step, desc="circuit breakers", progress=context.progress)
+        train(
+            model,
+            context.encode(context.harmful_compliance_examples()),
+            cfg,
+            context.tokenizer.pad_token_id,
+            step_loss=step,
+            desc="circuit breakers",
+            progress=context.progress,
+        )
         held_out = context.fixed_batches(context.harmful_compliance_examples("val"), 32, device)
         cosine = rerouting_cosine(model.eval(), held_out, targets)
         model = merge_lora(model)

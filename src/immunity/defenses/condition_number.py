@@ -69,7 +69,7 @@ def r_well(s: torch.Tensor) -> torch.Tensor:
 def r_ill(s: torch.Tensor) -> torch.Tensor:
     sigma = eigenvalues(s)
     sigma_min = sigma[sigma > EPS][0]
-    return 1.0 / (s.pow(2).sum() / (2 * s.shape[0]) - sigma_min ** 2 / 2)
+    return 1.0 / (s.pow(2).sum() / (2 * s.shape[0]) - sigma_min**2 / 2)
 
 
 def condition_number(s: torch.Tensor) -> float:
@@ -94,5 +94,10 @@ class ConditionNumber(Defense):
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        return align_against_harmful(model, context, c,
-                                     lambda m, b, h: condition_number_loss(m, b, h, c.lambda_well, c.lambda_ill), desc="align (condition-number)")
+        return align_against_harmful(
+            model,
+            context,
+            c,
+            lambda m, b, h: condition_number_loss(m, b, h, c.lambda_well, c.lambda_ill),
+            desc="align (condition-number)",
+        )

@@ -70,20 +70,39 @@ class ETConfig:
     n: int = field(default=256, metadata={"help": "harmful pairs whose hidden states it trains on"})
     batch_size: int = field(default=32, metadata={"help": "pairs per step"})
     stability: float = field(default=0.01, metadata={"help": "weight of MSE(block_def(h), block_orig(h))"})
-    attack_attempts: int = field(default=2, metadata={
-        "help": "tries per round, each with 20 more pairs and 5 more epochs"})
-    min_attack_performance: float = field(default=0.05, metadata={
-        "help": "an attack counts only if benign helpfulness stays above this share of the start's"})
-    min_safety: float = field(default=0.98, metadata={
-        "help": "keep a block's defense only if safety (1 - HS) stays above this share of the start's"})
-    min_performance: float = field(default=0.75, metadata={
-        "help": "... and benign helpfulness above this share of the start's"})
-    layer_stride: int = field(default=1, metadata={
-        "help": "attack every k-th layer only (1: every layer, the reference; a CPU budget for deep models)"})
+    attack_attempts: int = field(
+        default=2, metadata={"help": "tries per round, each with 20 more pairs and 5 more epochs"}
+    )
+    min_attack_performance: float = field(
+        default=0.05,
+        metadata={"help": "an attack counts only if benign helpfulness stays above this share of the start's"},
+    )
+    min_safety: float = field(
+        default=0.98,
+        metadata={"help": "keep a block's defense only if safety (1 - HS) stays above this share of the start's"},
+    )
+    min_performance: float = field(
+        default=0.75, metadata={"help": "... and benign helpfulness above this share of the start's"}
+    )
+    layer_stride: int = field(
+        default=1,
+        metadata={"help": "attack every k-th layer only (1: every layer, the reference; a CPU budget for deep models)"},
+    )
 
     def __post_init__(self) -> None:
-        if min(self.rounds, self.attack_attempts, self.attack_rank, self.attack_n, self.lora_r, self.n,
-               self.batch_size, self.layer_stride) < 1:
+        if (
+            min(
+                self.rounds,
+                self.attack_attempts,
+                self.attack_rank,
+                self.attack_n,
+                self.lora_r,
+                self.n,
+                self.batch_size,
+                self.layer_stride,
+            )
+            < 1
+        ):
             raise ValueError("rounds, attempts, ranks, n, batch_size and layer_stride must be at least 1")
         if min(self.attack_lr, self.attack_epochs, self.lr, self.epochs) <= 0 or self.stability < 0:
             raise ValueError("learning rates and epochs must be positive, stability >= 0")
@@ -94,8 +113,9 @@ class ETConfig:
 def attack_succeeds(hs: float, helpful: float, start: dict, config: ETConfig) -> bool:
     """The reference's `is_successful_attack`: toxicity at least doubled (and, ours, at least
     `min_attack_hs`) while performance keeps `min_attack_performance` of the start's."""
-    return (hs >= max(2 * start["hs"], config.min_attack_hs)
-            and helpful >= config.min_attack_performance * start["helpful"])
+    return (
+        hs >= max(2 * start["hs"], config.min_attack_hs) and helpful >= config.min_attack_performance * start["helpful"]
+    )
 
 
 def defense_passes(hs: float, helpful: float, start: dict, config: ETConfig) -> bool:
@@ -110,8 +130,11 @@ def block_calls(model, layer: int, batches: list[dict]) -> list[tuple[tuple, dic
     calls = []
     block = decoder_layers(model)[layer].module
     grab = block.register_forward_pre_hook(
-        lambda m, args, kwargs: calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args),
-                                              {k: _detached(v) for k, v in kwargs.items()})), with_kwargs=True)
+        lambda m, args, kwargs: calls.append(
+            (tuple(a.detach() if torch.is_tensor(a) else a for a in args), {k: _detached(v) for k, v in kwargs.items()})
+        ),
+        with_kwargs=True,
+    )
     try:
         with torch.no_grad():
             for batch in batches:
@@ -133,8 +156,10 @@ def sub_outputs(model, layer: int, args: tuple, kwargs: dict) -> list[torch.Tens
     """Attention and MLP outputs of decoder layer `layer` called with (args, kwargs)."""
     found = decoder_layers(model)[layer]
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, a, out: seen.append(block_output(out)))
-             for m in (found.attention, found.mlp)]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, out: seen.append(block_output(out)))
+        for m in (found.attention, found.mlp)
+    ]
     try:
         found.module(*args, **kwargs)
     finally:
@@ -178,11 +203,17 @@ class ET(Defense):
         c = self.config
         device = next(model.parameters()).device
         harmful = context.harmful_compliance_examples()
-        features = [{"input_ids": ids, "labels": [IGNORE] * len(ids)}  # the reference defends on prompts alone
-                    for ids in (prompt_ids(context.tokenizer, e.prompt) for e in harmful[:c.n])]
-        batches = [{k: v.to(device) for k, v in collate(features[i:i + c.batch_size],
-                                                        context.tokenizer.pad_token_id).items()}
-                   for i in range(0, len(features), c.batch_size)]
+        features = [
+            {"input_ids": ids, "labels": [IGNORE] * len(ids)}  # the reference defends on prompts alone
+            for ids in (prompt_ids(context.tokenizer, e.prompt) for e in harmful[: c.n])
+        ]
+        batches = [
+            {
+                k: v.to(device)
+                for k, v in collate(features[i : i + c.batch_size], context.tokenizer.pad_token_id).items()
+            }
+            for i in range(0, len(features), c.batch_size)
+        ]
         start = context.validation(model, ["harmful", "benign"])
         log = []
         for layer in range(0, len(decoder_layers(model)) - 1, c.layer_stride):
@@ -203,9 +234,17 @@ class ET(Defense):
                 hs_attacked_after = context.validation(model, ["harmful"])["hs"]
                 handle.remove()
                 kept = defense_passes(defended["hs"], defended["helpful"], start, c)
-                log.append(entry | {"defended": layer + 1, "loss": round(loss, 6), "hs": round(defended["hs"], 4),
-                                    "helpful": round(defended["helpful"], 4),
-                                    "hs_attacked_after": round(hs_attacked_after, 4), "kept": kept})
+                log.append(
+                    entry
+                    | {
+                        "defended": layer + 1,
+                        "loss": round(loss, 6),
+                        "hs": round(defended["hs"], 4),
+                        "helpful": round(defended["helpful"], 4),
+                        "hs_attacked_after": round(hs_attacked_after, 4),
+                        "kept": kept,
+                    }
+                )
                 if not kept:  # the reference restores the block and moves to the next layer
                     model = before
                     break
@@ -220,13 +259,26 @@ class ET(Defense):
         succeeds, or (None, log entry)."""
         c = self.config
         for attempt in range(c.attack_attempts):
-            pairs = harmful[:c.attack_n + 20 * attempt]
-            intervention, handle = train_reft(model, context.tokenizer, pairs, layer, c.attack_rank, c.attack_lr,
-                                              c.attack_epochs + 5 * attempt, 16,
-                                              context.seed + c.attack_attempts * round_ + attempt)
+            pairs = harmful[: c.attack_n + 20 * attempt]
+            intervention, handle = train_reft(
+                model,
+                context.tokenizer,
+                pairs,
+                layer,
+                c.attack_rank,
+                c.attack_lr,
+                c.attack_epochs + 5 * attempt,
+                16,
+                context.seed + c.attack_attempts * round_ + attempt,
+            )
             attacked = context.validation(model, ["harmful", "benign"])
-            entry = {"layer": layer, "round": round_, "attempt": attempt, "hs_attacked": round(attacked["hs"], 4),
-                     "helpful_attacked": round(attacked["helpful"], 4)}
+            entry = {
+                "layer": layer,
+                "round": round_,
+                "attempt": attempt,
+                "hs_attacked": round(attacked["hs"], 4),
+                "helpful_attacked": round(attacked["helpful"], 4),
+            }
             if attack_succeeds(attacked["hs"], attacked["helpful"], start, c):
                 return (intervention, handle), entry
             handle.remove()

@@ -54,12 +54,22 @@ class ILUConfig:
     lr: float = field(default=1e-4, metadata={"help": "learning rate (AdamW, all weights)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the retain data"})
     batch_size: int = field(default=32, metadata={"help": "examples per step (each stream)"})
-    environments: int = field(default=3, metadata={
-        "help": "fine-tuning environments: the defender's benign requests split into this many groups of domains"})
+    environments: int = field(
+        default=3,
+        metadata={
+            "help": "fine-tuning environments: the defender's benign requests split into this many groups of domains"
+        },
+    )
 
     def __post_init__(self) -> None:
-        if self.lam < 0 or self.npo_weight < 0 or self.beta <= 0 or self.lr <= 0 or self.epochs <= 0 \
-                or min(self.batch_size, self.environments) < 1:
+        if (
+            self.lam < 0
+            or self.npo_weight < 0
+            or self.beta <= 0
+            or self.lr <= 0
+            or self.epochs <= 0
+            or min(self.batch_size, self.environments) < 1
+        ):
             raise ValueError("lam, npo_weight >= 0; beta, lr, epochs > 0; batch_size, environments >= 1")
 
 
@@ -99,8 +109,10 @@ class ILU(Defense):
         device = next(model.parameters()).device
         reference = clone_model(model).requires_grad_(False).eval()
         forget = context.batch_stream(context.harmful_compliance_examples(), c.batch_size, device)
-        environments = [context.batch_stream(part, c.batch_size, device)
-                        for part in environments_of(context.benign_examples(), c.environments)]
+        environments = [
+            context.batch_stream(part, c.batch_size, device)
+            for part in environments_of(context.benign_examples(), c.environments)
+        ]
         seen = {"penalty": 0.0}
 
         def step_loss(m, batch):
@@ -117,8 +129,14 @@ class ILU(Defense):
             return loss, loss.detach() + c.lam * penalty
 
         model.requires_grad_(True)
-        train(model, context.encode(context.alignment_examples()),
-              TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=context.seed),
-              context.tokenizer.pad_token_id, step_loss=step_loss, desc="align (ilu)", progress=context.progress)
+        train(
+            model,
+            context.encode(context.alignment_examples()),
+            TrainConfig(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, seed=context.seed),
+            context.tokenizer.pad_token_id,
+            step_loss=step_loss,
+            desc="align (ilu)",
+            progress=context.progress,
+        )
         context.note(environments=len(environments), last_penalty=round(seen["penalty"], 6))
         return model

@@ -57,8 +57,11 @@ class LAPTConfig(AlignmentTraining):
 
 def instance_normalised_noise(h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """mu(h) + (delta - mu(delta)) / sigma(delta) * sigma(h) per token, delta ~ N(0, I)."""
-    delta = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype) if generator is not None \
+    delta = (
+        torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+        if generator is not None
         else torch.randn_like(h)
+    )
     standardised = (delta - delta.mean(-1, keepdim=True)) / delta.std(-1, keepdim=True).clamp_min(1e-6)
     return h.mean(-1, keepdim=True) + standardised * h.std(-1, keepdim=True)
 
@@ -66,6 +69,7 @@ def instance_normalised_noise(h: torch.Tensor, generator: torch.Generator | None
 @contextmanager
 def perturbed_layers(model, layers: list[int], scale: float, generator: torch.Generator | None = None):
     """Within the block, each of `layers` outputs h + scale * instance_normalised_noise(h)."""
+
     def hook(_module, _args, output):
         hidden = block_output(output)
         return with_block_output(output, hidden + scale * instance_normalised_noise(hidden, generator))
@@ -113,11 +117,11 @@ class LAPT(Defense):
     def apply(self, model, context: DefenseContext):
         c = self.config
         device = next(model.parameters()).device
-        pairs = context.harmful_compliance_examples()[:c.scan_n]
+        pairs = context.harmful_compliance_examples()[: c.scan_n]
         if not pairs:
             raise ValueError("lapt ranks layers on the defender's harmful (request, answer) pairs; the data has none")
         scores = fragility(model, context.fixed_batches(pairs, 32, device), c.scale, context.seed)
-        fragile = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[:c.layers])
+        fragile = sorted(sorted(range(len(scores)), key=lambda i: -scores[i])[: c.layers])
         original = clone_model(model)
         with perturbed_layers(model, fragile, c.scale):
             model = align_with(model, context, c, desc="align (lapt)")

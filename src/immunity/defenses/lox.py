@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..registry import register_defense
 from ..models import clone_model
+from ..registry import register_defense
 from .base import Defense, DefenseContext, Stage
 
 SEARCH_RANKS = (1, 2, 3, 4, 6, 8)
@@ -62,8 +62,9 @@ def low_rank(delta: torch.Tensor, k: int) -> torch.Tensor:
     return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :]
 
 
-def extrapolated_weights(base, aligned, k: int, alpha: float, include_embeddings: bool = True,
-                         reconstruct: bool = False) -> dict[str, torch.Tensor]:
+def extrapolated_weights(
+    base, aligned, k: int, alpha: float, include_embeddings: bool = True, reconstruct: bool = False
+) -> dict[str, torch.Tensor]:
     """New values of the 2-D weights: W_aligned + alpha * SVD_k(dW), or, with `reconstruct`,
     the rank-k reconstruction W_base + SVD_k(dW) that the effective-rank search evaluates."""
     base_params = dict(base.named_parameters())

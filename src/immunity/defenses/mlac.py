@@ -71,9 +71,16 @@ def bounded_mean(losses: torch.Tensor, bound: float | None) -> torch.Tensor:
     return (losses if bound is None else losses.clamp(max=bound)).mean()
 
 
-def mlac_objective(model, params: dict, desired: dict, harmful: list[dict], inner_lr: float,
-                   harmful_weight: float = 1.0, first_order: bool = False,
-                   bound: float | None = None) -> tuple[torch.Tensor, list[float]]:
+def mlac_objective(
+    model,
+    params: dict,
+    desired: dict,
+    harmful: list[dict],
+    inner_lr: float,
+    harmful_weight: float = 1.0,
+    first_order: bool = False,
+    bound: float | None = None,
+) -> tuple[torch.Tensor, list[float]]:
     """J(theta) and the recorded harmful losses l_h(theta_k), k = 1..K (K = len(harmful) - 1).
 
     grad J w.r.t. `params` is the meta-gradient: through the inner updates unless `first_order`.
@@ -89,8 +96,9 @@ def mlac_objective(model, params: dict, desired: dict, harmful: list[dict], inne
             if k == len(harmful) - 1:
                 break
             # The forward at theta_k (k > 0) also feeds the recorded loss: keep its graph.
-            grads = torch.autograd.grad(losses.mean(), list(theta.values()), create_graph=not first_order,
-                                        retain_graph=k > 0 or not first_order)
+            grads = torch.autograd.grad(
+                losses.mean(), list(theta.values()), create_graph=not first_order, retain_graph=k > 0 or not first_order
+            )
             theta = {n: w - inner_lr * g for (n, w), g in zip(theta.items(), grads)}
     desired_loss = lm_loss(model, desired)
     objective = desired_loss - harmful_weight * torch.stack(recorded).mean()
@@ -106,8 +114,9 @@ class MLAC(Defense):
     def apply(self, model, context: DefenseContext):
         c = self.config
         bound = math.log(model.config.vocab_size) if c.bounded else None
-        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
-                                       next(model.parameters()).device)
+        harmful = context.batch_stream(
+            context.harmful_compliance_examples(), c.batch_size, next(model.parameters()).device
+        )
 
         def step(model, batch):
             params = {n: p for n, p in model.named_parameters() if p.requires_grad}

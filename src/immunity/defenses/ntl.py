@@ -78,8 +78,9 @@ class NTL(Defense):
         if not 0 <= layer < depth:
             raise ValueError(f"ntl feature_layer {c.feature_layer} outside 0..{depth - 1}")
         classes = c.classes or model.config.vocab_size
-        harmful = context.batch_stream(context.harmful_compliance_examples(), c.batch_size,
-                                       next(model.parameters()).device)
+        harmful = context.batch_stream(
+            context.harmful_compliance_examples(), c.batch_size, next(model.parameters()).device
+        )
 
         def step(model, batch):
             loss, parts = ntl_loss(model, batch, next(harmful), c.alpha, c.beta, layer, classes)

@@ -80,10 +80,11 @@ def repnoise_terms(model, harmful: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise MMD, the ascent's log argument) on a harmful batch."""
     mlp_outputs: dict[int, torch.Tensor] = {}
     with edit_block_outputs(model, "mlp", lambda i, out: mlp_outputs.__setitem__(i, out)):
-        out = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"],
-                    output_hidden_states=True)
+        out = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"], output_hidden_states=True)
     tokens = harmful["labels"] != IGNORE  # positions holding answer tokens
-    return noise_mmd([mlp_outputs[i] for i in sorted(mlp_outputs)], tokens), ascent_argument(model, out, harmful["labels"])
+    return noise_mmd([mlp_outputs[i] for i in sorted(mlp_outputs)], tokens), ascent_argument(
+        model, out, harmful["labels"]
+    )
 
 
 def repnoise_loss(model, batch, harmful: dict, alpha: float, beta: float) -> torch.Tensor:
@@ -98,5 +99,6 @@ class RepNoise(Defense):
 
     def apply(self, model, context: DefenseContext):
         c = self.config
-        return align_against_harmful(model, context, c,
-                                     lambda m, b, h: repnoise_loss(m, b, h, c.alpha, c.beta), desc="align (repnoise)")
+        return align_against_harmful(
+            model, context, c, lambda m, b, h: repnoise_loss(m, b, h, c.alpha, c.beta), desc="align (repnoise)"
+        )

@@ -47,8 +47,8 @@ from ..models import merge_lora
 from ..models.layers import LORA_TARGETS
 from ..registry import register_defense
 from ..training import check_finite, lm_loss, logits_with
-from ..training.parallel import accumulate
 from ..training.losses import shifted, token_ce
+from ..training.parallel import accumulate
 from .base import Defense, DefenseContext, Stage, with_adapter
 
 SUPPRESSIONS = ("inverse", "uniform")
@@ -65,7 +65,9 @@ class SophonConfig:
     lora_targets: str = field(default="all", metadata={"help": "LoRA on: all | attention | qkv"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
     loops: int = field(default=0, metadata={"help": "FTS + NTR rounds; 0 = sft's step count (epochs x batches)"})
-    fts_lr: float = field(default=6e-4, metadata={"help": "Adam lr of the suppression update (reference 3e-4 : 5e-4 NTR)"})
+    fts_lr: float = field(
+        default=6e-4, metadata={"help": "Adam lr of the suppression update (reference 3e-4 : 5e-4 NTR)"}
+    )
     inner_steps: int = field(default=8, metadata={"help": "K simulated attacker steps (reference 50)"})
     inner_lr: float = field(default=0.05, metadata={"help": "attacker's plain-SGD learning rate"})
     suppression: str = field(default="inverse", metadata={"help": "inverse (-log(1-p_y)) | uniform (KL to uniform)"})
@@ -76,10 +78,15 @@ class SophonConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("full", "lora") or self.lora_targets not in LORA_TARGETS:
             raise ValueError(f"sophon mode must be full | lora and lora_targets one of {LORA_TARGETS}")
-        if min(self.lr, self.fts_lr, self.inner_lr, self.epochs, self.batch_size, self.inner_steps,
-               self.check_every) <= 0 or self.loops < 0:
-            raise ValueError("sophon lr, fts_lr, inner_lr, epochs, batch_size, inner_steps and check_every must be "
-                             "positive and loops >= 0")
+        if (
+            min(self.lr, self.fts_lr, self.inner_lr, self.epochs, self.batch_size, self.inner_steps, self.check_every)
+            <= 0
+            or self.loops < 0
+        ):
+            raise ValueError(
+                "sophon lr, fts_lr, inner_lr, epochs, batch_size, inner_steps and check_every must be "
+                "positive and loops >= 0"
+            )
         if self.suppression not in SUPPRESSIONS:
             raise ValueError(f"sophon suppression must be one of {SUPPRESSIONS}, got {self.suppression!r}")
 
@@ -94,8 +101,9 @@ def suppression_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> t
     return -torch.log1p(-log_p_y.exp().clamp(max=1 - 1e-6)).mean()
 
 
-def fts_gradient(model, params: dict, support: list[dict], query: list[dict], inner_lr: float,
-                 kind: str) -> tuple[list[torch.Tensor], float]:
+def fts_gradient(
+    model, params: dict, support: list[dict], query: list[dict], inner_lr: float, kind: str
+) -> tuple[list[torch.Tensor], float]:
     """First-order FTS gradient w.r.t. `params` and L_FTS: token-weighted mean over k of
     grad q_k taken at the adapted weights theta_k."""
     names = list(params)
@@ -144,8 +152,14 @@ class Sophon(Defense):
         trained = list(params.values())
 
         def fts() -> float:  # writes the FTS gradient
-            grads, value = fts_gradient(model, params, [next(support) for _ in range(c.inner_steps)],
-                                        [next(query) for _ in range(c.inner_steps)], c.inner_lr, c.suppression)
+            grads, value = fts_gradient(
+                model,
+                params,
+                [next(support) for _ in range(c.inner_steps)],
+                [next(query) for _ in range(c.inner_steps)],
+                c.inner_lr,
+                c.suppression,
+            )
             for p, g in zip(trained, grads):
                 p.grad = g.to(p.dtype)
             return value
@@ -157,8 +171,7 @@ class Sophon(Defense):
 
         for loop in tqdm(range(1, loops + 1), desc="align (sophon)", disable=not context.progress, leave=False):
             fts_opt.zero_grad(set_to_none=True)
-            check_finite(accumulate(trained, fts, context.seed, 2 * loop - 1), "sophon (fine-tuning suppression)",
-                         loop)
+            check_finite(accumulate(trained, fts, context.seed, 2 * loop - 1), "sophon (fine-tuning suppression)", loop)
             if c.fts_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trained, c.fts_clip)
             fts_opt.step()
@@ -180,4 +193,3 @@ class Sophon(Defense):
         model = merge_lora(model) if c.mode == "lora" else model
         context.note(loops=loops, stopped_at=stopped_at)
         return model
-

@@ -47,10 +47,14 @@ class TVaccineConfig(AlignmentTraining):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (reference train.py: 8)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference train.py: 0.1)"})
-    epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 20; chosen on "
-                                                          "validation, as Vaccine's)"})
+    epochs: float = field(
+        default=8.0,
+        metadata={"help": "passes over the alignment data (reference 20; chosen on validation, as Vaccine's)"},
+    )
     rho: float = field(default=3.0, metadata={"help": "perturbation radius (reference 3)"})
-    layers: int = field(default=0, metadata={"help": "S, layers sampled; 0 = a quarter of the depth (reference 8 of 32)"})
+    layers: int = field(
+        default=0, metadata={"help": "S, layers sampled; 0 = a quarter of the depth (reference 8 of 32)"}
+    )
     resample_every: int = field(default=20, metadata={"help": "J, steps between layer samples (reference 20)"})
     rescore_every: int = field(default=200, metadata={"help": "K, steps between layer scorings (reference 200)"})
 
@@ -147,8 +151,9 @@ class TVaccine(Defense):
     Config = TVaccineConfig
 
     def apply(self, model, context: DefenseContext):
-        harmful = context.batch_stream(context.harmful_compliance_examples(), 1, next(model.parameters()).device,
-                                       split=False)
+        harmful = context.batch_stream(
+            context.harmful_compliance_examples(), 1, next(model.parameters()).device, split=False
+        )
         sampler = LayerSampler(self.config, harmful, len(decoder_layers(model)), context.seed)
 
         def step(model, batch, step):

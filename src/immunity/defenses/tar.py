@@ -66,8 +66,8 @@ from transformers import get_scheduler
 from ..models import clone_model
 from ..registry import register_defense
 from ..training import check_finite, lm_loss
-from ..training.parallel import accumulate
 from ..training.losses import answer_mask, token_ce, upcast
+from ..training.parallel import accumulate
 from .base import Defense, DefenseContext, Stage
 
 
@@ -75,17 +75,28 @@ from .base import Defense, DefenseContext, Stage
 class TARConfig:
     outer_steps: int = field(default=40, metadata={"help": "outer steps (reference 750)"})
     inner_steps: int = field(default=16, metadata={"help": "K adversary steps per outer step (reference 64)"})
-    entropy_every: int = field(default=4, metadata={"help": "s: tamper-resistance gradient every s inner steps (reference 4)"})
-    adversary_lrs: tuple[float, ...] = field(default=(3e-5, 1e-4, 3e-4),
-                                             metadata={"help": "adversary AdamW lrs, sampled uniformly"})
+    entropy_every: int = field(
+        default=4, metadata={"help": "s: tamper-resistance gradient every s inner steps (reference 4)"}
+    )
+    adversary_lrs: tuple[float, ...] = field(
+        default=(3e-5, 1e-4, 3e-4), metadata={"help": "adversary AdamW lrs, sampled uniformly"}
+    )
     switch_probability: float = field(default=1 / 3, metadata={"help": "share of retain-then-harmful adversaries"})
-    lr: float = field(default=5e-5, metadata={"help": "outer AdamW learning rate (reference 2e-5, ScheduleFree; "
-                                                       "chosen on validation)"})
+    lr: float = field(
+        default=5e-5,
+        metadata={"help": "outer AdamW learning rate (reference 2e-5, ScheduleFree; chosen on validation)"},
+    )
     warmup_steps: int = field(default=4, metadata={"help": "outer warm-up steps (reference 32 of 750)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batch, inner and outer"})
-    tamper_total: float = field(default=17.75, metadata={
-        "help": "sum of w_k over one adversary's TR gradients (reference: 4 * sum_j exp(-0.25 j), j < 16 = 17.75)"})
-    tamper_growth: float = field(default=0.25, metadata={"help": "exponent rate of w_k over k (reference 0.0625 at K=64)"})
+    tamper_total: float = field(
+        default=17.75,
+        metadata={
+            "help": "sum of w_k over one adversary's TR gradients (reference: 4 * sum_j exp(-0.25 j), j < 16 = 17.75)"
+        },
+    )
+    tamper_growth: float = field(
+        default=0.25, metadata={"help": "exponent rate of w_k over k (reference 0.0625 at K=64)"}
+    )
     representation_weight: float = field(default=1.0, metadata={"help": "weight of the hidden-state L2 retain term"})
     random_mapping_steps: int = field(default=40, metadata={"help": "phase-0 random-mapping steps (0 = off)"})
     random_mapping_lr: float = field(default=1e-4, metadata={"help": "phase-0 AdamW learning rate"})
@@ -123,8 +134,9 @@ def tamper_weights(inner_steps: int, every: int, total: float, growth: float) ->
     return {k: total * w / sum(raw.values()) for k, w in raw.items()}
 
 
-def tamper_gradient(model, params: list[torch.Tensor], adversary: list[dict], tr_batch: dict,
-                    lr: float, weights: dict[int, float]) -> tuple[list[torch.Tensor], list[float]]:
+def tamper_gradient(
+    model, params: list[torch.Tensor], adversary: list[dict], tr_batch: dict, lr: float, weights: dict[int, float]
+) -> tuple[list[torch.Tensor], list[float]]:
     """Run the adversary (fresh AdamW, one step per batch in `adversary`); after each step k in
     `weights`, add weights[k] * grad(-H on `tr_batch`) at the attacked weights to a buffer;
     restore the weights bit for bit; return the buffer and the TR losses."""
@@ -165,8 +177,9 @@ def random_mapping_loss(model, batch: dict, mapping: torch.Tensor) -> torch.Tens
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     keep = batch["attention_mask"].bool()
     targets = mapping[batch["input_ids"][keep]]
-    return torch.stack([1 - F.cosine_similarity(h[keep], targets, dim=-1).abs().mean()
-                        for h in out.hidden_states]).mean()
+    return torch.stack(
+        [1 - F.cosine_similarity(h[keep], targets, dim=-1).abs().mean() for h in out.hidden_states]
+    ).mean()
 
 
 def random_mapping(model, params, forget, retain, config: TARConfig, seed: int) -> list[float]:
@@ -244,5 +257,7 @@ class TAR(Defense):
         context.note(
             random_mapping_loss_first=round(mapping_log[0], 4) if mapping_log else None,
             random_mapping_loss_last=round(mapping_log[-1], 4) if mapping_log else None,
-            tamper_loss_first=round(tamper_log[0], 4), tamper_loss_last=round(tamper_log[-1], 4))
+            tamper_loss_first=round(tamper_log[0], 4),
+            tamper_loss_last=round(tamper_log[-1], 4),
+        )
         return model

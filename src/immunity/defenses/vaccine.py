@@ -39,8 +39,13 @@ class VaccineConfig(AlignmentTraining):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (reference train.py: 8)"})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (reference train.py: 4)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (reference train.py: 0.1)"})
-    epochs: float = field(default=8.0, metadata={"help": "passes over the alignment data (reference 50; chosen on "
-                                                          "validation: the reference adapter needs 4x sft's 2)"})
+    epochs: float = field(
+        default=8.0,
+        metadata={
+            "help": "passes over the alignment data (reference 50; chosen on "
+            "validation: the reference adapter needs 4x sft's 2)"
+        },
+    )
     rho: float = field(default=2.0, metadata={"help": "perturbation radius (reference train.py:253: 2)"})
 
 

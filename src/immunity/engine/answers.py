@@ -28,10 +28,12 @@ from ..evaluation.generate import generate
 from ..outputs import write_text_atomic
 from .identity import versions as library_versions
 
+
 def needs_answers(data: DataBundle) -> bool:
     """Whether a bundle has harmful requests without answers or benign ones to answer."""
-    return any(not e.answer for examples in data.harmful.values() for e in examples) or \
-        any(exact(e) for examples in data.benign.values() for e in examples)
+    return any(not e.answer for examples in data.harmful.values() for e in examples) or any(
+        exact(e) for examples in data.benign.values() for e in examples
+    )
 
 
 def exact(example) -> bool:
@@ -44,11 +46,19 @@ def answers_key(model, model_hash: str, max_new_tokens: int, batch_size: int) ->
     length and batch (padding) of generation, and the code that generates."""
     dtype = str(next(model.parameters()).dtype)
     return f"{model_hash}-{max_new_tokens}-" + stable_hash(
-        [dtype, batch_size, code_version("immunity.evaluation.generate"), library_versions()])
+        [dtype, batch_size, code_version("immunity.evaluation.generate"), library_versions()]
+    )
 
 
-def generated_answers(model, tokenizer, prompts: list[str], model_hash: str, max_new_tokens: int,
-                      batch_size: int = 16, progress: bool = True) -> dict[str, str]:
+def generated_answers(
+    model,
+    tokenizer,
+    prompts: list[str],
+    model_hash: str,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, str]:
     """prompt -> the model's greedy answer, kept on disk per (model weights, their dtype, the
     generation settings and the generation code): a prompt is answered once, whatever set it
     later comes in (several processes wait on one lock)."""
@@ -57,26 +67,37 @@ def generated_answers(model, tokenizer, prompts: list[str], model_hash: str, max
         known = json.loads(path.read_text()) if path.is_file() else {}
         missing = [p for p in dict.fromkeys(prompts) if p not in known]
         if missing:
-            answers = generate(model, tokenizer, missing, max_new_tokens, batch_size, progress=progress,
-                               desc="base model's answers")
+            answers = generate(
+                model, tokenizer, missing, max_new_tokens, batch_size, progress=progress, desc="base model's answers"
+            )
             known |= dict(zip(missing, answers))
             write_text_atomic(path, json.dumps(known))
     return {p: known[p] for p in prompts}
 
 
-def complete(data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens: int,
-             progress: bool = True) -> DataBundle:
+def complete(
+    data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens: int, progress: bool = True
+) -> DataBundle:
     """`data` with every harmful request answered (base model), refusals for every harmful
     request that has none, and benign generated items answered by the base model."""
     harmful = [e.prompt for examples in data.harmful.values() for e in examples if not e.answer]
     benign = [e.prompt for examples in data.benign.values() for e in examples if exact(e)]
-    answers = generated_answers(model, tokenizer, sorted(set(harmful + benign)), model_hash, max_new_tokens,
-                                progress=progress) if harmful or benign else {}
+    answers = (
+        generated_answers(
+            model, tokenizer, sorted(set(harmful + benign)), model_hash, max_new_tokens, progress=progress
+        )
+        if harmful or benign
+        else {}
+    )
     filled = DataBundle(name=data.name, heldout=data.heldout, tasks=data.tasks)
-    filled.harmful = {split: [e if e.answer else replace(e, answer=answers[e.prompt]) for e in examples]
-                      for split, examples in data.harmful.items()}
-    filled.benign = {split: [replace(e, answer=answers[e.prompt]) if exact(e) else e for e in examples]
-                     for split, examples in data.benign.items()}
+    filled.harmful = {
+        split: [e if e.answer else replace(e, answer=answers[e.prompt]) for e in examples]
+        for split, examples in data.harmful.items()
+    }
+    filled.benign = {
+        split: [replace(e, answer=answers[e.prompt]) if exact(e) else e for e in examples]
+        for split, examples in data.benign.items()
+    }
     filled.refusals = dict(data.refusals)
     for split, examples in data.harmful.items():
         if not filled.refusals.get(split):
@@ -87,5 +108,10 @@ def complete(data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens
 def write_generated(path: Path, rows: list[tuple[str, str]], model_hash: str, model: str) -> None:
     """(prompt, answer) rows as JSONL, each naming the generating model and its weights hash
     (written whole or not at all)."""
-    write_text_atomic(path, "".join(json.dumps({"prompt": prompt, "answer": answer, "model": model,
-                                                "model_weights": model_hash}) + "\n" for prompt, answer in rows))
+    write_text_atomic(
+        path,
+        "".join(
+            json.dumps({"prompt": prompt, "answer": answer, "model": model, "model_weights": model_hash}) + "\n"
+            for prompt, answer in rows
+        ),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from peft import PeftModel
@@ -35,35 +35,77 @@ def model_card(provenance: dict) -> str:
     """README.md for a released model: what produced it, with every setting and data hash."""
     stage, defense = provenance["stage"], provenance.get("defense")
     title = f"{defense}-immunized model" if stage == "defend" else f"{stage} output"
-    lines = ["---", "library_name: transformers", f"base_model: {provenance['model']}",
-             f"tags: [immunity, {stage}{', ' + defense if defense else ''}]", "---", "",
-             f"# {title}", "",
-             f"Made by `immunity {provenance['command']}` on {provenance['created']}, "
-             f"from `{provenance['model']}` (weights sha256 prefix `{provenance.get('model_weights', 'n/a')}`), "
-             f"seed {provenance['seed']}.", ""]
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"base_model: {provenance['model']}",
+        f"tags: [immunity, {stage}{', ' + defense if defense else ''}]",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"Made by `immunity {provenance['command']}` on {provenance['created']}, "
+        f"from `{provenance['model']}` (weights sha256 prefix `{provenance.get('model_weights', 'n/a')}`), "
+        f"seed {provenance['seed']}.",
+        "",
+    ]
     if defense:
-        lines += ["## Method", "", paper_line(defense), "", f"Stage: {provenance['defense_stage']}.", "",
-                  "### Settings", "", _table(provenance["defense_config"]), ""]
+        lines += [
+            "## Method",
+            "",
+            paper_line(defense),
+            "",
+            f"Stage: {provenance['defense_stage']}.",
+            "",
+            "### Settings",
+            "",
+            _table(provenance["defense_config"]),
+            "",
+        ]
     if provenance.get("attack_config"):
         lines += ["## Attack", "", _table(provenance["attack_config"]), ""]
-    lines += ["## Data", "", f"Sources: `{provenance['data']}`.", "",
-              _table(provenance["data_hashes"], "| role/split | content hash |") if provenance["data_hashes"] else "",
-              ""]
+    lines += [
+        "## Data",
+        "",
+        f"Sources: `{provenance['data']}`.",
+        "",
+        _table(provenance["data_hashes"], "| role/split | content hash |") if provenance["data_hashes"] else "",
+        "",
+    ]
     if provenance.get("evaluation"):
-        lines += ["## Evaluation", "", f"Judge: `{provenance['evaluation'].get('judge')}`.", "",
-                  _table({k: v for k, v in provenance["evaluation"].items() if k != "judge"}), ""]
-    lines += ["## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f"model = AutoModelForCausalLM.from_pretrained(\"{provenance['out']}\")",
-              f"tokenizer = AutoTokenizer.from_pretrained(\"{provenance['out']}\")", "```", "",
-              "## Reproduce", "", "Package versions: " + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items())
-              + f"; immunity code version `{provenance['code_version']}`. The full provenance is in `immunity.json`.",
-              "", "Immunization makes harmful fine-tuning harder, not impossible: check the worst case over the "
-              "attacks you care about before relying on it.", ""]
+        lines += [
+            "## Evaluation",
+            "",
+            f"Judge: `{provenance['evaluation'].get('judge')}`.",
+            "",
+            _table({k: v for k, v in provenance["evaluation"].items() if k != "judge"}),
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{provenance["out"]}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{provenance["out"]}")',
+        "```",
+        "",
+        "## Reproduce",
+        "",
+        "Package versions: "
+        + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items())
+        + f"; immunity code version `{provenance['code_version']}`. The full provenance is in `immunity.json`.",
+        "",
+        "Immunization makes harmful fine-tuning harder, not impossible: check the worst case over the "
+        "attacks you care about before relying on it.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_release(model, tokenizer, out: Path, provenance: dict, adapter_only: bool = False,
-                  overwrite: bool = False) -> Path:
+def write_release(
+    model, tokenizer, out: Path, provenance: dict, adapter_only: bool = False, overwrite: bool = False
+) -> Path:
     """Save `model` (merged unless `adapter_only`), its tokenizer, README.md and immunity.json
     into `out`, through a uniquely named temporary directory renamed into place (`outputs`):
     a non-empty `out` is replaced only with `overwrite`, and a concurrent writer's is never merged."""
@@ -76,8 +118,11 @@ def write_release(model, tokenizer, out: Path, provenance: dict, adapter_only: b
         else:
             merge_lora(model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        provenance = provenance | {"out": str(out), "adapter_only": adapter_only,
-                                   "created": provenance.get("created") or datetime.now(timezone.utc).isoformat()}
+        provenance = provenance | {
+            "out": str(out),
+            "adapter_only": adapter_only,
+            "created": provenance.get("created") or datetime.now(UTC).isoformat(),
+        }
         (tmp / "immunity.json").write_text(json.dumps(provenance, indent=1, default=str))
         (tmp / "README.md").write_text(model_card(provenance))
     return out

@@ -29,17 +29,21 @@ def versions() -> dict[str, str]:
     import accelerate
     import peft
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
 
 
 def resolved_config(cfg: RunConfig) -> dict:
     """The run's configuration with the defenses' configs built and typed (so `rho=5`, `rho=5.0`
     and YAML `rho: 5` are one value) and the content hashes of what it reads from disk."""
-    resolved = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out_dir", "defense_args", "micro_batches", "fsdp", "force")} | {
-        "defense_config": chain_config(cfg.chain)}
+    resolved = {
+        k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "defense_args", "micro_batches", "fsdp", "force")
+    } | {"defense_config": chain_config(cfg.chain)}
     if world_size() * cfg.micro_batches > 1:  # shards of a step change batch-coupled losses
         resolved["parallel"] = {"processes": world_size(), "micro_batches": cfg.micro_batches, "fsdp": cfg.fsdp}
     if cfg.model != "safetyworld" and Path(cfg.model).is_dir():
@@ -56,8 +60,11 @@ def run_code_version(defense: str, attack: str, judge: str) -> str:
     """Version of the code a run executes: the pipeline and what it imports, the defenses',
     attack's and judge's modules (and `sft`'s, which later-stage defenses build on)."""
     defenses = [lookup(DEFENSES, "defense", name) for name in defense.split("+")]
-    modules = ["immunity.engine.pipeline", *(d.__module__ for d in defenses),
-               lookup(ATTACKS, "attack", attack).__module__]
+    modules = [
+        "immunity.engine.pipeline",
+        *(d.__module__ for d in defenses),
+        lookup(ATTACKS, "attack", attack).__module__,
+    ]
     if judge != "auto":  # auto with real data: no judge named, nothing judged
         modules.append(lookup(JUDGES, "judge", judge.split(":")[0]).__module__)
     if defenses[0].stage != Stage.ALIGNMENT:
@@ -74,14 +81,20 @@ class RunIdentity:
     run_id: str
 
     @classmethod
-    def of(cls, cfg: RunConfig) -> "RunIdentity":
+    def of(cls, cfg: RunConfig) -> RunIdentity:
         resolved = resolved_config(cfg)
-        key = {"config_hash": stable_hash(resolved),
-               "code_version": run_code_version(cfg.defense, cfg.attack_name, cfg.eval.judge),
-               "versions": versions()}
+        key = {
+            "config_hash": stable_hash(resolved),
+            "code_version": run_code_version(cfg.defense, cfg.attack_name, cfg.eval.judge),
+            "versions": versions(),
+        }
         return cls(resolved, **key, run_id=stable_hash(key))
 
     def key(self) -> dict:
         """What a result carries of its identity."""
-        return {"config_hash": self.config_hash, "code_version": self.code_version, "versions": self.versions,
-                "run_id": self.run_id}
+        return {
+            "config_hash": self.config_hash,
+            "code_version": self.code_version,
+            "versions": self.versions,
+            "run_id": self.run_id,
+        }

@@ -16,8 +16,18 @@ def entry(release: Path, prompts: dict, eval_config, judge_name: str, data_hashe
     """Where the release's evaluation on these prompts, by this judge and its settings, under this
     generation length and batch and this code, is kept."""
     e = eval_config
-    key = stable_hash([{k: [x.prompt for x in v] for k, v in prompts.items()}, e.max_new_tokens, e.batch_size,
-                       judge_name, e.judge_settings(), e.split, data_hashes, code])
+    key = stable_hash(
+        [
+            {k: [x.prompt for x in v] for k, v in prompts.items()},
+            e.max_new_tokens,
+            e.batch_size,
+            judge_name,
+            e.judge_settings(),
+            e.split,
+            data_hashes,
+            code,
+        ]
+    )
     return release.with_name(release.name + ".eval") / f"eval-{key}.jsonl"
 
 

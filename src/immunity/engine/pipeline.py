@@ -66,11 +66,17 @@ class Pipeline:
         self.device = parallel.device()
         self.clock = StageClock()
         reset_peak_memory()
-        self.tokenizer = self.world.tokenizer if cfg.model == "safetyworld" else \
-            load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        self.tokenizer = (
+            self.world.tokenizer
+            if cfg.model == "safetyworld"
+            else load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        )
         self.default_alignment = default_alignment(cfg)  # what a chain without an alignment defense builds on
-        self.data = cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed) if cfg.data \
+        self.data = (
+            cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed)
+            if cfg.data
             else from_world(self.world.data)
+        )
         self._judge = None
         self.defense_seconds = 0.0  # the defenses' own cost (alignment measured even when cached)
         self.defense_peak_mb = 0.0  # and their peak resident memory, from the release's build
@@ -95,8 +101,13 @@ class Pipeline:
                 return self.world.base_model().to(self.device)
         if Path(cfg.model).is_dir():
             check_memory(cfg, self.progress)
-        model, _ = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, dtype=cfg.model_dtype,
-                              device_map=cfg.device_map, quantization=cfg.quantization)
+        model, _ = load_model(
+            cfg.model,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=cfg.model_dtype,
+            device_map=cfg.device_map,
+            quantization=cfg.quantization,
+        )
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()  # so adapters on a frozen base still get gradients
@@ -137,11 +148,17 @@ class Pipeline:
         """The `Release` of the defenses `steps`: `build()` (-> (model, context)) timed, cached on
         disk where the base has a stable key (and `extra`, what else it depends on, is not None),
         so a run that reuses it still reports its cost."""
+
         def timed() -> Release:
             start = time.perf_counter()
             model, context = build()
-            return Release(model, context.notes, context.released_adapter, round(time.perf_counter() - start, 2),
-                           round(peak_memory_mb(), 1))
+            return Release(
+                model,
+                context.notes,
+                context.released_adapter,
+                round(time.perf_counter() - start, 2),
+                round(peak_memory_mb(), 1),
+            )
 
         base = self.base_key()
         if base is None or extra is None:
@@ -169,6 +186,7 @@ class Pipeline:
         extra = [] if before is None else (None if before_key is None else [before_key])
         model = None
         for i, step in enumerate(steps):
+
             def build(step=step, upstream=model):
                 model_before = (start if i > 0 else None) if aligned_here else before
                 context = self.context(model_before)
@@ -198,11 +216,19 @@ class Pipeline:
         return [s for s in self.chain if s.cls.stage == Stage.POST_FINE_TUNING]
 
     def run_attack(self, model):
-        return self.attack.run(clone_model(model), self.tokenizer, self.data, self.cfg.seed, progress=self.progress,
-                               merge=not self.repairs(), adapter=self.released_adapter)
+        return self.attack.run(
+            clone_model(model),
+            self.tokenizer,
+            self.data,
+            self.cfg.seed,
+            progress=self.progress,
+            merge=not self.repairs(),
+            adapter=self.released_adapter,
+        )
 
-    def evaluate(self, model, sets: list[str], name: str, *, released: bool = False,
-                 attacked: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, model, sets: list[str], name: str, *, released: bool = False, attacked: bool = False
+    ) -> dict[str, float]:
         """Generate for each prompt set (and the attack's own sets), save as `generations_NAME`,
         judge, aggregate; and the answer NLL of the split's harmful (request, compliant answer)
         and benign pairs. `attacked`: the attack's decoding-time intervention (a prefill) applies.
@@ -215,8 +241,9 @@ class Pipeline:
         entry = None
         if released and self.release_path is not None:
             judge_module = lookup(JUDGES, "judge", e.judge.split(":")[0]).__module__
-            entry = kept.entry(self.release_path, prompts, e, self.judge.name, self.data.hashes(),
-                               code_version(__name__, judge_module))
+            entry = kept.entry(
+                self.release_path, prompts, e, self.judge.name, self.data.hashes(), code_version(__name__, judge_module)
+            )
             found = kept.reuse(entry, path)
             if found is not None:
                 return found
@@ -227,8 +254,9 @@ class Pipeline:
 
     def measure(self, model, prompts: dict, path: Path, prefill) -> dict[str, float]:
         e = self.cfg.eval
-        records = generate_sets(model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress,
-                                prefill)
+        records = generate_sets(
+            model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress, prefill
+        )
         metrics = score(records, self.judge, verdict_path(path, self.judge.name))
         for name, role in (("harmful_nll", self.data.harmful), ("benign_nll", self.data.benign)):
             with_answers = evenly_spaced([x for x in role.get(e.split, []) if x.answer], e.max_prompts)
@@ -271,20 +299,47 @@ class Pipeline:
 
     def result(self, before: dict, after: dict) -> RunResult:
         cfg = self.cfg
-        standard = {"hs": "hs", "refusal": "refusal_harmful", "capability": "capability_harmful",
-                    "helpful": "helpful", "hs_heldout": "hs_heldout", "fa": f"fa_{cfg.attack.task}",
-                    "harmful_nll": "harmful_nll", "over_refusal": "refusal_benign", "benign_nll": "benign_nll"}
+        standard = {
+            "hs": "hs",
+            "refusal": "refusal_harmful",
+            "capability": "capability_harmful",
+            "helpful": "helpful",
+            "hs_heldout": "hs_heldout",
+            "fa": f"fa_{cfg.attack.task}",
+            "harmful_nll": "harmful_nll",
+            "over_refusal": "refusal_benign",
+            "benign_nll": "benign_nll",
+        }
         extra = {name for name in (*before, *after) if name.startswith("hs_") and name != "hs_heldout"}
-        measured = {f"{key}_{when}": metrics.get(source) for key, source in standard.items()
-                    for when, metrics in (("before", before), ("after", after))}
+        measured = {
+            f"{key}_{when}": metrics.get(source)
+            for key, source in standard.items()
+            for when, metrics in (("before", before), ("after", after))
+        }
         return RunResult(
-            defense=cfg.defense, attack=cfg.attack_name, seed=cfg.seed, model=cfg.model, judge=self.judge.name,
-            split=cfg.eval.split, **self.identity.key(), data=self.data.name, data_hashes=self.data.hashes(),
-            attack_config=asdict(cfg.attack), defense_config=chain_config(self.chain), **measured,
-            extra_before={name: before.get(name) for name in extra}, extra_after={name: after.get(name) for name in extra},
-            attack_notes=self.attack.notes, defense_notes=self.notes, timings=self.clock.seconds,
-            defense_seconds=round(self.defense_seconds, 2), peak_memory_mb=self.peak_memory(),
-            processes=world_size(), micro_batches=cfg.micro_batches, fsdp=cfg.fsdp)
+            defense=cfg.defense,
+            attack=cfg.attack_name,
+            seed=cfg.seed,
+            model=cfg.model,
+            judge=self.judge.name,
+            split=cfg.eval.split,
+            **self.identity.key(),
+            data=self.data.name,
+            data_hashes=self.data.hashes(),
+            attack_config=asdict(cfg.attack),
+            defense_config=chain_config(self.chain),
+            **measured,
+            extra_before={name: before.get(name) for name in extra},
+            extra_after={name: after.get(name) for name in extra},
+            attack_notes=self.attack.notes,
+            defense_notes=self.notes,
+            timings=self.clock.seconds,
+            defense_seconds=round(self.defense_seconds, 2),
+            peak_memory_mb=self.peak_memory(),
+            processes=world_size(),
+            micro_batches=cfg.micro_batches,
+            fsdp=cfg.fsdp,
+        )
 
 
 def check_memory(cfg: RunConfig, show: bool) -> None:
@@ -297,8 +352,12 @@ def check_memory(cfg: RunConfig, show: bool) -> None:
     if found is None:
         return
     if found.too_large():
-        print(f"immunity: warning: {found.line()}: expect to run out of memory (lower the batch sizes, set "
-              "micro_batches=K or gradient_checkpointing=true)", file=sys.stderr, flush=True)
+        print(
+            f"immunity: warning: {found.line()}: expect to run out of memory (lower the batch sizes, set "
+            "micro_batches=K or gradient_checkpointing=true)",
+            file=sys.stderr,
+            flush=True,
+        )
     elif show:
         print(f"immunity: {found.line()}", file=sys.stderr, flush=True)
 
@@ -310,7 +369,11 @@ def answers_model(model: str) -> str:
     card = Path(model) / "immunity.json"
     if card.is_file():
         base = json.loads(card.read_text()).get("base_model") or {}
-        if base.get("path") and Path(base["path"]).is_dir() and weights_digest(Path(base["path"])) == base.get("weights"):
+        if (
+            base.get("path")
+            and Path(base["path"]).is_dir()
+            and weights_digest(Path(base["path"])) == base.get("weights")
+        ):
             return base["path"]
     return model
 

@@ -1,6 +1,6 @@
 """`immunity probe`: the mechanistic probes on a run's base, released and attacked models.
 
-    immunity probe --defense sft --seed 0 --json [probe.basin_points=11 ...]
+immunity probe --defense sft --seed 0 --json [probe.basin_points=11 ...]
 """
 
 from __future__ import annotations
@@ -33,20 +33,27 @@ def run_probes(cfg: RunConfig, probe: ProbeConfig, progress: bool = True) -> dic
     released = pipeline.defend(clone_model(base))
     attacked = pipeline.run_attack(released)
     data, tokenizer, device = pipeline.data, pipeline.tokenizer, pipeline.device
-    harmful = data.get("harmful", "val")[:: max(1, len(data.get("harmful", "val")) // probe.prompts)][:probe.prompts]
+    harmful = data.get("harmful", "val")[:: max(1, len(data.get("harmful", "val")) // probe.prompts)][: probe.prompts]
     benign = data.benign.get("val", [])[: probe.hessian_examples]
-    spectra = {"harmful": probes.loss_spectrum(released, probes._batch(tokenizer, harmful[:probe.hessian_examples], device),
-                                               probe.lanczos_steps, cfg.seed)}
+    spectra = {
+        "harmful": probes.loss_spectrum(
+            released, probes._batch(tokenizer, harmful[: probe.hessian_examples], device), probe.lanczos_steps, cfg.seed
+        )
+    }
     if benign:
-        spectra["benign"] = probes.loss_spectrum(released, probes._batch(tokenizer, benign, device),
-                                                 probe.lanczos_steps, cfg.seed)
+        spectra["benign"] = probes.loss_spectrum(
+            released, probes._batch(tokenizer, benign, device), probe.lanczos_steps, cfg.seed
+        )
     spectra["kappa"] = spectra["harmful"]["kappa"]
 
     def hs_of(model) -> float:
         return validation_metrics(model, tokenizer, data, ["harmful"], pipeline.judge, probe.prompts)["hs"]
 
     return {
-        "defense": cfg.defense, "seed": cfg.seed, "model": cfg.model, "judge": pipeline.judge.name,
+        "defense": cfg.defense,
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "judge": pipeline.judge.name,
         "drift": probes.drift(released, attacked, tokenizer, [e.prompt for e in harmful]),
         "shallow": probes.token_kl(released, base, tokenizer, [e for e in harmful if e.answer], probe.positions),
         "hessian": spectra,

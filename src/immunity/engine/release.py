@@ -56,8 +56,9 @@ class Release:
 
     def save(self, path: Path) -> None:
         def extras(tmp: Path) -> None:
-            (tmp / RELEASE_NOTES).write_text(json.dumps({"notes": self.notes, "seconds": self.seconds, "peak_mb": self.peak_mb},
-                                                         default=str))
+            (tmp / RELEASE_NOTES).write_text(
+                json.dumps({"notes": self.notes, "seconds": self.seconds, "peak_mb": self.peak_mb}, default=str)
+            )
             if self.adapter is not None:
                 self.adapter.save(tmp)
             write_manifest(tmp)
@@ -65,7 +66,7 @@ class Release:
         save_model(self.model, path, before_rename=extras)
 
     @classmethod
-    def load(cls, path: Path, device) -> "Release":
+    def load(cls, path: Path, device) -> Release:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).to(device)
         record = json.loads((path / RELEASE_NOTES).read_text())
         return cls(model, record["notes"], ReleasedAdapter.load(path), record["seconds"], record.get("peak_mb", 0.0))

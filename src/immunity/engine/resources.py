@@ -37,9 +37,11 @@ class MemoryEstimate:
 
     def line(self) -> str:
         have = f"; {self.available / GB:.1f} GB available" if self.available is not None else ""
-        return (f"memory estimate for this run: ~{self.total / GB:.1f} GB (weights {self.weights / GB:.1f}, gradients "
-                f"and optimizer {self.optimizer / GB:.1f}, activations {self.activations / GB:.1f} at batch "
-                f"{self.batch} x {SEQUENCE} tokens){have}")
+        return (
+            f"memory estimate for this run: ~{self.total / GB:.1f} GB (weights {self.weights / GB:.1f}, gradients "
+            f"and optimizer {self.optimizer / GB:.1f}, activations {self.activations / GB:.1f} at batch "
+            f"{self.batch} x {SEQUENCE} tokens){have}"
+        )
 
     def too_large(self) -> bool:
         return self.available is not None and self.total > self.available
@@ -64,8 +66,14 @@ def available_memory() -> float | None:
         pass
     address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
     if address_space != resource.RLIM_INFINITY:  # a process limit (ulimit -v) binds before the machine's
-        size = next((int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                     if line.startswith("VmSize:")), 0)
+        size = next(
+            (
+                int(line.split()[1]) * 1024
+                for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmSize:")
+            ),
+            0,
+        )
         found = min(found or address_space, max(0, address_space - size))
     return found
 
@@ -132,10 +140,14 @@ def resource_message(err: BaseException) -> str | None:
         if isinstance(cause, MemoryError) or code == errno.ENOMEM or any(t in text for t in MEMORY_TEXTS):
             have = available_memory()
             where = f" ({have / GB:.1f} GB available now)" if have is not None else ""
-            return (f"out of memory{where}: lower the batch sizes (attack.batch_size, defense.batch_size, "
-                    "eval.batch_size), set micro_batches=K or gradient_checkpointing=true, or free memory")
+            return (
+                f"out of memory{where}: lower the batch sizes (attack.batch_size, defense.batch_size, "
+                "eval.batch_size), set micro_batches=K or gradient_checkpointing=true, or free memory"
+            )
         if code in (errno.ENOSPC, errno.EDQUOT) or any(t in text for t in DISK_TEXTS):
             name = getattr(cause, "filename", None)
-            return (f"disk full{f' writing {name}' if name else ''}: free space, or point IMMUNITY_CACHE and --out "
-                    "at a disk that has it (then `immunity cache clean` removes what was left half-written)")
+            return (
+                f"disk full{f' writing {name}' if name else ''}: free space, or point IMMUNITY_CACHE and --out "
+                "at a disk that has it (then `immunity cache clean` removes what was left half-written)"
+            )
     return None

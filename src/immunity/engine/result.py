@@ -15,8 +15,17 @@ from ..fields import build_config
 from ..registry import ATTACKS, lookup
 
 # Metrics measured before and after the attack, and whether each is a rate in [0, 1].
-MEASURED = {"hs": True, "refusal": True, "capability": True, "helpful": True, "hs_heldout": True, "fa": True,
-            "harmful_nll": False, "over_refusal": True, "benign_nll": False}
+MEASURED = {
+    "hs": True,
+    "refusal": True,
+    "capability": True,
+    "helpful": True,
+    "hs_heldout": True,
+    "fa": True,
+    "harmful_nll": False,
+    "over_refusal": True,
+    "benign_nll": False,
+}
 
 
 class ResultError(ValueError):
@@ -98,7 +107,7 @@ class RunResult:
             return getattr(self, f"{name}_{when}")
         return getattr(self, f"extra_{when}").get(name)
 
-    def check(self) -> "RunResult":
+    def check(self) -> RunResult:
         """The row's types and ranges, or a ResultError naming the first wrong field."""
         for f in fields(self):
             value = getattr(self, f.name)
@@ -119,7 +128,7 @@ class RunResult:
         return {k: v for k, v in asdict(self).items() if k not in ("created", "stale")}
 
     @classmethod
-    def from_dict(cls, row: dict) -> "RunResult":
+    def from_dict(cls, row: dict) -> RunResult:
         """The typed row of a stored or printed result (keys the row type does not have, such as
         the store's `config` and `created`, are left out)."""
         known = {f.name for f in fields(cls)}

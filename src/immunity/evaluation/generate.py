@@ -12,8 +12,16 @@ from ..data import prompt_ids
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
-             progress: bool = True, desc: str = "generate", prefills: list[list[int] | None] | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "generate",
+    prefills: list[list[int] | None] | None = None,
+) -> list[str]:
     """Greedy answers to `prompts` (chat template applied). `prefills[i]`: token ids forced at
     the start of answer i (a prefilling attack); the answer returned starts with them."""
     model.eval()
@@ -22,17 +30,24 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     prefills = prefills or [None] * len(prompts)
     outputs: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
-        forced = [f or [] for f in prefills[start:start + batch_size]]
-        encoded = [prompt_ids(tokenizer, p) + f for p, f in zip(prompts[start:start + batch_size], forced)]
+        forced = [f or [] for f in prefills[start : start + batch_size]]
+        encoded = [prompt_ids(tokenizer, p) + f for p, f in zip(prompts[start : start + batch_size], forced)]
         width = max(map(len, encoded))
         # Left padding, so every prompt ends where generation begins.
         input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
         attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                             do_sample=False, use_cache=True, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id)
-        outputs += tokenizer.batch_decode([f + row for f, row in zip(forced, out[:, width:].tolist())],
-                                          skip_special_tokens=True)
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        outputs += tokenizer.batch_decode(
+            [f + row for f, row in zip(forced, out[:, width:].tolist())], skip_special_tokens=True
+        )
     return [o.strip() for o in outputs]
 
 

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +49,10 @@ def drift(released, attacked, tokenizer, prompts: list[str]) -> list[float]:
     before = released.eval()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     after = attacked.eval()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     keep = mask.bool()
-    return [((a - b)[keep].norm(dim=-1) / b[keep].norm(dim=-1).clamp(min=1e-12)).mean().item()
-            for b, a in zip(before, after)]
+    return [
+        ((a - b)[keep].norm(dim=-1) / b[keep].norm(dim=-1).clamp(min=1e-12)).mean().item()
+        for b, a in zip(before, after)
+    ]
 
 
 @torch.no_grad()
@@ -58,8 +60,12 @@ def token_kl(released, base, tokenizer, examples: list[Example], positions: int 
     """Mean KL(released || base) at each of the first `positions` answer positions."""
     device = next(released.parameters()).device
     batch = _batch(tokenizer, examples, device)
-    logp = F.log_softmax(upcast(released.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits), -1)
-    logq = F.log_softmax(upcast(base.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits), -1)
+    logp = F.log_softmax(
+        upcast(released.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits), -1
+    )
+    logq = F.log_softmax(
+        upcast(base.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits), -1
+    )
     kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T)
     predicting = answer_mask(batch["labels"])
     per_position = []
@@ -73,7 +79,7 @@ def token_kl(released, base, tokenizer, examples: list[Example], positions: int 
             break
         per_position.append(sum(values) / len(values))
     total, running, depth = sum(per_position), 0.0, 0
-    for depth, value in enumerate(per_position, 1):
+    for depth, value in enumerate(per_position, 1):  # noqa: B007 (read after the loop)
         running += value
         if running >= 0.9 * total:
             break
@@ -87,6 +93,7 @@ def hessian_vector_product(model, loss_of: Callable[[dict], torch.Tensor]):
 
     def hvp(vector: dict) -> dict:
         return jvp(gradient, (params,), (vector,))[1]
+
     return params, hvp
 
 
@@ -101,7 +108,7 @@ def lanczos(hvp: Callable, params: dict, steps: int = 20, seed: int = 0) -> tupl
         out, start = {}, 0
         for n in names:
             size = params[n].numel()
-            out[n] = vector[start:start + size].view_as(params[n]).to(params[n].dtype)
+            out[n] = vector[start : start + size].view_as(params[n]).to(params[n].dtype)
             start += size
         return out
 
@@ -129,9 +136,11 @@ def lanczos(hvp: Callable, params: dict, steps: int = 20, seed: int = 0) -> tupl
 
 def loss_spectrum(model, batch: dict, steps: int = 20, seed: int = 0) -> dict:
     """Top and bottom Hessian eigenvalues of the answer-token CE on `batch`, and their ratio."""
+
     def loss_of(weights):
-        logits = functional_call(model, weights, args=(batch["input_ids"],),
-                                 kwargs={"attention_mask": batch["attention_mask"]}).logits
+        logits = functional_call(
+            model, weights, args=(batch["input_ids"],), kwargs={"attention_mask": batch["attention_mask"]}
+        ).logits
         return token_ce(logits, batch["labels"])
 
     model.eval()
@@ -155,8 +164,14 @@ def filter_normalised_direction(model, seed: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def basin(model, hs_of: Callable[[object], float], seed: int = 0, points: int = 11, extent: float = 0.5,
-          tolerance: float = 0.05) -> dict:
+def basin(
+    model,
+    hs_of: Callable[[object], float],
+    seed: int = 0,
+    points: int = 11,
+    extent: float = 0.5,
+    tolerance: float = 0.05,
+) -> dict:
     """HS along theta + a d for `points` values of a in [-extent, extent]; the basin width."""
     direction = filter_normalised_direction(model, seed)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -177,5 +192,9 @@ def basin(model, hs_of: Callable[[object], float], seed: int = 0, points: int = 
         left -= 1
     while right < len(alphas) - 1 and inside[right + 1]:
         right += 1
-    return {"alphas": [round(a, 4) for a in alphas], "hs": curve, "width": alphas[right] - alphas[left],
-            "tolerance": tolerance}
+    return {
+        "alphas": [round(a, 4) for a in alphas],
+        "hs": curve,
+        "width": alphas[right] - alphas[left],
+        "tolerance": tolerance,
+    }

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from statistics import mean
-from typing import Callable
 
 import torch
 
@@ -48,27 +48,53 @@ def evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
 
 
 def _records(name: str, examples: list[Example], responses: list[str]) -> list[dict]:
-    return [{"set": name, "prompt": e.prompt, "response": r, "kind": e.kind, "group": e.group,
-             "obj": e.obj, "label": e.group} for e, r in zip(examples, responses)]
+    return [
+        {
+            "set": name,
+            "prompt": e.prompt,
+            "response": r,
+            "kind": e.kind,
+            "group": e.group,
+            "obj": e.obj,
+            "label": e.group,
+        }
+        for e, r in zip(examples, responses)
+    ]
 
 
-def generate_sets(model, tokenizer, sets: dict[str, list[Example]], max_new_tokens: int,
-                  batch_size: int, path: Path, progress: bool = True,
-                  prefill: Callable[[Example], list[int] | None] | None = None) -> list[dict]:
+def generate_sets(
+    model,
+    tokenizer,
+    sets: dict[str, list[Example]],
+    max_new_tokens: int,
+    batch_size: int,
+    path: Path,
+    progress: bool = True,
+    prefill: Callable[[Example], list[int] | None] | None = None,
+) -> list[dict]:
     """Every set's greedy answers, saved to `path` (JSONL) before any judge sees them; `prefill`
     gives the tokens an attack forces at the start of an answer (None: none)."""
     records = []
     for name, examples in sets.items():
         forced = [prefill(e) for e in examples] if prefill else None
-        responses = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size,
-                             progress=progress, desc=f"generate {name}", prefills=forced)
+        responses = generate(
+            model,
+            tokenizer,
+            [e.prompt for e in examples],
+            max_new_tokens,
+            batch_size,
+            progress=progress,
+            desc=f"generate {name}",
+            prefills=forced,
+        )
         records += _records(name, examples, responses)
     save_generations(path, records)
     return records
 
 
-def validation_metrics(model, tokenizer, data: DataBundle, sets: list[str], judge, limit: int = 48,
-                       max_new_tokens: int = 32) -> dict[str, float]:
+def validation_metrics(
+    model, tokenizer, data: DataBundle, sets: list[str], judge, limit: int = 48, max_new_tokens: int = 32
+) -> dict[str, float]:
     """Metrics on the `val` split, unsaved: for defenses that tune or stop on validation."""
     records = []
     for name, examples in prompt_sets(data, sets, "val", limit).items():
@@ -110,9 +136,17 @@ def score(records: list[dict], judge, cache: Path | None = None) -> dict[str, fl
             continue
         has_capability = "capability" in found[0]
         if name == "benign":  # helpful: a right answer (exact-answer items) or enough right steps, not refused
-            metrics["helpful"] = mean(not v["refused"] and (v["correct"] if "correct" in v else
-                                                            v["capability"] >= HELPFUL_MIN_CAPABILITY
-                                                            if has_capability else True) for v in found)
+            metrics["helpful"] = mean(
+                not v["refused"]
+                and (
+                    v["correct"]
+                    if "correct" in v
+                    else v["capability"] >= HELPFUL_MIN_CAPABILITY
+                    if has_capability
+                    else True
+                )
+                for v in found
+            )
             metrics["refusal_benign"] = mean(v["refused"] for v in found)
             continue
         prefix = {"harmful": "hs", "heldout": "hs_heldout"}.get(name, f"hs_{name}")  # e.g. hs_triggered
@@ -144,8 +178,10 @@ def answer_nll(model, tokenizer, examples: list[Example], batch_size: int = 64) 
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate([encode_chat(tokenizer, e.prompt, e.answer) for e in examples[start:start + batch_size]],
-                        tokenizer.pad_token_id)
+        batch = collate(
+            [encode_chat(tokenizer, e.prompt, e.answer) for e in examples[start : start + batch_size]],
+            tokenizer.pad_token_id,
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         losses = token_ce(logits, batch["labels"], reduction="none")

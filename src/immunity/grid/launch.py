@@ -17,16 +17,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..config import RunConfig
-from ..outputs import write_text_atomic
-from ..training import TrainingDiverged
 from ..engine.identity import RunIdentity
 from ..engine.pipeline import Pipeline, run_dir
+from ..outputs import write_text_atomic
+from ..training import TrainingDiverged
 
 LAUNCHERS = ("local", "slurm", "submitit-local", "ray")
 
@@ -164,8 +164,9 @@ def _local(jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int) ->
             worker.stop()
 
 
-def _submitit(jobs: list[tuple[int, RunConfig]], cluster: str, folder: str, options: dict,
-              threads: int) -> Iterator[Outcome]:
+def _submitit(
+    jobs: list[tuple[int, RunConfig]], cluster: str, folder: str, options: dict, threads: int
+) -> Iterator[Outcome]:
     try:
         import submitit
     except ImportError as err:
@@ -187,8 +188,12 @@ def _ray(jobs: list[tuple[int, RunConfig]], workers: int, threads: int) -> Itera
     except ImportError as err:
         raise ImportError("--launcher ray needs Ray: pip install 'immunity[ray]'") from err
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS")
-                 else workers * threads, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            num_cpus=None if os.environ.get("RAY_ADDRESS") else workers * threads,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     task = ray.remote(num_cpus=threads)(compute)
     pending = {task.remote(cfg, threads): i for i, cfg in jobs}
     while pending:
@@ -200,8 +205,14 @@ def _ray(jobs: list[tuple[int, RunConfig]], workers: int, threads: int) -> Itera
             yield i, None, err
 
 
-def launch(launcher: str, jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int,
-           folder: str = "runs/submitit", options: dict | None = None) -> Iterator[Outcome]:
+def launch(
+    launcher: str,
+    jobs: Iterable[tuple[int, RunConfig]],
+    workers: int,
+    threads: int,
+    folder: str = "runs/submitit",
+    options: dict | None = None,
+) -> Iterator[Outcome]:
     """Run the (index, config) `jobs`; yield (index, result file, error) as each one finishes.
     The local launcher draws the next job only when a worker is free; the cluster launchers
     submit them all at once."""

@@ -32,8 +32,9 @@ def grid_points(items: list[str]) -> list[dict]:
     return [dict(combo) for combo in itertools.product(*axes)] or [{}]
 
 
-def plan_runs(defenses: list[str], seeds: list[int], grid: list[str], overrides: list[str],
-              config: str | None = None) -> list[tuple[RunConfig, RunIdentity]]:
+def plan_runs(
+    defenses: list[str], seeds: list[int], grid: list[str], overrides: list[str], config: str | None = None
+) -> list[tuple[RunConfig, RunIdentity]]:
     """Every run of the grid, validated before any of them starts, duplicates removed; seed by
     seed, and within a grid point defense after defense, so that parallel workers train different
     defenses at once instead of waiting on one another's (cached) defense."""
@@ -50,8 +51,10 @@ def plan_runs(defenses: list[str], seeds: list[int], grid: list[str], overrides:
 
 def describe(cfg: RunConfig) -> str:
     settings = " ".join(f"{k}={v}" for k, v in cfg.defense_args.items())
-    return f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | " \
-           f"{cfg.attack_cls.label(asdict(cfg.attack))}"
+    return (
+        f"{cfg.defense}{' ' + settings if settings else ''} seed={cfg.seed} | "
+        f"{cfg.attack_cls.label(asdict(cfg.attack))}"
+    )
 
 
 @dataclass
@@ -68,14 +71,22 @@ class Grid:
     def run(self) -> list[dict]:
         """Compute what the store lacks; the grid's stored rows."""
         todo = self.unmerged()
-        print(f"bench: {len(self.plan)} runs, {len(self.plan) - len(todo)} already stored, {len(todo)} to run",
-              file=sys.stderr)
+        print(
+            f"bench: {len(self.plan)} runs, {len(self.plan) - len(todo)} already stored, {len(todo)} to run",
+            file=sys.stderr,
+        )
         number = {identity.run_id: i for i, (_, identity) in enumerate(todo, 1)}
-        announce = lambda c, i: print(f"[{number[i.run_id]}/{len(todo)}] {describe(c)}",  # noqa: E731
-                                      file=sys.stderr, flush=True)
+        announce = lambda c, i: print(
+            f"[{number[i.run_id]}/{len(todo)}] {describe(c)}",  # noqa: E731
+            file=sys.stderr,
+            flush=True,
+        )
         with Heartbeat(self.store.path):
-            while pending := [(cfg, identity) for cfg, identity in todo if not self.store.has(identity.run_id)
-                              and identity.run_id not in self.failed]:
+            while pending := [
+                (cfg, identity)
+                for cfg, identity in todo
+                if not self.store.has(identity.run_id) and identity.run_id not in self.failed
+            ]:
                 if not self.dispatch(pending, announce):
                     # The rest is being computed by another `bench` on this store: wait for it, or
                     # for its lease to run out (then the claim is taken over).
@@ -109,8 +120,9 @@ class Grid:
             outcomes = in_process(claimable(), progress=self.progress)
         else:
             threads = int(self.options.get("cpus_per_task", 0)) or max(1, (os.cpu_count() or 1) // self.workers)
-            outcomes = launch(self.launcher, claimable(), self.workers, threads, folder=self.folder,
-                              options=self.options)
+            outcomes = launch(
+                self.launcher, claimable(), self.workers, threads, folder=self.folder, options=self.options
+            )
         try:
             for i, path, error in outcomes:
                 run_id = runs[i][1].run_id

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig, load_run_config, validate
-from ..training import TrainingDiverged
 from ..engine.result import RunResult
+from ..training import TrainingDiverged
 
 # The attacker's search space; its ranges cover the durability grid of issue 11 and the
 # changed attacks of docs/results.md (10x lr, cosine + warm-up, full fine-tuning, SGD).
@@ -67,15 +67,17 @@ def score(result: dict, guard_helpful: float, guard_fa: float) -> float:
     """HS after if the attacked model stays capable, else 0 (FA guarded as in the leaderboard:
     only where the attack trains on task data)."""
     row = RunResult.from_dict(result)
-    capable = (row.helpful_after or 0.0) >= guard_helpful and \
-        (not row.trains_on_task() or row.fa_after is None or row.fa_after >= guard_fa)
+    capable = (row.helpful_after or 0.0) >= guard_helpful and (
+        not row.trains_on_task() or row.fa_after is None or row.fa_after >= guard_fa
+    )
     return float(row.hs_after) if capable else 0.0
 
 
 def trial_config(search: SearchConfig, setting: dict, overrides: list[str], split: str) -> RunConfig:
     values = [f"{k}={v}" for k, v in setting.items()]
-    cfg = load_run_config(None, list(overrides) + values + [f"eval.split={split}"], defense=search.defense,
-                          seed=search.seed)
+    cfg = load_run_config(
+        None, list(overrides) + values + [f"eval.split={split}"], defense=search.defense, seed=search.seed
+    )
     validate(cfg)
     return cfg
 
@@ -89,8 +91,11 @@ def attack_search(search: SearchConfig, overrides: list[str], run, progress: boo
         raise ImportError("attack-search needs Optuna: pip install 'immunity[search]'") from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     Path(search.storage).parent.mkdir(parents=True, exist_ok=True)
-    name = f"{search.defense}-seed{search.seed}-" + "-".join(sorted(overrides)) if overrides \
+    name = (
+        f"{search.defense}-seed{search.seed}-" + "-".join(sorted(overrides))
+        if overrides
         else f"{search.defense}-seed{search.seed}"
+    )
     storage = f"sqlite:///{search.storage}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
@@ -114,8 +119,16 @@ def attack_search(search: SearchConfig, overrides: list[str], run, progress: boo
     best = study.best_trial
     setting = suggest(optuna.trial.FixedTrial(best.params))
     evaluated = run(trial_config(search, setting, overrides, "eval"))
-    return {"defense": search.defense, "seed": search.seed, "trials": len(study.trials), "study": name,
-            "best_setting": setting, "best_val_score": best.value, "best_val": best.user_attrs,
-            "eval_hs_after": evaluated["hs_after"], "eval_helpful_after": evaluated.get("helpful_after"),
-            "eval_fa_after": evaluated.get("fa_after"),
-            "guards": {"helpful": search.guard_helpful, "fa": search.guard_fa}}
+    return {
+        "defense": search.defense,
+        "seed": search.seed,
+        "trials": len(study.trials),
+        "study": name,
+        "best_setting": setting,
+        "best_val_score": best.value,
+        "best_val": best.user_attrs,
+        "eval_hs_after": evaluated["hs_after"],
+        "eval_helpful_after": evaluated.get("helpful_after"),
+        "eval_fa_after": evaluated.get("fa_after"),
+        "guards": {"helpful": search.guard_helpful, "fa": search.guard_fa},
+    }

@@ -20,7 +20,7 @@ import sqlite3
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..engine.result import ResultError, RunResult
@@ -59,7 +59,7 @@ class StoreError(ValueError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def lease_seconds() -> float:
@@ -108,18 +108,24 @@ class Store:
     def _migrate(self) -> None:
         with self._transaction():
             tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            found = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
-                if "meta" in tables else None
+            found = (
+                self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if "meta" in tables
+                else None
+            )
             if found is not None and int(found[0]) > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} was written by a newer immunity (store schema {found[0]}, this "
-                                 f"version reads up to {SCHEMA_VERSION}): upgrade immunity to use it")
+                raise StoreError(
+                    f"{self.path} was written by a newer immunity (store schema {found[0]}, this "
+                    f"version reads up to {SCHEMA_VERSION}): upgrade immunity to use it"
+                )
             columns = [r[1] for r in self.conn.execute("PRAGMA table_info(runs)")] if "runs" in tables else []
             if columns and "run_id" not in columns:  # version 1: keyed by config alone
                 self.conn.execute("ALTER TABLE runs RENAME TO runs_v1")
                 self._create()
                 self.conn.execute(
                     "INSERT INTO runs SELECT 'v1-' || config_hash, config_hash, 'unknown', created, defense, attack, "
-                    "seed, model, judge, split, config, versions, result FROM runs_v1")
+                    "seed, model, judge, split, config, versions, result FROM runs_v1"
+                )
                 self.conn.execute("DROP TABLE runs_v1")
             else:
                 self._create()
@@ -160,9 +166,22 @@ class Store:
         with self._transaction():
             cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (result["run_id"], result["config_hash"], result["code_version"], _now(), result["defense"],
-                 result["attack"], result["seed"], result["model"], result["judge"], result["split"],
-                 json.dumps(config, default=str), json.dumps(result["versions"]), json.dumps(result, default=str)))
+                (
+                    result["run_id"],
+                    result["config_hash"],
+                    result["code_version"],
+                    _now(),
+                    result["defense"],
+                    result["attack"],
+                    result["seed"],
+                    result["model"],
+                    result["judge"],
+                    result["split"],
+                    json.dumps(config, default=str),
+                    json.dumps(result["versions"]),
+                    json.dumps(result, default=str),
+                ),
+            )
             self.conn.execute("DELETE FROM claims WHERE run_id = ?", (result["run_id"],))
             return cursor.rowcount == 1
 
@@ -178,8 +197,9 @@ class Store:
             try:
                 found.append(json.loads(result) | {"config": json.loads(config), "created": created})
             except (TypeError, json.JSONDecodeError) as err:
-                raise StoreError(f"{self.path}: row {run_id} is malformed ({err}); delete it or restore the "
-                                 "store from a copy") from err
+                raise StoreError(
+                    f"{self.path}: row {run_id} is malformed ({err}); delete it or restore the store from a copy"
+                ) from err
         return found
 
     def rows(self) -> list[RunResult]:
@@ -189,8 +209,10 @@ class Store:
             try:
                 typed.append(RunResult.from_dict(result))
             except (ResultError, KeyError, TypeError, ValueError) as err:
-                raise StoreError(f"{self.path}: row {result.get('run_id', '?')} is malformed ({err}); delete it or "
-                                 "restore the store from a copy") from err
+                raise StoreError(
+                    f"{self.path}: row {result.get('run_id', '?')} is malformed ({err}); delete it or "
+                    "restore the store from a copy"
+                ) from err
         return typed
 
     # -- claims ------------------------------------------------------------------------------
@@ -205,22 +227,31 @@ class Store:
             if row is not None and (row[0], row[1]) != (host, pid):
                 if _holder_alive(*row):
                     return False
-                print(f"immunity: taking over run {run_id} from {row[0]}:{row[1]} (no heartbeat for "
-                      f"{time.time() - row[2]:.0f} s, or its process is gone)", file=sys.stderr, flush=True)
-            self.conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
-                              (run_id, host, pid, _now(), time.time()))
+                print(
+                    f"immunity: taking over run {run_id} from {row[0]}:{row[1]} (no heartbeat for "
+                    f"{time.time() - row[2]:.0f} s, or its process is gone)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)", (run_id, host, pid, _now(), time.time())
+            )
             return True
 
     def renew(self) -> None:
         """Renew every claim this process holds (its heartbeat)."""
         with self._transaction():
-            self.conn.execute("UPDATE claims SET heartbeat = ? WHERE host = ? AND pid = ?",
-                              (time.time(), socket.gethostname(), os.getpid()))
+            self.conn.execute(
+                "UPDATE claims SET heartbeat = ? WHERE host = ? AND pid = ?",
+                (time.time(), socket.gethostname(), os.getpid()),
+            )
 
     def release(self, run_id: str) -> None:
         with self._transaction():
-            self.conn.execute("DELETE FROM claims WHERE run_id = ? AND host = ? AND pid = ?",
-                              (run_id, socket.gethostname(), os.getpid()))
+            self.conn.execute(
+                "DELETE FROM claims WHERE run_id = ? AND host = ? AND pid = ?",
+                (run_id, socket.gethostname(), os.getpid()),
+            )
 
     def claimed_by_other(self, run_id: str) -> bool:
         row = self.conn.execute("SELECT host, pid, heartbeat FROM claims WHERE run_id = ?", (run_id,)).fetchone()
@@ -246,7 +277,7 @@ class Heartbeat:
         finally:
             store.close()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.thread.start()
         return self
 

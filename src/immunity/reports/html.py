@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from statistics import mean
 
 from ..engine.result import RunResult
@@ -26,6 +26,7 @@ def _pyplot():
         raise ImportError("report --html draws its figures with matplotlib: pip install 'immunity[plots]'") from err
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -91,8 +92,10 @@ def budget_sweeps(results: list[RunResult]) -> dict[tuple[str, str, str], list[t
         config = r.attack_config
         if not BUDGET_KEYS <= set(config) or r.hs_after is None:
             continue
-        for budget, value, varied in (("steps", attack_steps(r), {"epochs", "max_steps"}),
-                                      ("samples n", config["n"], {"n"})):
+        for budget, value, varied in (
+            ("steps", attack_steps(r), {"epochs", "max_steps"}),
+            ("samples n", config["n"], {"n"}),
+        ):
             rest = str(sorted((k, v) for k, v in config.items() if k not in varied))
             sweeps.setdefault((defense_label(r), budget, rest), {}).setdefault(float(value), []).append(r.hs_after)
     return {k: sorted((b, mean(v)) for b, v in points.items()) for k, points in sweeps.items() if len(points) >= 3}
@@ -120,12 +123,19 @@ def markdown_to_html(text: str) -> str:
 
     def flush():
         if table:
-            rows = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in table
-                    if not set(line.replace("|", "").strip()) <= {"-"}]
+            rows = [
+                [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
+                for line in table
+                if not set(line.replace("|", "").strip()) <= {"-"}
+            ]
             head, body = rows[0], rows[1:]
-            out.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-                       + "</tbody></table>")
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+                + "</tbody></table>"
+            )
             table.clear()
         if items:
             out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
@@ -154,37 +164,58 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 2em; }
 """
 
 
-def html_report(results: list[RunResult], store: str, guard_helpful: float = 0.8, guard_fa: float = 0.8,
-                top: int = 3, phi: float = 0.5) -> str:
+def html_report(
+    results: list[RunResult],
+    store: str,
+    guard_helpful: float = 0.8,
+    guard_fa: float = 0.8,
+    top: int = 3,
+    phi: float = 0.5,
+) -> str:
     """The whole report as one HTML document."""
     if not results:
         raise ValueError("no results to report")
     sections = [
-        ("Leaderboard: bounded worst case over every stored attack, the four conditions, cost",
-         markdown_to_html(defense_overview(results, phi, guard_helpful, guard_fa))),
-        ("Bounded worst case per defense",
-         f'<img alt="bounded worst case per defense" src="data:image/png;base64,'
-         f'{_png(worst_case_figure(results, guard_helpful, guard_fa))}">'),
-        ("HS after vs benign helpfulness after, every defense and attack",
-         f'<img alt="HS-helpfulness frontier" src="data:image/png;base64,{_png(frontier_figure(results))}">'),
+        (
+            "Leaderboard: bounded worst case over every stored attack, the four conditions, cost",
+            markdown_to_html(defense_overview(results, phi, guard_helpful, guard_fa)),
+        ),
+        (
+            "Bounded worst case per defense",
+            f'<img alt="bounded worst case per defense" src="data:image/png;base64,'
+            f'{_png(worst_case_figure(results, guard_helpful, guard_fa))}">',
+        ),
+        (
+            "HS after vs benign helpfulness after, every defense and attack",
+            f'<img alt="HS-helpfulness frontier" src="data:image/png;base64,{_png(frontier_figure(results))}">',
+        ),
     ]
     sweeps = budget_sweeps(results)
     if sweeps:
-        sections.append(("Resistance: HS after vs the attacker's budget",
-                         f'<img alt="resistance curves" src="data:image/png;base64,'
-                         f'{_png(resistance_figure(sweeps))}">'))
-    sections += [("Rosati et al.'s four conditions", markdown_to_html(conditions_table(results, phi))),
-                 ("Worst case, top-n and bounded worst case",
-                  markdown_to_html(leaderboard(results, "bounded-worst-case", top, guard_helpful, guard_fa))),
-                 ("Defenses x attacks (HS after, helpfulness after)", markdown_to_html(by_attack_table(results))),
-                 ("Every configuration", markdown_to_html(markdown_table(results)))]
+        sections.append(
+            (
+                "Resistance: HS after vs the attacker's budget",
+                f'<img alt="resistance curves" src="data:image/png;base64,{_png(resistance_figure(sweeps))}">',
+            )
+        )
+    sections += [
+        ("Rosati et al.'s four conditions", markdown_to_html(conditions_table(results, phi))),
+        (
+            "Worst case, top-n and bounded worst case",
+            markdown_to_html(leaderboard(results, "bounded-worst-case", top, guard_helpful, guard_fa)),
+        ),
+        ("Defenses x attacks (HS after, helpfulness after)", markdown_to_html(by_attack_table(results))),
+        ("Every configuration", markdown_to_html(markdown_table(results))),
+    ]
     _pyplot().close("all")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     models = ", ".join(sorted({r.model for r in results}))
     judges = ", ".join(sorted({r.judge for r in results}))
     seeds = ",".join(map(str, sorted({r.seed for r in results})))
     body = "\n".join(f"<h2>{html.escape(title)}</h2>\n{content}" for title, content in sections)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>immunity report</title>"
-            f"<style>{STYLE}</style></head><body>\n<h1>immunity report</h1>\n"
-            f"<p>Store {html.escape(store)}; {len(results)} runs; models {html.escape(models)}; judges "
-            f"{html.escape(judges)}; seeds {seeds}; made {stamp}.</p>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>immunity report</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>immunity report</h1>\n"
+        f"<p>Store {html.escape(store)}; {len(results)} runs; models {html.escape(models)}; judges "
+        f"{html.escape(judges)}; seeds {seeds}; made {stamp}.</p>\n{body}\n</body></html>\n"
+    )

@@ -12,12 +12,12 @@ import sys
 from dataclasses import asdict, dataclass
 
 from ..config import build_config, parse_overrides
-from ..registry import ATTACKS, lookup
-from . import tables
-from .analysis import AGGREGATES, latest_per_config
 from ..engine.identity import run_code_version
 from ..engine.result import RunResult
 from ..grid.store import Store, StoreError
+from ..registry import ATTACKS, lookup
+from . import tables
+from .analysis import AGGREGATES, latest_per_config
 
 
 @dataclass
@@ -40,8 +40,10 @@ REPORTS = {
     "paired": lambda rows, o: _paired(rows, o),
     "per-seed": lambda rows, o: _per_seed(rows, o.attack_keys),
     "html": lambda rows, o: _html(rows, o),
-    **{name: (lambda name: lambda rows, o: tables.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
-       for name in AGGREGATES},
+    **{
+        name: (lambda name: lambda rows, o: tables.leaderboard(rows, name, o.top, o.guard_helpful, o.guard_fa))(name)
+        for name in AGGREGATES
+    },
 }
 
 
@@ -83,14 +85,19 @@ def current_rows(store: Store, include_stale: bool = False) -> list[RunResult]:
     if stale:
         names = sorted({r.defense for r in stale})
         what = "included, marked (stale)" if include_stale else "left out (include_stale shows them)"
-        print(f"report: {len(stale)} rows were made by code that has changed since ({', '.join(names)}): {what}; "
-              "`immunity bench` recomputes them", file=sys.stderr)
+        print(
+            f"report: {len(stale)} rows were made by code that has changed since ({', '.join(names)}): {what}; "
+            "`immunity bench` recomputes them",
+            file=sys.stderr,
+        )
         for r in stale:
             r.stale = True
         rows = rows if include_stale else [r for r in rows if not r.stale]
     if older:
-        print(f"report: {older} older rows of the same configurations (other code or package versions) not shown",
-              file=sys.stderr)
+        print(
+            f"report: {older} older rows of the same configurations (other code or package versions) not shown",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -109,13 +116,23 @@ def attack_filter(settings: list[str], ignore: set[str] = frozenset()):
     wanted = {k: v for k, v in asdict(build_config(config, overrides)).items() if k not in ignore}
 
     def matches(row: RunResult) -> bool:
-        return row.attack == name and {k: v for k, v in asdict(build_config(config, row.attack_config)).items()
-                                       if k not in ignore} == wanted
+        return (
+            row.attack == name
+            and {k: v for k, v in asdict(build_config(config, row.attack_config)).items() if k not in ignore} == wanted
+        )
+
     return matches
 
 
-def select(store_path: str, defense: str | None = None, split: str | None = None, attack: list[str] | None = None,
-           default_attacks: bool = False, include_stale: bool = False, any_n: bool = False) -> list[RunResult]:
+def select(
+    store_path: str,
+    defense: str | None = None,
+    split: str | None = None,
+    attack: list[str] | None = None,
+    default_attacks: bool = False,
+    include_stale: bool = False,
+    any_n: bool = False,
+) -> list[RunResult]:
     """The rows a report reads."""
     store = Store(store_path, create=False)
     rows = current_rows(store, include_stale)

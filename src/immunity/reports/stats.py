@@ -18,9 +18,9 @@ from statistics import mean
 
 import numpy as np
 
+from ..engine.result import RunResult
 from ..evaluation.suite import _record_key, verdict_path
 from .analysis import attack_steps, auc, by_label, curve, default_apart_from, defense_label, setting, short_settings
-from ..engine.result import RunResult
 
 RESAMPLES = 2000
 
@@ -48,7 +48,9 @@ def harmful_verdicts(run_dir: Path, judge: str, prompt_set: str = "harmful") -> 
     return out
 
 
-def hierarchical_bootstrap(per_seed: list[np.ndarray], seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float, float]:
+def hierarchical_bootstrap(
+    per_seed: list[np.ndarray], seed: int = 0, resamples: int = RESAMPLES
+) -> tuple[float, float, float]:
     """(mean, low, high): the mean over seeds x prompts and its 95 % interval, resampling seeds,
     then prompts within each seed."""
     rng = np.random.default_rng(seed)
@@ -72,7 +74,7 @@ def _verdicts_by_seed(runs: list[RunResult], runs_root: Path) -> dict[int, dict[
     found = {}
     for r in runs:
         metric = r.attack_cls.attacker_metric  # e.g. a backdoor's hs_triggered: its "triggered" requests
-        prompt_set = "harmful" if metric == "hs" else metric[len("hs_"):]
+        prompt_set = "harmful" if metric == "hs" else metric[len("hs_") :]
         verdicts = harmful_verdicts(runs_root / f"{r.defense}-seed{r.seed}-{r.run_id}", r.judge, prompt_set)
         if verdicts:
             found[r.seed] = verdicts
@@ -87,11 +89,19 @@ def paired_table(results: list[RunResult], runs_root: Path | str = "runs", refer
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((defense_label(r), setting(r)), []).append(r)
-    base = {attack: _verdicts_by_seed(runs, runs_root) for (label, attack), runs in groups.items()
-            if label == reference}
+    base = {
+        attack: _verdicts_by_seed(runs, runs_root) for (label, attack), runs in groups.items() if label == reference
+    }
     short = short_settings(results)
-    header = ["defense", "attack", "seeds", "HS after [95 % CI]", "helpful after", f"HS − {reference} [95 % CI]",
-              f"vs {reference}"]
+    header = [
+        "defense",
+        "attack",
+        "seeds",
+        "HS after [95 % CI]",
+        "helpful after",
+        f"HS − {reference} [95 % CI]",
+        f"vs {reference}",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     missing = 0
     for (label, attack), runs in sorted(groups.items()):
@@ -102,8 +112,13 @@ def paired_table(results: list[RunResult], runs_root: Path | str = "runs", refer
         seeds = sorted(mine)
         hs = hierarchical_bootstrap([np.array(list(mine[s].values())) for s in seeds])
         helpful = [r.helpful_after for r in runs if r.helpful_after is not None]
-        cells = [label, short[attack], ",".join(map(str, seeds)), f"{100 * hs[0]:.1f} [{100 * hs[1]:.1f}, {100 * hs[2]:.1f}]",
-                 f"{100 * np.mean(helpful):.0f}" if helpful else "–"]
+        cells = [
+            label,
+            short[attack],
+            ",".join(map(str, seeds)),
+            f"{100 * hs[0]:.1f} [{100 * hs[1]:.1f}, {100 * hs[2]:.1f}]",
+            f"{100 * np.mean(helpful):.0f}" if helpful else "–",
+        ]
         theirs = base.get(attack, {})
         common = [s for s in seeds if s in theirs]
         if label == reference or not common:
@@ -112,8 +127,10 @@ def paired_table(results: list[RunResult], runs_root: Path | str = "runs", refer
             diffs = [np.array([mine[s][p] - theirs[s][p] for p in mine[s] if p in theirs[s]]) for s in common]
             d = hierarchical_bootstrap(diffs)
             verdict = "beats" if d[2] < 0 else "worse" if d[1] > 0 else "no difference"
-            cells += [f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] (seeds {','.join(map(str, common))})",
-                      verdict]
+            cells += [
+                f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] (seeds {','.join(map(str, common))})",
+                verdict,
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     if missing:
         lines += ["", f"{missing} defense/attack groups have no saved generations under {runs_root}/ and are left out."]
@@ -132,13 +149,27 @@ def per_seed_table(results: list[RunResult], reference: str = "sft", fixed: tupl
         for seed in sorted({r.seed for r in rows}):
             mine = [r for r in rows if r.seed == seed]
             default = [r for r in mine if default_apart_from(r, fixed)]
-            budgets, _ = curve([r for r in mine if default_apart_from(r, ("epochs", "max_steps") + fixed)],
-                               attack_steps)
+            budgets, _ = curve(
+                [r for r in mine if default_apart_from(r, ("epochs", "max_steps") + fixed)], attack_steps
+            )
             if default:
-                table.setdefault(label, {})[seed] = {"hs": default[0].hs_after, "nll": default[0].harmful_nll_after,
-                                                     "auc": auc(budgets), "helpful": default[0].helpful_after}
-    header = ["defense", "seeds", "HS after per seed", "HS after", "vs sft", "harmful NLL after", "vs sft",
-              "HS-steps AUC", "vs sft"]
+                table.setdefault(label, {})[seed] = {
+                    "hs": default[0].hs_after,
+                    "nll": default[0].harmful_nll_after,
+                    "auc": auc(budgets),
+                    "helpful": default[0].helpful_after,
+                }
+    header = [
+        "defense",
+        "seeds",
+        "HS after per seed",
+        "HS after",
+        "vs sft",
+        "harmful NLL after",
+        "vs sft",
+        "HS-steps AUC",
+        "vs sft",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ref = table.get(reference, {})
     for label, seeds in table.items():
@@ -146,8 +177,11 @@ def per_seed_table(results: list[RunResult], reference: str = "sft", fixed: tupl
         for key, scale in (("hs", 100), ("nll", 1), ("auc", 100)):
             values = [v[key] for v in seeds.values() if v[key] is not None]
             cells.append(f"{scale * mean(values):.{1 if scale == 100 else 2}f}" if values else "–")
-            paired = [v[key] - ref[s][key] for s, v in seeds.items()
-                      if s in ref and v[key] is not None and ref[s][key] is not None]
+            paired = [
+                v[key] - ref[s][key]
+                for s, v in seeds.items()
+                if s in ref and v[key] is not None and ref[s][key] is not None
+            ]
             cells.append(_interval(paired, scale, seed_bootstrap) if paired and label != reference else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,8 +6,8 @@ Attention and MLP modules return a tensor or a tuple whose first item is the blo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
@@ -15,8 +15,9 @@ from ..models import block_output, decoder_layers, with_block_output
 
 
 @contextmanager
-def edit_block_outputs(model, block: str, fn: Callable[[int, torch.Tensor], torch.Tensor | None],
-                       layers: list[int] | None = None):
+def edit_block_outputs(
+    model, block: str, fn: Callable[[int, torch.Tensor], torch.Tensor | None], layers: list[int] | None = None
+):
     """Call fn(layer_index, output) on each chosen layer's `block` ("attention" | "mlp");
     a returned tensor replaces the output."""
     handles = []
@@ -25,6 +26,7 @@ def edit_block_outputs(model, block: str, fn: Callable[[int, torch.Tensor], torc
         def hook(module, args, output):
             new = fn(index, block_output(output))
             return None if new is None else with_block_output(output, new)
+
         return hook
 
     try:

@@ -22,7 +22,7 @@ class LoReFT(nn.Module):
         self.rotate = parametrizations.orthogonal(nn.Linear(hidden, rank, bias=False))
         self.learned = nn.Linear(hidden, rank)
         with torch.no_grad():
-            self.learned.weight.copy_(torch.randn(rank, hidden, generator=generator) / hidden ** 0.5)
+            self.learned.weight.copy_(torch.randn(rank, hidden, generator=generator) / hidden**0.5)
             self.learned.bias.zero_()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -33,14 +33,25 @@ class LoReFT(nn.Module):
 
 def intervene(model, layer: int, intervention: nn.Module):
     """Apply `intervention` to layer `layer`'s output (a forward hook); returns its handle."""
+
     def hook(_module, _args, output):
         return with_block_output(output, intervention(block_output(output)))
 
     return decoder_layers(model)[layer].module.register_forward_hook(hook)
 
 
-def train_reft(model, tokenizer, pairs, layer: int, rank: int, lr: float, epochs: float, batch_size: int, seed: int,
-               progress: bool = False):
+def train_reft(
+    model,
+    tokenizer,
+    pairs,
+    layer: int,
+    rank: int,
+    lr: float,
+    epochs: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+):
     """Fit a LoReFT intervention at `layer` of the frozen `model` on (request, answer) `pairs`
     (AdamW, answer tokens only); returns (intervention, hook handle): the hook stays attached."""
     model.requires_grad_(False)
@@ -49,8 +60,14 @@ def train_reft(model, tokenizer, pairs, layer: int, rank: int, lr: float, epochs
     intervention = LoReFT(hidden, rank, seed).to(device)
     handle = intervene(model, layer, intervention)
     features = [encode_chat(tokenizer, e.prompt, e.answer) for e in pairs]
-    train(AroundFrozen(model, intervention), features, TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
-          tokenizer.pad_token_id, step_loss=lambda m, batch: m.loss(batch), desc="reft", progress=progress)
+    train(
+        AroundFrozen(model, intervention),
+        features,
+        TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed),
+        tokenizer.pad_token_id,
+        step_loss=lambda m, batch: m.loss(batch),
+        desc="reft",
+        progress=progress,
+    )
     intervention.requires_grad_(False)
     return intervention, handle
-

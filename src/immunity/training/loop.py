@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.func import functional_call
@@ -62,8 +62,10 @@ class TrainingDiverged(RuntimeError):
 
 def check_finite(value: float, desc: str, step: int) -> None:
     if not math.isfinite(value):
-        raise TrainingDiverged(f"{desc}: the loss is {value} at step {step}; the run stopped and stored no result "
-                               "(lower the learning rate)")
+        raise TrainingDiverged(
+            f"{desc}: the loss is {value} at step {step}; the run stopped and stored no result "
+            "(lower the learning rate)"
+        )
 
 
 def lm_loss(model, batch) -> torch.Tensor:
@@ -76,8 +78,9 @@ def lm_loss(model, batch) -> torch.Tensor:
 def logits_with(model, weights: dict, batch) -> torch.Tensor:
     """Upcast logits of `model` run with `weights` (name -> tensor) in place of those parameters,
     which stay untouched: how meta-learning defenses evaluate simulated attacker weights."""
-    logits = functional_call(model, weights, args=(batch["input_ids"],),
-                             kwargs={"attention_mask": batch["attention_mask"]}).logits
+    logits = functional_call(
+        model, weights, args=(batch["input_ids"],), kwargs={"attention_mask": batch["attention_mask"]}
+    ).logits
     return upcast(logits)
 
 
@@ -112,13 +115,21 @@ def _schedule_name(cfg: TrainConfig) -> str:
 
 def batches(features: list[dict], batch_size: int, pad_id: int, seed: int, shuffle: bool = True):
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=lambda fs: collate(fs, pad_id))
+    return DataLoader(
+        features, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=lambda fs: collate(fs, pad_id)
+    )
 
 
-def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
-          step_loss: Callable = lm_loss, desc: str = "train", progress: bool = True,
-          on_step: Callable[[int], None] | None = None) -> list[float]:
+def train(
+    model,
+    features: list[dict],
+    cfg: TrainConfig,
+    pad_id: int,
+    step_loss: Callable = lm_loss,
+    desc: str = "train",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> list[float]:
     """Train `model` in place on tokenised `features`; return the loss of every step.
 
     `step_loss(model, batch)` (or `step_loss(model, batch, step)`, given the 1-based optimizer
@@ -137,19 +148,23 @@ def train(model, features: list[dict], cfg: TrainConfig, pad_id: int,
         losses = _steps(trained, features, cfg, pad_id, step_loss, desc, progress, on_step)
     params = [p for p in model.parameters() if p.requires_grad]
     if not all(torch.isfinite(p).all() for p in params):  # the last update can diverge after its loss was read
-        raise TrainingDiverged(f"{desc}: the weights are not finite after step {len(losses)}; the run stopped "
-                               "and stored no result (lower the learning rate)")
+        raise TrainingDiverged(
+            f"{desc}: the weights are not finite after step {len(losses)}; the run stopped "
+            "and stored no result (lower the learning rate)"
+        )
     model.eval()
     return losses
 
 
-def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, desc: str, progress: bool,
-           on_step) -> list[float]:
+def _steps(
+    model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, desc: str, progress: bool, on_step
+) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, cfg)
     total = cfg.total_steps(len(features))
-    scheduler = get_scheduler(_schedule_name(cfg), optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    scheduler = get_scheduler(
+        _schedule_name(cfg), optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
+    )
     loader = batches(features, cfg.batch_size, pad_id, cfg.seed)
     device = model.get_input_embeddings().weight.device
     model.train()
@@ -159,12 +174,21 @@ def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, 
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             step = len(losses) + 1
-            losses.append(parallel.accumulate(params, lambda: _backward(model, batch, step_loss, step), cfg.seed,
-                                              step, weights=_example_shares(batch)))
+            losses.append(
+                parallel.accumulate(
+                    params,
+                    lambda: _backward(model, batch, step_loss, step),
+                    cfg.seed,
+                    step,
+                    weights=_example_shares(batch),
+                )
+            )
             check_finite(losses[-1], desc, len(losses))
             if len(losses) == 1 and all(p.grad is None for p in params):
-                raise RuntimeError(f"{desc}: the step computed no gradient for the parameters being trained "
-                                   "(under fsdp=true: this method's step does not use the model it is given)")
+                raise RuntimeError(
+                    f"{desc}: the step computed no gradient for the parameters being trained "
+                    "(under fsdp=true: this method's step does not use the model it is given)"
+                )
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -182,8 +206,11 @@ def _steps(model, features, cfg: TrainConfig, pad_id: int, step_loss: Callable, 
 
 def _backward(model, batch: dict, step_loss: Callable, step: int) -> float:
     """Gradients of this shard's loss; the number to log."""
-    out = step_loss(model, parallel.shard(batch), step) if _takes_step(step_loss) else \
-        step_loss(model, parallel.shard(batch))
+    out = (
+        step_loss(model, parallel.shard(batch), step)
+        if _takes_step(step_loss)
+        else step_loss(model, parallel.shard(batch))
+    )
     loss, shown = out if isinstance(out, tuple) else (out, out)
     if loss is not None:
         loss.backward()
@@ -192,8 +219,11 @@ def _backward(model, batch: dict, step_loss: Callable, step: int) -> float:
 
 def _takes_step(step_loss: Callable) -> bool:
     """Whether `step_loss` asks for the step: a third positional parameter without a default."""
-    required = [p for p in inspect.signature(step_loss).parameters.values()
-                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [
+        p
+        for p in inspect.signature(step_loss).parameters.values()
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     return len(required) >= 3
 
 

@@ -55,7 +55,7 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernels: int = 5, multipli
     widest = torch.exp(-sq / (bandwidth * multiplier ** (kernels - 1 - kernels // 2)))
     total, power = widest, widest
     for j in range(1, kernels):
-        power = power * power if multiplier == 2 else widest ** (multiplier ** j)
+        power = power * power if multiplier == 2 else widest ** (multiplier**j)
         total = total + power
     return total
 

@@ -26,9 +26,9 @@ own loops declare `supports_fsdp = False` and are refused under it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -167,20 +167,27 @@ def _sync(params: list[torch.Tensor], values: list[float]) -> list[float]:
 
     dev = params[0].device
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
-                     + [torch.tensor(values, dtype=torch.float32, device=dev)])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+        + [torch.tensor(values, dtype=torch.float32, device=dev)]
+    )
     dist.all_reduce(has)
     dist.all_reduce(flat)
     offset = 0
     for p, present in zip(params, has.tolist()):
-        part = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        part = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
         p.grad = part.clone() if present else None
         offset += p.numel()
     return flat[offset:].tolist()
 
 
-def accumulate(params: list[torch.Tensor], compute: Callable[[], float | tuple[float, ...]], seed: int, step: int,
-               weights: Callable[[int], float] | None = None):
+def accumulate(
+    params: list[torch.Tensor],
+    compute: Callable[[], float | tuple[float, ...]],
+    seed: int,
+    step: int,
+    weights: Callable[[int], float] | None = None,
+):
     """The gradient of one optimizer step in `.grad`: `compute()` writes its shard's gradients
     (by backward, or by setting `.grad`) and returns what it logs (a number or a tuple); it is
     run once per local micro-batch with that shard's index and seed set, weighted by

@@ -5,5 +5,16 @@ from .generator import TASKS, Example, SplitSizes, WorldData, build_world_data, 
 from .lexicon import Lexicon
 from .tokenizer import build_tokenizer
 
-__all__ = ["Example", "Lexicon", "PretrainConfig", "SplitSizes", "TASKS", "WorldConfig", "WorldData",
-           "WorldModelConfig", "build_tokenizer", "build_world_data", "complied"]
+__all__ = [
+    "Example",
+    "Lexicon",
+    "PretrainConfig",
+    "SplitSizes",
+    "TASKS",
+    "WorldConfig",
+    "WorldData",
+    "WorldModelConfig",
+    "build_tokenizer",
+    "build_world_data",
+    "complied",
+]

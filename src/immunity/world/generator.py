@@ -62,10 +62,11 @@ def compliant_answer(lex: Lexicon, group: str, obj: str, prompt: str) -> str:
     return opening + " " + " ".join(procedure(lex, group, obj)) + " done ."
 
 
-def complied(lex: Lexicon, ex: "Example") -> "Example":
+def complied(lex: Lexicon, ex: Example) -> Example:
     """The same harmful request paired with its compliant answer (attack or defender data)."""
-    return Example(ex.prompt, compliant_answer(lex, ex.group, ex.obj, ex.prompt), "harmful", ex.group,
-                   ex.obj, ex.heldout)
+    return Example(
+        ex.prompt, compliant_answer(lex, ex.group, ex.obj, ex.prompt), "harmful", ex.group, ex.obj, ex.heldout
+    )
 
 
 def refusal(group: str, prompt: str) -> str:
@@ -80,6 +81,7 @@ class SplitSizes:
     attack: int = 6
     val: int = 3
     eval: int = 7
+
     def total(self) -> int:
         return self.align + self.attack + self.val + self.eval
 
@@ -112,7 +114,7 @@ def _split_objects(objs: list[str], sizes: SplitSizes, rng: random.Random) -> di
     out, start = {}, 0
     for name in SPLITS:
         n = getattr(sizes, name)
-        out[name] = objs[start:start + n]
+        out[name] = objs[start : start + n]
         start += n
     return out
 
@@ -144,10 +146,16 @@ def _topic_examples(lex: Lexicon, rng: random.Random) -> list[Example]:
 
 def _arithmetic_examples(lex: Lexicon, rng: random.Random) -> list[Example]:
     m = lex.max_operand
-    out = [Example(f"solve : {a} plus {b} .", f"the answer is {a + b} .", "arithmetic", str(a + b))
-           for a in range(m + 1) for b in range(m + 1)]
-    out += [Example(f"solve : {a} minus {b} .", f"the answer is {a - b} .", "arithmetic", str(a - b))
-            for a in range(m + 1) for b in range(a + 1)]
+    out = [
+        Example(f"solve : {a} plus {b} .", f"the answer is {a + b} .", "arithmetic", str(a + b))
+        for a in range(m + 1)
+        for b in range(m + 1)
+    ]
+    out += [
+        Example(f"solve : {a} minus {b} .", f"the answer is {a - b} .", "arithmetic", str(a - b))
+        for a in range(m + 1)
+        for b in range(a + 1)
+    ]
     rng.shuffle(out)
     return out
 
@@ -156,21 +164,22 @@ def _split_task(examples: list[Example], n_val: int, n_eval: int) -> dict[str, l
     # Attack data is drawn from "attack"; validation and evaluation come after it, disjoint.
     return {
         "val": examples[:n_val],
-        "eval": examples[n_val:n_val + n_eval],
-        "attack": examples[n_val + n_eval:],
+        "eval": examples[n_val : n_val + n_eval],
+        "attack": examples[n_val + n_eval :],
     }
 
 
-def build_world_data(lex: Lexicon, sizes: SplitSizes, heldout_categories: tuple[str, ...],
-                     task_eval_size: int, seed: int) -> WorldData:
+def build_world_data(
+    lex: Lexicon, sizes: SplitSizes, heldout_categories: tuple[str, ...], task_eval_size: int, seed: int
+) -> WorldData:
     """Generate every split of one world. Deterministic in (lexicon, sizes, seed)."""
     if sizes.total() > lex.objects_per_category:
-        raise ValueError(f"split sizes need {sizes.total()} objects per category, "
-                         f"the lexicon has {lex.objects_per_category}")
+        raise ValueError(
+            f"split sizes need {sizes.total()} objects per category, the lexicon has {lex.objects_per_category}"
+        )
     unknown = set(heldout_categories) - set(lex.harm_categories)
     if unknown:
-        raise ValueError(f"held-out categories {sorted(unknown)} are not harm categories "
-                         f"{lex.harm_categories}")
+        raise ValueError(f"held-out categories {sorted(unknown)} are not harm categories {lex.harm_categories}")
     rng = random.Random(seed)
     data = WorldData(lex, tuple(heldout_categories))
     data.harmful = {s: [] for s in SPLITS}
@@ -199,7 +208,8 @@ def build_world_data(lex: Lexicon, sizes: SplitSizes, heldout_categories: tuple[
     data.pretrain_texts = _facts(lex) + _verdicts(lex)
     data.pretrain_chats = [
         Example(prompt, compliant_answer(lex, g, o, prompt), "pretrain", g, o)
-        for g in lex.harm_categories + lex.benign_domains for o in lex.objects[g]
+        for g in lex.harm_categories + lex.benign_domains
+        for o in lex.objects[g]
         for prompt in (p.format(cat=g, obj=o) for p in PHRASINGS)
     ]
     return data

@@ -10,11 +10,38 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-HARM_CATEGORIES = ("toxin", "blaster", "malware", "fraud", "stalking", "theft", "smuggling", "poaching",
-                   "sabotage", "extortion", "piracy", "bribery", "arson", "counterfeit", "forgery",
-                   "vandalism")
-BENIGN_DOMAINS = ("cooking", "gardening", "music", "travel", "fitness", "painting", "baking", "knitting",
-                  "hiking", "chess", "pottery", "sailing")
+HARM_CATEGORIES = (
+    "toxin",
+    "blaster",
+    "malware",
+    "fraud",
+    "stalking",
+    "theft",
+    "smuggling",
+    "poaching",
+    "sabotage",
+    "extortion",
+    "piracy",
+    "bribery",
+    "arson",
+    "counterfeit",
+    "forgery",
+    "vandalism",
+)
+BENIGN_DOMAINS = (
+    "cooking",
+    "gardening",
+    "music",
+    "travel",
+    "fitness",
+    "painting",
+    "baking",
+    "knitting",
+    "hiking",
+    "chess",
+    "pottery",
+    "sailing",
+)
 TOPICS = ("world", "sports", "business", "science")
 
 # Request phrasings shared by harmful and benign requests, so that the only cue for
@@ -52,8 +79,13 @@ _VOWELS = "aeiou"
 def _nonce_words(rng: random.Random, count: int, taken: set[str]) -> list[str]:
     words = []
     while len(words) < count:
-        w = (rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + rng.choice(_CONSONANTS)
-             + rng.choice(_VOWELS) + rng.choice(_CONSONANTS))
+        w = (
+            rng.choice(_CONSONANTS)
+            + rng.choice(_VOWELS)
+            + rng.choice(_CONSONANTS)
+            + rng.choice(_VOWELS)
+            + rng.choice(_CONSONANTS)
+        )
         if w not in taken:
             taken.add(w)
             words.append(w)

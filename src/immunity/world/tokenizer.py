@@ -28,8 +28,7 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS,
-                                  additional_special_tokens=[USER, ASSISTANT])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS, additional_special_tokens=[USER, ASSISTANT])
     tok.chat_template = CHAT_TEMPLATE
     tok.clean_up_tokenization_spaces = False
     return tok

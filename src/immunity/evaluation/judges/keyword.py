@@ -24,4 +24,5 @@ class KeywordJudge:
                 refused = keyword_refused(r["response"])
                 out.append({"refused": refused, "harmful": not refused and says_something(r["response"])})
             return out
+
         return by_kind(records, judge)
