@@ -434,3 +434,39 @@ def test_a_store_that_is_damaged_mid_file_is_one_line(tmp_path, capsys):
     assert str(path) in line
     with pytest.raises(StoreError):
         Store(path).results()
+
+
+# -- precision ---------------------------------------------------------------------------------------
+def test_precision_is_resolved_before_the_run_is_identified_and_recorded(tiny, monkeypatch):
+    from immunity.engine.identity import RunIdentity
+    from immunity.engine.pipeline import run
+    from immunity.training import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device="cpu": True)
+    auto = load_run_config(None, [*tiny, "precision=auto"])
+    named = load_run_config(None, [*tiny, "precision=bfloat16"])
+    assert auto.precision == "bfloat16"
+    assert RunIdentity.of(auto).run_id == RunIdentity.of(named).run_id
+    plain = load_run_config(None, tiny)
+    assert plain.precision == "float32" and RunIdentity.of(plain).run_id != RunIdentity.of(named).run_id
+    assert Pipeline(named, progress=False).base_key() != Pipeline(plain, progress=False).base_key()
+    result = run(named, progress=False)
+    assert result["precision"] == "bfloat16" and result["hs_after"] is not None
+    monkeypatch.setattr(precision, "bf16_supported", lambda device="cpu": False)
+    assert load_run_config(None, [*tiny, "precision=auto"]).precision == "float32"
+
+
+def test_bfloat16_autocast_trains_float32_weights(tiny_model):
+    from immunity.training.precision import autocast
+
+    model = tiny_model("llama", torch.float32)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with autocast("bfloat16"):
+        logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(
+        p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in model.parameters()
+    )
+    with autocast("float32"):
+        assert model(input_ids=ids).logits.dtype == torch.float32

@@ -22,6 +22,7 @@ from .fields import ConfigError, build_config, flatten, help_lines  # noqa: F401
 from .models.load import check_model_dir
 from .registry import ATTACKS, DEFENSES, lookup
 from .tracks import TRACKS, Track
+from .training.precision import resolve_precision
 from .world import TASKS, WorldConfig
 
 
@@ -94,6 +95,13 @@ class RunConfig:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
     model_dtype: str = field(default="auto", metadata={"help": "auto (as saved) | float32 | bfloat16 | float16"})
+    precision: str = field(
+        default="float32",
+        metadata={
+            "help": "training arithmetic: float32 | bfloat16 (autocast, float32 master weights) | auto (bfloat16 "
+            "where the device computes it natively; resolved before the run is identified)"
+        },
+    )
     device_map: str = field(default="", metadata={"help": "e.g. auto: spread a large model over the devices"})
     quantization: str = field(
         default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; extra `quant`)"}
@@ -321,6 +329,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
     """Settings that follow from others: `~` in model paths, the judge that `auto` means (the
     exact judge for SafetyWorld data; real data needs a named judge), attack.task from a
     --task source."""
+    if cfg.precision in ("auto", "bfloat16"):
+        from .training.parallel import device
+
+        cfg.precision = resolve_precision(cfg.precision, str(device()))
     if cfg.model != "safetyworld" and cfg.model.startswith("~"):
         cfg.model = str(Path(cfg.model).expanduser())
     if cfg.eval.judge == "auto" and not cfg.data:
@@ -349,6 +361,8 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
             check_judge(cfg.eval.judge, bool(cfg.data))
         except (ValueError, KeyError) as err:
             raise ConfigError(err.args[0]) from err
+    if cfg.precision not in ("float32", "bfloat16"):  # `auto` was resolved by `resolve`
+        raise ConfigError(f"precision must be float32 | bfloat16 | auto, got {cfg.precision!r}")
     if cfg.model_dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"model_dtype must be auto | float32 | bfloat16 | float16, got {cfg.model_dtype!r}")
     if cfg.quantization not in ("", "4bit", "8bit"):

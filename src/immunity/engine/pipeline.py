@@ -36,6 +36,7 @@ from ..registry import JUDGES, lookup
 from ..safetyworld import SafetyWorld
 from ..training import parallel
 from ..training.parallel import world_size
+from ..training.precision import autocast
 from . import kept
 from .answers import complete, needs_answers
 from .identity import RunIdentity
@@ -127,6 +128,10 @@ class Pipeline:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
         return DefenseContext(self.tokenizer, self.data, self.cfg.seed, self.progress, base_model, judge)
 
+    def arithmetic(self):
+        """The training stages' precision (`precision`: bfloat16 autocast or float32)."""
+        return autocast(self.cfg.precision, self.device)
+
     def base_key(self) -> str | None:
         """What identifies the run's base model and the data its defenses see, or None where
         released models are not cached (several processes; a hub model; quantized or spread ones)."""
@@ -135,6 +140,7 @@ class Pipeline:
             return None
         # Micro-batches shard a step's batch-coupled losses: part of what the release is a function of.
         shards = [cfg.micro_batches] if cfg.micro_batches > 1 else []
+        shards += [cfg.precision] if cfg.precision != "float32" else []  # bfloat16 trains another model
         # The alignment data is part of what is released, for every model: SafetyWorld's base
         # aligned on a user's data is another model than the world's own alignment.
         data = [self.data.hashes()] if cfg.data else []
@@ -277,12 +283,12 @@ class Pipeline:
         with clock.stage("base"):
             base = self.base_model()
             self.complete_data(base)
-        with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
+        with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp), self.arithmetic():
             released = self.defend(base)
         with clock.stage("eval_before"):
             before = self.evaluate(released, sets, "before", released=True) if parallel.is_main() else {}
             parallel.barrier()
-        with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp):
+        with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp), self.arithmetic():
             attacked = self.run_attack(released)
         for step in self.repairs():  # at most one (`defense_chain`)
             context = self.context()
@@ -339,6 +345,7 @@ class Pipeline:
             processes=world_size(),
             micro_batches=cfg.micro_batches,
             fsdp=cfg.fsdp,
+            precision=cfg.precision,
         )
 
 

@@ -76,6 +76,7 @@ class RunResult:
     processes: int = 1
     micro_batches: int = 1
     fsdp: bool = False
+    precision: str = "float32"  # the training arithmetic that ran (rows stored before it existed: float32)
     created: str = ""  # when the store saved it
     stale: bool = False  # made by code that has changed since (set by the report that reads it)
 
