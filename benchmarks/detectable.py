@@ -3,7 +3,8 @@
 For each defense with runs under the default attack on the same seeds as `sft`, the per-seed
 paired difference in HS after (and in the harmful answers' NLL after); their standard
 deviation s over n seeds gives the minimal detectable difference at a two-sided 5 % level and 80 %
-power, (1.96 + 0.84) s / sqrt(n). Printed per defense, with the median over defenses: a defense
+power of a paired t test, (t(0.975, n - 1) + t(0.8, n - 1)) s / sqrt(n) (`reports.verdict.detectable`;
+t quantiles, not normal ones: at n = 3 the normal figure is 1.9x too small). Printed per defense, with the median over defenses: a defense
 closer to `sft` than that cannot be told apart from it by this protocol.
 
     python benchmarks/detectable.py --store results/safetyworld.db
@@ -12,14 +13,11 @@ closer to `sft` than that cannot be told apart from it by this protocol.
 from __future__ import annotations
 
 import argparse
-import math
 from statistics import median, stdev
 
 from immunity.grid.store import Store
 from immunity.reports.analysis import default_apart_from, defense_label
 from immunity.reports.render import current_rows
-
-Z = 1.96 + 0.84
 
 
 def main() -> None:
@@ -44,7 +42,7 @@ def main() -> None:
             continue
         hs = [seeds[s].hs_after - reference[s].hs_after for s in common]
         nll = [seeds[s].harmful_nll_after - reference[s].harmful_nll_after for s in common]
-        d_hs, d_nll = (Z * stdev(v) / math.sqrt(len(v)) for v in (hs, nll))
+        d_hs, d_nll = detectable(hs), detectable(nll)
         detectable.append((d_hs, d_nll))
         print(
             f"| {label} | {len(common)} | {100 * stdev(hs):.1f} | {100 * d_hs:.1f} | {stdev(nll):.3f} | {d_nll:.3f} |"

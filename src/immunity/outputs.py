@@ -85,6 +85,12 @@ def check_target(
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sibling_prefix(path: Path) -> str:
     """The start of a temporary sibling's name: `.NAME.PID.` (`clean_leftovers` reads the PID)."""
     return f".{path.name}.{os.getpid()}."
@@ -99,6 +105,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 from ..engine.result import RunResult
 from ..evaluation.suite import _record_key, verdict_path
 from .analysis import attack_steps, auc, by_label, curve, default_apart_from, defense_label, setting, short_settings
+from .verdict import paired_t
 
 RESAMPLES = 2000
 
@@ -60,14 +61,6 @@ def hierarchical_bootstrap(
         means[b] = np.concatenate([v[rng.integers(0, len(v), len(v))] for v in drawn]).mean()
     point = float(np.concatenate(per_seed).mean())
     return point, float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def seed_bootstrap(values: list[float], seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float]:
-    """The 95 % bootstrap interval of the mean of per-seed values (seeds resampled)."""
-    rng = np.random.default_rng(seed)
-    values = np.asarray(values, dtype=float)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def _verdicts_by_seed(runs: list[RunResult], runs_root: Path) -> dict[int, dict[str, float]]:
@@ -143,7 +136,7 @@ def per_seed_table(results: list[RunResult], reference: str = "sft", fixed: tupl
     `fixed`, e.g. `continue_adapter` when the rows were filtered to it): HS after, the harmful
     answers' NLL after (higher: the attacker learnt less; not a cliff) and, where the budget sweep
     is stored for the seed, the area under its HS-vs-steps curve; then the mean of each and its
-    paired difference from `reference` (seed by seed) with a 95 % bootstrap interval over seeds."""
+    paired difference from `reference` (seed by seed) with its paired-t 95 % interval over seeds."""
     table: dict[str, dict[int, dict]] = {}
     for label, rows in by_label(results).items():
         for seed in sorted({r.seed for r in rows}):
@@ -182,12 +175,16 @@ def per_seed_table(results: list[RunResult], reference: str = "sft", fixed: tupl
                 for s, v in seeds.items()
                 if s in ref and v[key] is not None and ref[s][key] is not None
             ]
-            cells.append(_interval(paired, scale, seed_bootstrap) if paired and label != reference else "–")
+            cells.append(_interval(paired, scale) if paired and label != reference else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _interval(differences: list[float], scale: float, bootstrap) -> str:
-    low, high = bootstrap(differences)
+def _interval(differences: list[float], scale: float) -> str:
+    """The mean paired difference and its paired-t 95 % interval (`verdict.paired_t`); one seed:
+    the difference alone."""
+    found = paired_t(differences)
     digits = 1 if scale == 100 else 2
-    return f"{scale * mean(differences):+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    if found.n < 2:
+        return f"{scale * found.mean:+.{digits}f} (one seed)"
+    return f"{scale * found.mean:+.{digits}f} [{scale * found.low:+.{digits}f}, {scale * found.high:+.{digits}f}]"
