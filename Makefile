@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-integration base install clean results results-report reselect reselect-report threads \
+.PHONY: demo test test-integration docs docs-check release base install clean results results-report reselect reselect-report threads \
 	attacks attacks-report durability attack-layers real real-report real-budgets
 
 RESULTS_STORE ?= results/safetyworld.db
@@ -61,6 +61,18 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# Every published number from the released results (offline, seconds); --check fails on a difference.
+docs: install
+	$(BIN)/python -m immunity.reports.docs
+
+docs-check: install
+	$(BIN)/python -m immunity.reports.docs --check
+
+# Export the SafetyWorld store and its runs' generations into results/release/ (then `make docs`).
+release: install
+	$(BIN)/python -c "from immunity.reports.release import export; \
+	  export('$(RESULTS_STORE)', 'safetyworld', command='make results && make release')"
 
 # Several processes, subprocesses and the architecture matrix (CI runs it after `make test`).
 test-integration: install
@@ -290,5 +302,7 @@ real-report: install
 	$(BIN)/python -m immunity.reports.real --store $(REAL_STORE) --safetyworld results/safetyworld.db > docs/real.md
 	$(BIN)/immunity report --store $(REAL_STORE) --split eval --html docs/real.html --guard-helpful 0 --guard-fa 0
 
+# The released results (results/release/) are never deleted: only the working stores and runs.
 clean:
-	rm -rf $(VENV) runs results
+	rm -rf $(VENV) runs
+	find results -maxdepth 1 -type f -delete 2>/dev/null || true

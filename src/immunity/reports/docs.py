@@ -1,0 +1,247 @@
+"""`make docs`: every published number, generated from the released results (`results/release`),
+offline, without training or timing anything.
+
+Writes docs/results.md whole, and the README's blocks between `<!-- generated:NAME -->` and
+`<!-- /generated:NAME -->` markers; everything outside the markers is prose, and a test checks
+it types no result-like number. Each verdict comes from the rule of docs/protocol.md
+(`reports.verdict`); each row says the code version that made it, and a row made by code that
+has changed since is labelled "(older code)", never silently dropped.
+
+    python -m immunity.reports.docs            # rewrite README.md and docs/results.md
+    python -m immunity.reports.docs --check    # exit 1 if they differ from what is generated
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from statistics import mean, stdev
+
+from ..engine.identity import run_code_version
+from ..engine.result import RunResult
+from ..registry import DEFENSES, Stage, lookup
+from .analysis import default_apart_from, defense_label
+from .release import RELEASE, load_rows
+from .stats import per_seed_table
+from .verdict import Seeded, Verdict, detectable, judge_family
+
+FTAAS = {"antidote"}  # fine-tuning-as-a-service: the provider repairs after the attack (its own board)
+MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def current(rows: list[RunResult]) -> list[RunResult]:
+    """The rows, each labelled stale when made by code that has changed since (kept, marked)."""
+    versions: dict[tuple, str] = {}
+    for r in rows:
+        key = (r.defense, r.attack, r.judge)
+        if key not in versions:
+            versions[key] = run_code_version(*key)
+        r.stale = r.code_version != versions[key]
+    return rows
+
+
+def _default(rows: list[RunResult]) -> dict[str, dict[int, RunResult]]:
+    """Per defense label, per seed: the row under the default attack on the evaluation split."""
+    found: dict[str, dict[int, RunResult]] = {}
+    for r in rows:
+        if r.split == "eval" and default_apart_from(r, ()):
+            found.setdefault(defense_label(r), {})[r.seed] = r
+    return found
+
+
+def _pct(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{mean(values):.1f} ± {stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+# -- the README's blocks -----------------------------------------------------------------------------
+def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2)) -> str:
+    """The demo's table (`immunity demo`): the base, `sft`, `sft` + the default attack, `sft` +
+    benign-only fine-tuning, on the released rows of `seeds`."""
+    default = _default(rows)
+    benign = {r.seed: r for r in rows if r.defense == "sft" and r.split == "eval" and r.attack == "harmful-finetune"
+              and r.attack_config.get("p") == 0 and default_apart_from(r, ("p",))}
+    base = [default.get("none", {}).get(s) for s in seeds]
+    sft = [default.get("sft", {}).get(s) for s in seeds]
+    p0 = [benign.get(s) for s in seeds]
+    if not all(base) or not all(sft) or not all(p0):
+        return "(not released yet: `make results` runs none and sft on seeds 0-2, and sft with attack.p=0)\n"
+
+    def row(name, runs, when, last, key):
+        return (f"| {name} | {_pct([getattr(r, f'hs_{when}') for r in runs])} | "
+                f"{_pct([getattr(r, f'hs_heldout_{when}') for r in runs])} | {last} "
+                f"{_pct([getattr(r, key) for r in runs])} |")
+
+    lines = [
+        "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |", "|---|---|---|---|",
+        row("base, pretrained", base, "before", "helpful", "helpful_before"),
+        row("`sft`-aligned", sft, "before", "helpful", "helpful_before"),
+        row(f"`sft` + default attack (p = {sft[0].attack_config['p']:g})", sft, "after", "FA", "fa_after"),
+        row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
+        "", f"Per seed, HS after the default attack: {' / '.join(f'{100 * r.hs_after:.1f}' for r in sft)} "
+        f"(seeds {', '.join(map(str, seeds))}; code {sft[0].code_version}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _sides(rows: dict[int, RunResult]) -> dict[int, Seeded]:
+    return {s: Seeded(r.hs_before, r.hs_after, r.harmful_nll_before, r.harmful_nll_after,
+                      r.helpful_after if lookup(DEFENSES, "defense", r.defense.split("+")[-1]).stage
+                      == Stage.POST_FINE_TUNING else r.helpful_before) for s, r in rows.items()}
+
+
+def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]:
+    """Every defense under the default attack judged against `baseline` by the protocol's rule."""
+    default = _default(rows)
+    if baseline not in default:
+        return {}
+    base = default[baseline]
+    start = {"alignment": mean(r.helpful_before for r in default.get("none", {}).values())
+             if default.get("none") else None,
+             "post-alignment": mean(r.helpful_before for r in base.values()),
+             "post-fine-tuning": mean(r.helpful_after for r in base.values())}
+    family = {label: per_seed for label, per_seed in default.items() if label not in (baseline, "none", "scratch")}
+    starting = {}
+    for label, per_seed in family.items():
+        stage = lookup(DEFENSES, "defense", next(iter(per_seed.values())).defense.split("+")[-1]).stage
+        starting[label] = start[stage.value]
+    return judge_family({k: _sides(v) for k, v in family.items()}, _sides(base), baseline, starting)
+
+
+def glance_block(rows: list[RunResult]) -> str:
+    """Results at a glance: each defense's verdict against `sft` under the default attack, open-
+    weight and fine-tuning-as-a-service defenses on separate boards."""
+    found = verdicts(rows)
+    default = _default(rows)
+    if not found:
+        return "(not released yet)\n"
+    lines = []
+    for board, names in (("Open-weight defenses (the attacker holds the weights)",
+                          [n for n in found if n.split(" ")[0] not in FTAAS]),
+                         ("Fine-tuning-as-a-service (the provider repairs after the attack)",
+                          [n for n in found if n.split(" ")[0] in FTAAS])):
+        if not names:
+            continue
+        lines += [f"**{board}**, SafetyWorld, HS after the default attack vs `sft` (docs/protocol.md):", "",
+                  "| defense | seeds | HS after | verdict | code |", "|---|---|---|---|---|"]
+        for name in sorted(names, key=lambda n: (_order(found[n].outcome), n)):
+            runs = default[name]
+            stale = " (older code)" if any(r.stale for r in runs.values()) else ""
+            versions = ", ".join(sorted({r.code_version for r in runs.values()}))
+            lines.append(f"| {name}{stale} | {len(runs)} | {_pct([r.hs_after for r in runs.values()])} | "
+                         f"{found[name].line()} | {versions} |")
+        lines.append("")
+    base = default["sft"]
+    lines.append(f"`sft` itself: HS after {_pct([r.hs_after for r in base.values()])} on {len(base)} seeds.")
+    return "\n".join(lines) + "\n"
+
+
+OUTCOME_ORDER = ("resists", "like its baseline", "inconclusive", "inconclusive (one seed)", "worse", "unstable",
+                 "not applied")
+
+
+def _order(outcome: str) -> int:
+    return OUTCOME_ORDER.index(outcome) if outcome in OUTCOME_ORDER else len(OUTCOME_ORDER)
+
+
+def defenses_block() -> str:
+    """The registered defenses: name, stage and paper (each module docstring's first sentence)."""
+    from ..engine.export import paper_line
+
+    order = {stage: i for i, stage in enumerate(Stage)}
+    lines = ["| defense | stage | method and paper |", "|---|---|---|"]
+    for name, cls in sorted(DEFENSES.items(), key=lambda item: (order[item[1].stage], item[0])):
+        text = paper_line(name).split(": ", 1)[-1]
+        cut = text.find("). ")
+        text = text[: cut + 2] if cut != -1 else text.split(". ")[0].rstrip(".") + "."
+        lines.append(f"| `{name}` | {cls.stage.value} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- docs/results.md ---------------------------------------------------------------------------------
+def results_page(rows: list[RunResult]) -> str:
+    default = _default(rows)
+    base = default.get("sft", {})
+    lines = [
+        "# SafetyWorld results",
+        "",
+        "This page answers: *on SafetyWorld, which defenses make the default harmful fine-tuning attack "
+        "fail, by how much, and how sure is that?* Generated by `make docs` from `results/release/` "
+        "(`safetyworld.rows.jsonl.gz`); the verdicts follow docs/protocol.md. Do not edit: regenerate.",
+        "",
+        "## Verdicts",
+        "",
+        glance_block(rows).rstrip(),
+        "",
+        "## Per seed",
+        "",
+        "HS after (%), the harmful answers' NLL after, and each one's paired difference from `sft` with its "
+        "paired-t 95 % interval over the matched seeds.",
+        "",
+        per_seed_table([r for r in rows if r.split == "eval"]),
+        "",
+        "## The smallest detectable difference",
+        "",
+        "Per defense with 3 or more seeds matched with `sft`: the difference in HS after a paired t test detects "
+        "at a two-sided 5 % level with 80 % power, from the spread of its paired differences.",
+        "",
+        "| defense | matched seeds | detectable HS difference (points) | detectable NLL difference (nats) |",
+        "|---|---|---|---|",
+    ]
+    for label, per_seed in sorted(default.items()):
+        common = sorted(s for s in per_seed if s in base)
+        if label == "sft" or len(common) < 3:
+            continue
+        hs = [per_seed[s].hs_after - base[s].hs_after for s in common]
+        nll = [per_seed[s].harmful_nll_after - base[s].harmful_nll_after for s in common]
+        lines.append(f"| {label} | {len(common)} | {100 * detectable(hs):.1f} | {detectable(nll):.3f} |")
+    lines += ["", f"Rows: {len(rows)} released; code versions: "
+              f"{', '.join(sorted({r.code_version for r in rows}))}.", ""]
+    return "\n".join(lines)
+
+
+# -- writing -----------------------------------------------------------------------------------------
+def fill_blocks(text: str, blocks: dict[str, str]) -> str:
+    """`text` with each generated block's body replaced (an unknown block name is an error)."""
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in blocks:
+            raise KeyError(f"README has a generated block {name!r} that `make docs` does not make")
+        return match.group(1) + blocks[name] + match.group(4)
+
+    return MARKER.sub(replace, text)
+
+
+def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
+    """Every generated file under `root` and its content."""
+    rows = current(load_rows("safetyworld", release or root / RELEASE))
+    readme = root / "README.md"
+    return {
+        readme: fill_blocks(
+            readme.read_text(), {"demo": demo_block(rows), "glance": glance_block(rows), "defenses": defenses_block()}
+        ),
+        root / "docs" / "results.md": results_page(rows),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated file differs")
+    args = parser.parse_args(argv)
+    files = generate(Path(args.root))
+    differ = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+    if args.check:
+        for path in differ:
+            print(f"{path} is not what `make docs` generates", file=sys.stderr)
+        return 1 if differ else 0
+    for path in differ:
+        path.write_text(files[path])
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

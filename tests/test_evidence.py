@@ -1,0 +1,53 @@
+"""Evidence that survives review: the released results match their manifest and fit the caps,
+the published pages are exactly what `make docs` generates from them, and no page types a
+result-like number by hand outside the generated blocks."""
+
+import re
+from pathlib import Path
+
+from immunity.reports import docs
+from immunity.reports.release import check
+
+ROOT = Path(__file__).parents[1]
+RELEASE = ROOT / "results" / "release"
+
+
+def test_the_release_matches_its_manifest_and_fits_the_caps():
+    assert check(RELEASE) == []
+    sizes = [p.stat().st_size for p in RELEASE.iterdir() if p.is_file()]
+    assert max(sizes) <= 50 * 2**20 and sum(sizes) <= 100 * 2**20
+
+
+def test_the_published_pages_are_what_make_docs_generates():
+    for path, text in docs.generate(ROOT, RELEASE).items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} differs from `make docs`: run it"
+
+
+# A number that reads like a measurement: a percentage, a ±, nats, seconds, gigabytes, a ratio.
+RESULT_LIKE = re.compile(r"±\s?\d|\b\d+(?:\.\d+)?\s?%|\b\d+\.\d+\s?(?:nats|GB|MB|s|min|x)\b|\b\d+(?:\.\d+)?x\b")
+# Parameters of the protocol and of the tools, not results.
+ALLOWED = {"95 %", "5 %", "80 %", "90 %", "0.01 nats"}
+HAND_WRITTEN = ["README.md", "CONTRIBUTING.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+
+
+def _prose(text: str) -> str:
+    """`text` without generated blocks and code fences (commands are not results)."""
+    text = docs.MARKER.sub("", text)
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
+def test_no_page_types_a_result_like_number_by_hand():
+    generated = {p.relative_to(ROOT).as_posix() for p in docs.generate(ROOT, RELEASE)} - {"README.md"}
+    found = []
+    for name in HAND_WRITTEN:
+        if name in generated:
+            continue
+        for line in _prose((ROOT / name).read_text()).splitlines():
+            found += [f"{name}: {m.group(0)!r} in {line.strip()[:90]!r}" for m in RESULT_LIKE.finditer(line)
+                      if m.group(0) not in ALLOWED]
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_finds_a_typed_figure():
+    planted = "Vaccine reaches 36.3 ± 4.1 % after the attack, 0.21 nats."
+    assert len(RESULT_LIKE.findall(_prose(planted))) >= 3
