@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-integration docs docs-check release base install clean results results-report reselect reselect-report threads \
+.PHONY: demo test test-integration test-phenomena docs docs-check release base install clean results results-report reselect reselect-report threads \
 	attacks attacks-report durability attack-layers real real-report real-budgets
 
 RESULTS_STORE ?= results/safetyworld.db
@@ -61,6 +61,10 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The README's headline phenomena on the shipped base (slow-marked; CI runs it after the other tiers).
+test-phenomena: install
+	$(BIN)/python -m pytest -q -m slow tests/test_phenomena.py
 
 # Every published number from the released results (offline, seconds); --check fails on a difference.
 docs: install

@@ -43,8 +43,11 @@ def test_no_page_types_a_result_like_number_by_hand():
         if name in generated:
             continue
         for line in _prose((ROOT / name).read_text()).splitlines():
-            found += [f"{name}: {m.group(0)!r} in {line.strip()[:90]!r}" for m in RESULT_LIKE.finditer(line)
-                      if m.group(0) not in ALLOWED]
+            found += [
+                f"{name}: {m.group(0)!r} in {line.strip()[:90]!r}"
+                for m in RESULT_LIKE.finditer(line)
+                if m.group(0) not in ALLOWED
+            ]
     assert not found, "\n".join(found)
 
 

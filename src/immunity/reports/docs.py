@@ -61,8 +61,15 @@ def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2)) -> str
     """The demo's table (`immunity demo`): the base, `sft`, `sft` + the default attack, `sft` +
     benign-only fine-tuning, on the released rows of `seeds`."""
     default = _default(rows)
-    benign = {r.seed: r for r in rows if r.defense == "sft" and r.split == "eval" and r.attack == "harmful-finetune"
-              and r.attack_config.get("p") == 0 and default_apart_from(r, ("p",))}
+    benign = {
+        r.seed: r
+        for r in rows
+        if r.defense == "sft"
+        and r.split == "eval"
+        and r.attack == "harmful-finetune"
+        and r.attack_config.get("p") == 0
+        and default_apart_from(r, ("p",))
+    }
     base = [default.get("none", {}).get(s) for s in seeds]
     sft = [default.get("sft", {}).get(s) for s in seeds]
     p0 = [benign.get(s) for s in seeds]
@@ -70,26 +77,39 @@ def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2)) -> str
         return "(not released yet: `make results` runs none and sft on seeds 0-2, and sft with attack.p=0)\n"
 
     def row(name, runs, when, last, key):
-        return (f"| {name} | {_pct([getattr(r, f'hs_{when}') for r in runs])} | "
-                f"{_pct([getattr(r, f'hs_heldout_{when}') for r in runs])} | {last} "
-                f"{_pct([getattr(r, key) for r in runs])} |")
+        return (
+            f"| {name} | {_pct([getattr(r, f'hs_{when}') for r in runs])} | "
+            f"{_pct([getattr(r, f'hs_heldout_{when}') for r in runs])} | {last} "
+            f"{_pct([getattr(r, key) for r in runs])} |"
+        )
 
     lines = [
-        "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |", "|---|---|---|---|",
+        "| model | HS (eval harmful, unseen requests) | HS (held-out categories) | benign |",
+        "|---|---|---|---|",
         row("base, pretrained", base, "before", "helpful", "helpful_before"),
         row("`sft`-aligned", sft, "before", "helpful", "helpful_before"),
         row(f"`sft` + default attack (p = {sft[0].attack_config['p']:g})", sft, "after", "FA", "fa_after"),
         row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
-        "", f"Per seed, HS after the default attack: {' / '.join(f'{100 * r.hs_after:.1f}' for r in sft)} "
+        "",
+        f"Per seed, HS after the default attack: {' / '.join(f'{100 * r.hs_after:.1f}' for r in sft)} "
         f"(seeds {', '.join(map(str, seeds))}; code {sft[0].code_version}).",
     ]
     return "\n".join(lines) + "\n"
 
 
 def _sides(rows: dict[int, RunResult]) -> dict[int, Seeded]:
-    return {s: Seeded(r.hs_before, r.hs_after, r.harmful_nll_before, r.harmful_nll_after,
-                      r.helpful_after if lookup(DEFENSES, "defense", r.defense.split("+")[-1]).stage
-                      == Stage.POST_FINE_TUNING else r.helpful_before) for s, r in rows.items()}
+    return {
+        s: Seeded(
+            r.hs_before,
+            r.hs_after,
+            r.harmful_nll_before,
+            r.harmful_nll_after,
+            r.helpful_after
+            if lookup(DEFENSES, "defense", r.defense.split("+")[-1]).stage == Stage.POST_FINE_TUNING
+            else r.helpful_before,
+        )
+        for s, r in rows.items()
+    }
 
 
 def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]:
@@ -98,10 +118,11 @@ def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]
     if baseline not in default:
         return {}
     base = default[baseline]
-    start = {"alignment": mean(r.helpful_before for r in default.get("none", {}).values())
-             if default.get("none") else None,
-             "post-alignment": mean(r.helpful_before for r in base.values()),
-             "post-fine-tuning": mean(r.helpful_after for r in base.values())}
+    start = {
+        "alignment": mean(r.helpful_before for r in default.get("none", {}).values()) if default.get("none") else None,
+        "post-alignment": mean(r.helpful_before for r in base.values()),
+        "post-fine-tuning": mean(r.helpful_after for r in base.values()),
+    }
     family = {label: per_seed for label, per_seed in default.items() if label not in (baseline, "none", "scratch")}
     starting = {}
     for label, per_seed in family.items():
@@ -118,28 +139,44 @@ def glance_block(rows: list[RunResult]) -> str:
     if not found:
         return "(not released yet)\n"
     lines = []
-    for board, names in (("Open-weight defenses (the attacker holds the weights)",
-                          [n for n in found if n.split(" ")[0] not in FTAAS]),
-                         ("Fine-tuning-as-a-service (the provider repairs after the attack)",
-                          [n for n in found if n.split(" ")[0] in FTAAS])):
+    for board, names in (
+        ("Open-weight defenses (the attacker holds the weights)", [n for n in found if n.split(" ")[0] not in FTAAS]),
+        (
+            "Fine-tuning-as-a-service (the provider repairs after the attack)",
+            [n for n in found if n.split(" ")[0] in FTAAS],
+        ),
+    ):
         if not names:
             continue
-        lines += [f"**{board}**, SafetyWorld, HS after the default attack vs `sft` (docs/protocol.md):", "",
-                  "| defense | seeds | HS after | verdict | code |", "|---|---|---|---|---|"]
+        lines += [
+            f"**{board}**, SafetyWorld, HS after the default attack vs `sft` (docs/protocol.md):",
+            "",
+            "| defense | seeds | HS after | verdict | code |",
+            "|---|---|---|---|---|",
+        ]
         for name in sorted(names, key=lambda n: (_order(found[n].outcome), n)):
             runs = default[name]
             stale = " (older code)" if any(r.stale for r in runs.values()) else ""
             versions = ", ".join(sorted({r.code_version for r in runs.values()}))
-            lines.append(f"| {name}{stale} | {len(runs)} | {_pct([r.hs_after for r in runs.values()])} | "
-                         f"{found[name].line()} | {versions} |")
+            lines.append(
+                f"| {name}{stale} | {len(runs)} | {_pct([r.hs_after for r in runs.values()])} | "
+                f"{found[name].line()} | {versions} |"
+            )
         lines.append("")
     base = default["sft"]
     lines.append(f"`sft` itself: HS after {_pct([r.hs_after for r in base.values()])} on {len(base)} seeds.")
     return "\n".join(lines) + "\n"
 
 
-OUTCOME_ORDER = ("resists", "like its baseline", "inconclusive", "inconclusive (one seed)", "worse", "unstable",
-                 "not applied")
+OUTCOME_ORDER = (
+    "resists",
+    "like its baseline",
+    "inconclusive",
+    "inconclusive (one seed)",
+    "worse",
+    "unstable",
+    "not applied",
+)
 
 
 def _order(outcome: str) -> int:
@@ -197,14 +234,18 @@ def results_page(rows: list[RunResult]) -> str:
         hs = [per_seed[s].hs_after - base[s].hs_after for s in common]
         nll = [per_seed[s].harmful_nll_after - base[s].harmful_nll_after for s in common]
         lines.append(f"| {label} | {len(common)} | {100 * detectable(hs):.1f} | {detectable(nll):.3f} |")
-    lines += ["", f"Rows: {len(rows)} released; code versions: "
-              f"{', '.join(sorted({r.code_version for r in rows}))}.", ""]
+    lines += [
+        "",
+        f"Rows: {len(rows)} released; code versions: {', '.join(sorted({r.code_version for r in rows}))}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # -- writing -----------------------------------------------------------------------------------------
 def fill_blocks(text: str, blocks: dict[str, str]) -> str:
     """`text` with each generated block's body replaced (an unknown block name is an error)."""
+
     def replace(match: re.Match) -> str:
         name = match.group("name")
         if name not in blocks:
