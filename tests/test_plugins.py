@@ -196,5 +196,6 @@ def test_a_defense_is_a_config_and_an_apply_on_the_shared_base(registered, tiny)
 
     assert ToyScale(ToyConfig(0.5)).config.strength == 0.5
     world_keys = [o for o in tiny if not o.startswith("defense.")]  # the toy defense has its own keys
-    result = run(load_run_config(None, [*world_keys, "defense.strength=0.9"], defense="toy-scale"), progress=False)
-    assert result["defense"] == "toy-scale" and result["defense_config"] == {"strength": 0.9}
+    settings = [*world_keys, "defense.sft.epochs=0.1", "defense.toy-scale.strength=0.9"]
+    result = run(load_run_config(None, settings, defense="sft+toy-scale"), progress=False)
+    assert result["defense"] == "sft+toy-scale" and result["defense_config"]["toy-scale"] == {"strength": 0.9}

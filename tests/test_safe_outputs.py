@@ -146,6 +146,7 @@ def _race(out, marker, barrier, results):
         results.put((marker, f"refused: {err}"))
 
 
+@pytest.mark.integration
 def test_two_concurrent_writers_to_one_output_one_wins_nothing_merged(tmp_path):
     ctx = get_context("spawn")
     out, barrier, results = tmp_path / "released", ctx.Barrier(2), ctx.Queue()
