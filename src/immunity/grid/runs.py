@@ -76,11 +76,10 @@ class Grid:
             file=sys.stderr,
         )
         number = {identity.run_id: i for i, (_, identity) in enumerate(todo, 1)}
-        announce = lambda c, i: print(
-            f"[{number[i.run_id]}/{len(todo)}] {describe(c)}",  # noqa: E731
-            file=sys.stderr,
-            flush=True,
-        )
+
+        def announce(cfg: RunConfig, identity: RunIdentity) -> None:
+            print(f"[{number[identity.run_id]}/{len(todo)}] {describe(cfg)}", file=sys.stderr, flush=True)
+
         with Heartbeat(self.store.path):
             while pending := [
                 (cfg, identity)
