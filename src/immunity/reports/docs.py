@@ -197,6 +197,34 @@ def defenses_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_cost_block(release: Path) -> str:
+    """benchmarks/real_cost.py's released measurement: `sft`'s step on the real model in float32
+    and bfloat16 against the machine's matmul peaks."""
+    import json
+
+    path = release / "benchmarks" / "real_cost.json"
+    if not path.is_file():
+        return "(not measured yet: `python benchmarks/real_cost.py --model M --out ...`)\n"
+    found = json.loads(path.read_text())
+    batch, length = found["batch"]
+    lines = [
+        f"`sft`'s training step on SmolLM2-135M-Instruct ({found['parameters'] / 1e6:.0f}M parameters, every weight "
+        f"trained, AdamW), batch {batch} x {length} tokens, {found['threads']} thread(s), median of "
+        f"{found['repeats']} interleaved steps (`benchmarks/real_cost.py`, released as "
+        "`results/release/benchmarks/real_cost.json`):",
+        "",
+        "| precision | step s | achieved GFLOP/s | matmul peak GFLOP/s | share of its peak |",
+        "|---|---|---|---|---|",
+    ]
+    for precision, seconds in found["step_seconds"].items():
+        achieved, peak = found["achieved_flops"][precision], found["peak_flops"][precision]
+        lines.append(
+            f"| {precision} | {seconds:.2f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | {100 * achieved / peak:.0f} % |"
+        )
+    lines += ["", f"The bfloat16 step takes {found['bf16_step_over_fp32']:.2f}x the float32 step."]
+    return "\n".join(lines) + "\n"
+
+
 # -- docs/results.md ---------------------------------------------------------------------------------
 def results_page(rows: list[RunResult]) -> str:
     default = _default(rows)
@@ -257,9 +285,12 @@ def fill_blocks(text: str, blocks: dict[str, str]) -> str:
 
 def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
     """Every generated file under `root` and its content."""
-    rows = current(load_rows("safetyworld", release or root / RELEASE))
+    release = release or root / RELEASE
+    rows = current(load_rows("safetyworld", release))
     readme = root / "README.md"
+    real = root / "docs" / "real-track.md"
     return {
+        real: fill_blocks(real.read_text(), {"real-cost": real_cost_block(release)}),
         readme: fill_blocks(
             readme.read_text(), {"demo": demo_block(rows), "glance": glance_block(rows), "defenses": defenses_block()}
         ),

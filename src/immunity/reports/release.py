@@ -114,6 +114,23 @@ def export(
     return manifest
 
 
+def add_file(path: str | Path, command: str, release: str | Path = RELEASE) -> dict:
+    """Record a file already written under the release (a benchmark's JSON) in the manifest."""
+    release, path = Path(release), Path(path)
+    data = path.read_bytes()
+    manifest_path = release / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"files": {}}
+    manifest["files"][path.relative_to(release).as_posix()] = {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "command": command,
+    }
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    manifest.setdefault("data_version", DATA_VERSION)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
 def check(release: str | Path = RELEASE) -> list[str]:
     """The manifest's files whose bytes or SHA-256 do not match (empty: the release is intact)."""
     release = Path(release)

@@ -1,0 +1,111 @@
+"""The real model's training step against the machine's limit, in one process.
+
+    python benchmarks/real_cost.py --model models/smollm2-135m-instruct [--repeats 4] [--out FILE.json]
+
+Measures, with the thread count it runs under (one by default, as the real track runs):
+- the machine's matmul peak in float32 and in bfloat16 (square matmuls, the best of a few);
+- one `sft` training step on the real model (forward + backward + AdamW, every weight trained,
+  a batch of 8 x 128 random tokens, answer half of the labels masked), in float32 and under the
+  `precision=bfloat16` autocast the pipeline uses, interleaved so that machine noise hits both
+  alike; the median of `repeats` steps each;
+- the step's achieved FLOP/s (6 x parameters x tokens for forward + backward, the usual count)
+  as a share of each peak, and the bfloat16 step as a multiple of the float32 step.
+
+Prints a markdown table and, with --out, writes the numbers as JSON for the docs to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from immunity.training.precision import autocast
+
+BATCH, LENGTH = 8, 128
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a square matmul (2 n^3 per product), the best of `repeats`."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def random_batch(vocab: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, vocab, (BATCH, LENGTH), generator=g)
+    labels = ids.clone()
+    labels[:, : LENGTH // 2] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def step_seconds(model, optimizer, batch: dict, precision: str) -> float:
+    start = time.perf_counter()
+    with autocast(precision):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    parameters = sum(p.numel() for p in model.parameters())
+    batch = random_batch(model.config.vocab_size, 0)
+    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for precision in times:  # one warm-up step each
+        step_seconds(model, optimizer, batch, precision)
+    for _ in range(args.repeats):
+        for precision in times:  # interleaved
+            times[precision].append(step_seconds(model, optimizer, batch, precision))
+    flops = 6 * parameters * BATCH * LENGTH
+    found = {
+        "threads": args.threads,
+        "batch": [BATCH, LENGTH],
+        "parameters": parameters,
+        "peak_flops": peaks,
+        "step_seconds": {k: statistics.median(v) for k, v in times.items()},
+        "repeats": args.repeats,
+    }
+    found["achieved_flops"] = {k: flops / s for k, s in found["step_seconds"].items()}
+    found["bf16_step_over_fp32"] = found["step_seconds"]["bfloat16"] / found["step_seconds"]["float32"]
+    print(
+        f"`sft` step on {args.model} ({parameters / 1e6:.0f}M parameters), batch {BATCH} x {LENGTH}, "
+        f"{args.threads} thread(s), median of {args.repeats}:\n"
+    )
+    print("| precision | step s | achieved GFLOP/s | matmul peak GFLOP/s | share of its peak |")
+    print("|---|---|---|---|---|")
+    for precision in times:
+        achieved = found["achieved_flops"][precision]
+        print(
+            f"| {precision} | {found['step_seconds'][precision]:.2f} | {achieved / 1e9:.1f} | "
+            f"{peaks[precision] / 1e9:.1f} | {100 * achieved / peaks[precision]:.0f} % |"
+        )
+    print(f"\nbfloat16 step / float32 step: {found['bf16_step_over_fp32']:.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(found, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
