@@ -38,7 +38,8 @@ def defense_label(row: RunResult) -> str:
             for k, v in changed_settings(name, configs.get(name, {})).items()
         ]
     stale = " (stale)" if row.stale else ""
-    return row.defense + (f" ({', '.join(changed)})" if changed else "") + stale
+    precision = f" [{row.precision}]" if row.precision != "float32" else ""  # another arithmetic: kept apart
+    return row.defense + (f" ({', '.join(changed)})" if changed else "") + precision + stale
 
 
 def latest_per_config(results: list[RunResult]) -> tuple[list[RunResult], int]:

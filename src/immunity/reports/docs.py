@@ -25,7 +25,7 @@ from ..registry import DEFENSES, Stage, lookup
 from .analysis import default_apart_from, defense_label
 from .release import RELEASE, load_rows
 from .stats import per_seed_table
-from .verdict import Seeded, Verdict, detectable, judge_family
+from .verdict import Seeded, Verdict, detectable, judge_family, paired_t
 
 FTAAS = {"antidote"}  # fine-tuning-as-a-service: the provider repairs after the attack (its own board)
 MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
@@ -42,11 +42,12 @@ def current(rows: list[RunResult]) -> list[RunResult]:
     return rows
 
 
-def _default(rows: list[RunResult]) -> dict[str, dict[int, RunResult]]:
-    """Per defense label, per seed: the row under the default attack on the evaluation split."""
+def _default(rows: list[RunResult], precision: str = "float32") -> dict[str, dict[int, RunResult]]:
+    """Per defense label, per seed: the row under the default attack on the evaluation split, at
+    `precision` (the published tables are float32; bfloat16 rows are compared apart)."""
     found: dict[str, dict[int, RunResult]] = {}
     for r in rows:
-        if r.split == "eval" and default_apart_from(r, ()):
+        if r.split == "eval" and r.precision == precision and default_apart_from(r, ()):
             found.setdefault(defense_label(r), {})[r.seed] = r
     return found
 
@@ -57,14 +58,15 @@ def _pct(values: list[float]) -> str:
 
 
 # -- the README's blocks -----------------------------------------------------------------------------
-def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2)) -> str:
+def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2), precision: str = "float32") -> str:
     """The demo's table (`immunity demo`): the base, `sft`, `sft` + the default attack, `sft` +
-    benign-only fine-tuning, on the released rows of `seeds`."""
-    default = _default(rows)
+    benign-only fine-tuning, on the released rows of `seeds` at `precision`."""
+    default = _default(rows, precision)
     benign = {
         r.seed: r
         for r in rows
         if r.defense == "sft"
+        and r.precision == precision
         and r.split == "eval"
         and r.attack == "harmful-finetune"
         and r.attack_config.get("p") == 0
@@ -225,6 +227,24 @@ def real_cost_block(release: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def precision_block(rows: list[RunResult]) -> str:
+    """The demo under bfloat16 beside float32, and `sft`'s paired differences between them."""
+    half = demo_block(rows, precision="bfloat16")
+    if half.startswith("(not released"):
+        return "(bfloat16 rows not released yet)\n"
+    full = _default(rows)["sft"]
+    bf16 = _default(rows, "bfloat16")["sft"]
+    seeds = sorted(s for s in bf16 if s in full)
+    hs = paired_t([bf16[s].hs_after - full[s].hs_after for s in seeds])
+    nll = paired_t([bf16[s].harmful_nll_after - full[s].harmful_nll_after for s in seeds])
+    return (
+        "bfloat16:\n\n" + half + "\n"
+        f"`sft`, bfloat16 minus float32 over seeds {', '.join(map(str, seeds))}: HS after {100 * hs.mean:+.1f} "
+        f"[{100 * hs.low:+.1f}, {100 * hs.high:+.1f}] points, harmful NLL after {nll.mean:+.3f} "
+        f"[{nll.low:+.3f}, {nll.high:+.3f}] nats (paired t, 95 %).\n"
+    )
+
+
 # -- docs/results.md ---------------------------------------------------------------------------------
 def results_page(rows: list[RunResult]) -> str:
     default = _default(rows)
@@ -245,7 +265,15 @@ def results_page(rows: list[RunResult]) -> str:
         "HS after (%), the harmful answers' NLL after, and each one's paired difference from `sft` with its "
         "paired-t 95 % interval over the matched seeds.",
         "",
-        per_seed_table([r for r in rows if r.split == "eval"]),
+        per_seed_table([r for r in rows if r.split == "eval" and r.precision == "float32"]),
+        "",
+        "## Precision",
+        "",
+        "The demo's rows trained under `precision=bfloat16` (autocast, float32 master weights) beside the "
+        "published float32 ones, on the same seeds, with the paired difference of `sft`'s HS after the attack "
+        "and of its harmful NLL after. SafetyWorld's tables stay float32.",
+        "",
+        precision_block(rows).rstrip(),
         "",
         "## The smallest detectable difference",
         "",
