@@ -36,7 +36,7 @@ from .engine.meters import quiet_transformers
 from .engine.pipeline import Pipeline
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
-from .grid.runs import Grid, plan_runs
+from .grid.runs import Grid, plan_runs, refuse_bfloat16
 from .grid.store import Store
 from .models import load_model
 from .outputs import WRITING, check_target, clean_leftovers
@@ -140,6 +140,7 @@ def run(
         **{"eval.judge": judge},
     )
     validate(cfg)
+    refuse_bfloat16(cfg)
     check_writable(store=_parent(store))
     results = Store(store) if store is not None else None  # opened and checked before any work
     identity = RunIdentity.of(cfg)
@@ -270,6 +271,7 @@ def _stage_config(
             "`immunity prepare advbench`); SafetyWorld's made-up requests mean nothing to it"
         )
     validate(cfg, need_task, need_judge)
+    refuse_bfloat16(cfg)
     return cfg
 
 
@@ -567,6 +569,7 @@ def probe(
     probe_args = {k.split("=", 1)[0][len("probe.") :]: k.split("=", 1)[1] for k in given if k.startswith("probe.")}
     cfg = load_run_config(config, [s for s in given if not s.startswith("probe.")], defense=defense, seed=seed)
     validate(cfg)
+    refuse_bfloat16(cfg)
     check_writable()
     return run_probes(cfg, build_config(ProbeConfig, probe_args), progress=progress)
 
