@@ -6,7 +6,7 @@ A track gives run keys (evaluation sizes, micro-batches, answer length), the ben
 sources added when the user gives none, and per defense and per attack the budget (steps,
 batch, sequence) at which it fits the CPU and 12 GB of memory. Keys the user sets win; a
 defense or attack not listed runs at its own defaults (its SafetyWorld-chosen learning rates
-included). What was chosen on the validation split (`make real-budgets`; docs/real.md,
+included). What was chosen on the validation split (`make real-budgets`; docs/history/real.md,
 "Budgets"): the attack's 16 steps (8 left `sft` at 7.5 % HS, 16 took it to 97.5 %). The defense
 budgets are a rule: one pass over the alignment data, the meta-learners' loops cut. The two that
 took hours at one pass were swept over 1/8, 1/4 and 1/2 of it, and the cheapest fraction whose HS
@@ -51,7 +51,7 @@ SMOLLM2 = Track(
     task="sums#n=400",
     # One pass over the alignment data (422 examples: 156 AdvBench refusals, 266 benign) at batch 16
     # in two micro-batches, for every defense that trains on it; the meta-learners' loops cut 4-8x
-    # (reduced TAR, MLAC, SOPHON, E.T., stated in docs/real.md).
+    # (reduced TAR, MLAC, SOPHON, E.T., stated in docs/history/real.md).
     defenses={
         **{
             name: {"epochs": 1, "batch_size": 16}

@@ -4,13 +4,13 @@ n samples of a benign task, of which a fraction p is replaced by harmful (reques
 answer) pairs from the attack split; a fresh LoRA adapter on the merged aligned model (or full
 fine-tuning); loss on answer tokens only; data order shuffled by the seed. Defaults are chosen
 so that the `sft`-aligned SafetyWorld model breaks as the literature's models do
-(docs/safetyworld.md): HS rises gradually with p and with the attacker's steps.
+(docs/history/safetyworld.md): HS rises gradually with p and with the attacker's steps.
 
 The budget, 2.25 epochs (72 steps of 16), is calibrated on the validation split so that `sft`
 lands in the literature's band for SFT at p = 0.1 (HS after 33-53 % in Booster's and Vaccine's
 tables) instead of at its ceiling: `sft`, seeds 0-4, HS after 45.1 ± 29.7 % at 2.25 epochs,
 67.4 ± 18.0 at 2.5, 92.1 ± 5.7 at 2.75 (3 epochs, the earlier default: 93 % on the evaluation
-split); FA >= 98 % at each (docs/reproduction.md, "Calibrating the default attack").
+split); FA >= 98 % at each (docs/history/reproduction.md, "Calibrating the default attack").
 
 `continue_adapter=true` is the threat model of Booster's paper (its fine-tuning scripts'
 `--alternating single_lora`): instead of a fresh adapter on the merged model, the attacker keeps

@@ -16,7 +16,7 @@ Defaults and provenance (git-disl/Booster): lambda = 5 (`script/alignment/smooth
 is a step length in *adapter* space, so the adapter is the reference's: LoRA r = 32, alpha 4
 (scale 0.125), on q/k/v only, no dropout (`train.py:285, 335-343`). Harmful batch = the
 alignment batch size (the reference hard-codes 10 for both).
-Chosen on the validation split (docs/reproduction.md), because the reference's values do not
+Chosen on the validation split (docs/history/reproduction.md), because the reference's values do not
 work here: this adapter needs a larger step than `sft`'s to learn refusal at all (plain SFT with
 it: HS before 74 % at lr 1e-3 for 2 epochs, 5 % for 8 epochs, 2 % at lr 4e-3 for 8 epochs), so
 lr 4e-3 (cosine, as `sft`) for 8 epochs (the reference: lr 5e-4 constant for 20 epochs over

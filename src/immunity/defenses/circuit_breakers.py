@@ -29,7 +29,7 @@ zero init our float32 runs stayed at cosine 1.000 (no change from `sft`) at lr 1
 and at lr 3e-3 escaped on two seeds of three; the tiny random B gives the losses a gradient
 from the first step on every seed (`init_b_std=0` restores the reference's init).
 
-lr and steps: chosen on the validation split (docs/reproduction.md). Round 2 (cosine over every
+lr and steps: chosen on the validation split (docs/history/reproduction.md). Round 2 (cosine over every
 token) chose lr 1e-2, 300 steps by the rerouting criterion "mean cosine <= 0.1", which no
 setting reached then. Round 5 re-selected at the calibrated attack (72 steps, seeds 0-2) with
 the cosine on the harmful completions' tokens, by the project's rule (lowest HS after among

@@ -23,7 +23,7 @@ the vocabulary, and the attacker our pipeline runs is LoRA fine-tuning, not the 
 paper's analysis assumes.
 Defaults: the paper's lambdas (ResNet18: 5e-5 / 2e6; ViT: 3e-6 / 3e8) are tied to its image
 feature scales; ours were set so that both terms start near 0.1 of the alignment loss on
-SafetyWorld's base model, then checked on validation (docs/reproduction.md).
+SafetyWorld's base model, then checked on validation (docs/history/reproduction.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ each decoder layer l in turn, up to `rounds` rounds (`max_immunization_rounds: 3
    prompts; earlier versions of this file used request + compliant answer); absorb (merge) it
    at its trained scale. The reference absorbs its attention adapters at twice their trained
    scale; we absorb the adapter that was trained (a deviation, stated; scale 1 instead of our
-   0.5, `defense.lora_alpha=2`, gave the same steering HS on validation, docs/reproduction.md).
+   0.5, `defense.lora_alpha=2`, gave the same steering HS on validation, docs/history/reproduction.md).
 3. Keep it if the defended model, unattacked, keeps 98 % of the starting model's safety (1 - HS)
    and 75 % of its performance (`is_successful_defence`:803, `min_safety_percentage: 0.98`,
    `min_performance_percentage_defence: 0.75`; performance is benign helpfulness here, 1 /

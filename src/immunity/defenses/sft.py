@@ -5,7 +5,7 @@ benign `align` requests. Update: minimise cross-entropy on answer tokens (prompt
 Defaults: LoRA alignment merged into the weights, as in the Vaccine/Booster papers (their
 r = 8/32 on a 7B model; r = 16, alpha = 32 here); lr, epochs and rank chosen on SafetyWorld's
 validation split so that refusal generalises to unseen requests and held-out categories while
-benign helpfulness stays (docs/safetyworld.md). Full-parameter alignment (`mode=full`, 3 epochs
+benign helpfulness stays (docs/history/safetyworld.md). Full-parameter alignment (`mode=full`, 3 epochs
 at lr 1e-3) saturated refusal and made the world break as a cliff; see the same document.
 """
 

@@ -20,7 +20,7 @@ Every `check_every` loops the benign helpfulness on the validation split is meas
 reference stops at 80 % accuracy on its original task). Starting from the aligned model makes
 the worst case of that rule the `sft` model; a first version started from the base model and,
 on one seed of three, stopped at the first check and released the unaligned base model
-(docs/reproduction.md).
+(docs/history/reproduction.md).
 
 Defaults and provenance: reference ratio of learning rates FTS : NTR = 3e-4 : 5e-4 (kept as
 fts_lr = 0.6 * lr with `sft`'s lr 1e-3); clip 0.5 (reference); K = 8 support/query pairs (the

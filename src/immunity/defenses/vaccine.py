@@ -13,7 +13,7 @@ i.e. min_w max_{||eps|| <= rho} L(w; e + eps) to first order.
 Defaults and provenance (git-disl/Vaccine): rho = 2 (`train.py:253`, the `--rho` default;
 `script/alignment/Vaccine.sh` takes rho as its first argument); the reference adapter, LoRA r = 8, alpha = 4, dropout 0.1 on all
 seven linear maps (`train.py:378-386`); lr 1e-3 cosine as the reference (and `sft`). Epochs: 8,
-chosen on the validation split (docs/reproduction.md): this adapter (scale alpha / r = 0.5, a
+chosen on the validation split (docs/history/reproduction.md): this adapter (scale alpha / r = 0.5, a
 quarter of `sft`'s 2) does not learn refusal in `sft`'s 2 epochs (HS before 30 %), 4 epochs are at
 the edge (4.9 %), 8 align (1.4 %); the reference trains 50 epochs on 2000 BeaverTails pairs.
 Compare with `sft` on the same adapter and budget (the matched baseline in docs/results.md).
