@@ -48,7 +48,8 @@ def _default(rows: list[RunResult], precision: str = "float32") -> dict[str, dic
     found: dict[str, dict[int, RunResult]] = {}
     for r in rows:
         if r.split == "eval" and r.precision == precision and default_apart_from(r, ()):
-            found.setdefault(defense_label(r), {})[r.seed] = r
+            label = defense_label(r).replace(f" [{precision}]", "")  # one precision per table: no tag
+            found.setdefault(label, {})[r.seed] = r
     return found
 
 
@@ -271,7 +272,9 @@ def results_page(rows: list[RunResult]) -> str:
         "",
         "The demo's rows trained under `precision=bfloat16` (autocast, float32 master weights) beside the "
         "published float32 ones, on the same seeds, with the paired difference of `sft`'s HS after the attack "
-        "and of its harmful NLL after. SafetyWorld's tables stay float32.",
+        "and of its harmful NLL after. SafetyWorld's tables stay float32. These rows are why `precision=bfloat16` "
+        "is refused in this version: with one autocast region around a whole training stage, autocast's cached "
+        "weight copies from the first step outlive the optimizer's updates, so nothing trained (CHANGELOG).",
         "",
         precision_block(rows).rstrip(),
         "",
