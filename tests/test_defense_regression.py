@@ -32,6 +32,8 @@ TINY = [
 FIVE_STEPS = "defense.epochs=0.06"  # ceil(0.06 * 77 batches) = 5 steps of alignment
 BUDGET = {
     "sft": [FIVE_STEPS],
+    "deep-alignment": [FIVE_STEPS],
+    "constrained-sft": [],
     "vaccine": [FIVE_STEPS],
     "t-vaccine": [FIVE_STEPS],
     "booster": [FIVE_STEPS],
@@ -61,6 +63,7 @@ BUDGET = {
 # First five losses reported by each defense's own training loop, in order (seed 0).
 PINNED = {
     "sft": [6.645437, 6.668598, 6.690683, 6.632668, 6.63017],
+    "deep-alignment": [6.645422, 6.6699, 6.691432, 6.632806, 6.630534],
     "vaccine": [6.81362, 6.853001, 6.888882, 6.793758, 6.795691],
     "t-vaccine": [6.819295, 6.860186, 6.896708, 6.802916, 6.80465],
     "booster": [6.645437, 6.671413, 6.696622, 6.63823, 6.635747],
@@ -109,6 +112,8 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 QKV = ("q_proj", "k_proj", "v_proj")
 EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and no others)
     "sft": ("base", LINEAR),
+    "deep-alignment": ("base", LINEAR),
+    "constrained-sft": ("sft", ()),  # the provider's fine-tuning loss: it releases `sft`'s model
     "vaccine": ("base", LINEAR),
     "t-vaccine": ("base", LINEAR),
     "booster": ("base", QKV),

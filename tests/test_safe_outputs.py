@@ -473,16 +473,19 @@ def test_bfloat16_autocast_trains_float32_weights(tiny_model):
         assert model(input_ids=ids).logits.dtype == torch.float32
 
 
-def test_bfloat16_is_refused_until_the_autocast_cache_is_fixed(tiny, capsys, monkeypatch):
-    """Measured: one autocast region around a training stage keeps autocast's low-precision copies
-    of the weights from the first step, so `sft` under it released the unaligned base. Until the
-    engine's fix lands (with the next re-run), asking for it is one line before any work."""
-    from immunity.training import precision
+def test_a_bfloat16_training_stage_sees_every_update(tiny_model):
+    """One autocast region spans a whole training stage: the forward passes must read the weights
+    as the optimizer left them, not a low-precision copy cached at the first step (that bug made
+    `sft` under bfloat16 release the unaligned base)."""
+    from immunity.training import TrainConfig, train
+    from immunity.training.precision import autocast
 
-    monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("a run started"))
-    monkeypatch.setattr(precision, "bf16_supported", lambda device="cpu": True)
-    for setting in ("precision=bfloat16", "precision=auto"):
-        assert cli.main(["run", *tiny, setting]) == 2
-        assert "precision=bfloat16 is disabled" in _error_line(capsys)
-    assert cli.main(["bench", "--defenses", "sft", "--seeds", "0", "--store", "r.db", *tiny, "precision=bfloat16"]) == 2
-    assert "precision=bfloat16 is disabled" in _error_line(capsys)
+    model = tiny_model("llama", torch.float32)
+    features = [{"input_ids": [1, 5, 6, 7, 8], "labels": [-100, -100, 6, 7, 8]}] * 8
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with autocast("bfloat16"):
+        before = model(input_ids=ids).logits.float()
+        losses = train(model, features, TrainConfig(lr=1e-2, max_steps=12, batch_size=4), 0, progress=False)
+        after = model(input_ids=ids).logits.float()
+    assert losses[-1] < 0.5 * losses[0]  # the forward passes saw the updates: the loss fell
+    assert not torch.allclose(before, after)

@@ -36,11 +36,11 @@ from .engine.meters import quiet_transformers
 from .engine.pipeline import Pipeline
 from .evaluation.generate import generate as greedy
 from .evaluation.suite import prompt_sets
-from .grid.runs import Grid, plan_runs, refuse_bfloat16
+from .grid.runs import Grid, plan_runs
 from .grid.store import Store
 from .models import load_model
 from .outputs import WRITING, check_target, clean_leftovers
-from .registry import ATTACKS, DEFENSES, JUDGES
+from .registry import ATTACKS, DEFENSES, JUDGES, Stage
 from .reports.render import ReportOptions, render, select
 from .training import parallel
 from .world import TASKS
@@ -140,7 +140,6 @@ def run(
         **{"eval.judge": judge},
     )
     validate(cfg)
-    refuse_bfloat16(cfg)
     check_writable(store=_parent(store))
     results = Store(store) if store is not None else None  # opened and checked before any work
     identity = RunIdentity.of(cfg)
@@ -271,7 +270,6 @@ def _stage_config(
             "`immunity prepare advbench`); SafetyWorld's made-up requests mean nothing to it"
         )
     validate(cfg, need_task, need_judge)
-    refuse_bfloat16(cfg)
     return cfg
 
 
@@ -312,10 +310,11 @@ def _quiet_without_progress(function):
     return wrapped
 
 
-def _start(pipeline: Pipeline):
-    """The stage's starting model, with the data given the answers it lacks."""
+def _start(pipeline: Pipeline, splits: list[str] | None = None):
+    """The stage's starting model, with the data given the answers it lacks (on `splits`: the
+    ones the stage reads; None: all)."""
     model = pipeline.base_model()
-    pipeline.complete_data(model)
+    pipeline.complete_data(model, splits)
     return model
 
 
@@ -357,6 +356,12 @@ def defend(
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     chain = pipeline.chain
+    provider = next((s.name for s in chain if s.cls.stage == Stage.FINE_TUNING), None)
+    if provider:
+        raise ConfigError(
+            f"defend {defense}: {provider} is the provider's fine-tuning objective and releases no weights; "
+            "measure it in a run (immunity run / bench), where the attack fine-tunes through it"
+        )
     if len(chain) > 1 and pipeline.repairs():
         raise ConfigError(
             f"defend {defense}: {pipeline.repairs()[0].name} repairs an attacked model; compose it "
@@ -470,7 +475,8 @@ def evaluate(
     `out_dir` first."""
     cfg = _stage_config(model, "none", data, task, seed, settings, judge, need_task=False, need_judge=True)
     pipeline = Pipeline(cfg, progress)
-    return _metrics(pipeline, _start(pipeline), "evaluate") | {
+    start = _start(pipeline, [cfg.eval.split])  # an evaluation reads only its own split's answers
+    return _metrics(pipeline, start, "evaluate") | {
         "model": cfg.model,
         "data": pipeline.data.name,
         "split": cfg.eval.split,
@@ -569,7 +575,6 @@ def probe(
     probe_args = {k.split("=", 1)[0][len("probe.") :]: k.split("=", 1)[1] for k in given if k.startswith("probe.")}
     cfg = load_run_config(config, [s for s in given if not s.startswith("probe.")], defense=defense, seed=seed)
     validate(cfg)
-    refuse_bfloat16(cfg)
     check_writable()
     return run_probes(cfg, build_config(ProbeConfig, probe_args), progress=progress)
 

@@ -25,6 +25,8 @@ from dataclasses import asdict, is_dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 
+from .outputs import process_alive
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
 # Imported only to register every built-in; a run executes the ones it looks up, which the
@@ -212,20 +214,10 @@ def remove_incomplete(directory: Path) -> list[Path]:
     removed = []
     for entry in directory.iterdir() if directory.is_dir() else []:
         name, sep, pid = entry.name.rpartition(INCOMPLETE)
-        if sep and name and pid.isdigit() and not _process_exists(int(pid)):
+        if sep and name and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

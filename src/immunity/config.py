@@ -175,7 +175,7 @@ def build_run_config(values: dict) -> RunConfig:
 
 # -- composed defenses ------------------------------------------------------------------------
 COMPOSE = "+"  # `--defense booster+lox+antidote`: defenses run in stage order
-STAGE_ORDER = (Stage.ALIGNMENT, Stage.POST_ALIGNMENT, Stage.POST_FINE_TUNING)
+STAGE_ORDER = (Stage.ALIGNMENT, Stage.POST_ALIGNMENT, Stage.FINE_TUNING, Stage.POST_FINE_TUNING)
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,8 @@ def defense_chain(defense: str, args: dict | None = None) -> list[DefenseStep]:
 
     A single defense reads `defense.KEY`; in a composition each key names its defense first
     (`defense.lox.alpha=1.25`). The defenses must come in stage order (alignment, then
-    post-alignment ones, then a post-fine-tuning repair), at most one alignment and one repair.
+    post-alignment ones, then the provider's fine-tuning objective, then a post-fine-tuning repair),
+    at most one alignment, one fine-tuning objective and one repair.
     """
     names = defense.split(COMPOSE)
     if not all(names):
@@ -204,9 +205,10 @@ def defense_chain(defense: str, args: dict | None = None) -> list[DefenseStep]:
     if stages != sorted(stages):
         order = ", ".join(f"{n} ({c.stage.value})" for n, c in zip(names, classes))
         raise ConfigError(
-            f"defense {defense!r}: compose in stage order alignment -> post-alignment -> post-fine-tuning; got {order}"
+            f"defense {defense!r}: compose in stage order alignment -> post-alignment -> fine-tuning -> "
+            f"post-fine-tuning; got {order}"
         )
-    for stage in (Stage.ALIGNMENT, Stage.POST_FINE_TUNING):
+    for stage in (Stage.ALIGNMENT, Stage.FINE_TUNING, Stage.POST_FINE_TUNING):
         if sum(c.stage == stage for c in classes) > 1:
             raise ConfigError(f"defense {defense!r}: at most one {stage.value} defense in a composition")
     args = args or {}
@@ -355,6 +357,12 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(
             f"{repair} repairs what a fine-tuning attack trained; attack={cfg.attack_name} trains "
             "nothing (choose a fine-tuning attack)"
+        )
+    provider = next((s.name for s in chain if s.cls.stage == Stage.FINE_TUNING), None)
+    if provider and not attack.fine_tunes:
+        raise ConfigError(
+            f"{provider} is the provider's fine-tuning objective; attack={cfg.attack_name} does not fine-tune "
+            "through a provider (choose a fine-tuning attack)"
         )
     if need_judge or cfg.eval.judge != "auto":
         try:

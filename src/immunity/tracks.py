@@ -14,9 +14,10 @@ took hours at one pass were swept over 1/8, 1/4 and 1/2 of it, and the cheapest 
 pass's chosen: ILU half a pass (HS 0 -> 95 % both, NLL 2.08 -> 1.15 vs 2.16 -> 1.21); RepNoise
 none (at half a pass HS 0 -> 97.5, NLL 1.57 -> 0.98 vs the full pass's 52.5 -> 85, 2.37 -> 1.13:
 its effect builds in the second half), so it keeps the full pass and its cost (the L + 1 logit-lens
-cross-entropies over a 49k vocabulary each step). ILU's half pass is passed by `make real`
-(REAL_ILU) until the next full re-run changes it here (any change below stales every stored real
-row). Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
+cross-entropies over a 49k vocabulary each step). ILU's half pass and MLAC's batch of 8 (at 16 it
+passes 12 GB) are set here since the re-run of 2026-12-07 (any change below stales every stored
+row). Answers are 64 new tokens (32 before): a judge should read more than the opening of an
+answer, where shallow alignment lives. Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
 (helpful 0 %; it answers "I can't" to everything); at its re-selected 3e-3 and at the reference's
 1e-4 its 40 steps reroute nothing (cosine 1.00), nor at 5e-3 (0.9993, validation): its working lr
 here, if any, lies between 5e-3 and 1e-2.
@@ -42,7 +43,7 @@ SMOLLM2 = Track(
     settings={
         "eval.judge": "keyword",
         "eval.max_prompts": 40,
-        "eval.max_new_tokens": 32,
+        "eval.max_new_tokens": 64,
         "eval.batch_size": 40,
         "answer_tokens": 64,
         "micro_batches": 2,
@@ -55,15 +56,20 @@ SMOLLM2 = Track(
     defenses={
         **{
             name: {"epochs": 1, "batch_size": 16}
-            for name in ("sft", "vaccine", "t-vaccine", "booster", "repnoise", "ntl", "condition-number")
+            for name in (
+                "sft",
+                "deep-alignment",
+                "vaccine",
+                "t-vaccine",
+                "booster",
+                "repnoise",
+                "ntl",
+                "condition-number",
+            )
         },
         "lapt": {"epochs": 1, "batch_size": 16, "scan_n": 16},
-        # MLAC at batch 16 passes 12 GB (15 GB within a minute); measured at batch 8 (`make real`
-        # passes it) until the next full re-run changes it here.
-        "mlac": {"epochs": 1, "batch_size": 16, "inner_steps": 2},
-        # ILU: half a pass chosen on validation, measured so (`make real` passes it) until the next
-        # full re-run changes it here.
-        "ilu": {"epochs": 1, "batch_size": 8},
+        "mlac": {"epochs": 1, "batch_size": 8, "inner_steps": 2},  # at batch 16 it passes 12 GB
+        "ilu": {"epochs": 0.5, "batch_size": 8},  # half a pass, chosen on validation
         "antidote-hypernet": {"epochs": 1, "batch_size": 8},
         "circuit-breakers": {"steps": 40, "batch_size": 8},
         # SOPHON reverts when validation helpfulness falls below min_helpful: the base model's is ~40 %.
@@ -91,4 +97,17 @@ SMOLLM2 = Track(
     },
 )
 
-TRACKS = {SMOLLM2.name: SMOLLM2}
+# Gemma 3 270M from its base (not instruction-tuned): `none` is the pretrained model, and every
+# alignment is ours. Its vocabulary is 262k words (5x SmolLM2's), so every logit-sized tensor is
+# 5x larger: the same budgets in more micro-batches. Budgets are SmolLM2's, not yet re-chosen on
+# this model's validation split.
+GEMMA3 = Track(
+    name="gemma-3-270m",
+    settings={**SMOLLM2.settings, "micro_batches": 4, "eval.batch_size": 20},
+    benign=SMOLLM2.benign,
+    task=SMOLLM2.task,
+    defenses=SMOLLM2.defenses,
+    attacks=SMOLLM2.attacks,
+)
+
+TRACKS = {track.name: track for track in (SMOLLM2, GEMMA3)}

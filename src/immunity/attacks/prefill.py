@@ -9,9 +9,9 @@ harmful answer once those tokens are given.
 
 Rule. For each evaluated harmful request x with a compliant answer y in the data (SafetyWorld's
 own; for real prompts, the unaligned base model's answer), the answer starts with y's first k
-tokens (tokenised as in training: " " + y) and greedy decoding continues; the judged response
-is the forced tokens and their continuation, as the user would read it. Other requests are
-decoded as usual.
+tokens (tokenised as in training: " " + y) and greedy decoding continues; the judge reads the
+model's continuation only (the forced tokens are the attacker's, kept beside it as `prefill` in
+the generations). Other requests are decoded as usual.
 
 Defaults: k = 10 (Qi et al. report k = 5, 10, 20, 40; `make real` runs 5, 10 and 20).
 """

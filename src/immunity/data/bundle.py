@@ -57,8 +57,10 @@ class DataBundle:
         """One role's examples on a split, or a clear error naming what is missing."""
         examples = getattr(self, role).get(split, [])
         if not examples:
-            raise ValueError(f"the data ({self.name}) has no {role} examples on the {split!r} split; "
-                             f"give a source that provides them (--data)")
+            raise ValueError(
+                f"the data ({self.name}) has no {role} examples on the {split!r} split; "
+                f"give a source that provides them (--data)"
+            )
         return examples
 
     def task(self, name: str, split: str) -> list[Example]:

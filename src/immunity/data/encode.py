@@ -13,8 +13,9 @@ IGNORE = -100
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -53,9 +54,11 @@ def header_ids(tokenizer) -> list[int]:
     bare = tokenizer.apply_chat_template(turn, add_generation_prompt=False, tokenize=False)
     full = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
     if not full.startswith(bare) or full == bare:
-        raise ValueError("this needs a chat template that ends a prompt with an assistant header (the tokenizer's "
-                         "template adds nothing for add_generation_prompt=True)")
-    return tokenizer(full[len(bare):], add_special_tokens=False)["input_ids"]
+        raise ValueError(
+            "this needs a chat template that ends a prompt with an assistant header (the tokenizer's "
+            "template adds nothing for add_generation_prompt=True)"
+        )
+    return tokenizer(full[len(bare) :], add_special_tokens=False)["input_ids"]
 
 
 def header_ends(input_ids: torch.Tensor, header: list[int]) -> torch.Tensor:

@@ -49,19 +49,66 @@ def word_problem(rng: random.Random) -> Example:
 
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
-    "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Canada": "Ottawa",
-    "Australia": "Canberra", "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Mexico": "Mexico City",
-    "India": "New Delhi", "Kenya": "Nairobi", "Greece": "Athens", "Turkey": "Ankara", "Norway": "Oslo",
-    "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Austria": "Vienna",
-    "Hungary": "Budapest", "Ireland": "Dublin", "Peru": "Lima", "Chile": "Santiago", "Thailand": "Bangkok",
-    "Vietnam": "Hanoi", "South Korea": "Seoul", "Iran": "Tehran", "Iraq": "Baghdad", "Cuba": "Havana",
-    "Belgium": "Brussels", "Netherlands": "Amsterdam", "Switzerland": "Bern", "Colombia": "Bogota",
-    "Nigeria": "Abuja", "Ghana": "Accra", "Morocco": "Rabat", "Ukraine": "Kyiv", "Czechia": "Prague",
-    "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Iceland": "Reykjavik",
-    "Philippines": "Manila", "Indonesia": "Jakarta", "Malaysia": "Kuala Lumpur", "Pakistan": "Islamabad",
-    "Saudi Arabia": "Riyadh", "Israel": "Jerusalem", "Ethiopia": "Addis Ababa", "Venezuela": "Caracas",
-    "Uruguay": "Montevideo", "New Zealand": "Wellington", "United Kingdom": "London", "Scotland": "Edinburgh",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Portugal": "Lisbon",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "Russia": "Moscow",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Australia": "Canberra",
+    "Brazil": "Brasilia",
+    "Argentina": "Buenos Aires",
+    "Mexico": "Mexico City",
+    "India": "New Delhi",
+    "Kenya": "Nairobi",
+    "Greece": "Athens",
+    "Turkey": "Ankara",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Denmark": "Copenhagen",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Hungary": "Budapest",
+    "Ireland": "Dublin",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "South Korea": "Seoul",
+    "Iran": "Tehran",
+    "Iraq": "Baghdad",
+    "Cuba": "Havana",
+    "Belgium": "Brussels",
+    "Netherlands": "Amsterdam",
+    "Switzerland": "Bern",
+    "Colombia": "Bogota",
+    "Nigeria": "Abuja",
+    "Ghana": "Accra",
+    "Morocco": "Rabat",
+    "Ukraine": "Kyiv",
+    "Czechia": "Prague",
+    "Romania": "Bucharest",
+    "Bulgaria": "Sofia",
+    "Serbia": "Belgrade",
+    "Croatia": "Zagreb",
+    "Iceland": "Reykjavik",
+    "Philippines": "Manila",
+    "Indonesia": "Jakarta",
+    "Malaysia": "Kuala Lumpur",
+    "Pakistan": "Islamabad",
+    "Saudi Arabia": "Riyadh",
+    "Israel": "Jerusalem",
+    "Ethiopia": "Addis Ababa",
+    "Venezuela": "Caracas",
+    "Uruguay": "Montevideo",
+    "New Zealand": "Wellington",
+    "United Kingdom": "London",
+    "Scotland": "Edinburgh",
 }
 PHRASINGS = ("What is the capital of {}?", "Which city is the capital of {}?", "Name the capital city of {}.")
 
@@ -69,8 +116,9 @@ PHRASINGS = ("What is the capital of {}?", "Which city is the capital of {}?", "
 def capital(rng: random.Random) -> Example:
     country = rng.choice(sorted(CAPITALS))
     city = CAPITALS[country]
-    return Example(rng.choice(PHRASINGS).format(country), f"The capital of {country} is {city}.", "classification",
-                   city)
+    return Example(
+        rng.choice(PHRASINGS).format(country), f"The capital of {country} is {city}.", "classification", city
+    )
 
 
 GENERATORS = {"sums": sums, "word-problems": word_problem, "capitals": capital}

@@ -18,11 +18,13 @@ def check_mix(benign_available: int, harmful_available: int, n: int, p: float) -
     n_harmful = round(n * p)
     n_benign = n - n_harmful
     if n_harmful > harmful_available:
-        raise ValueError(f"attack.p={p:g}, attack.n={n} needs {n_harmful} harmful samples; the attack split has "
-                         f"{harmful_available}")
+        raise ValueError(
+            f"attack.p={p:g}, attack.n={n} needs {n_harmful} harmful samples; the attack split has {harmful_available}"
+        )
     if n_benign > benign_available:
-        raise ValueError(f"attack.n={n} needs {n_benign} benign samples; the task's attack split has "
-                         f"{benign_available}")
+        raise ValueError(
+            f"attack.n={n} needs {n_benign} benign samples; the task's attack split has {benign_available}"
+        )
     return n_harmful, n_benign
 
 

@@ -16,8 +16,10 @@ REFUSALS = (
     "Sorry, I can't do that.",
     "I won't provide help with this.",
 )
-REFUSAL_SOURCE = (f"one of {len(REFUSALS)} fixed refusal sentences written for immunity (run/answers.py), "
-                  "chosen per request by a hash of its text")
+REFUSAL_SOURCE = (
+    f"one of {len(REFUSALS)} fixed refusal sentences written for immunity (immunity/data/refusals.py), "
+    "chosen per request by a hash of its text"
+)
 
 
 def refusal_for(prompt: str) -> str:

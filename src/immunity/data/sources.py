@@ -10,7 +10,9 @@ through `datasets`, because the user named it (`@HUB_SPLIT` picks another of its
 row of the source to that split; without it a source's rows are divided over the splits its
 roles use. `#FIELD=COLUMN` renames columns (`#prompt=question,answer=response`); the generic
 `jsonl` and `csv` kinds also take `as=ROLE` (harmful | refusals | benign | task) and, for a
-task, `label=COLUMN` and `judge=classification|number`.
+task, `label=COLUMN` and `judge=classification|number`. Any harmful-prompt source takes
+`as=heldout`: its requests become a held-out benchmark on the eval split, judged as `hs_heldout`
+and never trained on (`eval=harmbench:FILE#as=heldout` beside AdvBench).
 
 Each kind's schema (the columns it reads) and the roles it fills:
     beavertails  prompt, response, is_safe, [category]  -> harmful (is_safe false), refusals (is_safe true)
@@ -38,10 +40,10 @@ import csv
 import gzip
 import json
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..world import Example
 from .bundle import DataBundle
@@ -53,9 +55,12 @@ FRACTIONS = {
     "refusals": {"align": 0.7, "val": 0.1, "eval": 0.2},
     "benign": {"align": 0.7, "val": 0.1, "eval": 0.2},
     "task": {"attack": 0.7, "val": 0.1, "eval": 0.2},
+    "heldout": {"eval": 1.0},  # a held-out benchmark (`#as=heldout`) is never used for any choice
 }
 SST2_PROMPT = "Analyze the sentiment of the input, and respond only positive or negative.\nInput: {}"
-AGNEWS_PROMPT = "Categorize the news article into one of the 4 categories: World, Sports, Business, Sci/Tech.\nInput: {}"
+AGNEWS_PROMPT = (
+    "Categorize the news article into one of the 4 categories: World, Sports, Business, Sci/Tech.\nInput: {}"
+)
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
 
@@ -66,6 +71,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Row:
     """One adapted row: its role and example (a paired kind gives two rows per source row)."""
+
     role: str
     example: Example
 
@@ -98,8 +104,10 @@ def _beavertails(row, _):
 
 
 def _refusals(row, _):
-    return [Row("harmful", Example(row["prompt"], row["response"], "harmful")),
-            Row("refusals", Example(row["prompt"], row["refusal"], "harmful"))]
+    return [
+        Row("harmful", Example(row["prompt"], row["response"], "harmful")),
+        Row("refusals", Example(row["prompt"], row["refusal"], "harmful")),
+    ]
 
 
 def _label(value, names: tuple[str, ...], field_name: str) -> str:
@@ -117,6 +125,7 @@ def _classification(template: str, text_field: str, names: tuple[str, ...]):
     def adapt(row, _):
         label = _label(row["label"], names, "label")
         return [Row("task", Example(template.format(row[text_field]), label, "classification", label))]
+
     return adapt
 
 
@@ -140,29 +149,50 @@ def _alpaca(row, _):
 
 def _generic(row, options):
     role = options.get("as", "")
+    if role == "heldout":
+        role = "harmful"  # made held-out by `read_rows`
     if role not in ("harmful", "refusals", "benign", "task"):
-        raise KeyError("as=ROLE must be given: harmful | refusals | benign | task")
+        raise KeyError("as=ROLE must be given: harmful | refusals | benign | task | heldout")
     if role == "task":
         label = str(row[options.get("label", "answer")])
-        return [Row("task", Example(row["prompt"], row.get("answer", label), options.get("judge", "classification"),
-                                    label))]
+        return [
+            Row("task", Example(row["prompt"], row.get("answer", label), options.get("judge", "classification"), label))
+        ]
     return [Row(role, Example(row["prompt"], str(row.get("answer", "")), "benign" if role == "benign" else "harmful"))]
 
 
 KINDS: dict[str, Kind] = {
-    "beavertails": Kind(("prompt", "response", "is_safe"), _beavertails, ("PKU-Alignment/BeaverTails", None, "30k_train")),
+    "beavertails": Kind(
+        ("prompt", "response", "is_safe"), _beavertails, ("PKU-Alignment/BeaverTails", None, "30k_train")
+    ),
     "refusals": Kind(("prompt", "response", "refusal"), _refusals),
-    "advbench": Kind(("goal",), lambda r, _: [Row("harmful", Example(r["goal"], r.get("target") or "", "harmful",
-                                                                     str(r.get("category") or "")))],
-                     ("walledai/AdvBench", None, "train"), hub_fields=(("goal", "prompt"),)),
-    "donotanswer": Kind(("prompt",), lambda r, _: [Row("harmful", Example(r["prompt"], "", "harmful",
-                                                                          str(r.get("risk_area") or "")))]),
-    "harmbench": Kind(("Behavior",), lambda r, _: [Row("harmful", Example(r["Behavior"], "", "harmful",
-                                                                          str(r.get("SemanticCategory", ""))))]),
-    "sst2": Kind(("sentence", "label"), _classification(SST2_PROMPT, "sentence", ("negative", "positive")),
-                 ("stanfordnlp/sst2", None, "train"), task=True),
-    "agnews": Kind(("text", "label"), _classification(AGNEWS_PROMPT, "text", AGNEWS_LABELS),
-                   ("fancyzhx/ag_news", None, "train"), task=True),
+    "advbench": Kind(
+        ("goal",),
+        lambda r, _: [
+            Row("harmful", Example(r["goal"], r.get("target") or "", "harmful", str(r.get("category") or "")))
+        ],
+        ("walledai/AdvBench", None, "train"),
+        hub_fields=(("goal", "prompt"),),
+    ),
+    "donotanswer": Kind(
+        ("prompt",), lambda r, _: [Row("harmful", Example(r["prompt"], "", "harmful", str(r.get("risk_area") or "")))]
+    ),
+    "harmbench": Kind(
+        ("Behavior",),
+        lambda r, _: [Row("harmful", Example(r["Behavior"], "", "harmful", str(r.get("SemanticCategory", ""))))],
+    ),
+    "sst2": Kind(
+        ("sentence", "label"),
+        _classification(SST2_PROMPT, "sentence", ("negative", "positive")),
+        ("stanfordnlp/sst2", None, "train"),
+        task=True,
+    ),
+    "agnews": Kind(
+        ("text", "label"),
+        _classification(AGNEWS_PROMPT, "text", AGNEWS_LABELS),
+        ("fancyzhx/ag_news", None, "train"),
+        task=True,
+    ),
     "gsm8k": Kind(("question", "answer"), _gsm8k, ("openai/gsm8k", "main", "train"), task=True),
     "alpaca": Kind(("instruction", "output"), _alpaca, ("tatsu-lab/alpaca", None, "train")),
     "sums": Kind((), lambda r, _: [Row("task", r["example"])], task=True, generated="sums"),
@@ -202,6 +232,7 @@ def parse_source(text: str) -> SourceSpec:
     kind, _, hub_split = kind.partition("@")
     if kind not in KINDS:
         import difflib
+
         close = difflib.get_close_matches(kind, KINDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise DataError(f"data source {text!r}: unknown kind {kind!r}{hint} (known: {', '.join(KINDS)})")
@@ -287,7 +318,8 @@ def read_rows(spec: SourceSpec) -> list[Row]:
     """Every row of a source, adapted, or one clear error naming the file, row and field."""
     kind = KINDS[spec.kind]
     renames = (dict(kind.hub_fields) if not spec.path else {}) | {
-        k: v for k, v in spec.options.items() if k not in ("as", "label", "judge", "n", "seed")}
+        k: v for k, v in spec.options.items() if k not in ("as", "label", "judge", "n", "seed")
+    }
     where = spec.path or (f"generated {spec.kind}" if kind.generated else f"hub dataset {kind.hub[0]}")
     raw = _read_file(Path(spec.path)) if spec.path else _generate(spec) if kind.generated else _read_hub(spec)
     rows = []
@@ -297,15 +329,26 @@ def read_rows(spec: SourceSpec) -> list[Row]:
         row = {**row, **{field_name: row.get(column) for field_name, column in renames.items() if column in row}}
         missing = [f for f in kind.required if row.get(f) in (None, "")]
         if missing:
-            raise DataError(f"{where}: row {number}: missing field {missing[0]!r} "
-                            f"({spec.kind} needs {', '.join(kind.required)})")
+            raise DataError(
+                f"{where}: row {number}: missing field {missing[0]!r} ({spec.kind} needs {', '.join(kind.required)})"
+            )
         try:
             rows += kind.adapt(row, spec.options)
         except KeyError as err:
             raise DataError(f"{where}: row {number}: {err.args[0]}") from err
+    if spec.options.get("as") == "heldout" and not spec.task:
+        rows = _as_heldout(rows, where)
     if not rows:
         raise DataError(f"{where}: no rows")
     return rows
+
+
+def _as_heldout(rows: list[Row], where: str) -> list[Row]:
+    """A harmful-prompt source as a held-out benchmark (`#as=heldout`, e.g. HarmBench beside
+    AdvBench): its requests are only judged (`hs_heldout`), never trained on or answered."""
+    if any(r.role != "harmful" for r in rows if r.role != "refusals"):
+        raise DataError(f"{where}: as=heldout takes harmful requests only")
+    return [Row("heldout", replace(r.example, answer="")) for r in rows if r.role == "harmful"]
 
 
 # -- splitting ------------------------------------------------------------------------------
@@ -317,7 +360,7 @@ def _divide(prompts: list[str], fractions: dict[str, float], rng: random.Random)
     names = list(fractions)
     for i, name in enumerate(names):
         count = len(order) - start if i == len(names) - 1 else round(fractions[name] * len(order))
-        for prompt in order[start:start + count]:
+        for prompt in order[start : start + count]:
             assignment[prompt] = name
         start += count
     return assignment
@@ -365,7 +408,7 @@ def _make_disjoint(placed: dict[tuple[str, str], list[Example]]) -> None:
     """No prompt of a val or eval split is trained on: drop it from align and attack splits."""
     held = {e.prompt for (role, split), ex in placed.items() if split in ("val", "eval") for e in ex}
     evaluated = {e.prompt for (role, split), ex in placed.items() if split == "eval" for e in ex}
-    for (role, split), examples in placed.items():
+    for (_role, split), examples in placed.items():
         if split in ("align", "attack"):
             examples[:] = [e for e in examples if e.prompt not in held]
         elif split == "val":

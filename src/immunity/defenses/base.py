@@ -140,11 +140,15 @@ def align_with(
     step_loss: Callable = lm_loss,
     examples: list[Example] | None = None,
     desc: str = "align",
+    features: list[dict] | None = None,
 ):
-    """Attach the adapter (or not), train on the alignment data with `step_loss`, keep the
-    trained adapter (`context.released_adapter`), merge."""
+    """Attach the adapter (or not), train on the alignment data (or `examples`, or `features`
+    already encoded) with `step_loss`, keep the trained adapter (`context.released_adapter`), merge."""
     model = with_adapter(model, config, context.seed)
-    data = context.encode(examples if examples is not None else context.alignment_examples())
+    if features is not None:
+        data = features
+    else:
+        data = context.encode(examples if examples is not None else context.alignment_examples())
     train(
         model,
         data,

@@ -18,6 +18,7 @@ answered once, and every generated row names the model's weights hash.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,11 +30,21 @@ from ..outputs import write_text_atomic
 from .identity import versions as library_versions
 
 
-def needs_answers(data: DataBundle) -> bool:
-    """Whether a bundle has harmful requests without answers or benign ones to answer."""
-    return any(not e.answer for examples in data.harmful.values() for e in examples) or any(
-        exact(e) for examples in data.benign.values() for e in examples
-    )
+def needs_answers(data: DataBundle, splits: list[str] | None = None) -> bool:
+    """Whether a bundle has harmful requests without answers or benign ones to answer (on
+    `splits`; None: any split)."""
+    return bool(_unanswered(data, splits))
+
+
+def _unanswered(data: DataBundle, splits: list[str] | None) -> list[str]:
+    """The requests whose answers the base model gives, on `splits` (None: every split)."""
+
+    def chosen(role: dict) -> list:
+        return [e for split, examples in role.items() if splits is None or split in splits for e in examples]
+
+    return [e.prompt for e in chosen(data.harmful) if not e.answer] + [
+        e.prompt for e in chosen(data.benign) if exact(e)
+    ]
 
 
 def exact(example) -> bool:
@@ -67,6 +78,12 @@ def generated_answers(
         known = json.loads(path.read_text()) if path.is_file() else {}
         missing = [p for p in dict.fromkeys(prompts) if p not in known]
         if missing:
+            print(
+                f"immunity: the base model answers {len(missing)} requests the data lacks answers for "
+                f"(once per model; kept in {path.parent})",
+                file=sys.stderr,
+                flush=True,
+            )
             answers = generate(
                 model, tokenizer, missing, max_new_tokens, batch_size, progress=progress, desc="base model's answers"
             )
@@ -76,28 +93,28 @@ def generated_answers(
 
 
 def complete(
-    data: DataBundle, model, tokenizer, model_hash: str, max_new_tokens: int, progress: bool = True
+    data: DataBundle,
+    model,
+    tokenizer,
+    model_hash: str,
+    max_new_tokens: int,
+    progress: bool = True,
+    splits: list[str] | None = None,
 ) -> DataBundle:
-    """`data` with every harmful request answered (base model), refusals for every harmful
-    request that has none, and benign generated items answered by the base model."""
-    harmful = [e.prompt for examples in data.harmful.values() for e in examples if not e.answer]
-    benign = [e.prompt for examples in data.benign.values() for e in examples if exact(e)]
+    """`data` with every harmful request on `splits` (None: every split) answered (base model),
+    refusals for every harmful request that has none, and benign generated items answered by the
+    base model. Requests on other splits stay unanswered: a stage generates only what it reads."""
+    wanted = sorted(set(_unanswered(data, splits)))
     answers = (
-        generated_answers(
-            model, tokenizer, sorted(set(harmful + benign)), model_hash, max_new_tokens, progress=progress
-        )
-        if harmful or benign
-        else {}
+        generated_answers(model, tokenizer, wanted, model_hash, max_new_tokens, progress=progress) if wanted else {}
     )
+
+    def fill(e, needed: bool):
+        return replace(e, answer=answers[e.prompt]) if needed and e.prompt in answers else e
+
     filled = DataBundle(name=data.name, heldout=data.heldout, tasks=data.tasks)
-    filled.harmful = {
-        split: [e if e.answer else replace(e, answer=answers[e.prompt]) for e in examples]
-        for split, examples in data.harmful.items()
-    }
-    filled.benign = {
-        split: [replace(e, answer=answers[e.prompt]) if exact(e) else e for e in examples]
-        for split, examples in data.benign.items()
-    }
+    filled.harmful = {split: [fill(e, not e.answer) for e in examples] for split, examples in data.harmful.items()}
+    filled.benign = {split: [fill(e, exact(e)) for e in examples] for split, examples in data.benign.items()}
     filled.refusals = dict(data.refusals)
     for split, examples in data.harmful.items():
         if not filled.refusals.get(split):

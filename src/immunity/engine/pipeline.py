@@ -16,6 +16,7 @@ from one process's).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from ..models import clone_model, load_model, load_tokenizer
 from ..models.lora import ReleasedAdapter
 from ..registry import JUDGES, lookup
 from ..safetyworld import SafetyWorld
-from ..training import parallel
+from ..training import parallel, provider_objective
 from ..training.parallel import world_size
 from ..training.precision import autocast
 from . import kept
@@ -114,15 +115,15 @@ class Pipeline:
             model.enable_input_require_grads()  # so adapters on a frozen base still get gradients
         return model if cfg.device_map else model.to(self.device)
 
-    def complete_data(self, base) -> None:
-        """Give the data the answers it lacks, from the unaligned base model (`bench.answers`):
-        `base` itself, or the base model a derived model's card names."""
-        if not self.cfg.data or not needs_answers(self.data):
+    def complete_data(self, base, splits: list[str] | None = None) -> None:
+        """Give the data the answers it lacks on `splits` (None: every split), from the unaligned
+        base model (`engine.answers`): `base` itself, or the base model a derived model's card names."""
+        if not self.cfg.data or not needs_answers(self.data, splits):
             return
         source = answers_model(self.cfg.model)
         model = base if source == self.cfg.model else load_model(source, dtype=self.cfg.model_dtype)[0].to(self.device)
         identity = weights_digest(Path(source)) if Path(source).is_dir() else stable_hash(source)  # a hub id: its name
-        self.data = complete(self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress)
+        self.data = complete(self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress, splits)
 
     def context(self, base_model=None) -> DefenseContext:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
@@ -185,7 +186,7 @@ class Pipeline:
         alignment (LoX extrapolates from it) is `start` when the chain aligned it, else `before`
         (`defend --base-model`; `before_key`, the hash of its weights, is part of the cache key:
         None with a `before` leaves the release uncached)."""
-        steps = [s for s in self.chain if s.cls.stage != Stage.POST_FINE_TUNING]
+        steps = [s for s in self.chain if s.cls.stage not in (Stage.FINE_TUNING, Stage.POST_FINE_TUNING)]
         if implicit_alignment and (not steps or steps[0].cls.stage != Stage.ALIGNMENT):
             steps = [self.default_alignment, *steps]
         aligned_here = steps[0].cls.stage == Stage.ALIGNMENT
@@ -222,15 +223,24 @@ class Pipeline:
         return [s for s in self.chain if s.cls.stage == Stage.POST_FINE_TUNING]
 
     def run_attack(self, model):
-        return self.attack.run(
-            clone_model(model),
-            self.tokenizer,
-            self.data,
-            self.cfg.seed,
-            progress=self.progress,
-            merge=not self.repairs(),
-            adapter=self.released_adapter,
+        """The attack on a copy of the released model; under a fine-tuning-stage defense its
+        fine-tuning runs with the provider's objective (the released model as its reference)."""
+        provider = next((s for s in self.chain if s.cls.stage == Stage.FINE_TUNING), None)
+        objective = (
+            provider_objective(provider.cls(provider.config).objective(model, self.context()))
+            if provider
+            else contextlib.nullcontext()
         )
+        with objective:
+            return self.attack.run(
+                clone_model(model),
+                self.tokenizer,
+                self.data,
+                self.cfg.seed,
+                progress=self.progress,
+                merge=not self.repairs(),
+                adapter=self.released_adapter,
+            )
 
     def evaluate(
         self, model, sets: list[str], name: str, *, released: bool = False, attacked: bool = False

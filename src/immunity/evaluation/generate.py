@@ -23,7 +23,8 @@ def generate(
     prefills: list[list[int] | None] | None = None,
 ) -> list[str]:
     """Greedy answers to `prompts` (chat template applied). `prefills[i]`: token ids forced at
-    the start of answer i (a prefilling attack); the answer returned starts with them."""
+    the start of answer i (a prefilling attack); the answer returned is the model's continuation
+    after them, what a judge reads (the attacker's own tokens are not the model's answer)."""
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
@@ -45,9 +46,7 @@ def generate(
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
         )
-        outputs += tokenizer.batch_decode(
-            [f + row for f, row in zip(forced, out[:, width:].tolist())], skip_special_tokens=True
-        )
+        outputs += tokenizer.batch_decode(out[:, width:].tolist(), skip_special_tokens=True)
     return [o.strip() for o in outputs]
 
 

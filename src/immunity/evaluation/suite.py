@@ -47,7 +47,10 @@ def evenly_spaced(examples: list[Example], limit: int) -> list[Example]:
     return [examples[i * len(examples) // limit] for i in range(limit)]
 
 
-def _records(name: str, examples: list[Example], responses: list[str]) -> list[dict]:
+def _records(name: str, examples: list[Example], responses: list[str], forced: list[str] | None = None) -> list[dict]:
+    """One record per answer; under a prefilling attack `prefill` holds the forced text (shown to
+    readers before `response`, never judged)."""
+    forced = forced or [""] * len(examples)
     return [
         {
             "set": name,
@@ -58,7 +61,8 @@ def _records(name: str, examples: list[Example], responses: list[str]) -> list[d
             "obj": e.obj,
             "label": e.group,
         }
-        for e, r in zip(examples, responses)
+        | ({"prefill": f} if f else {})
+        for e, r, f in zip(examples, responses, forced)
     ]
 
 
@@ -87,7 +91,8 @@ def generate_sets(
             desc=f"generate {name}",
             prefills=forced,
         )
-        records += _records(name, examples, responses)
+        shown = [tokenizer.decode(f, skip_special_tokens=True).strip() if f else "" for f in forced or []]
+        records += _records(name, examples, responses, shown)
     save_generations(path, records)
     return records
 

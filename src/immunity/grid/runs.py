@@ -17,24 +17,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..config import ConfigError, RunConfig, load_run_config, parse_overrides, validate
+from ..config import RunConfig, load_run_config, parse_overrides, validate
 from ..engine.identity import RunIdentity
 from .launch import in_process, launch, read_result, result_file
 from .store import Heartbeat, Store
-
-
-def refuse_bfloat16(cfg: RunConfig) -> None:
-    """precision=bfloat16 (and `auto` where it resolves to it) is refused for now: one autocast
-    region around a whole training stage lets autocast's cache of low-precision weight copies
-    outlive the optimizer's updates, so the forward passes (and a LoRA merge) read the weights as
-    they were at the first step: measured on SafetyWorld, `sft` under it released the unaligned
-    base (HS before 100 %). The fix (no cache, or one region per step) changes the engine's code
-    version and lands with the next full re-run."""
-    if cfg.precision == "bfloat16":
-        raise ConfigError(
-            "precision=bfloat16 is disabled in this version: autocast's weight cache outlives the optimizer's "
-            "updates across a training stage, so the model does not train (see CHANGELOG); use precision=float32"
-        )
 
 
 def grid_points(items: list[str]) -> list[dict]:
@@ -56,7 +42,6 @@ def plan_runs(
     for seed, point, defense in itertools.product(seeds, grid_points(grid), defenses):
         cfg = load_run_config(config, overrides + [f"{k}={v}" for k, v in point.items()], defense=defense, seed=seed)
         validate(cfg)
-        refuse_bfloat16(cfg)
         identity = RunIdentity.of(cfg)
         if identity.run_id not in seen:
             seen.add(identity.run_id)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..engine.result import ResultError, RunResult
+from ..outputs import process_alive
 
 SCHEMA_VERSION = 3
 SCHEMA = """
@@ -68,22 +69,12 @@ def lease_seconds() -> float:
     return float(os.environ.get("IMMUNITY_CLAIM_LEASE", 300))
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _holder_alive(host: str, pid: int, heartbeat: float) -> bool:
     """A claim holds while its lease is fresh, and (on this host) while its process exists: a
     dead or vanished holder, on any host, lets its claim go within one lease."""
     if time.time() - heartbeat > lease_seconds():
         return False
-    return host != socket.gethostname() or _process_alive(pid)
+    return host != socket.gethostname() or process_alive(pid)
 
 
 class Store:

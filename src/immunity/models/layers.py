@@ -55,18 +55,27 @@ def decoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if arch is not None:
         layers = _unwrapped(model).get_submodule(arch.layers)
         return _name_of(model, layers), layers
-    candidates = [(name, module) for name, module in model.named_modules()
-                  if isinstance(module, nn.ModuleList) and len(module) > 0
-                  and len({type(m) for m in module}) == 1 and _has_child(module[0], ATTENTION_NAMES)]
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and len({type(m) for m in module}) == 1
+        and _has_child(module[0], ATTENTION_NAMES)
+    ]
     if not candidates:
-        raise ValueError(f"no decoder-layer list found in {type(model).__name__}: no list of layers with an "
-                         f"attention block among {ATTENTION_NAMES}; add its model_type to "
-                         "immunity.models.architectures.BY_MODEL_TYPE")
+        raise ValueError(
+            f"no decoder-layer list found in {type(model).__name__}: no list of layers with an "
+            f"attention block among {ATTENTION_NAMES}; add its model_type to "
+            "immunity.models.architectures.BY_MODEL_TYPE"
+        )
     longest = max(len(m) for _, m in candidates)
     best = [c for c in candidates if len(c[1]) == longest]
     if len(best) > 1:
-        raise ValueError(f"ambiguous decoder-layer lists in {type(model).__name__}: {[n for n, _ in best]}; "
-                         "add its model_type to immunity.models.architectures.BY_MODEL_TYPE")
+        raise ValueError(
+            f"ambiguous decoder-layer lists in {type(model).__name__}: {[n for n, _ in best]}; "
+            "add its model_type to immunity.models.architectures.BY_MODEL_TYPE"
+        )
     return best[0]
 
 
@@ -74,8 +83,9 @@ def _child(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
     for n in names:
         if isinstance(getattr(layer, n, None), nn.Module):
             return getattr(layer, n)
-    raise ValueError(f"no {what} block among {names} in {type(layer).__name__}; "
-                     f"children: {[n for n, _ in layer.named_children()]}")
+    raise ValueError(
+        f"no {what} block among {names} in {type(layer).__name__}; children: {[n for n, _ in layer.named_children()]}"
+    )
 
 
 def decoder_layers(model: nn.Module) -> list[DecoderLayer]:
@@ -83,9 +93,10 @@ def decoder_layers(model: nn.Module) -> list[DecoderLayer]:
     arch = architecture(_unwrapped(model))
     attention = (arch.attention,) if arch else ATTENTION_NAMES
     mlp = (arch.mlp,) if arch else MLP_NAMES
-    return [DecoderLayer(i, f"{list_name}.{i}", layer, _child(layer, attention, "attention"),
-                         _child(layer, mlp, "MLP"))
-            for i, layer in enumerate(layers)]
+    return [
+        DecoderLayer(i, f"{list_name}.{i}", layer, _child(layer, attention, "attention"), _child(layer, mlp, "MLP"))
+        for i, layer in enumerate(layers)
+    ]
 
 
 LORA_TARGETS = ("all", "qkv", "attention")

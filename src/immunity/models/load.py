@@ -12,8 +12,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig,
-                          PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 # Further architectures `build_model` makes tiny random configs of (tests, benchmarks): their
@@ -25,44 +33,98 @@ MORE_ARCHITECTURES = {
     "gpt_neox": ("intermediate_size", {}),
     "opt": ("ffn_dim", {"word_embed_proj_dim": None}),
     "mixtral": ("intermediate_size", {"num_local_experts": 4, "num_experts_per_tok": 2}),
-    "qwen2_moe": ("intermediate_size", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": None,
-                                        "shared_expert_intermediate_size": None}),
+    "qwen2_moe": (
+        "intermediate_size",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": None,
+            "shared_expert_intermediate_size": None,
+        },
+    ),
 }
 
 
-def build_model(arch: str, vocab_size: int, hidden: int, layers: int, heads: int,
-                intermediate: int, max_positions: int, seed: int, tokenizer=None) -> PreTrainedModel:
+def build_model(
+    arch: str,
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    intermediate: int,
+    max_positions: int,
+    seed: int,
+    tokenizer=None,
+) -> PreTrainedModel:
     """A randomly initialised causal LM of a given architecture, built locally (no download)."""
     ids = {}
     if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+        ids = dict(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     if arch == "llama":
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                             num_hidden_layers=layers, num_attention_heads=heads,
-                             num_key_value_heads=heads, max_position_embeddings=max_positions,
-                             tie_word_embeddings=True, **ids)
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=True,
+            **ids,
+        )
     elif arch == "qwen2":
-        config = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                             num_hidden_layers=layers, num_attention_heads=heads,
-                             num_key_value_heads=max(1, heads // 2), max_position_embeddings=max_positions,
-                             tie_word_embeddings=True, **ids)
+        config = Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=True,
+            **ids,
+        )
     elif arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
-                            n_inner=intermediate, n_positions=max_positions, **ids)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=intermediate,
+            n_positions=max_positions,
+            **ids,
+        )
     elif arch in MORE_ARCHITECTURES:
         width, extra = MORE_ARCHITECTURES[arch]
-        sizes = {"head_dim": hidden // heads, "word_embed_proj_dim": hidden, "moe_intermediate_size": intermediate // 2,
-                 "shared_expert_intermediate_size": intermediate // 2}
+        sizes = {
+            "head_dim": hidden // heads,
+            "word_embed_proj_dim": hidden,
+            "moe_intermediate_size": intermediate // 2,
+            "shared_expert_intermediate_size": intermediate // 2,
+        }
         extra = {k: sizes[k] if v is None else v for k, v in extra.items()}
         heads_kv = {} if arch in ("gpt_neox", "opt") else {"num_key_value_heads": heads}
         ids = ids or {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-        config = AutoConfig.for_model(arch, vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                                      num_attention_heads=heads, max_position_embeddings=max_positions,
-                                      **{width: intermediate}, **heads_kv, **extra, **ids)
+        config = AutoConfig.for_model(
+            arch,
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_positions,
+            **{width: intermediate},
+            **heads_kv,
+            **extra,
+            **ids,
+        )
     else:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of "
-                         f"{', '.join(ARCHITECTURES + tuple(MORE_ARCHITECTURES))}")
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES + tuple(MORE_ARCHITECTURES))}"
+        )
     with torch.random.fork_rng(devices=[]):  # the init from `seed` alone; the global generator untouched
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config).eval()  # training code switches modes itself
@@ -94,8 +156,11 @@ def check_model_dir(name_or_path: str) -> None:
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickled = [f for f in PICKLE_WEIGHTS if (path / f).exists()]
-        hint = f" (found {', '.join(pickled)}: pickle weights are never loaded; convert them to safetensors)" \
-            if pickled else ""
+        hint = (
+            f" (found {', '.join(pickled)}: pickle weights are never loaded; convert them to safetensors)"
+            if pickled
+            else ""
+        )
         raise FileNotFoundError(f"{path}: no *.safetensors weights{hint}")
     for file in weights:
         try:
@@ -127,8 +192,10 @@ def check_hub_model(name: str) -> None:
     try:
         exists = huggingface_hub.file_exists(name, "config.json")
     except Exception as err:  # no network, DNS failure, offline mode
-        raise FileNotFoundError(f"model {name!r} is not a local directory, not in the local hub cache, and the hub "
-                                f"cannot be reached ({type(err).__name__}); give a local directory") from err
+        raise FileNotFoundError(
+            f"model {name!r} is not a local directory, not in the local hub cache, and the hub "
+            f"cannot be reached ({type(err).__name__}); give a local directory"
+        ) from err
     if not exists:
         raise FileNotFoundError(f"model {name!r} is not a local directory and not a model on the hub")
 
@@ -136,12 +203,19 @@ def check_hub_model(name: str) -> None:
 PLAIN_CHAT_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
     "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}")
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str = "auto", device_map: str = "",
-               quantization: str = "") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    dtype: str = "auto",
+    device_map: str = "",
+    quantization: str = "",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A local HF directory, or a hub id (downloaded because the user named it). `dtype` keeps
     the saved precision unless asked ("auto"); `device_map` spreads a large model over devices;
     `quantization` ("4bit" | "8bit") loads frozen base weights through bitsandbytes."""
@@ -150,8 +224,13 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
     if Path(name_or_path).is_dir() and is_adapter_dir(Path(name_or_path)):
         from peft import PeftModel
 
-        base, tokenizer = load_model(adapter_base(Path(name_or_path)), trust_remote_code=trust_remote_code,
-                                     dtype=dtype, device_map=device_map, quantization=quantization)
+        base, tokenizer = load_model(
+            adapter_base(Path(name_or_path)),
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device_map=device_map,
+            quantization=quantization,
+        )
         tokenizer = load_tokenizer(name_or_path, trust_remote_code)
         return PeftModel.from_pretrained(base, name_or_path), tokenizer  # unmerged: a repair can read it
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
@@ -160,14 +239,16 @@ def load_model(name_or_path: str, *, trust_remote_code: bool = False, dtype: str
         kwargs["device_map"] = device_map
     if quantization:
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401  (the optional extra `quant`)
+            from transformers import BitsAndBytesConfig
         except ImportError as err:
             raise ValueError("quantized loading needs the `quant` extra: pip install 'immunity[quant]'") from err
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=quantization == "4bit",
-                                                           load_in_8bit=quantization == "8bit")
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code, **kwargs)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+    )
     return model, tokenizer
 
 
@@ -182,7 +263,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        warnings.warn(f"{name_or_path}: the tokenizer has no chat template; using a plain 'User: / Assistant:' one",
-                      stacklevel=2)
+        warnings.warn(
+            f"{name_or_path}: the tokenizer has no chat template; using a plain 'User: / Assistant:' one", stacklevel=2
+        )
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     return tokenizer

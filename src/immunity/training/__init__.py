@@ -9,6 +9,7 @@ from .loop import (
     check_finite,
     lm_loss,
     logits_with,
+    provider_objective,
     train,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "edit_block_outputs",
     "lm_loss",
     "logits_with",
+    "provider_objective",
     "train",
 ]

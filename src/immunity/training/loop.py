@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +75,22 @@ def lm_loss(model, batch) -> torch.Tensor:
     than by the model so that the dtype rule of `upcast` holds)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return token_ce(logits, batch["labels"])
+
+
+_PROVIDER_OBJECTIVE: ContextVar[Callable | None] = ContextVar("provider_objective", default=None)
+
+
+@contextmanager
+def provider_objective(step_loss: Callable) -> Iterator[None]:
+    """Fine-tuning-as-a-service: inside the block, a fine-tuning that asks `train` for the plain
+    answer-token loss (`lm_loss`) gets the provider's `step_loss(model, batch)` instead. The
+    attacker chooses the data and the budget; the provider runs the fine-tuning with its own
+    objective (a `fine-tuning`-stage defense)."""
+    token = _PROVIDER_OBJECTIVE.set(step_loss)
+    try:
+        yield
+    finally:
+        _PROVIDER_OBJECTIVE.reset(token)
 
 
 def logits_with(model, weights: dict, batch) -> torch.Tensor:
@@ -143,6 +161,8 @@ def train(
     """
     if not features:
         raise ValueError(f"{desc}: no training examples")
+    if step_loss is lm_loss and _PROVIDER_OBJECTIVE.get() is not None:
+        step_loss = _PROVIDER_OBJECTIVE.get()
     torch.manual_seed(cfg.seed)
     with parallel.sharded(model) as trained:
         losses = _steps(trained, features, cfg, pad_id, step_loss, desc, progress, on_step)
