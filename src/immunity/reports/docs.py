@@ -27,7 +27,20 @@ from .release import RELEASE, load_rows
 from .stats import per_seed_table
 from .verdict import Seeded, Verdict, detectable, judge_family, paired_t
 
-FTAAS = {"antidote"}  # fine-tuning-as-a-service: the provider repairs after the attack (its own board)
+# Fine-tuning-as-a-service: the provider fine-tunes with its own objective or repairs after the
+# attack (its own board); the released model is `sft`'s, so stability is read after the attack.
+FTAAS_STAGES = (Stage.FINE_TUNING, Stage.POST_FINE_TUNING)
+
+
+def stage_of(defense: str) -> Stage:
+    """The stage of a composition's last defense (what decides its board)."""
+    return lookup(DEFENSES, "defense", defense.split("+")[-1]).stage
+
+
+def is_ftaas(label: str) -> bool:
+    return stage_of(label.split(" ")[0]) in FTAAS_STAGES
+
+
 MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -107,9 +120,7 @@ def _sides(rows: dict[int, RunResult]) -> dict[int, Seeded]:
             r.hs_after,
             r.harmful_nll_before,
             r.harmful_nll_after,
-            r.helpful_after
-            if lookup(DEFENSES, "defense", r.defense.split("+")[-1]).stage == Stage.POST_FINE_TUNING
-            else r.helpful_before,
+            r.helpful_after if stage_of(r.defense) in FTAAS_STAGES else r.helpful_before,
         )
         for s, r in rows.items()
     }
@@ -124,13 +135,13 @@ def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]
     start = {
         "alignment": mean(r.helpful_before for r in default.get("none", {}).values()) if default.get("none") else None,
         "post-alignment": mean(r.helpful_before for r in base.values()),
+        "fine-tuning": mean(r.helpful_after for r in base.values()),
         "post-fine-tuning": mean(r.helpful_after for r in base.values()),
     }
     family = {label: per_seed for label, per_seed in default.items() if label not in (baseline, "none", "scratch")}
     starting = {}
     for label, per_seed in family.items():
-        stage = lookup(DEFENSES, "defense", next(iter(per_seed.values())).defense.split("+")[-1]).stage
-        starting[label] = start[stage.value]
+        starting[label] = start[stage_of(next(iter(per_seed.values())).defense).value]
     return judge_family({k: _sides(v) for k, v in family.items()}, _sides(base), baseline, starting)
 
 
@@ -143,10 +154,10 @@ def glance_block(rows: list[RunResult]) -> str:
         return "(not released yet)\n"
     lines = []
     for board, names in (
-        ("Open-weight defenses (the attacker holds the weights)", [n for n in found if n.split(" ")[0] not in FTAAS]),
+        ("Open-weight defenses (the attacker holds the weights)", [n for n in found if not is_ftaas(n)]),
         (
-            "Fine-tuning-as-a-service (the provider repairs after the attack)",
-            [n for n in found if n.split(" ")[0] in FTAAS],
+            "Fine-tuning-as-a-service (the provider fine-tunes with its own objective, or repairs after the attack)",
+            [n for n in found if is_ftaas(n)],
         ),
     ):
         if not names:
@@ -246,6 +257,40 @@ def precision_block(rows: list[RunResult]) -> str:
     )
 
 
+def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> str:
+    """Every defense under `attack` at its defaults (float32, evaluation split): HS after per
+    seed, harmful NLL after, and the verdict against `baseline` under the same attack."""
+    found: dict[str, dict[int, RunResult]] = {}
+    for r in rows:
+        if r.split == "eval" and r.precision == "float32" and default_apart_from(r, (), attack):
+            found.setdefault(defense_label(r), {})[r.seed] = r
+    if baseline not in found:
+        return f"(not released yet: `{baseline}` under {attack})\n"
+    family = {k: v for k, v in found.items() if k not in (baseline, "none")}
+    start = mean(r.helpful_before for r in found["none"].values()) if found.get("none") else None
+    judged = judge_family(
+        {k: _sides(v) for k, v in family.items()},
+        _sides(found[baseline]),
+        baseline,
+        {k: start if stage_of(k.split(" ")[0]) == Stage.ALIGNMENT else None for k in family},
+    )
+    lines = [
+        f"| defense | HS before | HS after, per seed | HS after | harmful NLL after | verdict vs {baseline} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in sorted(found, key=lambda k: (k != "none", k != baseline, k)):
+        runs = [found[label][s] for s in sorted(found[label])]
+        per_seed = " / ".join(f"{100 * r.hs_after:.1f}" for r in runs)
+        seeds = ", ".join(str(r.seed) for r in runs)
+        nll = [r.harmful_nll_after for r in runs if r.harmful_nll_after is not None]
+        verdict = judged[label].line() if label in judged else ""
+        lines.append(
+            f"| {label} | {_pct([r.hs_before for r in runs])} | {per_seed} (seeds {seeds}) | "
+            f"{_pct([r.hs_after for r in runs])} | {mean(nll):.2f} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- docs/results.md ---------------------------------------------------------------------------------
 def results_page(rows: list[RunResult]) -> str:
     default = _default(rows)
@@ -272,11 +317,17 @@ def results_page(rows: list[RunResult]) -> str:
         "",
         "The demo's rows trained under `precision=bfloat16` (autocast, float32 master weights) beside the "
         "published float32 ones, on the same seeds, with the paired difference of `sft`'s HS after the attack "
-        "and of its harmful NLL after. SafetyWorld's tables stay float32. These rows are why `precision=bfloat16` "
-        "is refused in this version: with one autocast region around a whole training stage, autocast's cached "
-        "weight copies from the first step outlive the optimizer's updates, so nothing trained (CHANGELOG).",
+        "and of its harmful NLL after. SafetyWorld's tables stay float32.",
         "",
         precision_block(rows).rstrip(),
+        "",
+        "## Under the prefilling attack",
+        "",
+        "Deep alignment (`deep-alignment`, Qi et al. 2025) is made against shallow alignment, which the "
+        "prefilling attack probes: the first 10 tokens of a compliant answer are forced and the model continues "
+        "(the judge reads the continuation only). Judged against `sft` under the same attack (docs/protocol.md).",
+        "",
+        attack_block(rows, "prefill").rstrip(),
         "",
         "## The smallest detectable difference",
         "",
