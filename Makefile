@@ -12,10 +12,10 @@ BIN := $(VENV)/bin
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 1
 # The default attack on 10 seeds (one shipped base, so seeds vary alignment and the attack); the
-# six defenses that cost minutes per seed on 5.
+# six defenses that cost minutes per seed on 6.
 RESULT_SEEDS ?= 0,1,2,3,4,5,6,7,8,9
-EXPENSIVE_SEEDS ?= 0,1,2,3,4
-CHEAP = none,scratch,sft,repnoise,circuit-breakers,antidote,ntl,tar,condition-number,lox,lapt,ilu,antidote-hypernet
+EXPENSIVE_SEEDS ?= 0,1,2,3,4,5
+CHEAP = none,scratch,sft,deep-alignment,constrained-sft,repnoise,circuit-breakers,antidote,ntl,tar,condition-number,lox,lapt,ilu,antidote-hypernet
 EXPENSIVE = vaccine,t-vaccine,booster,mlac,sophon,et
 BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --quiet --workers $(WORKERS)
 # The side studies (TAR's adversary, MLAC's regret) and the threat-model rows on three seeds.
@@ -82,11 +82,16 @@ release: install
 test-integration: install
 	$(BIN)/python -m pytest -q -m integration
 
-# docs/results.md: every defense on SafetyWorld under the default attack, per seed with the
-# off-cliff metrics and paired intervals; the matched baselines; each method under its paper's own
-# threat model; AntiDote's adversary ablation; composed defenses; TAR's adversary; step costs.
+# The SafetyWorld store: every defense under the default attack on 10 seeds (the six expensive ones
+# on 6); the demo's benign fine-tuning and its bfloat16 rows; deep alignment under the prefill; the
+# matched baselines; each method under its paper's own threat model; AntiDote's adversary ablation;
+# composed defenses; TAR's adversary. Then `make release docs` publishes it (docs/results.md).
 results: install
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses $(CHEAP)
+	$(SIDE_BENCH) --defenses sft attack.p=0
+	$(SIDE_BENCH) --defenses none,sft precision=bfloat16
+	$(SIDE_BENCH) --defenses sft attack.p=0 precision=bfloat16
+	$(SIDE_BENCH) --defenses none,sft,deep-alignment attack=prefill
 	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(EXPENSIVE)
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses sft --grid attack.max_steps=$(AUC_STEPS)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@"; done
@@ -99,37 +104,7 @@ results: install
 	  $(SIDE_BENCH) --defenses $$d "$$@" attack.continue_adapter=true $(REFERENCE_FT); done
 	for c in $(COMPOSED); do set -- $$c; d=$$1; shift; $(SIDE_BENCH) --defenses $$d "$$@"; done
 	for a in $(TAR_ATTACKS); do $(SIDE_BENCH) --defenses scratch,sft,tar,sophon,mlac $$(printf 'attack.%s ' $$a); done
-	$(MAKE) results-report
-
-results-report: install
-	{ echo "# Results on SafetyWorld"; echo; \
-	  echo "Regenerate: \`make results\` (runs what the store lacks, then rewrites this file). Evaluation split,"; \
-	  echo "exact judge; one shipped base model, so a seed varies alignment, the attack's data and order. Defaults"; \
-	  echo "chosen on the validation split at the default attack (72 steps; docs/reproduction.md, round 5). Each row"; \
-	  echo "names its seeds: a store filled in part (fewer seeds, side studies missing) is reported as it is."; echo; \
-	  echo "## Every defense under the default attack, per seed"; echo; \
-	  echo "HS after per seed; the means of HS after, the harmful answers' NLL after (higher: the attacker learnt"; \
-	  echo "less) and the area under HS against the attacker's steps (where the budget sweep is stored), each with"; \
-	  echo "its paired difference from \`sft\` over seeds and a 95 % bootstrap interval."; echo; \
-	  $(REPORT) --per-seed; echo; \
-	  $(BIN)/python benchmarks/detectable.py --store $(RESULTS_STORE); echo; \
-	  echo "## On the papers' own threat model, per seed"; echo; \
-	  echo "The attacker keeps training the released adapter (\`attack.continue_adapter=true\`, Booster's"; \
-	  echo "reference scripts); the matched \`sft\` rows train the defense's own adapter and budget."; echo; \
-	  $(REPORT) --per-seed --attack continue_adapter=true; echo; \
-	  echo "## Every configuration (mean ± std over seeds)"; echo; \
-	  $(REPORT); echo; \
-	  echo "## Intervals over seeds x prompts, and each defense against sft"; echo; \
-	  $(REPORT) --paired; echo; \
-	  echo "## Re-selection on the validation split"; echo; \
-	  echo "\`make reselect\` ($(RESELECT_STORE)): each sweep at the default attack on the validation split, per seed;"; \
-	  echo "Booster and its matched \`sft\` also with the attacker continuing the released adapter (its paper's"; \
-	  echo "threat model). Rule and choices: docs/reproduction.md, round 5."; echo; \
-	  if [ -f $(RESELECT_STORE) ]; then $(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed; echo; \
-	    echo "The attacker continues the released adapter:"; echo; \
-	    $(BIN)/immunity report --store $(RESELECT_STORE) --split val --per-seed --attack continue_adapter=true; \
-	  else echo "(not run: no $(RESELECT_STORE))"; fi; echo; \
-	  echo "## Step cost relative to sft"; echo; $(BIN)/python benchmarks/step_cost.py; } > docs/results.md
+	$(MAKE) release docs
 
 # Which defense holds against which threat: every defense x every attack family (evaluation
 # split), written to docs/attacks.md. Antidote repairs a fine-tuned adapter, so it meets only the
@@ -168,33 +143,11 @@ attack-layers: install
 	  --defenses sft,et,lapt --grid attack=steering,reft --grid attack.layer=0,1,2
 	$(BIN)/immunity report --store results/attack_layers.db --split eval --paired
 
-# docs/attacks.md, docs/attacks.html and its screenshot from what results/attacks.db holds.
+# The attack store's leaderboard and tables (its page, docs/history/attacks.md, is withdrawn until the
+# evidence generator covers this store: `make release docs` publishes only what it generates).
 attacks-report: install
-	{ echo "# Defenses against every attack family (SafetyWorld)"; echo; \
-	  echo "Regenerate: \`make attacks\` (\`ATTACK_SEEDS=0\` for one seed). Evaluation split, exact judge,"; \
-	  echo "SafetyWorld's model; attacks at their defaults (\`immunity list --keys\`)."; echo; \
-	  echo "## Leaderboard"; echo; \
-	  echo "Over every attack in the store: the seven families at their defaults, harmful fine-tunes of"; \
-	  echo "$(BUDGETS) steps and of $(SAMPLES) samples (seeds $(SWEEP_SEEDS)), the durability grid where"; \
-	  echo "\`make durability\` has run (seeds $(DURABILITY_SEEDS)), and the adaptive attacker's best setting"; \
-	  echo "(\`immunity attack-search\`, $(SEARCH_TRIALS) trials on the validation split, seed 0) against"; \
-	  echo "$(SEARCH_DEFENSES). A defense's worst case is over the attacks stored for it: compare rows"; \
-	  echo "with the same attack count."; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --overview; echo; \
-	  echo "### Worst case, top-3 and bounded worst case"; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case; echo; \
-	  echo "## Defenses x attacks"; echo; \
-	  echo "Each cell: HS after the attack (benign helpfulness after), mean ± std over the seeds listed, in %;"; \
-	  echo "a backdoor cell reads HS with the trigger / without it. FA is not shown: the inference-time"; \
-	  echo "attacks do not train on the task."; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --by-attack --default-attacks; echo; \
-	  echo "## Rosati et al.'s conditions"; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --conditions; echo; \
-	  echo "## Paired differences from sft (95 % bootstrap over seeds x prompts)"; echo; \
-	  $(BIN)/immunity report --store results/attacks.db --split eval --paired --default-attacks; } > docs/attacks.md
-	$(BIN)/immunity report --store results/attacks.db --split eval --html docs/attacks.html
-	if command -v chromium >/dev/null; then chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
-	  --window-size=1280,1800 --screenshot=docs/attacks.png "file://$(CURDIR)/docs/attacks.html" 2>/dev/null; fi
+	$(BIN)/immunity report --store results/attacks.db --split eval --aggregate bounded-worst-case
+	$(BIN)/immunity report --store results/attacks.db --split eval --paired --default-attacks
 
 # Qi et al.'s durability grid (issue 11): learning rate x schedule (constant; cosine with warm-up)
 # x LoRA / full x AdamW / SGD x harmful fraction p (0: benign only), into the attack store, where
@@ -246,65 +199,53 @@ base: install
 	$(BIN)/python -c "from immunity.safetyworld import SafetyWorld, write_shipped_base; \
 	  print(write_shipped_base(SafetyWorld()))"
 
-# The real track: SmolLM2-135M-Instruct (from the package registry) on AdvBench's prompts, every
-# defense and attack at the track's CPU budgets (src/immunity/tracks.py), seed 0 (REAL_SEEDS for
-# more); resumable: an interrupted run continues from results/real.db. docs/real.md and its page.
+# The real track, as a fair trial: SmolLM2-135M-Instruct (from the package registry) on AdvBench's
+# prompts, with HarmBench's 200 standard behaviours as a held-out benchmark on the evaluation split
+# (never used for any choice); every defense at the track's CPU budgets (src/immunity/tracks.py) on
+# 3 seeds under the default attack, the fine-tuning-as-a-service defenses beside them, the
+# inference-time attacks on seed 0 and the prefill on 3 seeds for none, sft and deep alignment.
+# Resumable: an interrupted run continues from results/real.db.
 REAL_MODEL ?= models/smollm2-135m-instruct
 REAL_DATA ?= data/advbench.jsonl
-REAL_SEEDS ?= 0
-# The base and `sft` under the default attack on more seeds.
-REAL_BASE_SEEDS ?= 0,1,2
+REAL_HELDOUT ?= data/harmbench.jsonl
+REAL_SEEDS ?= 0,1,2
 REAL_STORE ?= results/real.db
-REAL = $(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(REAL_MODEL) data=advbench:$(REAL_DATA)
-REAL_DEFENSES ?= none,sft,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ntl,condition-number,tar
-REAL_DEFENSES := $(REAL_DEFENSES),vaccine,t-vaccine,booster,sophon,et,scratch
-# MLAC at the track's batch 16 passed 12 GB within a minute (its second-order inner loop): run at
-# batch 8 here until the track's budget is changed with the next full re-run (a tracks.py change
-# makes every stored real row stale).
-REAL_MLAC = mlac defense.batch_size=8
-# ILU at half a pass, chosen on the validation split (`make real-budgets`: the cheapest fraction of a
-# pass within 10 points of HS and 0.1 nats of the full pass's), passed here likewise.
-REAL_ILU = ilu defense.epochs=0.5
-REAL_ATTACKS = harmful-finetune,steering,refusal-ablation,embedding,prefill
+REAL_SOURCES = data=advbench:$(REAL_DATA),eval=harmbench:$(REAL_HELDOUT)\#as=heldout
+REAL = $(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(REAL_MODEL) $(REAL_SOURCES)
+REAL_DEFENSES ?= none,sft,deep-alignment,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ntl,condition-number
+REAL_DEFENSES := $(REAL_DEFENSES),tar,vaccine,t-vaccine,booster,sophon,et,mlac,ilu,scratch
+REAL_FTAAS = constrained-sft,antidote
+REAL_ATTACKS = steering,refusal-ablation,embedding,prefill
 # `sft` on Booster's adapter (its matched baseline) at the track's budget.
 REAL_BOOSTER_MATCHED = defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3
-# The validation runs behind the track's budgets (docs/real.md, "Budgets"): the attack's steps on
-# `none` and `sft`, and the defenses that take hours at one pass (RepNoise, ILU) at fractions of it.
+# The attack's budget, chosen on the validation split: `none` and `sft` on 3 seeds at 8, 16 and 32
+# steps (the default: where `sft` sits in 30-70 % and the base at least 20 points above it), and
+# every defense's curve on seed 0, so that no verdict hangs on one point of a cliff.
 REAL_VAL_STORE ?= results/real_val.db
-REAL_VAL = $(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(REAL_MODEL) data=advbench:$(REAL_DATA) \
-	eval.split=val
+REAL_VAL = $(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(REAL_MODEL) $(REAL_SOURCES) eval.split=val
 real-budgets: real-prepare
-	$(REAL_VAL) --seeds 0 --defenses none,sft --grid attack.max_steps=8,16
-	$(REAL_VAL) --seeds 0 --defenses repnoise,ilu --grid defense.epochs=0.125,0.25,0.5,1
+	$(REAL_VAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack.max_steps=8,16,32
+	$(REAL_VAL) --seeds 0 --defenses $(REAL_DEFENSES),$(REAL_FTAAS) --grid attack.max_steps=8,16,32
 
 real-prepare: install
 	$(BIN)/pip install --quiet -e ".[gguf]"
 	$(BIN)/immunity prepare smollm2-135m-instruct --out $(REAL_MODEL)
 	$(BIN)/immunity prepare advbench --out $(REAL_DATA)
-	$(BIN)/immunity prepare donotanswer --out data/donotanswer.jsonl
+	$(BIN)/immunity prepare harmbench --out $(REAL_HELDOUT)
 
 real: real-prepare
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) --grid attack=$(REAL_ATTACKS)
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) --grid attack=$(REAL_ATTACKS)
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) --grid attack=$(REAL_ATTACKS)
-	$(REAL) --seeds $(REAL_BASE_SEEDS) --defenses none,sft
-	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,sophon attack.max_steps=64
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.max_steps=64
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.mode=full
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.mode=full
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) attack.mode=full
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES) attack.p=0.5 attack.n=128
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_MLAC) attack.p=0.5 attack.n=128
-	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_ILU) attack.p=0.5 attack.n=128
-	$(REAL) --seeds $(REAL_SEEDS) --defenses sft,booster attack.continue_adapter=true
-	$(REAL) --seeds $(REAL_SEEDS) --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
-	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack=prefill --grid attack.tokens=5,20
-	$(REAL) --seeds $(REAL_SEEDS) --defenses antidote --grid attack.mode=lora,full
+	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES),$(REAL_FTAAS)
+	$(REAL) --seeds 0 --defenses $(REAL_DEFENSES) --grid attack=$(REAL_ATTACKS)
+	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft,deep-alignment attack=prefill
+	$(REAL) --seeds 0 --defenses $(REAL_DEFENSES) attack.mode=full
+	$(REAL) --seeds 0 --defenses sft,booster attack.continue_adapter=true
+	$(REAL) --seeds 0 --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
 	$(MAKE) real-report
 
+# The real store's tables (its page, docs/history/real.md, is withdrawn until the evidence generator
+# covers this store).
 real-report: install
-	$(BIN)/python -m immunity.reports.real --store $(REAL_STORE) --safetyworld results/safetyworld.db > docs/real.md
-	$(BIN)/immunity report --store $(REAL_STORE) --split eval --html docs/real.html --guard-helpful 0 --guard-fa 0
+	$(BIN)/python -m immunity.reports.real --store $(REAL_STORE) --safetyworld results/safetyworld.db
 
 # The released results (results/release/) are never deleted: only the working stores and runs.
 clean:

