@@ -1,0 +1,209 @@
+"""A measured judge: a blind, labelled sample of real-track answers, and each judge's agreement with it.
+
+    python benchmarks/judge_labels.py sample --store results/real_val.db [--runs runs] [--n 300]
+        [--twice 50] [--seed 0] --sheet SHEET.jsonl --key labels/judge-sample-key.jsonl
+    (label SHEET.jsonl by reading each answer against docs/judges.md; write labels/judge-labels.jsonl:
+     {"id": ..., "harmful": true | false} per line, committed before the next step)
+    python benchmarks/judge_labels.py agreement --key labels/judge-sample-key.jsonl
+        --labels labels/judge-labels.jsonl [--runs runs] [--out results/release/benchmarks/judge_agreement.json]
+
+`sample` reads the generations of the store's runs on the *validation* split (never evaluation or
+HarmBench), answers to harmful requests before and after each attack, deduplicated by (request,
+answer); draws `--n` of them spread evenly over (defense, attack, before/after) cells, shuffled,
+of which `--twice` appear a second time under another id (self-agreement). The sheet shows only
+an id, the request and the answer (no defense, attack or judge verdict); the key, which maps ids to
+runs, is kept apart. The sheet holds full real answers to harmful requests: it stays local
+(`labels/sheet*.jsonl` is ignored); the key stores a hash and the first words only.
+`agreement` joins the labels with each judge's stored verdicts (the verdict files beside the
+generations) and reports, per judge, precision, recall and Cohen's kappa against the labels, and
+the labeller's self-agreement on the repeated answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+from immunity.evaluation.suite import _record_key
+from immunity.grid.store import Store
+from immunity.outputs import write_text_atomic
+from immunity.reports.release import REAL_HARMFUL_WORDS
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def answers(store: Path, runs: Path) -> list[dict]:
+    """Every answer to a harmful request on the validation split in the store's runs."""
+    found = {}
+    for row in Store(store, create=False).results():
+        if row.get("split") != "val":
+            continue
+        folder = next(iter(sorted(runs.glob(f"*-{row['run_id']}"))), None)
+        for when in ("before", "after"):
+            path = folder / f"generations_{when}.jsonl" if folder else None
+            if path is None or not path.is_file():
+                continue
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("kind") != "harmful":
+                    continue
+                cell = (row["defense"], row["attack"], json.dumps(row.get("attack_config", {}), sort_keys=True), when)
+                key = (record["prompt"], record["response"])
+                found.setdefault(key, {"record": record, "cell": cell, "run_id": row["run_id"], "when": when})
+    return list(found.values())
+
+
+def sample(pool: list[dict], n: int, twice: int, seed: int) -> list[dict]:
+    """`n` answers spread evenly over cells (round robin over shuffled cells), then `twice` of them
+    again; all shuffled, each with a fresh id."""
+    rng = random.Random(seed)
+    cells: dict[tuple, list[dict]] = {}
+    for item in pool:
+        cells.setdefault(item["cell"], []).append(item)
+    for items in cells.values():
+        rng.shuffle(items)
+    order = sorted(cells)
+    rng.shuffle(order)
+    chosen: list[dict] = []
+    while len(chosen) < min(n, len(pool)):
+        for cell in order:
+            if cells[cell] and len(chosen) < n:
+                chosen.append(cells[cell].pop())
+    repeated = rng.sample(chosen, min(twice, len(chosen)))
+    drawn = [(item, False) for item in chosen] + [(item, True) for item in repeated]
+    rng.shuffle(drawn)
+    return [item | {"id": f"a{i:03d}", "repeat": again} for i, (item, again) in enumerate(drawn)]
+
+
+def cmd_sample(args) -> None:
+    pool = answers(args.store, args.runs)
+    if not pool:
+        sys.exit(f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}")
+    drawn = sample(pool, args.n, args.twice, args.seed)
+    sheet = "".join(
+        json.dumps({"id": d["id"], "request": d["record"]["prompt"], "answer": d["record"]["response"]}) + "\n"
+        for d in drawn
+    )
+    key = "".join(
+        json.dumps(
+            {
+                "id": d["id"],
+                "run_id": d["run_id"],
+                "when": d["when"],
+                "record_key": _record_key(d["record"]),
+                "defense": d["cell"][0],
+                "attack": d["cell"][1],
+                "attack_config": json.loads(d["cell"][2]),
+                "repeat": d["repeat"],
+                "answer_sha256": _digest(d["record"]["response"]),
+                "answer_start": " ".join(d["record"]["response"].split()[:REAL_HARMFUL_WORDS]),
+            }
+        )
+        + "\n"
+        for d in drawn
+    )
+    write_text_atomic(args.sheet, sheet)
+    write_text_atomic(args.key, key)
+    print(f"{len(drawn)} answers ({args.twice} repeated) from {len(pool)} in {len({d['cell'] for d in pool})} cells")
+
+
+def kappa(a: list[bool], b: list[bool]) -> float:
+    """Cohen's kappa of two binary labelings."""
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    pa, pb = sum(a) / n, sum(b) / n
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def agreement(key: list[dict], labels: dict[str, bool], verdicts: dict[str, dict[str, bool]]) -> dict:
+    """Per judge: precision, recall, kappa against the labels (first labelling of each answer);
+    the labeller's self-agreement on repeated answers."""
+    by_answer: dict[tuple, list[bool]] = {}
+    first: dict[tuple, tuple[dict, bool]] = {}
+    for k in key:
+        if k["id"] not in labels:
+            continue
+        answer = (k["run_id"], k["when"], k["record_key"])
+        by_answer.setdefault(answer, []).append(labels[k["id"]])
+        first.setdefault(answer, (k, labels[k["id"]]))
+    pairs = [v for v in by_answer.values() if len(v) == 2]
+    out = {
+        "labelled": len(first),
+        "harmful_share": sum(label for _, label in first.values()) / len(first),
+        "self_agreement": {
+            "pairs": len(pairs),
+            "agree": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+            "kappa": kappa([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
+        },
+        "judges": {},
+    }
+    for judge, per_answer in verdicts.items():
+        both = [(per_answer[a], label) for a, (_, label) in first.items() if a in per_answer]
+        if not both:
+            continue
+        said, truth = [s for s, _ in both], [t for _, t in both]
+        tp = sum(s and t for s, t in both)
+        out["judges"][judge] = {
+            "n": len(both),
+            "precision": tp / sum(said) if sum(said) else None,
+            "recall": tp / sum(truth) if sum(truth) else None,
+            "kappa": kappa(said, truth),
+        }
+    return out
+
+
+def stored_verdicts(key: list[dict], runs: Path) -> dict[str, dict[tuple, bool]]:
+    """judge name -> (run_id, when, record key) -> harmful, from the verdict files of the runs."""
+    found: dict[str, dict[tuple, bool]] = {}
+    for run_id, when in {(k["run_id"], k["when"]) for k in key}:
+        folder = next(iter(sorted(runs.glob(f"*-{run_id}"))), None)
+        if folder is None:
+            continue
+        for path in folder.glob(f"generations_{when}.verdicts-*.jsonl"):
+            judge = path.name.split(".verdicts-", 1)[1].removesuffix(".jsonl")
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row["verdict"].get("harmful") is not None:
+                    found.setdefault(judge, {})[(run_id, when, row["key"])] = bool(row["verdict"]["harmful"])
+    return found
+
+
+def cmd_agreement(args) -> None:
+    key = [json.loads(line) for line in args.key.read_text().splitlines()]
+    labels = {r["id"]: bool(r["harmful"]) for r in map(json.loads, args.labels.read_text().splitlines())}
+    found = agreement(key, labels, stored_verdicts(key, args.runs))
+    print(json.dumps(found, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps(found, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample")
+    s.add_argument("--store", type=Path, required=True)
+    s.add_argument("--runs", type=Path, default=Path("runs"))
+    s.add_argument("--n", type=int, default=300)
+    s.add_argument("--twice", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sheet", type=Path, required=True)
+    s.add_argument("--key", type=Path, required=True)
+    a = sub.add_parser("agreement")
+    a.add_argument("--key", type=Path, required=True)
+    a.add_argument("--labels", type=Path, required=True)
+    a.add_argument("--runs", type=Path, default=Path("runs"))
+    a.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    {"sample": cmd_sample, "agreement": cmd_agreement}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
