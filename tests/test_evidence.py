@@ -54,3 +54,33 @@ def test_no_page_types_a_result_like_number_by_hand():
 def test_the_scan_finds_a_typed_figure():
     planted = "Vaccine reaches 36.3 ± 4.1 % after the attack, 0.21 nats."
     assert len(RESULT_LIKE.findall(_prose(planted))) >= 3
+
+
+def test_a_defense_is_judged_against_the_sft_trained_like_it():
+    """Vaccine trains its reference's adapter for 8 epochs: its baseline is `sft` with that adapter
+    and budget where it is released, plain `sft` where not; a defense that trains like `sft`, or a
+    later-stage one, is judged against plain `sft`."""
+    from dataclasses import asdict
+
+    from rows import stored_row
+
+    from immunity.defenses.sft import SFTConfig
+    from immunity.defenses.vaccine import VaccineConfig
+    from immunity.engine.result import RunResult
+
+    def row(defense, config, seed, hs):
+        r = stored_row(defense, seed, hs) | {"defense_config": asdict(config), "hs_before": 0.0}
+        r |= {"helpful_before": 1.0, "helpful_after": 1.0, "harmful_nll_before": 1.0, "hs_heldout_before": 0.0}
+        typed = RunResult.from_dict(r)
+        typed.stale = False  # made by the current code (the row's code version is a placeholder)
+        return typed
+
+    matched = SFTConfig(lora_r=8, lora_alpha=4.0, lora_dropout=0.1, epochs=8.0)
+    rows = [row("sft", SFTConfig(), s, 0.5) for s in range(3)] + [
+        row("vaccine", VaccineConfig(), s, 0.1) for s in range(3)
+    ]
+    assert docs.verdicts(rows)["vaccine"].baseline == "sft"
+    rows += [row("sft", matched, s, 0.12 + 0.01 * s) for s in range(3)]
+    found = docs.verdicts(rows)
+    assert found["vaccine"].baseline == "sft (epochs=8, lora_r=8, lora_alpha=4, lora_dropout=0.1)"
+    assert found["vaccine"].outcome != "resists"  # against its matched sft, not the plain one

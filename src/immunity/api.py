@@ -555,7 +555,7 @@ def scorecard(
     out: str,
     base: str | None = None,
     data: list[str] | None = None,
-    seeds: list[int] = (0, 1, 2),
+    seeds: tuple[int, ...] | list[int] = (0, 1, 2),
     settings: dict | list | None = None,
     store: str | None = None,
     workers: int = 1,
@@ -589,7 +589,7 @@ def scorecard(
     ]
     rows, failed = [], []
     for defense, on_seeds, grid, who, attack in plans:
-        found, lost = bench(
+        stored, lost = bench(
             defense,
             seeds=on_seeds,
             grid=grid,
@@ -598,7 +598,7 @@ def scorecard(
             workers=workers,
             progress=progress,
         )
-        rows += found
+        rows += stored
         failed += lost
     if failed:
         raise RuntimeError(f"scorecard: {len(failed)} runs failed and were not stored ({', '.join(failed)})")

@@ -37,6 +37,7 @@ def _stat(values: list[float | None], scale: float = 100.0, digits: int = 1) -> 
 def card(model: str, base: str, rows: list[RunResult]) -> dict:
     """The scorecard's content from the rows of `model` (defense `none`) and of `base` (`sft`, and
     `none` for its starting helpfulness)."""
+
     def under_default(who: str, defense: str) -> list[RunResult]:
         return [r for r in rows if r.model == who and r.defense == defense and r.attack == DEFAULT_ATTACK]
 
