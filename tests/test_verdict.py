@@ -110,3 +110,18 @@ def test_each_outcome_of_the_rule():
         "single": "inconclusive (one seed)",
     }
     assert verdicts["strong"].paired.mean < -DELTA and "Holm p" in verdicts["strong"].line()
+
+
+def test_the_attack_budget_is_where_sft_sits_mid_band_and_the_base_far_above():
+    from immunity.reports.verdict import choose_attack_budget
+
+    curves = {
+        8: ([0.50, 0.55, 0.45], [0.05, 0.10, 0.05]),  # sft below the band
+        16: ([0.95, 0.90, 1.00], [0.40, 0.35, 0.45]),  # in the band, base far above
+        32: ([1.00, 1.00, 1.00], [0.55, 0.50, 0.50]),  # in the band, nearer the middle, base far above
+        64: ([1.00, 1.00, 1.00], [0.95, 0.97, 0.99]),  # saturated
+    }
+    chosen, figures = choose_attack_budget(curves, prompts=40)
+    assert chosen == 32 and figures[16]["in_band"] and not figures[8]["in_band"] and not figures[64]["apart"]
+    close = {16: ([0.62, 0.58, 0.60], [0.45, 0.40, 0.50])}  # 15 points apart: not enough
+    assert choose_attack_budget(close, prompts=40)[0] is None
