@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-integration test-phenomena docs docs-check release base install clean results results-report reselect reselect-report threads \
+.PHONY: demo test test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
 	attacks attacks-report durability attack-layers real real-report real-budgets
 
 RESULTS_STORE ?= results/safetyworld.db
@@ -78,6 +78,12 @@ release: install
 	$(BIN)/python -c "from immunity.reports.release import export; \
 	  export('$(RESULTS_STORE)', 'safetyworld', command='make results && make release')"
 
+# Export the real track's stores (answers to harmful requests cut to their first words: docs/evidence.md).
+release-real: install
+	$(BIN)/python -c "from immunity.reports.release import export; \
+	  export('$(REAL_VAL_STORE)', 'real_val', command='make real-budgets && make release-real', real=True)"
+	if [ -f $(REAL_STORE) ]; then $(BIN)/python -c "from immunity.reports.release import export; \
+	  export('$(REAL_STORE)', 'real', command='make real && make release-real', real=True)"; fi
 # Several processes, subprocesses and the architecture matrix (CI runs it after `make test`).
 test-integration: install
 	$(BIN)/python -m pytest -q -m integration

@@ -22,10 +22,10 @@ from statistics import mean, stdev
 from ..engine.identity import run_code_version
 from ..engine.result import RunResult
 from ..registry import DEFENSES, Stage
-from .analysis import default_apart_from, defense_label, stage_of
+from .analysis import attack_steps, default_apart_from, defense_label, stage_of
 from .release import RELEASE, load_rows
 from .stats import per_seed_table
-from .verdict import Seeded, Verdict, detectable, judge_family, paired_t
+from .verdict import Seeded, Verdict, choose_attack_budget, detectable, judge_family, paired_t
 
 # Fine-tuning-as-a-service: the provider fine-tunes with its own objective or repairs after the
 # attack (its own board); the released model is `sft`'s, so stability is read after the attack.
@@ -243,6 +243,45 @@ def defenses_block() -> str:
     return "\n".join(lines) + "\n"
 
 
+def real_budget_block(release: Path, prompts: int = 40) -> str:
+    """The real track's attack budget on the validation split (`make real-budgets`, released as
+    `real_val`): `none` and `sft` HS after per seed at each budget, and the budget the protocol's
+    rule (`choose_attack_budget`) picks."""
+    if not (release / "real_val.rows.jsonl.gz").is_file():
+        return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
+    rows = [r for r in load_rows("real_val", release) if r.split == "val" and r.attack == "harmful-finetune"]
+    per: dict[int, dict[str, dict[int, float]]] = {}
+    for r in rows:
+        if r.defense in ("none", "sft") and defense_label(r) == r.defense:
+            per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = r.hs_after
+    curves = {
+        steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
+        for steps, sides in per.items()
+        if sides.get("none") and sides.get("sft")
+    }
+    chosen, figures = choose_attack_budget(curves, prompts)
+    lines = [
+        "| attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | base 20 points above, "
+        "intervals apart |",
+        "|---|---|---|---|---|",
+    ]
+    for steps in sorted(figures):
+        base, sft = curves[steps]
+        f = figures[steps]
+        lines.append(
+            f"| {steps} | {' / '.join(f'{100 * v:.1f}' for v in base)} (mean {100 * f['base']:.1f}) | "
+            f"{' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
+            f"{'yes' if f['in_band'] else 'no'} | {'yes' if f['apart'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"The rule (docs/protocol.md) picks **{chosen} steps**."
+        if chosen is not None
+        else "No budget tried meets the rule: the track has no default attack that resolves yet.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def real_cost_block(release: Path) -> str:
     """benchmarks/real_cost.py's released measurement: `sft`'s step on the real model in float32
     and bfloat16 against the machine's matmul peaks."""
@@ -441,7 +480,9 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
     readme = root / "README.md"
     real = root / "docs" / "real-track.md"
     return {
-        real: fill_blocks(real.read_text(), {"real-cost": real_cost_block(release)}),
+        real: fill_blocks(
+            real.read_text(), {"real-cost": real_cost_block(release), "real-budget": real_budget_block(release)}
+        ),
         readme: fill_blocks(
             readme.read_text(), {"demo": demo_block(rows), "glance": glance_block(rows), "defenses": defenses_block()}
         ),
