@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
-	attacks attacks-report durability attack-layers real real-report real-budgets
+	attacks attacks-report durability attack-layers real real-report real-budgets real-applied
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 1
@@ -232,6 +232,11 @@ REAL_VAL = $(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(REAL_
 real-budgets: real-prepare
 	$(REAL_VAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack.max_steps=8,16,32
 	$(REAL_VAL) --seeds 0 --defenses $(REAL_DEFENSES),$(REAL_FTAAS) --grid attack.max_steps=8,16,32
+
+# The applied gate (docs/protocol.md): every defense at x1, x2, x4 of its track budget on validation,
+# seed 0, until it moves past sft's 3-seed range (needs `make real-budgets` first).
+real-applied: real-prepare
+	$(BIN)/python benchmarks/real_applied.py --model $(REAL_MODEL) --data advbench:$(REAL_DATA) --store $(REAL_VAL_STORE)
 
 real-prepare: install
 	$(BIN)/pip install --quiet -e ".[gguf]"
