@@ -216,7 +216,8 @@ REAL_DATA ?= data/advbench.jsonl
 REAL_HELDOUT ?= data/harmbench.jsonl
 REAL_SEEDS ?= 0,1,2
 REAL_STORE ?= results/real.db
-REAL_SOURCES = data=advbench:$(REAL_DATA),eval=harmbench:$(REAL_HELDOUT)\#as=heldout
+REAL_HELDOUT_SOURCE = eval=harmbench:$(REAL_HELDOUT)\#as=heldout
+REAL_SOURCES = data=advbench:$(REAL_DATA),$(REAL_HELDOUT_SOURCE)
 REAL = $(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(REAL_MODEL) $(REAL_SOURCES)
 REAL_DEFENSES ?= none,sft,deep-alignment,repnoise,circuit-breakers,lox,lapt,antidote-hypernet,ntl,condition-number
 REAL_DEFENSES := $(REAL_DEFENSES),tar,vaccine,t-vaccine,booster,sophon,et,mlac,ilu,scratch
@@ -236,7 +237,8 @@ real-budgets: real-prepare
 # The applied gate (docs/protocol.md): every defense at x1, x2, x4 of its track budget on validation,
 # seed 0, until it moves past sft's 3-seed range (needs `make real-budgets` first).
 real-applied: real-prepare
-	$(BIN)/python benchmarks/real_applied.py --model $(REAL_MODEL) --data advbench:$(REAL_DATA) --store $(REAL_VAL_STORE)
+	$(BIN)/python benchmarks/real_applied.py --model $(REAL_MODEL) --data advbench:$(REAL_DATA) \
+	  --data $(REAL_HELDOUT_SOURCE) --store $(REAL_VAL_STORE)
 
 real-prepare: install
 	$(BIN)/pip install --quiet -e ".[gguf]"
