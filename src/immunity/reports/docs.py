@@ -237,8 +237,8 @@ def defenses_block() -> str:
     lines = ["| defense | stage | method and paper |", "|---|---|---|"]
     for name, cls in sorted(DEFENSES.items(), key=lambda item: (order[item[1].stage], item[0])):
         text = paper_line(name).split(": ", 1)[-1]
-        cut = text.find("). ")
-        text = text[: cut + 2] if cut != -1 else text.split(". ")[0].rstrip(".") + "."
+        cut = text.find("). ")  # the paper's parenthesis ends the sentence; else the paragraph is the sentence
+        text = text[: cut + 2] if cut != -1 else text
         lines.append(f"| `{name}` | {cls.stage.value} | {text} |")
     return "\n".join(lines) + "\n"
 
