@@ -260,6 +260,7 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
         if sides.get("none") and sides.get("sft")
     }
     chosen, figures = choose_attack_budget(curves, prompts)
+    seeds = min((min(len(base), len(sft)) for base, sft in curves.values()), default=0)
     lines = [
         "| attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | base 20 points above, "
         "intervals apart |",
@@ -273,13 +274,15 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
             f"{' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
             f"{'yes' if f['in_band'] else 'no'} | {'yes' if f['apart'] else 'no'} |"
         )
-    lines += [
-        "",
-        f"The rule (docs/protocol.md) picks **{chosen} steps**."
-        if chosen is not None
-        else "No budget tried meets the rule: the track has no default attack that resolves yet.",
-    ]
-    return "\n".join(lines) + "\n"
+    if seeds < 3:
+        verdict = (
+            f"Measured on {seeds} seed(s) so far; the rule decides on 3 (docs/protocol.md): no budget is chosen yet."
+        )
+    elif chosen is not None:
+        verdict = f"The rule (docs/protocol.md) picks **{chosen} steps**."
+    else:
+        verdict = "No budget tried meets the rule: the track has no default attack that resolves yet."
+    return "\n".join([*lines, "", verdict]) + "\n"
 
 
 def real_cost_block(release: Path) -> str:
