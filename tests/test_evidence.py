@@ -84,3 +84,23 @@ def test_a_defense_is_judged_against_the_sft_trained_like_it():
     found = docs.verdicts(rows)
     assert found["vaccine"].baseline == "sft (epochs=8, lora_r=8, lora_alpha=4, lora_dropout=0.1)"
     assert found["vaccine"].outcome != "resists"  # against its matched sft, not the plain one
+
+
+def test_the_real_budget_block_applies_the_rule_only_on_three_seeds(tmp_path):
+    import gzip
+    import json
+
+    from rows import stored_row
+
+    def row(defense, seed, steps, hs):
+        r = stored_row(defense, seed, hs) | {"split": "val", "hs_before": 0.0}
+        r["attack_config"] = r["attack_config"] | {"max_steps": steps}
+        r["run_id"] = r["config_hash"] = f"{defense}-{seed}-{steps}"
+        return json.dumps(r)
+
+    hs = {8: (0.5, 0.05), 16: (0.95, 0.45), 32: (1.0, 0.9)}  # (none, sft) per budget
+    for seeds, expected in ((range(2), "no budget is chosen yet"), (range(3), "picks **16 steps**")):
+        lines = [row(d, s, steps, hs[steps][i]) for steps in hs for i, d in enumerate(("none", "sft")) for s in seeds]
+        with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+            f.write("\n".join(lines) + "\n")
+        assert expected in docs.real_budget_block(tmp_path)
