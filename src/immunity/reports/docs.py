@@ -340,7 +340,9 @@ def kl_block(release: Path) -> str:
     lines += [
         "",
         f"{first['model']}, {first['split']} split, {first['pairs']} harmful (request, compliant answer) pairs; "
-        "`results/release/benchmarks/kl_by_position.json`, plotted in docs/figures/kl_by_position.png.",
+        "`results/release/benchmarks/kl_by_position.json`, plotted below (`benchmarks/kl_by_position.py --figure`).",
+        "",
+        "![KL(aligned || base) by answer position](figures/kl_by_position.png)",
     ]
     return "\n".join(lines) + "\n"
 
