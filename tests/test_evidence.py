@@ -26,7 +26,7 @@ def test_the_published_pages_are_what_make_docs_generates():
 # A number that reads like a measurement: a percentage, a ±, nats, seconds, gigabytes, a ratio.
 RESULT_LIKE = re.compile(r"±\s?\d|\b\d+(?:\.\d+)?\s?%|\b\d+\.\d+\s?(?:nats|GB|MB|s|min|x)\b|\b\d+(?:\.\d+)?x\b")
 # Parameters of the protocol and of the tools, not results.
-ALLOWED = {"95 %", "5 %", "80 %", "90 %", "0.01 nats"}
+ALLOWED = {"95 %", "5 %", "80 %", "90 %", "0.01 nats", "70 %", "50 %", "4x"}  # 30-70 %: the budget rule
 HAND_WRITTEN = ["README.md", "CONTRIBUTING.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 
 
