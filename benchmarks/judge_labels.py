@@ -30,7 +30,7 @@ from pathlib import Path
 
 from immunity.evaluation.suite import _record_key
 from immunity.grid.store import Store
-from immunity.outputs import write_text_atomic
+from immunity.outputs import check_target, write_text_atomic
 from immunity.reports.release import REAL_HARMFUL_WORDS
 
 
@@ -82,6 +82,8 @@ def sample(pool: list[dict], n: int, twice: int, seed: int) -> list[dict]:
 
 
 def cmd_sample(args) -> None:
+    for target in (args.sheet, args.key):  # a labelling sheet or key is never replaced unasked
+        check_target(target, kind="file", overwrite=args.overwrite)
     pool = answers(args.store, args.runs)
     if not pool:
         sys.exit(f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}")
@@ -181,6 +183,7 @@ def cmd_agreement(args) -> None:
     found = agreement(key, labels, stored_verdicts(key, args.runs))
     print(json.dumps(found, indent=1))
     if args.out:
+        check_target(args.out, kind="file", overwrite=args.overwrite)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out, json.dumps(found, indent=1) + "\n")
 
@@ -196,11 +199,13 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sheet", type=Path, required=True)
     s.add_argument("--key", type=Path, required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing sheet or key")
     a = sub.add_parser("agreement")
     a.add_argument("--key", type=Path, required=True)
     a.add_argument("--labels", type=Path, required=True)
     a.add_argument("--runs", type=Path, default=Path("runs"))
     a.add_argument("--out", type=Path)
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     {"sample": cmd_sample, "agreement": cmd_agreement}[args.command](args)
 

@@ -5,7 +5,7 @@ alignment puts almost all of it on the first few tokens, deep alignment spreads 
 
     python benchmarks/kl_by_position.py [--defenses sft,deep-alignment] [--seeds 0,1,2]
         [--split eval] [--positions 16] [--out results/release/benchmarks/kl_by_position.json]
-        [--figure docs/figures/kl_by_position.png] [model=... data=... overrides]
+        [--figure docs/figures/kl_by_position.png] [--overwrite] [model=... data=... overrides]
 
 Each defense is released as a run would release it (from the model cache the runs filled, or
 trained once); `evaluation.probes.token_kl` reads its first `--positions` answer positions on
@@ -28,6 +28,7 @@ from immunity.config import load_run_config  # noqa: E402
 from immunity.engine.pipeline import Pipeline  # noqa: E402
 from immunity.evaluation.probes import token_kl  # noqa: E402
 from immunity.models import clone_model  # noqa: E402
+from immunity.outputs import check_target, write_text_atomic  # noqa: E402
 from immunity.reports.release import add_file  # noqa: E402
 
 
@@ -80,8 +81,12 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=16)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figure", type=Path)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --figure")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    for target in (args.out, args.figure):
+        if target:
+            check_target(target, kind="file", overwrite=args.overwrite)  # before any work
     rows = [
         measure(d, int(s), args.split, args.positions, args.overrides)
         for d in args.defenses.split(",")
@@ -96,7 +101,7 @@ def main() -> None:
         print(f"| {r['defense']} | {r['seed']} | {first} | {100 * share:.0f} % | {r['depth']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps({"rows": rows}, indent=1) + "\n")
         if args.out.resolve().is_relative_to(Path("results/release").resolve()):
             add_file(args.out, "python benchmarks/kl_by_position.py " + " ".join(sys.argv[1:]))
     if args.figure:

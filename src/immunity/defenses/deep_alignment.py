@@ -7,8 +7,9 @@ Why: standard alignment is shallow; it changes the first few answer tokens, so a
 made to begin a harmful answer (a prefill, a few steps of harmful fine-tuning) carries on. Deep
 alignment teaches the model to return to a refusal from any depth of a harmful answer.
 
-Update rule (reference Unispac/shallow-vs-deep-alignment, `finetuning_buckets`: the
-`safety_augmentation` data path with `sft_type=sft`). For each harmful request x with the
+Update rule (reference Unispac/shallow-vs-deep-alignment,
+`finetuning_buckets/trainer/trainer.py`, `gen_safety_augmentation_batch`, run with
+`safety_augmentation=True`, `sft_type=sft`; the README's example scripts give the settings). For each harmful request x with the
 defender's compliant answer h and its refusal r:
     with probability 1/2:  the example (x, h[:k] + r),  k ~ U{1, ..., min(100, |h|)} answer tokens,
                            the loss on r's tokens only (the harmful prefix is context, masked);
