@@ -106,6 +106,28 @@ def test_training_is_deterministic_for_a_seed(world):
     assert not torch.equal(a, c)  # the seed changes data order
 
 
+def test_length_grouped_batches_pad_less_and_see_every_example_once_per_pass():
+    from immunity.training import batches, length_grouped, padding_fraction
+
+    lengths = [3 + (i * 37) % 60 for i in range(200)]  # mixed lengths, as refusals beside long answers
+    features = [{"input_ids": [1] * n, "labels": [1] * n, "position": [i]} for i, n in enumerate(lengths)]
+    plain = batches(features, 16, 0, seed=3)
+    with length_grouped():
+        grouped = batches(features, 16, 0, seed=3)
+        again = batches(features, 16, 0, seed=3)
+    first, second = ([b["attention_mask"].sum(1).tolist() for b in grouped] for _ in range(2))
+    assert first == [b["attention_mask"].sum(1).tolist() for b in again]  # the seed fixes the order
+    assert first != second  # each pass groups anew
+    assert sorted(n for batch in first for n in batch) == sorted(lengths)  # one pass: every example once
+    assert padding_fraction(grouped) < padding_fraction(plain) / 2
+    assert len(grouped) == len(plain) == 13
+    unshuffled = batches(features, 16, 0, seed=3, shuffle=False)
+    with length_grouped():
+        assert [b["input_ids"].shape for b in batches(features, 16, 0, seed=3, shuffle=False)] == [
+            b["input_ids"].shape for b in unshuffled
+        ]  # fixed evaluation batches keep their order
+
+
 def test_schedules_and_step_budget(world):
     assert TrainConfig(max_steps=7).total_steps(10_000) == 7
     assert TrainConfig(epochs=2, batch_size=16).total_steps(100) == 14

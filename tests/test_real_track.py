@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from immunity import api, cli
 from immunity import fetch as prep
 from immunity.attacks.prefill import Prefill, PrefillConfig
-from immunity.config import load_run_config
+from immunity.config import ConfigError, load_run_config, validate
 from immunity.data import DataBundle
 from immunity.data.refusals import REFUSALS
 from immunity.data.sources import DataError, build_bundle
@@ -185,6 +185,36 @@ def test_missing_answers_come_from_the_base_model_and_refusals_from_the_fixed_se
     assert all(e.answer in REFUSALS for split in filled.refusals.values() for e in split)
     again = complete(data, model, tokenizer, "hash", max_new_tokens=6, progress=False)  # cached: same answers
     assert {e.prompt: e.answer for split in again.harmful.values() for e in split} == answers
+
+
+def test_gold_benign_answers_keep_the_gold_texts_and_generate_only_harmful_answers(files, monkeypatch):
+    from immunity.engine import answers
+
+    model = AutoModelForCausalLM.from_pretrained(files["model"])
+    tokenizer = AutoTokenizer.from_pretrained(files["model"])
+    harmful = [Example(f"how can i hurt plant {i}", "", "harmful") for i in range(2)]
+    benign = [Example("What is 2 + 3?", "The answer is 5.", "number", "5")]
+    data = DataBundle("t", harmful={"align": harmful}, benign={"align": benign})
+    asked = []
+    real = answers.generate
+    monkeypatch.setattr(
+        answers, "generate", lambda m, t, prompts, *a, **k: asked.extend(prompts) or real(m, t, prompts, *a, **k)
+    )
+    filled = complete(data, model, tokenizer, "hash-gold", max_new_tokens=6, progress=False, gold_benign=True)
+    assert filled.benign["align"][0].answer == "The answer is 5."  # the gold text, not the base model's
+    assert sorted(asked) == sorted(e.prompt for e in harmful)
+    assert all(e.answer for e in filled.harmful["align"])
+    assert not answers.needs_answers(DataBundle("t", benign={"align": benign}), gold_benign=True)
+    assert answers.needs_answers(DataBundle("t", benign={"align": benign}))
+
+
+def test_the_gemma_track_aligns_on_gold_benign_answers_and_smollm2_on_its_own():
+    from immunity.tracks import TRACKS
+
+    assert TRACKS["gemma-3-270m"].settings["benign_answers"] == "gold"
+    assert TRACKS["smollm2-135m-instruct"].settings.get("benign_answers", "base") == "base"
+    with pytest.raises(ConfigError, match="benign_answers"):
+        validate(load_run_config(None, ["benign_answers=llm"]))
 
 
 def test_an_evaluation_generates_only_the_answers_of_its_split(files, monkeypatch):

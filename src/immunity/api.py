@@ -373,7 +373,7 @@ def defend(
     if base_model is not None:
         before = load_model(base_model, dtype=cfg.model_dtype)[0].to(pipeline.device)
         before_key = weights_digest(Path(base_model)) if Path(base_model).is_dir() else None
-    with parallel.data_parallel(cfg.micro_batches, cfg.fsdp), pipeline.arithmetic():
+    with pipeline.training():
         if pipeline.repairs():  # a repair alone acts on `model` as an attacked one
             context = pipeline.context(before)
             released = chain[0].cls(chain[0].config).apply(start, context)
@@ -430,7 +430,7 @@ def attack(
     check_writable(out=_parent(out))
     pipeline = Pipeline(cfg, progress)
     start = _start(pipeline)
-    with parallel.data_parallel(cfg.micro_batches, cfg.fsdp), pipeline.arithmetic():
+    with pipeline.training():
         attacked = pipeline.attack.run(
             start, pipeline.tokenizer, pipeline.data, cfg.seed, progress=progress, merge=not adapter_only
         )

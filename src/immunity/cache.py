@@ -3,9 +3,10 @@
 - `stable_hash`: a short hash of any JSON-able value (dataclasses included).
 - `code_version(module)`: a hash of the package modules `module` depends on (itself and, found
   by reading import statements, everything it imports from the package, transitively). It is
-  taken from each file's syntax tree without docstrings, so editing a comment or a docstring
-  does not invalidate results, and it is computed once per process, from the code that was
-  loaded, not re-read when a result is saved.
+  taken from each file's syntax tree without docstrings and without what only a type checker
+  reads (annotations, `if TYPE_CHECKING:` blocks, `typing.cast`, imports from `typing`), so
+  editing a comment, a docstring or a type does not invalidate results, and it is computed once
+  per process, from the code that was loaded, not re-read when a result is saved.
 - `cached_model(key, build)`: build a model once per key, even with several processes asking
   at once; entries are written atomically and verified when read.
 """
@@ -89,6 +90,49 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+TYPING_MODULES = {"typing", "collections.abc", "__future__", "typing_extensions"}
+
+
+class _WithoutTypes(ast.NodeTransformer):
+    """Removes what only a type checker reads. A class-level annotation stays a (typeless)
+    annotation: it makes a dataclass field, which is behaviour."""
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = None
+        return node
+
+    def _function(self, node):
+        node.returns = None
+        return self.generic_visit(node)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = _function
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AnnAssign:
+        node.annotation = ast.Name("_", ast.Load())
+        return self.generic_visit(node)
+
+    def visit_If(self, node: ast.If):
+        test = node.test
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
+        return node.orelse or None if name == "TYPE_CHECKING" else self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom):
+        return None if node.module in TYPING_MODULES else node
+
+    def visit_Call(self, node: ast.Call):
+        self.generic_visit(node)
+        func = node.func
+        typing_cast = (isinstance(func, ast.Name) and func.id == "cast") or (
+            isinstance(func, ast.Attribute) and func.attr == "cast" and getattr(func.value, "id", "") == "typing"
+        )
+        return node.args[1] if typing_cast and len(node.args) == 2 and not node.keywords else node
+
+
+def _behaviour(tree: ast.Module) -> ast.Module:
+    """The module's syntax tree without docstrings and type-only parts (what runs)."""
+    return ast.fix_missing_locations(_WithoutTypes().visit(_without_docstrings(tree)))
+
+
 def _source_of(module: str, name: str) -> str:
     """Where `from module import name` really comes from: the submodule `name`, the submodule a
     package's __init__ re-exports `name` from (followed through chains), or `module` itself."""
@@ -106,7 +150,7 @@ def _source_of(module: str, name: str) -> str:
 def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
     """(digest of the module's code without docstrings, the package modules it imports)."""
     path = _module_path(dotted)
-    tree = ast.parse(path.read_text())
+    tree = _behaviour(ast.parse(path.read_text()))
     deps = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -119,7 +163,7 @@ def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
         for d in deps
         if d.split(".")[0] == PACKAGE and d != dotted and _module_path(d) is not None and d not in REGISTRATION_ONLY
     }
-    digest = hashlib.sha256(ast.dump(_without_docstrings(tree)).encode()).hexdigest()
+    digest = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
     return digest, tuple(sorted(deps))
 
 

@@ -63,6 +63,7 @@ class EvalConfig:
 
 MAX_STEPS = 100_000  # an attack or defense budget above this is refused without force=true
 MAX_PASSES = 100  # nor may an attack pass over its n samples more often than this
+BENIGN_ANSWERS = ("base", "gold")  # where the exact-answer benign requests' answers come from
 
 
 @dataclass
@@ -93,6 +94,13 @@ class RunConfig:
         default=64,
         metadata={"help": "length of the unaligned base model's answers to requests the data gives without one"},
     )
+    benign_answers: str = field(
+        default="base",
+        metadata={
+            "help": "what the defender aligns on for the generated exact-answer benign requests: base (the unaligned "
+            "base model's own answers) | gold (their gold texts, e.g. 'The answer is 42.': for a pretrained base model)"
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model's own code to run"})
     model_dtype: str = field(default="auto", metadata={"help": "auto (as saved) | float32 | bfloat16 | float16"})
     precision: str = field(
@@ -107,6 +115,10 @@ class RunConfig:
         default="", metadata={"help": "4bit | 8bit frozen base weights (LoRA methods; extra `quant`)"}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "train on batches of similar-length examples (less padding; another batch order)"},
+    )
     micro_batches: int = field(
         default=1,
         metadata={
@@ -375,6 +387,8 @@ def validate(cfg: RunConfig, need_task: bool = True, need_judge: bool = True) ->
         raise ConfigError(f"model_dtype must be auto | float32 | bfloat16 | float16, got {cfg.model_dtype!r}")
     if cfg.quantization not in ("", "4bit", "8bit"):
         raise ConfigError(f"quantization must be 4bit or 8bit, got {cfg.quantization!r}")
+    if cfg.benign_answers not in BENIGN_ANSWERS:
+        raise ConfigError(f"benign_answers must be one of {' | '.join(BENIGN_ANSWERS)}, got {cfg.benign_answers!r}")
     if cfg.micro_batches < 1:
         raise ConfigError(f"micro_batches must be at least 1, got {cfg.micro_batches}")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":

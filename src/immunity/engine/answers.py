@@ -30,20 +30,20 @@ from ..outputs import write_text_atomic
 from .identity import versions as library_versions
 
 
-def needs_answers(data: DataBundle, splits: list[str] | None = None) -> bool:
+def needs_answers(data: DataBundle, splits: list[str] | None = None, gold_benign: bool = False) -> bool:
     """Whether a bundle has harmful requests without answers or benign ones to answer (on
     `splits`; None: any split)."""
-    return bool(_unanswered(data, splits))
+    return bool(_unanswered(data, splits, gold_benign))
 
 
-def _unanswered(data: DataBundle, splits: list[str] | None) -> list[str]:
+def _unanswered(data: DataBundle, splits: list[str] | None, gold_benign: bool = False) -> list[str]:
     """The requests whose answers the base model gives, on `splits` (None: every split)."""
 
     def chosen(role: dict) -> list:
         return [e for split, examples in role.items() if splits is None or split in splits for e in examples]
 
     return [e.prompt for e in chosen(data.harmful) if not e.answer] + [
-        e.prompt for e in chosen(data.benign) if exact(e)
+        e.prompt for e in chosen(data.benign) if exact(e) and not gold_benign
     ]
 
 
@@ -100,11 +100,14 @@ def complete(
     max_new_tokens: int,
     progress: bool = True,
     splits: list[str] | None = None,
+    gold_benign: bool = False,
 ) -> DataBundle:
     """`data` with every harmful request on `splits` (None: every split) answered (base model),
     refusals for every harmful request that has none, and benign generated items answered by the
-    base model. Requests on other splits stay unanswered: a stage generates only what it reads."""
-    wanted = sorted(set(_unanswered(data, splits)))
+    base model, or, with `gold_benign`, by their gold texts ("The answer is 42.": a pretrained
+    base model's raw continuations are not answers to align it on). Requests on other splits
+    stay unanswered: a stage generates only what it reads."""
+    wanted = sorted(set(_unanswered(data, splits, gold_benign)))
     answers = (
         generated_answers(model, tokenizer, wanted, model_hash, max_new_tokens, progress=progress) if wanted else {}
     )
@@ -114,7 +117,9 @@ def complete(
 
     filled = DataBundle(name=data.name, heldout=data.heldout, tasks=data.tasks)
     filled.harmful = {split: [fill(e, not e.answer) for e in examples] for split, examples in data.harmful.items()}
-    filled.benign = {split: [fill(e, exact(e)) for e in examples] for split, examples in data.benign.items()}
+    filled.benign = {
+        split: [fill(e, exact(e) and not gold_benign) for e in examples] for split, examples in data.benign.items()
+    }
     filled.refusals = dict(data.refusals)
     for split, examples in data.harmful.items():
         if not filled.refusals.get(split):

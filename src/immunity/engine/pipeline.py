@@ -35,7 +35,7 @@ from ..models import clone_model, load_model, load_tokenizer
 from ..models.lora import ReleasedAdapter
 from ..registry import JUDGES, lookup
 from ..safetyworld import SafetyWorld
-from ..training import parallel, provider_objective
+from ..training import length_grouped, parallel, provider_objective
 from ..training.parallel import world_size
 from ..training.precision import autocast
 from . import kept
@@ -118,20 +118,31 @@ class Pipeline:
     def complete_data(self, base, splits: list[str] | None = None) -> None:
         """Give the data the answers it lacks on `splits` (None: every split), from the unaligned
         base model (`engine.answers`): `base` itself, or the base model a derived model's card names."""
-        if not self.cfg.data or not needs_answers(self.data, splits):
+        gold_benign = self.cfg.benign_answers == "gold"
+        if not self.cfg.data or not needs_answers(self.data, splits, gold_benign):
             return
         source = answers_model(self.cfg.model)
         model = base if source == self.cfg.model else load_model(source, dtype=self.cfg.model_dtype)[0].to(self.device)
         identity = weights_digest(Path(source)) if Path(source).is_dir() else stable_hash(source)  # a hub id: its name
-        self.data = complete(self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress, splits)
+        self.data = complete(
+            self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress, splits, gold_benign
+        )
 
     def context(self, base_model=None) -> DefenseContext:
         judge = None if self.cfg.eval.judge == "auto" else (lambda: self.judge)
         return DefenseContext(self.tokenizer, self.data, self.cfg.seed, self.progress, base_model, judge)
 
-    def arithmetic(self):
-        """The training stages' precision (`precision`: bfloat16 autocast or float32)."""
-        return autocast(self.cfg.precision, self.device)
+    @contextlib.contextmanager
+    def training(self):
+        """How the training stages run: their shards (`micro_batches`, `fsdp`), precision (bfloat16
+        autocast or float32) and batch order (`group_by_length`)."""
+        cfg = self.cfg
+        with (
+            parallel.data_parallel(cfg.micro_batches, cfg.fsdp),
+            autocast(cfg.precision, self.device),
+            length_grouped(cfg.group_by_length),
+        ):
+            yield
 
     def base_key(self) -> str | None:
         """What identifies the run's base model and the data its defenses see, or None where
@@ -142,6 +153,8 @@ class Pipeline:
         # Micro-batches shard a step's batch-coupled losses: part of what the release is a function of.
         shards = [cfg.micro_batches] if cfg.micro_batches > 1 else []
         shards += [cfg.precision] if cfg.precision != "float32" else []  # bfloat16 trains another model
+        shards += ["grouped"] if cfg.group_by_length else []  # so does another batch order
+        shards += ["gold-benign"] if cfg.benign_answers == "gold" else []  # and other benign answers
         # The alignment data is part of what is released, for every model: SafetyWorld's base
         # aligned on a user's data is another model than the world's own alignment.
         data = [self.data.hashes()] if cfg.data else []
@@ -293,12 +306,12 @@ class Pipeline:
         with clock.stage("base"):
             base = self.base_model()
             self.complete_data(base)
-        with clock.stage("defend"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp), self.arithmetic():
+        with clock.stage("defend"), self.training():
             released = self.defend(base)
         with clock.stage("eval_before"):
             before = self.evaluate(released, sets, "before", released=True) if parallel.is_main() else {}
             parallel.barrier()
-        with clock.stage("attack"), parallel.data_parallel(cfg.micro_batches, cfg.fsdp), self.arithmetic():
+        with clock.stage("attack"), self.training():
             attacked = self.run_attack(released)
         for step in self.repairs():  # at most one (`defense_chain`)
             context = self.context()

@@ -7,8 +7,10 @@ from .loop import (
     TrainingDiverged,
     batches,
     check_finite,
+    length_grouped,
     lm_loss,
     logits_with,
+    padding_fraction,
     provider_objective,
     train,
 )
@@ -22,8 +24,10 @@ __all__ = [
     "batches",
     "check_finite",
     "edit_block_outputs",
+    "length_grouped",
     "lm_loss",
     "logits_with",
+    "padding_fraction",
     "provider_objective",
     "train",
 ]
