@@ -136,16 +136,18 @@ def test_code_version_ignores_types_and_docstrings_but_not_behaviour():
     def digest(source: str) -> str:
         return ast.dump(_behaviour(ast.parse(source)))
 
-    plain = "import torch\n\n@dataclass\nclass C:\n    lr = 1.0\n    n: int = 2\n\ndef f(x, y=1):\n    return x + y\n"
+    plain = "import torch\n\n@dataclass\nclass C:\n    lr = 1.0\n    n: int = 2\n\ndef f(x, y=1):\n    t = x + y\n    return t\n"
     typed = (
         "from __future__ import annotations\nfrom typing import TYPE_CHECKING, cast\nimport torch\n"
         'if TYPE_CHECKING:\n    from x import Y\n\n@dataclass\nclass C:\n    """Doc."""\n    lr = 1.0\n'
-        "    n: list[int] | None = 2\n\ndef f(x: Y, y: int = 1) -> int:\n    return cast(int, x) + y\n"
+        "    n: list[int] | None = 2\n\ndef f(x: Y, y: int = 1) -> int:\n    z: int\n    t: int = cast(int, x) + y\n"
+        "    return t\n"
     )
     assert digest(typed) == digest(plain)
     # a field (annotated) is not a class attribute (unannotated): behaviour, kept apart
     assert digest(plain.replace("n: int = 2", "n = 2")) != digest(plain)
     assert digest(plain.replace("x + y", "x - y")) != digest(plain)
+    assert digest(plain.replace("t = x + y", "t = x + y\n    t += 1")) != digest(plain)
     assert digest(plain.replace("y=1", "y=2")) != digest(plain)
     assert digest(plain.replace("import torch", "import numpy")) != digest(plain)
 

@@ -94,8 +94,16 @@ TYPING_MODULES = {"typing", "collections.abc", "__future__", "typing_extensions"
 
 
 class _WithoutTypes(ast.NodeTransformer):
-    """Removes what only a type checker reads. A class-level annotation stays a (typeless)
-    annotation: it makes a dataclass field, which is behaviour."""
+    """Removes what only a type checker reads. An annotated assignment becomes a plain one (or
+    nothing, without a value), except in a class body, where it stays a (typeless) annotation: it
+    makes a dataclass field, which is behaviour."""
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        for statement in node.body:
+            if isinstance(statement, ast.AnnAssign):
+                statement.annotation = ast.Name("_", ast.Load())
+                statement.simple = -1  # a field: kept by visit_AnnAssign
+        return self.generic_visit(node)
 
     def visit_arg(self, node: ast.arg) -> ast.arg:
         node.annotation = None
@@ -107,9 +115,13 @@ class _WithoutTypes(ast.NodeTransformer):
 
     visit_FunctionDef = visit_AsyncFunctionDef = _function
 
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AnnAssign:
-        node.annotation = ast.Name("_", ast.Load())
-        return self.generic_visit(node)
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST | None:
+        if node.simple == -1:
+            node.simple = 1
+            return self.generic_visit(node)
+        if node.value is None:
+            return None
+        return self.generic_visit(ast.Assign(targets=[node.target], value=node.value))
 
     def visit_If(self, node: ast.If):
         test = node.test

@@ -21,6 +21,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # A registered class. Its contract checks its members at import and sets the flags it leaves
+    # out, where a type checker cannot see them: it reads them as Any.
+    Plugin = type[Any]
 
 
 class Stage(str, Enum):
@@ -67,7 +73,7 @@ def _takes(cls: type, member: str, names: tuple[str, ...], bound: bool = True) -
     return None
 
 
-def _dataclass_config(kind: str, cls: type, must_have: tuple[str, ...] = ()) -> str | None:
+def _dataclass_config(kind: str, cls: Plugin, must_have: tuple[str, ...] = ()) -> str | None:
     config = cls.Config
     if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
         return f"Config must be a dataclass (@dataclass class Config: ...), got {config!r}"
@@ -81,7 +87,7 @@ def _dataclass_config(kind: str, cls: type, must_have: tuple[str, ...] = ()) -> 
     return None
 
 
-def _check_defense(cls: type) -> list[str]:
+def _check_defense(cls: Plugin) -> list[str | None]:
     # A fine-tuning-stage defense changes no weights: it gives the loss the provider fine-tunes with.
     fine_tuning = cls.stage == Stage.FINE_TUNING
     member, names = ("objective", ("reference", "context")) if fine_tuning else ("apply", ("model", "context"))
@@ -90,7 +96,7 @@ def _check_defense(cls: type) -> list[str]:
             f"lacks {member} (a defense defines apply(model, context); one at the fine-tuning stage, "
             "objective(reference, context))"
         ]
-    errors = []
+    errors: list[str | None] = []
     if not isinstance(cls.stage, Stage):
         errors.append(f"stage must be a Stage ({', '.join('Stage.' + s.name for s in Stage)}), got {cls.stage!r}")
     errors.append(_dataclass_config("defense", cls))
@@ -98,13 +104,15 @@ def _check_defense(cls: type) -> list[str]:
     return errors
 
 
-def _check_attack(cls: type) -> list[str]:
+def _check_attack(cls: Plugin) -> list[str | None]:
     return [_dataclass_config("attack", cls, ("task",)), _takes(cls, "run", ("model", "tokenizer", "data", "seed"))]
 
 
-def _check_judge(cls: type) -> list[str]:
+def _check_judge(cls: Plugin) -> list[str | None]:
     data = getattr(cls, "data", "any")
-    errors = [] if data in JUDGE_DATA else [f"data must be one of {', '.join(map(repr, JUDGE_DATA))}, got {data!r}"]
+    errors: list[str | None] = (
+        [] if data in JUDGE_DATA else [f"data must be one of {', '.join(map(repr, JUDGE_DATA))}, got {data!r}"]
+    )
     errors.append(_takes(cls, "score", ("records",)))
     errors.append(_takes(cls, "build", ("path", "settings", "lexicon")))
     return errors
@@ -119,7 +127,7 @@ class Contract:
     required: tuple[str, ...]
     flags: dict[str, object] = field(default_factory=dict)
     optional: tuple[str, ...] = ()
-    types: Callable[[type], list] = lambda cls: []  # what it can check of the members' types
+    types: Callable[[Plugin], list] = lambda cls: []  # what it can check of the members' types
 
     def check(self, cls: type) -> None:
         missing = [m for m in self.required if not hasattr(cls, m)]
@@ -174,14 +182,14 @@ JUDGE = Contract(
     types=_check_judge,
 )
 
-DEFENSES: dict[str, type] = {}
-ATTACKS: dict[str, type] = {}
-JUDGES: dict[str, type] = {}
+DEFENSES: dict[str, Plugin] = {}
+ATTACKS: dict[str, Plugin] = {}
+JUDGES: dict[str, Plugin] = {}
 CONTRACTS = {"defense": DEFENSE, "attack": ATTACK, "judge": JUDGE}
 
 
-def _register(table: dict[str, type], contract: Contract, name: str) -> Callable[[type], type]:
-    def wrap(cls: type) -> type:
+def _register(table: dict[str, Plugin], contract: Contract, name: str) -> Callable[[Plugin], Plugin]:
+    def wrap(cls: Plugin) -> Plugin:
         if name in table:
             raise ValueError(f"{contract.kind} {name!r} registered twice")
         contract.check(cls)
@@ -204,7 +212,7 @@ def register_judge(name: str):
     return _register(JUDGES, JUDGE, name)
 
 
-def lookup(table: dict[str, type], kind: str, name: str) -> type:
+def lookup(table: dict[str, Plugin], kind: str, name: str) -> Plugin:
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
