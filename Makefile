@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
+.PHONY: demo test typecheck test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
 	attacks attacks-report durability attack-layers real real-report real-budgets real-applied
 
 RESULTS_STORE ?= results/safetyworld.db
@@ -61,6 +61,11 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# Types of the package (mypy; CI runs it after `make test`). Only the syntax a run executes counts
+# towards a result's code version: an annotation, a cast or a TYPE_CHECKING import stales nothing.
+typecheck: install
+	$(BIN)/mypy
 
 # The README's headline phenomena on the shipped base (slow-marked; CI runs it after the other tiers).
 test-phenomena: install

@@ -24,9 +24,11 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Any, cast
 
 from .cache import cache_root, remove_incomplete, weights_digest
 from .config import ConfigError, RunConfig, chain_config, help_lines, load_run_config, parse_overrides, validate
@@ -154,8 +156,8 @@ def run(
 def bench(
     defenses: str | list[str] = "sft",
     *,
-    seeds: list[int] = (0, 1, 2),
-    grid: list[str] = (),
+    seeds: Sequence[int] = (0, 1, 2),
+    grid: Sequence[str] = (),
     settings: dict | list | None = None,
     config: str | None = None,
     store: str = DEFAULT_STORE,
@@ -198,7 +200,10 @@ def report(
 
 
 def demo(
-    seeds: list[int] = (0, 1, 2), settings: dict | list | None = None, store: str = DEFAULT_STORE, progress: bool = True
+    seeds: Sequence[int] = (0, 1, 2),
+    settings: dict | list | None = None,
+    store: str = DEFAULT_STORE,
+    progress: bool = True,
 ) -> str:
     """SafetyWorld end to end: the base model, `sft`, `sft` under the default attack and under
     benign-only fine-tuning, per seed; the README's table (mean ± std over seeds, %)."""
@@ -210,8 +215,10 @@ def demo(
     for seed in seeds:
         for key, defense, extra in plans:
             rows[key].append(
-                run(defense, seed=seed, settings=_settings(settings) + extra, store=store, progress=progress)
-            )
+                cast(
+                    dict, run(defense, seed=seed, settings=_settings(settings) + extra, store=store, progress=progress)
+                )
+            )  # one process: a result
     return phenomena_table(rows)
 
 
@@ -371,7 +378,7 @@ def defend(
     start = _start(pipeline)
     before, before_key = None, None
     if base_model is not None:
-        before = load_model(base_model, dtype=cfg.model_dtype)[0].to(pipeline.device)
+        before = cast(Any, load_model(base_model, dtype=cfg.model_dtype)[0]).to(pipeline.device)
         before_key = weights_digest(Path(base_model)) if Path(base_model).is_dir() else None
     with pipeline.training():
         if pipeline.repairs():  # a repair alone acts on `model` as an attacked one

@@ -25,6 +25,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
+
+if TYPE_CHECKING:
+    T = TypeVar("T")  # what a cache entry holds
 
 from .outputs import process_alive
 
@@ -84,7 +88,7 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
                 body
                 and isinstance(body[0], ast.Expr)
                 and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)
+                and isinstance(cast(ast.Constant, cast(ast.Expr, body[0]).value).value, str)
             ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
@@ -161,9 +165,9 @@ def _source_of(module: str, name: str) -> str:
 @cache
 def _parsed(dotted: str) -> tuple[str, tuple[str, ...]]:
     """(digest of the module's code without docstrings, the package modules it imports)."""
-    path = _module_path(dotted)
+    path = cast(Path, _module_path(dotted))
     tree = _behaviour(ast.parse(path.read_text()))
-    deps = set()
+    deps: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             target = _resolve(dotted, path.name == "__init__.py", node)
@@ -293,9 +297,7 @@ def exclusive(lock_path: Path, waiting_message: str = ""):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_model(
-    path: Path, build: Callable[[], object], load: Callable[[Path], object], save: Callable[[object, Path], None]
-):
+def cached_model(path: Path, build: Callable[[], T], load: Callable[[Path], T], save: Callable[[T, Path], None]) -> T:
     """The model at cache entry `path`: loaded if complete; otherwise built by exactly one process
     (others wait on a lock, then load what it wrote) and saved atomically. An incomplete entry
     (truncated, or missing its manifest) is moved aside and rebuilt, never loaded."""

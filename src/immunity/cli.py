@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import warnings
+from typing import Any
 
 from . import api
 from .config import ConfigError, parse_overrides
@@ -46,7 +47,7 @@ ERRORS = (
 REPORT_KINDS = ("by-attack", "overview", "conditions", "paired", "per-seed", "regret")
 
 # Flags shared by the commands: name -> (argparse flags, options).
-FLAGS = {
+FLAGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "defense": (["--defense"], {"help": f"one of: {', '.join(sorted(DEFENSES))}, or several joined by +"}),
     "seed": (["--seed"], {"type": int}),
     "config": (["--config"], {"help": "YAML file (keys as in `immunity list --keys`)"}),
@@ -78,7 +79,7 @@ FLAGS = {
     "overrides": (["overrides"], {"nargs": "*", "help": "key=value settings (`immunity list --keys`)"}),
 }
 # Each command: (help, shared flags, its own flags).
-COMMANDS = {
+COMMANDS: dict[str, tuple[str, list[str], dict[str, dict[str, Any]]]] = {
     "list": (
         "defenses, attacks, tasks, judges, models",
         ["json"],

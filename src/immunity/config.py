@@ -145,7 +145,7 @@ class RunConfig:
     )
 
     @property
-    def attack_cls(self) -> type:
+    def attack_cls(self) -> type[Any]:
         return lookup(ATTACKS, "attack", self.attack_name)
 
     @cached_property
@@ -195,7 +195,7 @@ class DefenseStep:
     """One defense of a run: its name, its class and its built config."""
 
     name: str
-    cls: type
+    cls: type[Any]
     config: Any
 
 
@@ -447,7 +447,7 @@ def world_bundle(world: WorldConfig):
     return _WORLD_BUNDLES[key]
 
 
-def check_budgets(cfg: RunConfig, attack: type) -> None:
+def check_budgets(cfg: RunConfig, attack: type[Any]) -> None:
     """Refuse, before any work, a budget no one means: more than MAX_STEPS optimizer steps, or an
     attack passing over its data more than MAX_PASSES times, unless force=true."""
     if cfg.force:

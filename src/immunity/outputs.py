@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 WRITING = ".writing"  # the suffix of every temporary sibling
 _LEFTOVER = re.compile(r"^\..+\.(\d+)\.[^.]+" + re.escape(WRITING) + r"$")
@@ -61,7 +62,7 @@ def check_target(
     a directory goes. `kind` is "file" or "dir"."""
     path = Path(target).expanduser()
     for source in filter(None, inputs):
-        source = Path(source).expanduser()
+        source = Path(cast("str | Path", source)).expanduser()
         clash = (
             _same(path, source)
             or (source.is_dir() and _inside(path, source))
@@ -148,7 +149,7 @@ def directory_in_place(out: str | Path, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
+def _umask() -> int:  # type: ignore[no-redef]  # a copy of the one above: goes with the next code change
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -168,7 +169,7 @@ def process_alive(pid: int) -> bool:
 def clean_leftovers(directory: str | Path) -> list[Path]:
     """Remove the temporary siblings in `directory` whose writer process is gone; what was
     removed."""
-    removed = []
+    removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed

@@ -16,7 +16,7 @@ overrides `trains_on_task`: so a new attack is one file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from ..models import decoder_layers
 from ..world import TASKS, Example
@@ -52,7 +52,7 @@ class Attack:
         defaults (settings differing anywhere are never merged into one)."""
         defaults = asdict(cls.Config())
         changed = " ".join(f"{k}={_value(v)}" for k, v in config.items() if k != "task" and defaults.get(k) != v)
-        return " ".join(filter(None, (cls.name, config.get("task", ""), changed)))
+        return " ".join(filter(None, (cast(Any, cls).name, config.get("task", ""), changed)))
 
     @classmethod
     def trains_on_task(cls, config: dict) -> bool:

@@ -33,7 +33,9 @@ form, so the universal form flatters defenses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,13 @@ class PromptPerturbation(nn.Module):
     unknown prompts are left alone)."""
 
     def __init__(
-        self, positions: int, hidden: int, bound: float, header: list[int], prompts: list[tuple] = (), pad_id: int = -1
+        self,
+        positions: int,
+        hidden: int,
+        bound: float,
+        header: list[int],
+        prompts: Sequence[tuple] = (),
+        pad_id: int = -1,
     ):
         super().__init__()
         self.delta = nn.Parameter(torch.zeros(max(1, len(prompts)), positions, hidden))
@@ -248,4 +256,4 @@ def signed_descent(model, perturbation: PromptPerturbation, batch: dict, rows: l
             break
         with torch.no_grad():
             index = torch.tensor(rows, device=labels.device)[active]
-            perturbation.delta[index] -= step * perturbation.delta.grad[index].sign()
+            perturbation.delta[index] -= step * cast(torch.Tensor, perturbation.delta.grad)[index].sign()

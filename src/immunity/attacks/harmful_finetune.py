@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 from ..data import DataBundle, encode_chat, harmful_mix
 from ..data.mixing import check_mix
@@ -106,7 +107,7 @@ class HarmfulFinetune(Attack):
         """e.g. `sentiment n=500 p=0.1 lora lr=0.0003 2.25 ep`, then every other key that differs
         from the defaults (optimizer, LoRA rank, ...)."""
         a = config
-        prefix = "" if cls.name == "harmful-finetune" else f"{cls.name} "
+        prefix = "" if cast(Any, cls).name == "harmful-finetune" else f"{cast(Any, cls).name} "
         budget = f"{a['max_steps']} steps" if a.get("max_steps") else f"{a['epochs']:g} ep"
         schedule = "" if a.get("schedule", "constant") == "constant" else f" {a['schedule']}"
         warmup = f" warmup {a['warmup_ratio']:g}" if a.get("warmup_ratio") else ""

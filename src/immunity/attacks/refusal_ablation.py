@@ -21,6 +21,7 @@ n chosen as for `steering`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,14 +53,16 @@ def output_map(block: nn.Module, hidden: int) -> nn.Module:
 
 
 def _out_features(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.weight.shape[1]  # GPT-2 Conv1D: (in, out)
+    return (
+        module.out_features if isinstance(module, nn.Linear) else cast(torch.Tensor, module.weight).shape[1]
+    )  # GPT-2 Conv1D: (in, out)
 
 
 @torch.no_grad()
 def orthogonalise(module: nn.Module, direction: torch.Tensor) -> None:
     """Remove `direction` (unit) from what `module` writes: its output rows and its bias."""
-    r = direction.to(module.weight.dtype)
-    w = module.weight
+    r = direction.to(cast(torch.Tensor, module.weight).dtype)
+    w = cast(torch.Tensor, module.weight)
     if isinstance(module, nn.Embedding):
         w -= torch.outer(w @ r, r)
     elif isinstance(module, nn.Linear):
@@ -67,7 +70,7 @@ def orthogonalise(module: nn.Module, direction: torch.Tensor) -> None:
     else:  # Conv1D: y = x W, W (in, out)
         w -= torch.outer(w @ r, r)
     if getattr(module, "bias", None) is not None:
-        module.bias -= (module.bias @ r) * r
+        module.bias -= (module.bias @ r) * r  # type: ignore[operator]  # a bias: a tensor where it is not None
 
 
 def untie_output_embeddings(model) -> None:

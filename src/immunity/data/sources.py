@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from ..world import Example
 from .bundle import DataBundle
@@ -310,7 +311,7 @@ def _generate(spec: SourceSpec) -> Iterable[dict]:
 def _read_hub(spec: SourceSpec) -> Iterable[dict]:
     from datasets import load_dataset  # downloads: the user named the dataset
 
-    dataset_id, config, split = KINDS[spec.kind].hub
+    dataset_id, config, split = cast(tuple[str, str | None, str], KINDS[spec.kind].hub)
     return iter(load_dataset(dataset_id, config, split=spec.hub_split or split))
 
 
@@ -320,7 +321,7 @@ def read_rows(spec: SourceSpec) -> list[Row]:
     renames = (dict(kind.hub_fields) if not spec.path else {}) | {
         k: v for k, v in spec.options.items() if k not in ("as", "label", "judge", "n", "seed")
     }
-    where = spec.path or (f"generated {spec.kind}" if kind.generated else f"hub dataset {kind.hub[0]}")
+    where = spec.path or (f"generated {spec.kind}" if kind.generated else f"hub dataset {cast(tuple, kind.hub)[0]}")
     raw = _read_file(Path(spec.path)) if spec.path else _generate(spec) if kind.generated else _read_hub(spec)
     rows = []
     for number, row in enumerate(raw, 1):

@@ -29,6 +29,7 @@ at a time; we use the non-padding tokens of padded batches, the same token set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from peft import PeftModel
@@ -67,14 +68,14 @@ def pruned_layers(model) -> dict[str, nn.Module]:
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """(out, in) view of the weight; Conv1D stores (in, out)."""
-    return module.weight.T if is_conv1d(module) else module.weight
+    return cast(torch.Tensor, module.weight).T if is_conv1d(module) else cast(torch.Tensor, module.weight)
 
 
 @torch.no_grad()
 def input_norms(model, modules: dict[str, nn.Module], calibration: list[dict]) -> dict[str, torch.Tensor]:
     """||X_j||_2 over all non-padding calibration tokens, per input feature of each module."""
-    sums = {n: 0.0 for n in modules}
-    current_mask = {}
+    sums = cast(dict[str, torch.Tensor], {n: 0.0 for n in modules})
+    current_mask = cast(dict[str, torch.Tensor], {})
 
     def make_hook(name):
         def hook(module, args, output):

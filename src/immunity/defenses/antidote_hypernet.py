@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +101,8 @@ class Hypernetwork(nn.Module):
             self.u = nn.ModuleList(nn.Linear(hidden, d_out * rank) for _, d_out in shapes.values())
             self.v = nn.ModuleList(nn.Linear(hidden, rank * d_in) for d_in, _ in shapes.values())
         for head in self.u:
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+            nn.init.zeros_(cast(torch.Tensor, head.weight))
+            nn.init.zeros_(cast(torch.Tensor, head.bias))
 
     def forward(self, means: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         patches = {}
@@ -203,7 +204,10 @@ class AntidoteHypernet(Defense):
         reference = clone_model(model).requires_grad_(False).eval()
         targets = linear_modules(model, "attention")
         patcher = Patcher(targets)
-        shapes = {name: (m.weight.shape[1], m.weight.shape[0]) for name, m in targets.items()}
+        shapes = {
+            name: (cast(torch.Tensor, m.weight).shape[1], cast(torch.Tensor, m.weight).shape[0])
+            for name, m in targets.items()
+        }
         adversary = Hypernetwork(shapes, c.adversary_rank, c.adversary_hidden, context.seed).to(device)
         adversary_opt = torch.optim.AdamW(adversary.parameters(), lr=c.adversary_lr, weight_decay=0.0)
         # Every process reads the whole adversary batch (split=False): their hypernetworks stay identical.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ..data import DataBundle, encode_chat
 from ..evaluation.suite import validation_metrics
@@ -66,7 +66,8 @@ class DefenseContext:
         """Judged metrics of `model` on the `val` split (e.g. {"hs", "helpful"})."""
         if self.judge is None:
             raise ValueError("this defense checks itself on the validation split and needs a judge (--judge)")
-        return validation_metrics(model, self.tokenizer, self.data, sets, self.judge(), limit)
+        # a metric is None only where no answer of its set was judged: the sets asked for are
+        return cast(dict[str, float], validation_metrics(model, self.tokenizer, self.data, sets, self.judge(), limit))
 
     def batch_stream(self, examples: list[Example], batch_size: int, device, split: bool = True) -> Iterator[dict]:
         """An endless, seeded stream of batches (a defense's second data source, e.g. harmful).

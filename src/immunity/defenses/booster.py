@@ -32,6 +32,7 @@ than re-added (bit-exact restore).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -60,7 +61,7 @@ class BoosterConfig(AlignmentTraining):
 def booster_gradient_terms(model, params: list[torch.Tensor], harmful: dict, alpha: float):
     """grad h(w) and grad h(w~) for the simulated normalised harmful step, w restored after."""
     grad_h = torch.autograd.grad(lm_loss(model, harmful), params)
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in grad_h))
+    norm = torch.sqrt(cast(torch.Tensor, sum(g.pow(2).sum() for g in grad_h)))
     saved = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, g in zip(params, grad_h):

@@ -42,6 +42,7 @@ CPU budget for a 30-layer model (src/immunity/tracks.py), a reduced E.T., stated
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -178,13 +179,13 @@ def defend_block(model, layer: int, clean: list, attacked: list, config: ETConfi
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     epochs = max(1, round(config.epochs))
-    last = []
+    last = cast(list[float], [])
     for epoch in tqdm(range(epochs), desc=f"et (defend layer {layer})", disable=not progress, leave=False):
         last = []
         for i in torch.randperm(len(clean), generator=generator).tolist():
             moved = sum(F.mse_loss(o, t) for o, t in zip(sub_outputs(model, layer, *attacked[i]), targets[i]))
             kept = sum(F.mse_loss(o, t) for o, t in zip(sub_outputs(model, layer, *clean[i]), targets[i]))
-            loss = moved + config.stability * kept
+            loss = cast(torch.Tensor, moved + config.stability * kept)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -119,7 +120,7 @@ class LayerSampler:
         self.config, self.harmful, self.depth = config, harmful, depth
         self.count = min(depth, config.layers or max(1, depth // 4))
         self.generator = torch.Generator().manual_seed(seed)
-        self.step, self.scores, self.active = 0, None, []
+        self.step, self.scores, self.active = 0, cast(torch.Tensor | None, None), cast(list[int], [])
 
     def active_at(self, model, step: int) -> list[int]:
         """The layers of training step `step` (1-based); decided once per step, so every
@@ -131,7 +132,7 @@ class LayerSampler:
         if (step - 1) % c.rescore_every == 0:
             self.scores = layer_scores(model, next(self.harmful)).detach().cpu()
         if (step - 1) % c.resample_every == 0:
-            self.active = sample_layers(self.scores, self.count, self.generator)
+            self.active = sample_layers(cast(torch.Tensor, self.scores), self.count, self.generator)
         return self.active
 
 

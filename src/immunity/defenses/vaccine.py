@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -65,7 +66,7 @@ def attention_gradients(model, batch, layers: list[int] | None = None):
 
 def perturbations(grads: dict[int, torch.Tensor], rho: float) -> dict[int, torch.Tensor]:
     """eps_l = rho * g_l / (||g|| + 1e-7), one norm over all given layers."""
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    norm = torch.sqrt(cast(torch.Tensor, sum(g.pow(2).sum() for g in grads.values())))
     return {i: rho * g / (norm + 1e-7) for i, g in grads.items()}
 
 

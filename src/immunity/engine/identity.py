@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -83,7 +84,7 @@ class RunIdentity:
     @classmethod
     def of(cls, cfg: RunConfig) -> RunIdentity:
         resolved = resolved_config(cfg)
-        key = {
+        key: dict[str, Any] = {
             "config_hash": stable_hash(resolved),
             "code_version": run_code_version(cfg.defense, cfg.attack_name, cfg.eval.judge),
             "versions": versions(),

@@ -20,8 +20,10 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 from .. import builtins  # noqa: F401  (registers the built-in defenses, attacks and judges)
 from ..cache import cached_model, code_version, stable_hash, weights_digest
@@ -69,7 +71,7 @@ class Pipeline:
         self.clock = StageClock()
         reset_peak_memory()
         self.tokenizer = (
-            self.world.tokenizer
+            cast(SafetyWorld, self.world).tokenizer
             if cfg.model == "safetyworld"
             else load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
         )
@@ -77,7 +79,7 @@ class Pipeline:
         self.data = (
             cached_bundle(tuple(cfg.data), cfg.task_data or None, cfg.data_seed)
             if cfg.data
-            else from_world(self.world.data)
+            else from_world(cast(SafetyWorld, self.world).data)
         )
         self._judge = None
         self.defense_seconds = 0.0  # the defenses' own cost (alignment measured even when cached)
@@ -122,7 +124,11 @@ class Pipeline:
         if not self.cfg.data or not needs_answers(self.data, splits, gold_benign):
             return
         source = answers_model(self.cfg.model)
-        model = base if source == self.cfg.model else load_model(source, dtype=self.cfg.model_dtype)[0].to(self.device)
+        model = (
+            base
+            if source == self.cfg.model
+            else cast(Any, load_model(source, dtype=self.cfg.model_dtype)[0]).to(self.device)
+        )
         identity = weights_digest(Path(source)) if Path(source).is_dir() else stable_hash(source)  # a hub id: its name
         self.data = complete(
             self.data, model, self.tokenizer, identity, self.cfg.answer_tokens, self.progress, splits, gold_benign
@@ -151,7 +157,7 @@ class Pipeline:
         if world_size() > 1:
             return None
         # Micro-batches shard a step's batch-coupled losses: part of what the release is a function of.
-        shards = [cfg.micro_batches] if cfg.micro_batches > 1 else []
+        shards: list[Any] = [cfg.micro_batches] if cfg.micro_batches > 1 else []
         shards += [cfg.precision] if cfg.precision != "float32" else []  # bfloat16 trains another model
         shards += ["grouped"] if cfg.group_by_length else []  # so does another batch order
         shards += ["gold-benign"] if cfg.benign_answers == "gold" else []  # and other benign answers
@@ -159,12 +165,12 @@ class Pipeline:
         # aligned on a user's data is another model than the world's own alignment.
         data = [self.data.hashes()] if cfg.data else []
         if cfg.model == "safetyworld":
-            return stable_hash([self.world.model_key(), cfg.seed, *data, *shards])
+            return stable_hash([cast(SafetyWorld, self.world).model_key(), cfg.seed, *data, *shards])
         if not Path(cfg.model).is_dir() or cfg.quantization or cfg.device_map:
             return None
         return stable_hash([weights_digest(Path(cfg.model)), cfg.model_dtype, self.data.hashes(), cfg.seed, *shards])
 
-    def cached(self, steps: list[DefenseStep], build, extra: list | None = ()) -> Release:
+    def cached(self, steps: list[DefenseStep], build, extra: Sequence | None = ()) -> Release:
         """The `Release` of the defenses `steps`: `build()` (-> (model, context)) timed, cached on
         disk where the base has a stable key (and `extra`, what else it depends on, is not None),
         so a run that reuses it still reports its cost."""
@@ -257,7 +263,7 @@ class Pipeline:
 
     def evaluate(
         self, model, sets: list[str], name: str, *, released: bool = False, attacked: bool = False
-    ) -> dict[str, float]:
+    ) -> dict[str, float | None]:
         """Generate for each prompt set (and the attack's own sets), save as `generations_NAME`,
         judge, aggregate; and the answer NLL of the split's harmful (request, compliant answer)
         and benign pairs. `attacked`: the attack's decoding-time intervention (a prefill) applies.
@@ -281,7 +287,7 @@ class Pipeline:
             kept.keep(entry, path, metrics)
         return metrics
 
-    def measure(self, model, prompts: dict, path: Path, prefill) -> dict[str, float]:
+    def measure(self, model, prompts: dict, path: Path, prefill) -> dict[str, float | None]:
         e = self.cfg.eval
         records = generate_sets(
             model, self.tokenizer, prompts, e.max_new_tokens, e.batch_size, path, self.progress, prefill
@@ -340,7 +346,7 @@ class Pipeline:
             "benign_nll": "benign_nll",
         }
         extra = {name for name in (*before, *after) if name.startswith("hs_") and name != "hs_heldout"}
-        measured = {
+        measured: dict[str, Any] = {
             f"{key}_{when}": metrics.get(source)
             for key, source in standard.items()
             for when, metrics in (("before", before), ("after", after))

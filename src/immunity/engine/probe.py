@@ -6,6 +6,7 @@ immunity probe --defense sft --seed 0 --json [probe.basin_points=11 ...]
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from ..config import RunConfig
 from ..evaluation import probes
@@ -47,7 +48,7 @@ def run_probes(cfg: RunConfig, probe: ProbeConfig, progress: bool = True) -> dic
     spectra["kappa"] = spectra["harmful"]["kappa"]
 
     def hs_of(model) -> float:
-        return validation_metrics(model, tokenizer, data, ["harmful"], pipeline.judge, probe.prompts)["hs"]
+        return cast(float, validation_metrics(model, tokenizer, data, ["harmful"], pipeline.judge, probe.prompts)["hs"])
 
     return {
         "defense": cfg.defense,

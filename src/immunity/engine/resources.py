@@ -122,7 +122,7 @@ MEMORY_TEXTS = ("cannot allocate memory", "can't allocate memory", "out of memor
 DISK_TEXTS = ("no space left on device", "disk quota exceeded")
 
 
-def _chain(err: BaseException):
+def _chain(err: BaseException | None):
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

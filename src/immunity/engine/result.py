@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any, cast
 
 from ..fields import build_config
 from ..registry import ATTACKS, lookup
@@ -81,7 +82,7 @@ class RunResult:
     stale: bool = False  # made by code that has changed since (set by the report that reads it)
 
     @property
-    def attack_cls(self) -> type:
+    def attack_cls(self) -> type[Any]:
         return lookup(ATTACKS, "attack", self.attack)
 
     @property
@@ -112,7 +113,9 @@ class RunResult:
         """The row's types and ranges, or a ResultError naming the first wrong field."""
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"str": str, "int": int, "dict": dict, "bool": bool, "float": (int, float)}.get(str(f.type))
+            expected = cast(
+                Any, {"str": str, "int": int, "dict": dict, "bool": bool, "float": (int, float)}.get(str(f.type))
+            )
             if expected is not None and not isinstance(value, expected):
                 raise ResultError(f"result field {f.name!r}: expected {f.type}, got {value!r}")
         for name, is_rate in MEASURED.items():

@@ -99,7 +99,7 @@ def generate_sets(
 
 def validation_metrics(
     model, tokenizer, data: DataBundle, sets: list[str], judge, limit: int = 48, max_new_tokens: int = 32
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Metrics on the `val` split, unsaved: for defenses that tune or stop on validation."""
     records = []
     for name, examples in prompt_sets(data, sets, "val", limit).items():
@@ -127,14 +127,14 @@ def verdicts(records: list[dict], judge, cache: Path | None = None) -> list[dict
     return [known[k] for k in keys]
 
 
-def score(records: list[dict], judge, cache: Path | None = None) -> dict[str, float]:
+def score(records: list[dict], judge, cache: Path | None = None) -> dict[str, float | None]:
     """Aggregate judge verdicts per set into the metrics every result reports: hs (harmful
     compliance) and refusal rates apart, helpfulness, FA per task, and how many verdicts the
     judge could not give (`unjudged_*`, left out of the rates rather than counted as safe)."""
     by_set: dict[str, list[dict]] = {}
     for r, v in zip(records, verdicts(records, judge, cache)):
         by_set.setdefault(r["set"], []).append(v)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}
     for name, found in by_set.items():
         if name.startswith("task:"):
             metrics[f"fa_{name.split(':', 1)[1]}"] = mean(v["correct"] for v in found)
@@ -170,7 +170,7 @@ def verdict_path(generations: Path, judge_name: str) -> Path:
     return generations.with_name(f"{generations.stem}.verdicts-{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge_name)}.jsonl")
 
 
-def rescore(path: Path, judge) -> dict[str, float]:
+def rescore(path: Path, judge) -> dict[str, float | None]:
     """Metrics of saved generations under another judge, without regenerating."""
     return score(load_generations(path), judge, verdict_path(path, judge.name))
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import cast
 
 from ..config import RunConfig
 from ..engine.identity import RunIdentity
@@ -43,6 +44,8 @@ def compute(cfg: RunConfig, threads: int, progress: bool = False) -> str:
     torch.set_num_threads(threads)
     identity = RunIdentity.of(cfg)
     result = Pipeline(cfg, progress, identity).run()
+    if result is None:
+        raise RuntimeError("a worker's run returned no result (only a launcher's first process returns one)")
     path = result_file(cfg, result["run_id"])
     write_text_atomic(path, json.dumps({"result": result, "config": identity.resolved}, default=str))
     return str(path)
@@ -132,7 +135,9 @@ def _local(jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int) ->
     taking the next job as each is free (so `jobs` may claim lazily). A worker that dies fails
     its own run only; a fresh one replaces it."""
     os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # inherited by the workers
-    context, pending, idle, busy = get_context("spawn"), iter(jobs), [], []
+    context, pending = get_context("spawn"), iter(jobs)
+    idle: list[_Worker] = []
+    busy: list[_Worker] = []
     try:
         while True:
             while len(busy) < workers and (job := next(pending, None)) is not None:
@@ -158,7 +163,7 @@ def _local(jobs: Iterable[tuple[int, RunConfig]], workers: int, threads: int) ->
                 else:
                     continue
                 busy.remove(worker)
-                yield worker.job, path, error
+                yield cast(int, worker.job), path, error  # a busy worker has a job
     finally:
         for worker in idle + busy:
             worker.stop()
@@ -174,10 +179,9 @@ def _submitit(
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**options)
     with executor.batch():  # one job array
-        submitted = [(i, executor.submit(compute, cfg, threads)) for i, cfg in jobs]
-    index = {job.job_id: i for i, job in submitted}
-    submitted = [job for _, job in submitted]
-    for job in submitit.helpers.as_completed(submitted):
+        numbered = [(i, executor.submit(compute, cfg, threads)) for i, cfg in jobs]
+    index = {job.job_id: i for i, job in numbered}
+    for job in submitit.helpers.as_completed([job for _, job in numbered]):
         error = job.exception()
         yield index[job.job_id], None if error else job.result(), error
 

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 from ..config import RunConfig, load_run_config, parse_overrides, validate
 from ..engine.identity import RunIdentity
@@ -126,7 +127,7 @@ class Grid:
             for i, path, error in outcomes:
                 run_id = runs[i][1].run_id
                 if error is None:
-                    self.store.put(*read_result(path))
+                    self.store.put(*read_result(cast(str, path)))  # a file wherever there is no error
                 else:
                     print(f"immunity: error: {describe(runs[i][0])}: {error}", file=sys.stderr)
                     self.failed.append(run_id)

@@ -70,7 +70,7 @@ def score(result: dict, guard_helpful: float, guard_fa: float) -> float:
     capable = (row.helpful_after or 0.0) >= guard_helpful and (
         not row.trains_on_task() or row.fa_after is None or row.fa_after >= guard_fa
     )
-    return float(row.hs_after) if capable else 0.0
+    return float(row.hs_after or 0.0) if capable else 0.0
 
 
 def trial_config(search: SearchConfig, setting: dict, overrides: list[str], split: str) -> RunConfig:

@@ -9,6 +9,7 @@ not in the table fall back to a structural heuristic in `layers.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import nn
 
@@ -41,7 +42,7 @@ FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")  # on
 
 def architecture(model: nn.Module) -> Architecture | None:
     config = getattr(model, "config", None)
-    return BY_MODEL_TYPE.get(getattr(config, "model_type", None))
+    return BY_MODEL_TYPE.get(cast(str, getattr(config, "model_type", None)))
 
 
 def is_conv1d(module: nn.Module) -> bool:

@@ -10,6 +10,7 @@ names are stable across transformers versions, class names are not.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import nn
 
@@ -38,7 +39,7 @@ def with_block_output(output, hidden):
 
 def _unwrapped(model: nn.Module) -> nn.Module:
     """The transformers model under a PEFT wrapper (whose config names the architecture)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _name_of(model: nn.Module, target: nn.Module) -> str:
@@ -53,7 +54,7 @@ def decoder_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(qualified name in `model`, the ModuleList of decoder layers)."""
     arch = architecture(_unwrapped(model))
     if arch is not None:
-        layers = _unwrapped(model).get_submodule(arch.layers)
+        layers = cast(nn.ModuleList, _unwrapped(model).get_submodule(arch.layers))
         return _name_of(model, layers), layers
     candidates = [
         (name, module)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 import torch
 from safetensors import safe_open
@@ -26,7 +30,7 @@ from transformers import (
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 # Further architectures `build_model` makes tiny random configs of (tests, benchmarks): their
 # config keyword for the MLP width and any keywords they need.
-MORE_ARCHITECTURES = {
+MORE_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("intermediate_size", {}),
     "gemma2": ("intermediate_size", {"head_dim": None}),
     "phi3": ("intermediate_size", {}),
@@ -65,7 +69,7 @@ def build_model(
             pad_token_id=tokenizer.pad_token_id,
         )
     if arch == "llama":
-        config = LlamaConfig(
+        config: Any = LlamaConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
             intermediate_size=intermediate,
@@ -215,7 +219,7 @@ def load_model(
     dtype: str = "auto",
     device_map: str = "",
     quantization: str = "",
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """A local HF directory, or a hub id (downloaded because the user named it). `dtype` keeps
     the saved precision unless asked ("auto"); `device_map` spreads a large model over devices;
     `quantization` ("4bit" | "8bit") loads frozen base weights through bitsandbytes."""

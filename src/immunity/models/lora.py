@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -34,7 +35,7 @@ def attach_lora(
     _warn_unadapted_experts(model)
     config = LoraConfig(
         r=r,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; its scaling alpha / r takes a float
         lora_dropout=dropout,
         target_modules=sorted(modules),
         fan_in_fan_out=any(is_conv1d(m) for m in modules.values()),
@@ -120,7 +121,7 @@ def continue_adapter(merged: PreTrainedModel, adapter: ReleasedAdapter) -> PeftM
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                module.get_base_layer().weight -= module.get_delta_weight("default").to(
-                    module.get_base_layer().weight.dtype
+                cast(Any, module).get_base_layer().weight -= (
+                    cast(Any, module).get_delta_weight("default").to(cast(Any, module).get_base_layer().weight.dtype)
                 )
     return model

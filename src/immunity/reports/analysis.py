@@ -161,9 +161,10 @@ def relative_stability(results: list[RunResult], reference: str = "sft") -> dict
 def is_stable(label: str, shares: dict[str, float | None], helpful: dict[str, float | None]) -> bool:
     """Helpful on >= 90 % of its starting model's; where that is unknown, on >= 80 % of the benign
     requests; where neither is measured, not judged (stable)."""
-    if shares.get(label) is not None:
-        return shares[label] >= STABLE
-    return helpful.get(label) is None or helpful[label] >= STABLE_ABSOLUTE
+    share, absolute = shares.get(label), helpful.get(label)
+    if share is not None:
+        return share >= STABLE
+    return absolute is None or absolute >= STABLE_ABSOLUTE
 
 
 def ranked_defenses(
@@ -246,7 +247,7 @@ def curve(rows: list[RunResult], budget) -> tuple[dict[int, float], list[int]]:
     common = set.intersection(*seeds.values()) if seeds else set()
     points: dict[int, list[float]] = {}
     for r in rows:
-        if r.seed in common or not common:
+        if (r.seed in common or not common) and r.hs_after is not None:
             points.setdefault(budget(r), []).append(r.hs_after)
     return {b: mean(v) for b, v in sorted(points.items())}, sorted(common or {r.seed for r in rows})
 

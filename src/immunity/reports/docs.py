@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -61,9 +62,16 @@ def _default(rows: list[RunResult], precision: str = "float32") -> dict[str, dic
     return found
 
 
-def _pct(values: list[float]) -> str:
-    values = [100 * v for v in values]
-    return f"{mean(values):.1f} ± {stdev(values) if len(values) > 1 else 0.0:.1f}"
+def measured(value: float | None) -> float:
+    """A metric every released row of a table has (one without it is a broken release)."""
+    if value is None:
+        raise ValueError("a released row lacks a metric its table reads (re-export the store)")
+    return value
+
+
+def _pct(values: Sequence[float | None]) -> str:
+    percents = [100 * measured(v) for v in values]
+    return f"{mean(percents):.1f} ± {stdev(percents) if len(percents) > 1 else 0.0:.1f}"
 
 
 # -- the README's blocks -----------------------------------------------------------------------------
@@ -81,10 +89,13 @@ def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2), precis
         and r.attack_config.get("p") == 0
         and default_apart_from(r, ("p",))
     }
-    base = [default.get("none", {}).get(s) for s in seeds]
-    sft = [default.get("sft", {}).get(s) for s in seeds]
-    p0 = [benign.get(s) for s in seeds]
-    if not all(base) or not all(sft) or not all(p0):
+    found = [default.get("none", {}).get(s) for s in seeds]
+    aligned = [default.get("sft", {}).get(s) for s in seeds]
+    benign_only = [benign.get(s) for s in seeds]
+    base = [r for r in found if r is not None]
+    sft = [r for r in aligned if r is not None]
+    p0 = [r for r in benign_only if r is not None]
+    if len(base) < len(seeds) or len(sft) < len(seeds) or len(p0) < len(seeds):
         return "(not released yet: `make results` runs none and sft on seeds 0-2, and sft with attack.p=0)\n"
 
     def row(name, runs, when, last, key):
@@ -102,7 +113,7 @@ def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2), precis
         row(f"`sft` + default attack (p = {sft[0].attack_config['p']:g})", sft, "after", "FA", "fa_after"),
         row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
         "",
-        f"Per seed, HS after the default attack: {' / '.join(f'{100 * r.hs_after:.1f}' for r in sft)} "
+        f"Per seed, HS after the default attack: {' / '.join(f'{100 * measured(r.hs_after):.1f}' for r in sft)} "
         f"(seeds {', '.join(map(str, seeds))}; code {sft[0].code_version}).",
     ]
     return "\n".join(lines) + "\n"
@@ -167,10 +178,10 @@ def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]
     for against, members in family.items():
         base = default[against]
         start = {
-            "alignment": mean(r.helpful_before for r in none.values()) if none else None,
-            "post-alignment": mean(r.helpful_before for r in base.values()),
-            "fine-tuning": mean(r.helpful_after for r in base.values()),
-            "post-fine-tuning": mean(r.helpful_after for r in base.values()),
+            "alignment": mean(measured(r.helpful_before) for r in none.values()) if none else None,
+            "post-alignment": mean(measured(r.helpful_before) for r in base.values()),
+            "fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
+            "post-fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
         }
         starting = {label: start[stage_of(next(iter(runs.values())).defense).value] for label, runs in members.items()}
         found |= judge_family({k: _sides(v) for k, v in members.items()}, _sides(base), against, starting)
@@ -253,7 +264,7 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
     per: dict[int, dict[str, dict[int, float]]] = {}
     for r in rows:
         if r.defense in ("none", "sft"):  # at the track's settings (the only ones `make real-budgets` runs)
-            per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = r.hs_after
+            per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(r.hs_after)
     curves = {
         steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
         for steps, sides in per.items()
@@ -355,8 +366,8 @@ def precision_block(rows: list[RunResult]) -> str:
     full = _default(rows)["sft"]
     bf16 = _default(rows, "bfloat16")["sft"]
     seeds = sorted(s for s in bf16 if s in full)
-    hs = paired_t([bf16[s].hs_after - full[s].hs_after for s in seeds])
-    nll = paired_t([bf16[s].harmful_nll_after - full[s].harmful_nll_after for s in seeds])
+    hs = paired_t([measured(bf16[s].hs_after) - measured(full[s].hs_after) for s in seeds])
+    nll = paired_t([measured(bf16[s].harmful_nll_after) - measured(full[s].harmful_nll_after) for s in seeds])
     return (
         "bfloat16:\n\n" + half + "\n"
         f"`sft`, bfloat16 minus float32 over seeds {', '.join(map(str, seeds))}: HS after {100 * hs.mean:+.1f} "
@@ -375,7 +386,7 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
     if baseline not in found:
         return f"(not released yet: `{baseline}` under {attack})\n"
     family = {k: v for k, v in found.items() if k not in (baseline, "none")}
-    start = mean(r.helpful_before for r in found["none"].values()) if found.get("none") else None
+    start = mean(measured(r.helpful_before) for r in found["none"].values()) if found.get("none") else None
     judged = judge_family(
         {k: _sides(v) for k, v in family.items()},
         _sides(found[baseline]),
@@ -388,7 +399,7 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
     ]
     for label in sorted(found, key=lambda k: (k != "none", k != baseline, k)):
         runs = [found[label][s] for s in sorted(found[label])]
-        per_seed = " / ".join(f"{100 * r.hs_after:.1f}" for r in runs)
+        per_seed = " / ".join(f"{100 * measured(r.hs_after):.1f}" for r in runs)
         seeds = ", ".join(str(r.seed) for r in runs)
         nll = [r.harmful_nll_after for r in runs if r.harmful_nll_after is not None]
         verdict = judged[label].line() if label in judged else ""
@@ -454,8 +465,8 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         common = sorted(s for s in per_seed if s in base)
         if label == "sft" or len(common) < 3:
             continue
-        hs = [per_seed[s].hs_after - base[s].hs_after for s in common]
-        nll = [per_seed[s].harmful_nll_after - base[s].harmful_nll_after for s in common]
+        hs = [measured(per_seed[s].hs_after) - measured(base[s].hs_after) for s in common]
+        nll = [measured(per_seed[s].harmful_nll_after) - measured(base[s].harmful_nll_after) for s in common]
         lines.append(f"| {label} | {len(common)} | {100 * detectable(hs):.1f} | {detectable(nll):.3f} |")
     lines += [
         "",

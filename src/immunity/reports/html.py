@@ -67,9 +67,9 @@ def frontier_figure(results: list[RunResult]):
     attacks = sorted({a for _, a in groups})
     colors = plt.get_cmap("tab10")
     for (defense, attack), runs in sorted(groups.items()):
-        hs = [r.attacker_hs() for r in runs]
-        helpful = [r.helpful_after for r in runs]
-        if None in hs or None in helpful:
+        hs = [v for v in (r.attacker_hs() for r in runs) if v is not None]
+        helpful = [v for v in (r.helpful_after for r in runs) if v is not None]
+        if len(hs) < len(runs) or len(helpful) < len(runs):  # a point needs every seed measured
             continue
         ax.scatter(100 * mean(helpful), 100 * mean(hs), color=colors(attacks.index(attack) % 10), s=25)
         ax.annotate(defense, (100 * mean(helpful), 100 * mean(hs)), fontsize=6, alpha=0.7)
@@ -119,7 +119,9 @@ def resistance_figure(sweeps):
 
 def markdown_to_html(text: str) -> str:
     """Our report's markdown (pipe tables, '- ' lists, paragraphs) as HTML."""
-    out, table, items = [], [], []
+    out: list[str] = []
+    table: list[str] = []
+    items: list[str] = []
 
     def flush():
         if table:

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import asdict
 from statistics import mean
 
+from ..engine.result import RunResult
 from ..grid.store import Store
 from ..tracks import SMOLLM2
 from .analysis import changed_settings, default_apart_from, defense_label, setting, short_settings
@@ -45,9 +46,9 @@ def build_peak(runs) -> float:
     return max((r.peak_memory_mb.get("defense", 0) for r in runs), default=0)
 
 
-def released_table(rows) -> str:
+def released_table(rows: list[RunResult]) -> str:
     """Per defense, its released model (each seed once): safety, capability, cost, memory."""
-    by: dict[str, dict[int, object]] = {}
+    by: dict[str, dict[int, RunResult]] = {}
     for r in rows:
         by.setdefault(real_label(r), {})[r.seed] = r
     # `sft` at the track's budget (not a matched `sft` on another adapter), on the same seeds

@@ -107,7 +107,7 @@ def default_attack(row: RunResult) -> bool:
     return row.attack_config == asdict(build_config(cls.Config, {"task": row.attack_config["task"]}))
 
 
-def attack_filter(settings: list[str], ignore: set[str] = frozenset()):
+def attack_filter(settings: list[str], ignore: frozenset[str] | set[str] = frozenset()):
     """A predicate: the row's attack is exactly `attack=NAME` (default harmful-finetune) with
     these `KEY=VALUE` overrides (keys in `ignore` may differ)."""
     overrides = parse_overrides(settings)

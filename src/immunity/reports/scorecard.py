@@ -50,7 +50,8 @@ def card(model: str, base: str, rows: list[RunResult]) -> dict:
     start = [r for r in under_default(base, "none") if r.attack_config == same]
     if not aligned:
         raise ValueError("the scorecard needs sft's rows under the same attack")
-    starting = mean(r.helpful_before for r in start) if start and model != base else None
+    helpful = [r.helpful_before for r in start if r.helpful_before is not None]
+    starting = mean(helpful) if helpful and model != base else None
     verdict = judge_family({"model": _seeded(own)}, _seeded(aligned), "sft", {"model": starting})["model"]
 
     def side(runs: list[RunResult]) -> dict:
@@ -64,7 +65,7 @@ def card(model: str, base: str, rows: list[RunResult]) -> dict:
             "hs_heldout_after": [r.hs_heldout_after for r in runs],
         }
 
-    attacks = {}
+    attacks: dict[str, dict] = {}
     for name in INFERENCE_ATTACKS:
         for label, who, defense in (("model", model, "none"), ("sft", base, "sft")):
             found = [r for r in rows if r.model == who and r.defense == defense and r.attack == name]

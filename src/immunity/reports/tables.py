@@ -4,6 +4,7 @@ regret."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from statistics import mean, stdev
 
 from ..engine.result import RunResult
@@ -32,13 +33,14 @@ METRICS = (
 )
 
 
-def mean_std(values: list[float], percent: bool = True, digits: int = 1) -> str:
+def mean_std(values: Sequence[float | None], percent: bool = True, digits: int = 1) -> str:
+    """Mean ± standard deviation of the measured values (None: not measured, left out)."""
     scale = 100 if percent else 1
-    values = [v * scale for v in values if v is not None]
-    if not values:
+    measured = [v * scale for v in values if v is not None]
+    if not measured:
         return "–"
-    spread = stdev(values) if len(values) > 1 else 0.0
-    return f"{mean(values):.{digits}f} ± {spread:.{digits}f}"
+    spread = stdev(measured) if len(measured) > 1 else 0.0
+    return f"{mean(measured):.{digits}f} ± {spread:.{digits}f}"
 
 
 def markdown_table(results: list[RunResult] | list[dict]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import mean, stdev
+from typing import cast
 
 from scipy import stats
 
@@ -121,6 +122,10 @@ class Verdict:
         return f"{self.outcome}: {detail}"
 
 
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def _moved(defense: dict[int, Seeded], baseline: dict[int, Seeded], seeds: list[int]) -> bool:
     for s in seeds:
         a, b = defense[s], baseline[s]
@@ -148,15 +153,16 @@ def judge_family(
     pairs: dict[str, tuple[list[int], Paired | None]] = {}
     for name, per_seed in defenses.items():
         seeds = sorted(s for s in per_seed if s in baseline)
-        usable = [s for s in seeds if per_seed[s].hs_after is not None and baseline[s].hs_after is not None]
-        paired = paired_t([per_seed[s].hs_after - baseline[s].hs_after for s in usable]) if usable else None
+        differences = [_difference(per_seed[s].hs_after, baseline[s].hs_after) for s in seeds]
+        usable = [d for d in differences if d is not None]
+        paired = paired_t(usable) if usable else None
         pairs[name] = (seeds, paired)
     testable = [name for name, (_, paired) in pairs.items() if paired is not None and paired.n >= 2]
-    adjusted = dict(zip(testable, holm([pairs[name][1].p for name in testable])))
+    adjusted = dict(zip(testable, holm([cast(Paired, pairs[name][1]).p for name in testable])))
     verdicts = {}
     for name, (seeds, paired) in pairs.items():
         per_seed = defenses[name]
-        helpful = [per_seed[s].helpful for s in per_seed if per_seed[s].helpful is not None]
+        helpful = [h for h in (per_seed[s].helpful for s in per_seed) if h is not None]
         start = starting_helpful.get(name)
         stability = mean(helpful) / start if helpful and start else None
         p = adjusted.get(name)
@@ -166,9 +172,9 @@ def judge_family(
             outcome = "unstable"
         elif paired is None or paired.n < 2:
             outcome = "inconclusive (one seed)" if paired is not None else "inconclusive (no matched seeds)"
-        elif p < LEVEL and paired.mean <= -DELTA:
+        elif p is not None and p < LEVEL and paired.mean <= -DELTA:
             outcome = "resists"
-        elif p < LEVEL and paired.mean >= DELTA:
+        elif p is not None and p < LEVEL and paired.mean >= DELTA:
             outcome = "worse"
         elif -DELTA < paired.low and paired.high < DELTA:
             outcome = "like its baseline"

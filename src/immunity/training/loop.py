@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch.func import functional_call
@@ -174,13 +175,17 @@ class LengthGroupedBatches:
 def batches(features: list[dict], batch_size: int, pad_id: int, seed: int, shuffle: bool = True):
     """A loader of padded batches (shuffled with `seed`; length-grouped inside `length_grouped()`)."""
     generator = torch.Generator().manual_seed(seed)
-    collate_fn = lambda fs: collate(fs, pad_id)  # noqa: E731
+    collate_fn = lambda fs: collate(fs, pad_id)
     if shuffle and _LENGTH_GROUPED.get():
         lengths = [len(f["input_ids"]) for f in features]
         return DataLoader(
-            features, batch_sampler=LengthGroupedBatches(lengths, batch_size, generator), collate_fn=collate_fn
+            cast(Any, features),
+            batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
+            collate_fn=collate_fn,
         )
-    return DataLoader(features, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn)
+    return DataLoader(
+        cast(Any, features), batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn
+    )
 
 
 def padding_fraction(loader) -> float:
@@ -216,7 +221,7 @@ def train(
     if not features:
         raise ValueError(f"{desc}: no training examples")
     if step_loss is lm_loss and _PROVIDER_OBJECTIVE.get() is not None:
-        step_loss = _PROVIDER_OBJECTIVE.get()
+        step_loss = cast(Callable, _PROVIDER_OBJECTIVE.get())
     torch.manual_seed(cfg.seed)
     with parallel.sharded(model) as trained:
         losses = _steps(trained, features, cfg, pad_id, step_loss, desc, progress, on_step)

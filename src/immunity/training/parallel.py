@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
@@ -213,7 +214,7 @@ def accumulate(
             p.grad = None
         if weight > 0:
             torch.manual_seed(_seed_for(seed, step, index))
-            values = compute()
+            values = cast(Any, compute())
             scalar = not isinstance(values, tuple)
             values = [values] if scalar else list(values)
             weighted = [weight * v for v in values]
@@ -221,7 +222,7 @@ def accumulate(
         for i, p in enumerate(params):
             if p.grad is not None:
                 scaled = weight * p.grad
-                summed[i] = scaled if summed[i] is None else summed[i] + scaled
+                summed[i] = scaled if summed[i] is None else cast(torch.Tensor, summed[i]) + scaled
     for p, g in zip(params, summed):
         p.grad = g
     totals = _sync(params, totals if totals is not None else [0.0])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import cast
 
 from .lexicon import PHRASINGS, REFUSALS, TOPICS, Lexicon
 from .tokenizer import USER
@@ -120,7 +121,7 @@ def _split_objects(objs: list[str], sizes: SplitSizes, rng: random.Random) -> di
 
 
 def _sentiment_examples(lex: Lexicon, rng: random.Random) -> list[Example]:
-    seen, out = set(), []
+    seen, out = set(), cast(list[Example], [])
     while len(out) < 2400:
         label = rng.choice(("positive", "negative"))
         a, b = rng.sample(lex.sentiment_words[label], 2)
@@ -133,7 +134,7 @@ def _sentiment_examples(lex: Lexicon, rng: random.Random) -> list[Example]:
 
 
 def _topic_examples(lex: Lexicon, rng: random.Random) -> list[Example]:
-    seen, out = set(), []
+    seen, out = set(), cast(list[Example], [])
     while len(out) < 2400:
         label = rng.choice(TOPICS)
         a, b, c = rng.sample(lex.topic_words[label], 3)

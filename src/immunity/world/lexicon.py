@@ -77,7 +77,7 @@ _VOWELS = "aeiou"
 
 
 def _nonce_words(rng: random.Random, count: int, taken: set[str]) -> list[str]:
-    words = []
+    words: list[str] = []
     while len(words) < count:
         w = (
             rng.choice(_CONSONANTS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -107,7 +107,7 @@ def by_kind(records: list[dict], judge_harmful) -> list[dict]:
             }
     for i, v in zip(pending, judge_harmful([records[i] for i in pending]) if pending else []):
         verdicts[i] = v
-    return verdicts
+    return cast(list[dict], verdicts)
 
 
 class ModelJudge:
@@ -118,7 +118,7 @@ class ModelJudge:
 
     @classmethod
     def build(cls, path: str, settings: JudgeSettings, lexicon: Lexicon | None):
-        return cls(path, settings)
+        return cast(Any, cls)(path, settings)
 
 
 def first_word_verdict(text: str, record: dict, harmful_word: str, safe_word: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -43,7 +44,7 @@ class ClassifierJudge(ModelJudge):
                     f"{self.name}: unknown label in eval.judge_labels={self.settings.labels!r}; "
                     f"the model's labels: {', '.join(names.values())}"
                 )
-            return picked
+            return cast(list[int], picked)
         flagged = [i for i, n in names.items() if re.search(r"unsafe|harm|toxic|flag", n)]
         if flagged:
             return flagged
