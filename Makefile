@@ -60,9 +60,10 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-# Types of the package (mypy; CI runs it after `make test`). Only the syntax a run executes counts
+# Types of the package (mypy; also part of `make test`). Only the syntax a run executes counts
 # towards a result's code version: an annotation, a cast or a TYPE_CHECKING import stales nothing.
 typecheck: install
 	$(BIN)/mypy

@@ -453,6 +453,14 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         "",
         kl_block(release).rstrip(),
         "",
+        "## Under the steering attack",
+        "",
+        "An inference-time attack (activation addition, Turner et al. 2023; Arditi et al. 2024): the compliant "
+        "minus refusing difference of mean activations at one layer is added to the prompt's residual stream; "
+        "no weights change. E.T. and LAPT defend against it; E.T. is judged here against `sft` under it.",
+        "",
+        attack_block(rows, "steering").rstrip(),
+        "",
         "## The smallest detectable difference",
         "",
         "Per defense with 3 or more seeds matched with `sft`: the difference in HS after a paired t test detects "
