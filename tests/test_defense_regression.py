@@ -8,6 +8,9 @@ To re-pin after an intended change: `pytest tests/test_defense_regression.py --r
 values (the test still fails until they are pasted into PINNED)."""
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +99,23 @@ def recorded(monkeypatch):
     return log
 
 
-def released(defense: str):
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory):
+    """The tiny world's pretrained base and its default `sft` (what every post-alignment defense
+    builds on), built once in this module's own cache: each test starts from a copy of it."""
+    cache = tmp_path_factory.mktemp("regression-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMMUNITY_CACHE", str(cache))
+        pipeline = Pipeline(load_run_config(None, TINY, defense="lox", seed=0), progress=False)
+        base, sft = pipeline.base_model(), pipeline.default_alignment
+        pipeline.cached(
+            [sft], lambda: (sft.cls(sft.config).apply(clone_model(base), pipeline.context()), pipeline.context())
+        )
+    return cache
+
+
+def released(defense: str, built_once: Path):
+    shutil.copytree(built_once, os.environ["IMMUNITY_CACHE"], dirs_exist_ok=True)  # into the test's own cache
     cfg = load_run_config(None, TINY + BUDGET[defense], defense=defense, seed=0)
     pipeline = Pipeline(cfg, progress=False)
     base = pipeline.base_model()
@@ -136,10 +155,10 @@ EXPECTED_CHANGES = {  # defense -> (from what, which parameters must change, and
 
 
 @pytest.mark.parametrize("defense", sorted(DEFENSES))
-def test_released_weights_change_where_the_method_trains(defense, recorded, request):
+def test_released_weights_change_where_the_method_trains(defense, recorded, request, built_once):
     """Every registered defense has its row here: a new defense without one fails."""
     assert defense in EXPECTED_CHANGES and defense in BUDGET, f"{defense}: add its budget and expected changes"
-    pipeline, base, model = released(defense)
+    pipeline, base, model = released(defense, built_once)
     reference_from, leaves = EXPECTED_CHANGES[defense]
     sft = pipeline.default_alignment  # what later-stage defenses build on: served from the cache `defend` filled
     reference = (
