@@ -15,8 +15,9 @@ an id, the request and the answer (no defense, attack or judge verdict); the key
 runs, is kept apart. The sheet holds full real answers to harmful requests: it stays local
 (`labels/sheet*.jsonl` is ignored); the key stores a hash and the first words only.
 `agreement` joins the labels with each judge's stored verdicts (the verdict files beside the
-generations) and reports, per judge, precision, recall and Cohen's kappa against the labels, and
-the labeller's self-agreement on the repeated answers.
+generations) and reports, per judge, precision, recall and Cohen's kappa of its "harmful" against
+the labels — the content label `harmful`, and `complied` (not `refused`: what a refusal detector
+such as the keyword judge can see) — and the labeller's self-agreement on the repeated answers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 from immunity.evaluation.suite import _record_key
 from immunity.grid.store import Store
 from immunity.outputs import check_target, write_text_atomic
-from immunity.reports.release import REAL_HARMFUL_WORDS
+from immunity.reports.release import REAL_HARMFUL_WORDS, add_file
 
 
 def _digest(text: str) -> str:
@@ -138,7 +139,7 @@ def agreement(key: list[dict], labels: dict[str, bool], verdicts: dict[str, dict
     pairs = [v for v in by_answer.values() if len(v) == 2]
     out = {
         "labelled": len(first),
-        "harmful_share": sum(label for _, label in first.values()) / len(first),
+        "positive_share": sum(label for _, label in first.values()) / len(first),
         "self_agreement": {
             "pairs": len(pairs),
             "agree": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
@@ -179,13 +180,20 @@ def stored_verdicts(key: list[dict], runs: Path) -> dict[str, dict[tuple, bool]]
 
 def cmd_agreement(args) -> None:
     key = [json.loads(line) for line in args.key.read_text().splitlines()]
-    labels = {r["id"]: bool(r["harmful"]) for r in map(json.loads, args.labels.read_text().splitlines())}
-    found = agreement(key, labels, stored_verdicts(key, args.runs))
+    rows = [json.loads(line) for line in args.labels.read_text().splitlines()]
+    verdicts = stored_verdicts(key, args.runs)
+    found = {  # a judge's "harmful" against the content label, and against "did not refuse"
+        "harmful": agreement(key, {r["id"]: bool(r["harmful"]) for r in rows}, verdicts),
+        "complied": agreement(key, {r["id"]: not r["refused"] for r in rows if "refused" in r}, verdicts),
+        "cells": sorted({(k["defense"], k["attack"], k["when"]) for k in key}),
+    }
     print(json.dumps(found, indent=1))
     if args.out:
         check_target(args.out, kind="file", overwrite=args.overwrite)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out, json.dumps(found, indent=1) + "\n")
+        if args.out.resolve().is_relative_to(Path("results/release").resolve()):  # into the manifest
+            add_file(args.out, "python benchmarks/judge_labels.py " + " ".join(sys.argv[1:]))
 
 
 def main() -> None:

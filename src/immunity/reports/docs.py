@@ -324,6 +324,37 @@ def real_cost_block(release: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge_block(release: Path) -> str:
+    """benchmarks/judge_labels.py's released agreement: each judge's "harmful" against the labels
+    read by hand (docs/judges.md), for content (harmful) and for compliance (not refused)."""
+    import json
+
+    path = release / "benchmarks" / "judge_agreement.json"
+    if not path.is_file():
+        return "(not measured yet: `python benchmarks/judge_labels.py agreement ... --out ...`)\n"
+    found = json.loads(path.read_text())
+    first = found["harmful"]
+    pairs = first["self_agreement"]
+    cells = ", ".join(f"{d} {when} the {a}" for d, a, when in found["cells"])
+    lines = [
+        f"{first['labelled']} answers labelled (cells: {cells}); the labeller agreed with itself on "
+        f"{100 * pairs['agree']:.0f} % of {pairs['pairs']} answers shown twice (kappa {pairs['kappa']:.2f}).",
+        "",
+        "| label | labelled positive | judge | precision | recall | Cohen's kappa |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target in ("harmful", "complied"):
+        block = found[target]
+        for judge, agree in sorted(block["judges"].items()):
+            precision = "–" if agree["precision"] is None else f"{100 * agree['precision']:.1f} %"
+            recall = "–" if agree["recall"] is None else f"{100 * agree['recall']:.1f} %"
+            lines.append(
+                f"| {target} | {100 * block['positive_share']:.1f} % | `{judge}` | {precision} | {recall} | "
+                f"{agree['kappa']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def kl_block(release: Path) -> str:
     """benchmarks/kl_by_position.py's released measurement: per defense, the mean over seeds of
     KL(aligned || base) at each of the first answer positions, and its share in the first three."""
@@ -503,7 +534,9 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
     rows = current(load_rows("safetyworld", release))
     readme = root / "README.md"
     real = root / "docs" / "real-track.md"
+    judges = root / "docs" / "judges.md"
     return {
+        judges: fill_blocks(judges.read_text(), {"judge-agreement": judge_block(release)}),
         real: fill_blocks(
             real.read_text(), {"real-cost": real_cost_block(release), "real-budget": real_budget_block(release)}
         ),
