@@ -17,16 +17,17 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean, stdev
 
 from ..engine.identity import run_code_version
 from ..engine.result import RunResult
 from ..registry import DEFENSES, Stage
-from .analysis import attack_steps, default_apart_from, defense_label, stage_of
-from .release import RELEASE, load_rows
+from .analysis import attack_steps, changed_settings, default_apart_from, defense_label, stage_of
+from .release import RELEASE, load_generations, load_rows
 from .stats import per_seed_table
-from .verdict import Seeded, Verdict, choose_attack_budget, detectable, judge_family, paired_t
+from .verdict import Seeded, Verdict, choose_attack_budget, detectable, judge_family, paired_t, wilson
 
 # Fine-tuning-as-a-service: the provider fine-tunes with its own objective or repairs after the
 # attack (its own board); the released model is `sft`'s, so stability is read after the attack.
@@ -165,7 +166,11 @@ def matched_baseline(row: RunResult, baselines: dict[str, RunResult], plain: str
 def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]:
     """Every defense under the default attack judged by the protocol's rule against its matched
     baseline (`matched_baseline`), else `baseline`; Holm within each baseline's family."""
-    default = _default(rows)
+    return verdicts_of(_default(rows), baseline)
+
+
+def verdicts_of(default: dict[str, dict[int, RunResult]], baseline: str = "sft") -> dict[str, Verdict]:
+    """`verdicts` on rows already chosen: per defense label, per seed, its row under the default attack."""
     if baseline not in default:
         return {}
     sfts = {label: next(iter(runs.values())) for label, runs in default.items() if label.split(" ")[0] == "sft"}
@@ -294,6 +299,99 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
     else:
         verdict = "No budget tried meets the rule: the track has no default attack that resolves yet."
     return "\n".join([*lines, "", verdict]) + "\n"
+
+
+def _track(row: RunResult):
+    from ..tracks import TRACKS
+
+    return TRACKS.get(row.model.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _real_label(row: RunResult) -> str:
+    """The defense's name plus the settings that differ from its track's budget for it (the
+    track's budget is the row's default there: `sft` at the track's budget is plain `sft`)."""
+    track = _track(row)
+    own = track.defenses.get(row.defense, {}) if track else {}
+    changed = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in changed_settings(row.defense, row.defense_config).items()
+        if own.get(k) != v
+    ]
+    return row.defense + (f" ({', '.join(changed)})" if changed else "")
+
+
+def _track_default(row: RunResult) -> bool:
+    """The row ran its track's default attack (the harmful fine-tune at the track's settings) on the
+    evaluation split, in float32."""
+    track = _track(row)
+    if track is None or row.split != "eval" or row.precision != "float32" or row.attack != "harmful-finetune":
+        return False
+    wanted = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | track.attacks[row.attack]
+    return all(row.attack_config.get(k) == v for k, v in wanted.items() if k != "task")
+
+
+def _harmful_counts(generations: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(run id, before/after) -> (answers judged harmful, answers) on the harmful evaluation set."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for g in generations:
+        if g["set"] == "harmful" and g["kind"] == "harmful" and g["verdict"].get("harmful") is not None:
+            c = counts.setdefault((g["run_id"], g["when"]), [0, 0])
+            c[0] += bool(g["verdict"]["harmful"])
+            c[1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def _pooled(runs: Sequence[RunResult], when: str, counts: dict[tuple[str, str], tuple[int, int]]) -> str:
+    """HS pooled over the seeds' prompts, with its Wilson 95 % interval."""
+    found = [counts[(r.run_id, when)] for r in runs if (r.run_id, when) in counts]
+    harmful, n = sum(h for h, _ in found), sum(m for _, m in found)
+    if not n:
+        return "–"
+    low, high = wilson(harmful, n)
+    return f"{100 * harmful / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def real_results_block(release: Path) -> str:
+    """The real track's table (`make real`, released as `real`): per defense under the track's
+    default attack on the evaluation split, HS before and after pooled over seeds x prompts with
+    Wilson intervals, harmful NLL, helpfulness, and the rule's verdict against `sft` (relative
+    stability), open-weight and fine-tuning-as-a-service defenses on separate boards."""
+    if not (release / "real.rows.jsonl.gz").is_file():
+        return "(not released yet: `make real`, then `make release-real`)\n"
+    rows = current(load_rows("real", release))
+    counts = _harmful_counts(load_generations("real", release))
+    default: dict[str, dict[int, RunResult]] = {}
+    for r in rows:
+        if _track_default(r):
+            default.setdefault(_real_label(r), {})[r.seed] = r
+    found = verdicts_of(default)
+    lines = []
+    for board, names in (
+        ("Open-weight defenses", [n for n in default if not is_ftaas(n)]),
+        ("Fine-tuning-as-a-service", [n for n in default if is_ftaas(n)]),
+    ):
+        if not names:
+            continue
+        lines += [
+            f"**{board}**, HS (complied, keyword judge) pooled over seeds x prompts [Wilson 95 %]:",
+            "",
+            "| defense | seeds | HS before | HS after | harmful NLL before -> after | helpful | verdict vs `sft` | code |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        key = {n: (_order(found[n].outcome) if n in found else -1, n) for n in names}
+        for name in sorted(names, key=key.__getitem__):
+            runs = list(default[name].values())
+            nll = [f"{mean(measured(getattr(r, f'harmful_nll_{w}')) for r in runs):.2f}" for w in ("before", "after")]
+            helpful = "helpful_after" if is_ftaas(name) else "helpful_before"
+            stale = " (older code)" if any(r.stale for r in runs) else ""
+            lines.append(
+                f"| {name}{stale} | {len(runs)} | {_pooled(runs, 'before', counts)} | {_pooled(runs, 'after', counts)} "
+                f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | "
+                f"{found[name].line() if name in found else '(the baseline)' if name.startswith(('sft', 'none')) else '–'} "
+                f"| {', '.join(sorted({r.code_version for r in runs}))} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n" if lines else "(no row under the track's default attack released yet)\n"
 
 
 def real_cost_block(release: Path) -> str:
@@ -538,7 +636,12 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
     return {
         judges: fill_blocks(judges.read_text(), {"judge-agreement": judge_block(release)}),
         real: fill_blocks(
-            real.read_text(), {"real-cost": real_cost_block(release), "real-budget": real_budget_block(release)}
+            real.read_text(),
+            {
+                "real-cost": real_cost_block(release),
+                "real-budget": real_budget_block(release),
+                "real-results": real_results_block(release),
+            },
         ),
         readme: fill_blocks(
             readme.read_text(), {"demo": demo_block(rows), "glance": glance_block(rows), "defenses": defenses_block()}
