@@ -134,6 +134,7 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
                 "harmful_nll_after": 1.0,
                 "helpful_before": 0.5,
                 "helpful_after": 0.5,
+                "defense_seconds": 1000.0 if defense == "repnoise" else 100.0,
             }
             r["attack_config"] = r["attack_config"] | track_attack
             r["run_id"] = r["config_hash"] = f"{defense}-{seed}"
@@ -160,6 +161,7 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
     low, high = wilson(18, 30)  # sft after: 5 + 6 + 7 of 10 prompts
     assert f"60.0 [{100 * low:.1f}, {100 * high:.1f}]" in table["sft"]
     assert "resists" in table["repnoise"] and "not applied" in table["circuit-breakers"]
+    assert "| 1,000 (10.0x) |" in table["repnoise"]  # its cost as a multiple of sft's
     assert "| 3 |" in table["none"]  # the 16-step row is not the default attack
     open_weight, service = block.split("**Fine-tuning-as-a-service**")
     assert "constrained-sft" in service and "constrained-sft" not in open_weight

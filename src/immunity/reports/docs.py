@@ -351,6 +351,19 @@ def _pooled(runs: Sequence[RunResult], when: str, counts: dict[tuple[str, str], 
     return f"{100 * harmful / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def _cost(runs: Sequence[RunResult], sft: dict[int, RunResult]) -> str:
+    """Mean seconds the defense took to build its released model, and that as a multiple of `sft`'s."""
+    seconds = mean(r.defense_seconds for r in runs)
+    base = mean(r.defense_seconds for r in sft.values()) if sft else 0.0
+    return f"{seconds:,.0f} ({seconds / base:.1f}x)" if base else f"{seconds:,.0f}"
+
+
+def _peak_gb(runs: Sequence[RunResult]) -> str:
+    """Peak resident memory of the process while the released model was built (the largest over seeds)."""
+    peak = max((r.peak_memory_mb.get("defense", 0) for r in runs), default=0)
+    return f"{peak / 1024:.1f}" if peak else "–"
+
+
 def real_results_block(release: Path) -> str:
     """The real track's table (`make real`, released as `real`): per defense under the track's
     default attack on the evaluation split, HS before and after pooled over seeds x prompts with
@@ -375,8 +388,9 @@ def real_results_block(release: Path) -> str:
         lines += [
             f"**{board}**, HS (complied, keyword judge) pooled over seeds x prompts [Wilson 95 %]:",
             "",
-            "| defense | seeds | HS before | HS after | harmful NLL before -> after | helpful | verdict vs `sft` | code |",
-            "|---|---|---|---|---|---|---|---|",
+            "| defense | seeds | HS before | HS after | harmful NLL before -> after | helpful | verdict vs `sft` | "
+            "defense s (x `sft`) | peak GB | code |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         key = {n: (_order(found[n].outcome) if n in found else -1, n) for n in names}
         for name in sorted(names, key=key.__getitem__):
@@ -388,7 +402,7 @@ def real_results_block(release: Path) -> str:
                 f"| {name}{stale} | {len(runs)} | {_pooled(runs, 'before', counts)} | {_pooled(runs, 'after', counts)} "
                 f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | "
                 f"{found[name].line() if name in found else '(the baseline)' if name.startswith(('sft', 'none')) else '–'} "
-                f"| {', '.join(sorted({r.code_version for r in runs}))} |"
+                f"| {_cost(runs, default.get('sft', {}))} | {_peak_gb(runs)} | {', '.join(sorted({r.code_version for r in runs}))} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n" if lines else "(no row under the track's default attack released yet)\n"
