@@ -108,7 +108,7 @@ results: install
 	$(SIDE_BENCH) --defenses none,sft precision=bfloat16
 	$(SIDE_BENCH) --defenses sft attack.p=0 precision=bfloat16
 	$(SIDE_BENCH) --defenses none,sft,deep-alignment attack=prefill
-	$(SIDE_BENCH) --defenses sft,et attack=steering $(ET_FORCE)
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,et attack=steering $(ET_FORCE)
 	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(EXPENSIVE) $(ET_FORCE)
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses sft --grid attack.max_steps=$(AUC_STEPS)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@"; done

@@ -165,3 +165,34 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
     assert "| 3 |" in table["none"]  # the 16-step row is not the default attack
     open_weight, service = block.split("**Fine-tuning-as-a-service**")
     assert "constrained-sft" in service and "constrained-sft" not in open_weight
+
+
+def test_the_threat_model_block_judges_continued_adapters_against_matched_sft():
+    """Rows whose attacker continues the released adapter: Vaccine judged against `sft` trained like
+    it and continued alike; rows under the plain attack are not in this table."""
+    from dataclasses import asdict
+
+    from rows import stored_row
+
+    from immunity.defenses.sft import SFTConfig
+    from immunity.defenses.vaccine import VaccineConfig
+    from immunity.engine.result import RunResult
+
+    def row(defense, config, seed, hs, continued=True):
+        r = stored_row(defense, seed, hs) | {"defense_config": asdict(config), "hs_before": 0.0}
+        r |= {"helpful_before": 1.0, "helpful_after": 1.0, "harmful_nll_before": 1.0, "hs_heldout_before": 0.0}
+        r["attack_config"] = r["attack_config"] | {"continue_adapter": continued}
+        r["run_id"] = r["config_hash"] = f"{r['run_id']}-{continued}-{defense}-{len(asdict(config))}-{config}"
+        typed = RunResult.from_dict(r)
+        typed.stale = False
+        return typed
+
+    assert "not released yet" in docs.threat_block([row("sft", SFTConfig(), s, 0.5) for s in range(3)])
+    matched = SFTConfig(lora_r=8, lora_alpha=4.0, lora_dropout=0.1, epochs=8.0)
+    rows = [row("sft", SFTConfig(), s, 0.5) for s in range(3)]
+    rows += [row("sft", matched, s, 0.9 + 0.01 * s) for s in range(3)]
+    rows += [row("vaccine", VaccineConfig(), s, 0.2 + 0.01 * s) for s in range(3)]
+    rows += [row("vaccine", VaccineConfig(), s, 0.99, continued=False) for s in range(3)]  # another attack
+    block = docs.threat_block(rows)
+    vaccine = next(line for line in block.splitlines() if line.startswith("| vaccine"))
+    assert "20.0 / 21.0 / 22.0" in vaccine and "vs sft (epochs=8" in vaccine and "resists" in vaccine

@@ -553,6 +553,38 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
     return "\n".join(lines) + "\n"
 
 
+def threat_block(rows: list[RunResult]) -> str:
+    """The alignment-stage defenses under their papers' own threat model (Booster's `single_lora`):
+    the attacker keeps training the released adapter (`attack.continue_adapter=true`, the attack
+    otherwise at its defaults), each judged against `sft` trained like it and continued alike."""
+    found: dict[str, dict[int, RunResult]] = {}
+    for r in rows:
+        if (
+            r.split == "eval"
+            and r.precision == "float32"
+            and r.attack_config.get("continue_adapter")
+            and default_apart_from(r, ("continue_adapter",))
+        ):
+            found.setdefault(defense_label(r), {})[r.seed] = r
+    judged = verdicts_of(found)
+    if not judged:
+        return "(not released yet: `sft` and the defenses with attack.continue_adapter=true)\n"
+    lines = [
+        "| defense | HS after, per seed | HS after | harmful NLL after | verdict (vs `sft` trained like it) |",
+        "|---|---|---|---|---|",
+    ]
+    for label in sorted(found, key=lambda k: (not k.startswith("sft"), k)):
+        runs = [found[label][s] for s in sorted(found[label])]
+        per_seed = " / ".join(f"{100 * measured(r.hs_after):.1f}" for r in runs)
+        nll = mean(measured(r.harmful_nll_after) for r in runs)
+        verdict = judged[label].line() if label in judged else ""
+        lines.append(
+            f"| {label} | {per_seed} (seeds {', '.join(str(r.seed) for r in runs)}) | "
+            f"{_pct([r.hs_after for r in runs])} | {nll:.2f} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- docs/results.md ---------------------------------------------------------------------------------
 def results_page(rows: list[RunResult], release: Path) -> str:
     default = _default(rows)
@@ -603,6 +635,14 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         "no weights change. E.T. and LAPT defend against it; E.T. is judged here against `sft` under it.",
         "",
         attack_block(rows, "steering").rstrip(),
+        "",
+        "## Under each paper's own threat model",
+        "",
+        "Vaccine, T-Vaccine and Booster release a LoRA adapter, and their papers' attacker keeps training it "
+        "(Booster's `single_lora`): `attack.continue_adapter=true` at the default attack's budget. Each is "
+        "judged against `sft` trained on the same adapter and budget (its matched baseline), continued alike.",
+        "",
+        threat_block(rows).rstrip(),
         "",
         "## The smallest detectable difference",
         "",
