@@ -169,8 +169,12 @@ def verdicts(rows: list[RunResult], baseline: str = "sft") -> dict[str, Verdict]
     return verdicts_of(_default(rows), baseline)
 
 
-def verdicts_of(default: dict[str, dict[int, RunResult]], baseline: str = "sft") -> dict[str, Verdict]:
-    """`verdicts` on rows already chosen: per defense label, per seed, its row under the default attack."""
+def verdicts_of(
+    default: dict[str, dict[int, RunResult]], baseline: str = "sft", base_model: bool = False
+) -> dict[str, Verdict]:
+    """`verdicts` on rows already chosen: per defense label, per seed, its row under the default
+    attack. `base_model`: the unaligned model is a pretrained one, not an assistant, so an
+    alignment defense's stability is read against `sft`'s helpfulness (from the same base)."""
     if baseline not in default:
         return {}
     sfts = {label: next(iter(runs.values())) for label, runs in default.items() if label.split(" ")[0] == "sft"}
@@ -183,7 +187,9 @@ def verdicts_of(default: dict[str, dict[int, RunResult]], baseline: str = "sft")
     for against, members in family.items():
         base = default[against]
         start = {
-            "alignment": mean(measured(r.helpful_before) for r in none.values()) if none else None,
+            "alignment": mean(measured(r.helpful_before) for r in (base if base_model else none or {}).values())
+            if base_model or none
+            else None,
             "post-alignment": mean(measured(r.helpful_before) for r in base.values()),
             "fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
             "post-fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
@@ -364,21 +370,41 @@ def _peak_gb(runs: Sequence[RunResult]) -> str:
     return f"{peak / 1024:.1f}" if peak else "–"
 
 
-def real_results_block(release: Path) -> str:
-    """The real track's table (`make real`, released as `real`): per defense under the track's
-    default attack on the evaluation split, HS before and after pooled over seeds x prompts with
-    Wilson intervals, harmful NLL, helpfulness, and the rule's verdict against `sft` (relative
-    stability), open-weight and fine-tuning-as-a-service defenses on separate boards."""
+# Tracks whose unaligned model is a pretrained base, not an assistant (stability against `sft`).
+BASE_MODEL_TRACKS = ("gemma-3-270m",)
+
+
+def _real_defaults(release: Path) -> dict[str, dict[str, dict[int, RunResult]]]:
+    """Per track, per defense label, per seed: the released real row under the track's default attack."""
     if not (release / "real.rows.jsonl.gz").is_file():
+        return {}
+    found: dict[str, dict[str, dict[int, RunResult]]] = {}
+    for r in current(load_rows("real", release)):
+        track = _track(r)
+        if track is not None and _track_default(r):
+            found.setdefault(track.name, {}).setdefault(_real_label(r), {})[r.seed] = r
+    return found
+
+
+def _real_verdicts(track: str, default: dict[str, dict[int, RunResult]]) -> dict[str, Verdict]:
+    return verdicts_of(default, base_model=track in BASE_MODEL_TRACKS)
+
+
+def real_results_block(release: Path) -> str:
+    """The real tracks' tables (`make real`, released as `real`), one per model: per defense under
+    the track's default attack on the evaluation split, HS before and after pooled over seeds x
+    prompts with Wilson intervals, harmful NLL, helpfulness, cost, and the rule's verdict against
+    `sft` (relative stability), open-weight and fine-tuning-as-a-service defenses on separate boards."""
+    tracks = _real_defaults(release)
+    if not tracks:
         return "(not released yet: `make real`, then `make release-real`)\n"
-    rows = current(load_rows("real", release))
     counts = _harmful_counts(load_generations("real", release))
-    default: dict[str, dict[int, RunResult]] = {}
-    for r in rows:
-        if _track_default(r):
-            default.setdefault(_real_label(r), {})[r.seed] = r
-    found = verdicts_of(default)
-    lines = []
+    return "\n".join(_track_table(name, default, counts) for name, default in sorted(tracks.items()))
+
+
+def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -> str:
+    found = _real_verdicts(track, default)
+    lines = [f"### {track}", ""]
     for board, names in (
         ("Open-weight defenses", [n for n in default if not is_ftaas(n)]),
         ("Fine-tuning-as-a-service", [n for n in default if is_ftaas(n)]),
@@ -405,7 +431,27 @@ def real_results_block(release: Path) -> str:
                 f"| {_cost(runs, default.get('sft', {}))} | {_peak_gb(runs)} | {', '.join(sorted({r.code_version for r in runs}))} |"
             )
         lines.append("")
-    return "\n".join(lines) + "\n" if lines else "(no row under the track's default attack released yet)\n"
+    return "\n".join(lines) + "\n"
+
+
+def transfer_block(release: Path) -> str:
+    """Transfer: each defense judged on two or more real tracks, its verdict on each, and whether
+    the outcomes agree."""
+    tracks = _real_defaults(release)
+    judged = {name: _real_verdicts(name, default) for name, default in tracks.items()}
+    names = sorted(judged)
+    shared = sorted({d for v in judged.values() for d in v if sum(d in judged[t] for t in names) >= 2})
+    if not shared:
+        return "(no defense judged on two real tracks yet)\n"
+    lines = [
+        "| defense | " + " | ".join(names) + " | same outcome |",
+        "|---|" + "---|" * len(names) + "---|",
+    ]
+    for d in shared:
+        outcomes = {judged[t][d].outcome for t in names if d in judged[t]}
+        cells = [judged[t][d].line() if d in judged[t] else "–" for t in names]
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {'yes' if len(outcomes) == 1 else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def real_cost_block(release: Path) -> str:
@@ -695,6 +741,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
                 "real-cost": real_cost_block(release),
                 "real-budget": real_budget_block(release),
                 "real-results": real_results_block(release),
+                "transfer": transfer_block(release),
             },
         ),
         readme: fill_blocks(
