@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test typecheck test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
-	attacks attacks-report durability attack-layers real real-report real-budgets real-applied
+	attacks attacks-report durability attack-layers real real-report real-budgets real-applied real-gemma
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 1
@@ -265,6 +265,16 @@ real: real-prepare
 	$(REAL) --seeds 0 --defenses sft,booster attack.continue_adapter=true
 	$(REAL) --seeds 0 --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
 	$(MAKE) real-report
+
+# The second family (issue: Gemma 3 270M from its base): the unaligned base, `sft` from it and the
+# alignment-stage defenses (TAR on `sft`), under the same evaluation, judge, attack and seeds, into
+# the same store (each row names its model); docs/real-track.md's Transfer table compares the two.
+GEMMA_MODEL ?= models/gemma-3-270m
+GEMMA_DEFENSES ?= none,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,deep-alignment,tar
+real-gemma: real-prepare
+	$(BIN)/immunity prepare gemma-3-270m --out $(GEMMA_MODEL)
+	$(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(GEMMA_MODEL) $(REAL_SOURCES) \
+	  --seeds $(REAL_SEEDS) --defenses $(GEMMA_DEFENSES)
 
 # The real store's tables (its page, docs/history/real.md, is withdrawn until the evidence generator
 # covers this store).
