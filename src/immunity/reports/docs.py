@@ -186,10 +186,9 @@ def verdicts_of(
     found: dict[str, Verdict] = {}
     for against, members in family.items():
         base = default[against]
+        unaligned = base if base_model else none  # what an alignment defense started from, as an assistant
         start = {
-            "alignment": mean(measured(r.helpful_before) for r in (base if base_model else none or {}).values())
-            if base_model or none
-            else None,
+            "alignment": mean(measured(r.helpful_before) for r in unaligned.values()) if unaligned else None,
             "post-alignment": mean(measured(r.helpful_before) for r in base.values()),
             "fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
             "post-fine-tuning": mean(measured(r.helpful_after) for r in base.values()),
