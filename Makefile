@@ -113,11 +113,11 @@ results: install
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses sft --grid attack.max_steps=$(AUC_STEPS)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@"; done
 	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses antidote-hypernet defense.adversary=false
-	$(SIDE_BENCH) --defenses sft,$(THREAT_DEFENSES) attack.continue_adapter=true
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,$(THREAT_DEFENSES) attack.continue_adapter=true
 	$(SIDE_BENCH) --defenses sft,$(THREAT_DEFENSES) attack.continue_adapter=true $(REFERENCE_FT)
 	$(SIDE_BENCH) --defenses sft,$(THREAT_DEFENSES) $(REFERENCE_FT)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; \
-	  $(SIDE_BENCH) --defenses $$d "$$@" attack.continue_adapter=true; \
+	  $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@" attack.continue_adapter=true; \
 	  $(SIDE_BENCH) --defenses $$d "$$@" attack.continue_adapter=true $(REFERENCE_FT); done
 	for c in $(COMPOSED); do set -- $$c; d=$$1; shift; $(SIDE_BENCH) --defenses $$d "$$@"; done
 	for a in $(TAR_ATTACKS); do $(SIDE_BENCH) --defenses scratch,sft,tar,sophon,mlac $$(printf 'attack.%s ' $$a); done

@@ -573,14 +573,7 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
             found.setdefault(defense_label(r), {})[r.seed] = r
     if baseline not in found:
         return f"(not released yet: `{baseline}` under {attack})\n"
-    family = {k: v for k, v in found.items() if k not in (baseline, "none")}
-    start = mean(measured(r.helpful_before) for r in found["none"].values()) if found.get("none") else None
-    judged = judge_family(
-        {k: _sides(v) for k, v in family.items()},
-        _sides(found[baseline]),
-        baseline,
-        {k: start if stage_of(k.split(" ")[0]) == Stage.ALIGNMENT else None for k in family},
-    )
+    judged = verdicts_of(found, baseline)  # the same rule and stability gate as the default attack's table
     lines = [
         f"| defense | HS before | HS after, per seed | HS after | harmful NLL after | verdict vs {baseline} |",
         "|---|---|---|---|---|---|",
