@@ -229,3 +229,8 @@ def test_the_threat_model_block_judges_continued_adapters_against_matched_sft():
     block = docs.threat_block(rows)
     vaccine = next(line for line in block.splitlines() if line.startswith("| vaccine"))
     assert "20.0 / 21.0 / 22.0" in vaccine and "vs sft (epochs=8" in vaccine and "resists" in vaccine
+
+
+def test_the_readme_stays_a_front_door():
+    """README.md, generated blocks included, stays within 200 lines (the rest lives in docs/)."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
