@@ -220,13 +220,15 @@ def test_the_threat_model_block_judges_continued_adapters_against_matched_sft():
         typed.stale = False
         return typed
 
-    assert "not released yet" in docs.threat_block([row("sft", SFTConfig(), s, 0.5) for s in range(3)])
+    assert "not released yet" in docs.settings_block(
+        [row("sft", SFTConfig(), s, 0.5) for s in range(3)], {"continue_adapter": True}
+    )
     matched = SFTConfig(lora_r=8, lora_alpha=4.0, lora_dropout=0.1, epochs=8.0)
     rows = [row("sft", SFTConfig(), s, 0.5) for s in range(3)]
     rows += [row("sft", matched, s, 0.9 + 0.01 * s) for s in range(3)]
     rows += [row("vaccine", VaccineConfig(), s, 0.2 + 0.01 * s) for s in range(3)]
     rows += [row("vaccine", VaccineConfig(), s, 0.99, continued=False) for s in range(3)]  # another attack
-    block = docs.threat_block(rows)
+    block = docs.settings_block(rows, {"continue_adapter": True})
     vaccine = next(line for line in block.splitlines() if line.startswith("| vaccine"))
     assert "20.0 / 21.0 / 22.0" in vaccine and "vs sft (epochs=8" in vaccine and "resists" in vaccine
 

@@ -591,27 +591,35 @@ def attack_block(rows: list[RunResult], attack: str, baseline: str = "sft") -> s
     return "\n".join(lines) + "\n"
 
 
-def threat_block(rows: list[RunResult]) -> str:
-    """The alignment-stage defenses under their papers' own threat model (Booster's `single_lora`):
-    the attacker keeps training the released adapter (`attack.continue_adapter=true`, the attack
-    otherwise at its defaults), each judged against `sft` trained like it and continued alike."""
+# TAR's own adversary (its paper's threat model, which SOPHON and MLAC share): full fine-tuning on
+# harmful data alone, at the learning rate TAR trains against (Makefile: TAR_TRAINED).
+TAR_ADVERSARY = {"mode": "full", "p": 1.0, "n": 256, "lr": 1e-4, "max_steps": 16}
+
+
+def settings_block(rows: list[RunResult], settings: dict, baseline: str = "sft") -> str:
+    """Every defense under the default attack changed only in `settings` (float32, evaluation
+    split): HS after per seed, harmful NLL after, and the rule's verdict against `baseline` under
+    the same attack."""
     found: dict[str, dict[int, RunResult]] = {}
     for r in rows:
         if (
             r.split == "eval"
             and r.precision == "float32"
-            and r.attack_config.get("continue_adapter")
-            and default_apart_from(r, ("continue_adapter",))
+            and all(r.attack_config.get(k) == v for k, v in settings.items())
+            and default_apart_from(r, tuple(settings))
         ):
             found.setdefault(defense_label(r), {})[r.seed] = r
-    judged = verdicts_of(found)
+    judged = verdicts_of(found, baseline)
     if not judged:
-        return "(not released yet: `sft` and the defenses with attack.continue_adapter=true)\n"
+        named = " ".join(
+            f"attack.{k}={v:g}" if isinstance(v, float) else f"attack.{k}={v}" for k, v in settings.items()
+        )
+        return f"(not released yet: `{baseline}` and the defenses under `{named}`)\n"
     lines = [
-        "| defense | HS after, per seed | HS after | harmful NLL after | verdict (vs `sft` trained like it) |",
+        f"| defense | HS after, per seed | HS after | harmful NLL after | verdict vs `{baseline}` |",
         "|---|---|---|---|---|",
     ]
-    for label in sorted(found, key=lambda k: (not k.startswith("sft"), k)):
+    for label in sorted(found, key=lambda k: (k not in ("none", "scratch", baseline), k)):
         runs = [found[label][s] for s in sorted(found[label])]
         per_seed = " / ".join(f"{100 * measured(r.hs_after):.1f}" for r in runs)
         nll = mean(measured(r.harmful_nll_after) for r in runs)
@@ -680,7 +688,13 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         "(Booster's `single_lora`): `attack.continue_adapter=true` at the default attack's budget. Each is "
         "judged against `sft` trained on the same adapter and budget (its matched baseline), continued alike.",
         "",
-        threat_block(rows).rstrip(),
+        settings_block(rows, {"continue_adapter": True}).rstrip(),
+        "",
+        "TAR's paper (and SOPHON's, MLAC's) attacks with full-parameter fine-tuning on harmful data alone; TAR "
+        "trains against that adversary at lr 1e-4 for 16 steps. Under it (`attack.mode=full attack.p=1 "
+        "attack.n=256 attack.lr=1e-4 attack.max_steps=16`), against `sft` under the same attack:",
+        "",
+        settings_block(rows, TAR_ADVERSARY).rstrip(),
         "",
         "## The smallest detectable difference",
         "",
