@@ -40,7 +40,9 @@ THREAT_DEFENSES = booster,vaccine,t-vaccine
 COMPOSED = "booster+lox+antidote defense.lox.alpha=0.5" "vaccine+antidote" "circuit-breakers+antidote" \
 	"repnoise+circuit-breakers"
 COMPOSED_NAMES = booster+lox+antidote,vaccine+antidote,circuit-breakers+antidote,repnoise+circuit-breakers
-# TAR's own adversary (full fine-tuning on harmful data, lr in its set, K = 16 steps) and changes to it.
+# TAR's own adversary (full fine-tuning on harmful data, lr in its set, K = 16 steps) and changes to it,
+# on the defenses whose papers attack with full fine-tuning.
+FULL_FT_DEFENSES = scratch,sft,tar,sophon,mlac,repnoise,condition-number,ntl
 TAR_TRAINED = mode=full p=1 n=256 lr=1e-4 max_steps=16
 TAR_ATTACKS = "$(TAR_TRAINED)" "mode=full p=1 n=256 lr=1e-3 max_steps=16" \
 	"mode=full p=1 n=256 lr=1e-4 max_steps=64" \
@@ -108,7 +110,7 @@ results: install
 	$(SIDE_BENCH) --defenses none,sft precision=bfloat16
 	$(SIDE_BENCH) --defenses sft attack.p=0 precision=bfloat16
 	$(SIDE_BENCH) --defenses none,sft,deep-alignment attack=prefill
-	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,et attack=steering $(ET_FORCE)
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,et,lapt,circuit-breakers attack=steering $(ET_FORCE)
 	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(EXPENSIVE) $(ET_FORCE)
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses sft --grid attack.max_steps=$(AUC_STEPS)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@"; done
@@ -120,7 +122,8 @@ results: install
 	  $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@" attack.continue_adapter=true; \
 	  $(SIDE_BENCH) --defenses $$d "$$@" attack.continue_adapter=true $(REFERENCE_FT); done
 	for c in $(COMPOSED); do set -- $$c; d=$$1; shift; $(SIDE_BENCH) --defenses $$d "$$@"; done
-	for a in $(TAR_ATTACKS); do $(SIDE_BENCH) --defenses scratch,sft,tar,sophon,mlac $$(printf 'attack.%s ' $$a); done
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(FULL_FT_DEFENSES) $$(printf 'attack.%s ' $(TAR_TRAINED))
+	for a in $(TAR_ATTACKS); do $(SIDE_BENCH) --defenses $(FULL_FT_DEFENSES) $$(printf 'attack.%s ' $$a); done
 	$(MAKE) release docs
 
 # Which defense holds against which threat: every defense x every attack family (evaluation
