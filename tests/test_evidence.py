@@ -236,3 +236,17 @@ def test_the_threat_model_block_judges_continued_adapters_against_matched_sft():
 def test_the_readme_stays_a_front_door():
     """README.md, generated blocks included, stays within 200 lines (the rest lives in docs/)."""
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_real_precision_block_pairs_bfloat16_with_float32_seed_by_seed(tmp_path):
+    """`sft` in bfloat16 beside float32 on the same seeds: the paired difference of HS after (here
+    +10 points on every seed, so an exact interval) and the build time ratio."""
+    rows, generations = _real_release(tmp_path, {"sft": 0.6}, "models/smollm2-135m-instruct")
+    half = [
+        r | {"precision": "bfloat16", "hs_after": r["hs_after"] + 0.1, "defense_seconds": 50.0, "run_id": f"h{i}"}
+        for i, r in enumerate(rows)
+    ]
+    _write_real(tmp_path, rows + [r | {"config_hash": r["run_id"]} for r in half], generations)
+    block = docs.real_precision_block(tmp_path)
+    assert "seeds 0, 1, 2" in block and "HS after +10.00 [+10.00, +10.00] points" in block
+    assert "build time 0.50x" in block

@@ -330,11 +330,11 @@ def _real_label(row: RunResult) -> str:
     return row.defense + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _track_default(row: RunResult) -> bool:
+def _track_default(row: RunResult, precision: str = "float32") -> bool:
     """The row ran its track's default attack (the harmful fine-tune at the track's settings) on the
-    evaluation split, in float32."""
+    evaluation split, at `precision`."""
     track = _track(row)
-    if track is None or row.split != "eval" or row.precision != "float32" or row.attack != "harmful-finetune":
+    if track is None or row.split != "eval" or row.precision != precision or row.attack != "harmful-finetune":
         return False
     wanted = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | track.attacks[row.attack]
     return all(row.attack_config.get(k) == v for k, v in wanted.items() if k != "task")
@@ -436,6 +436,42 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -
             )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def real_precision_block(release: Path) -> str:
+    """`sft` trained under bfloat16 autocast beside float32 on each real track, on matched seeds: the
+    paired differences (bfloat16 minus float32) of what the attack and the judge read, and the
+    build time ratio."""
+    if not (release / "real.rows.jsonl.gz").is_file():
+        return "(not released yet)\n"
+    sides: dict[tuple[str, str], dict[int, RunResult]] = {}
+    for r in load_rows("real", release):
+        for precision in ("float32", "bfloat16"):
+            track = _track(r)
+            if track is not None and r.defense == "sft" and _real_label(r) == "sft" and _track_default(r, precision):
+                sides.setdefault((track.name, precision), {})[r.seed] = r
+    lines = []
+    for name in sorted({t for t, _ in sides}):
+        full, half = sides.get((name, "float32"), {}), sides.get((name, "bfloat16"), {})
+        seeds = sorted(s for s in half if s in full)
+        if len(seeds) < 2:
+            continue
+        cells = []
+        for label, key, scale, unit in (
+            ("HS before", "hs_before", 100, "points"),
+            ("HS after", "hs_after", 100, "points"),
+            ("harmful NLL before", "harmful_nll_before", 1, "nats"),
+            ("harmful NLL after", "harmful_nll_after", 1, "nats"),
+        ):
+            d = paired_t([measured(getattr(half[s], key)) - measured(getattr(full[s], key)) for s in seeds])
+            cells.append(f"{label} {scale * d.mean:+.2f} [{scale * d.low:+.2f}, {scale * d.high:+.2f}] {unit}")
+        ratio = mean(half[s].defense_seconds for s in seeds) / mean(full[s].defense_seconds for s in seeds)
+        lines.append(
+            f"- {name}, seeds {', '.join(map(str, seeds))}, bfloat16 minus float32 (paired t, 95 %): "
+            + "; ".join(cells)
+            + f"; `sft`'s build time {ratio:.2f}x."
+        )
+    return "\n".join(lines) + "\n" if lines else "(no track has `sft` in both precisions on 2 or more seeds yet)\n"
 
 
 def transfer_block(release: Path) -> str:
@@ -754,6 +790,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
                 "real-budget": real_budget_block(release),
                 "real-results": real_results_block(release),
                 "transfer": transfer_block(release),
+                "real-precision": real_precision_block(release),
             },
         ),
         readme: fill_blocks(
