@@ -732,6 +732,11 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         "",
         settings_block(rows, {"continue_adapter": True}).rstrip(),
         "",
+        "The same at their papers' fine-tuning settings (lr 1e-5, 20 epochs of batch 10 on n = 500; Makefile "
+        "`REFERENCE_FT`):",
+        "",
+        settings_block(rows, {"continue_adapter": True, "lr": 1e-5, "epochs": 20.0, "batch_size": 10}).rstrip(),
+        "",
         "Full-parameter fine-tuning on harmful data alone: the adversary TAR trains against (lr 1e-4, 16 steps) "
         "and the kind of attack of SOPHON's, MLAC's and RepNoise's papers. Under it (`attack.mode=full "
         "attack.p=1 attack.n=256 attack.lr=1e-4 attack.max_steps=16`), against `sft` under the same attack:",
