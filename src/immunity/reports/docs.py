@@ -370,7 +370,9 @@ def _cost(runs: Sequence[RunResult], sft: dict[int, RunResult]) -> str:
 
 def _peak_gb(runs: Sequence[RunResult]) -> str:
     """Peak resident memory of the process while the released model was built (the largest over seeds)."""
-    peak = max((r.peak_memory_mb.get("defense", 0) for r in runs), default=0)
+    from .real import build_peak
+
+    peak = build_peak(runs)
     return f"{peak / 1024:.1f}" if peak else "–"
 
 
