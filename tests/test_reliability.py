@@ -625,7 +625,12 @@ def test_two_coordinators_on_one_grid_split_it(tiny, tmp_path):
 
 OOM_RUN = """
 import resource, sys
+import torch
 from immunity import cli
+# torch imports a profiler module lazily at the first optimizer step; under the limit that import
+# fails and torch logs its own traceback. Load it first: the test is about immunity's message.
+with torch.autograd.profiler.record_function("warm-up"):
+    pass
 size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))
 sys.exit(cli.main(["run", *sys.argv[1:], "world.model.hidden=2048", "--quiet"]))  # ~0.5 GB to train: over the limit
