@@ -529,7 +529,9 @@ def work(path):
     time.sleep(120)
 
 if __name__ == "__main__":
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_die_with_parent) as pool:
+    with ProcessPoolExecutor(
+        1, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         pool.submit(work, {str(pids)!r}).result()
 """
     (tmp_path / "coordinator.py").write_text(script)  # a file: spawned workers re-import it
@@ -549,6 +551,19 @@ if __name__ == "__main__":
             break
         assert time.time() < deadline, "the worker outlived its coordinator"
         time.sleep(0.2)
+
+
+def test_a_worker_whose_coordinator_died_before_it_started_exits():
+    """The parent-death signal is set after the worker's imports; a coordinator killed before
+    then sends none, so the worker checks that its parent is still the coordinator."""
+    import subprocess
+    import sys
+
+    orphan = "from immunity.grid.launch import _die_with_parent; _die_with_parent(coordinator=1)"
+    proc = subprocess.run([sys.executable, "-c", orphan], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "coordinator of this worker is gone" in proc.stderr
+    alive = "import os; from immunity.grid.launch import _die_with_parent; _die_with_parent(os.getppid())"
+    assert subprocess.run([sys.executable, "-c", alive], timeout=120).returncode == 0
 
 
 def _children(pid: int) -> list[tuple[int, str]]:

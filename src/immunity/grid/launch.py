@@ -60,14 +60,18 @@ def read_result(path: str | Path) -> tuple[dict, dict]:
 Outcome = tuple[int, str | None, BaseException | None]  # (job index, result file, error)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(coordinator: int) -> None:
     """A local worker ends when its coordinator does (Linux: the parent-death signal), so that a
-    killed `bench` leaves no orphan computing runs nobody will merge."""
+    killed `bench` leaves no orphan computing runs nobody will merge. A spawned worker sets the
+    signal only after its imports, seconds after it started: a coordinator killed in between
+    sends nothing, so a worker whose parent is no longer its coordinator exits at once."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != coordinator:
+        raise SystemExit("immunity: the coordinator of this worker is gone")
 
 
 class WorkerKilled(RuntimeError):
@@ -94,9 +98,9 @@ def _resident_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def _serve(connection, threads: int) -> None:
+def _serve(connection, threads: int, coordinator: int) -> None:
     """A local worker: compute each run sent until told to stop (None); report (file, error)."""
-    _die_with_parent()
+    _die_with_parent(coordinator)
     while (cfg := connection.recv()) is not None:
         try:
             connection.send((compute(cfg, threads), None))
@@ -110,7 +114,7 @@ def _serve(connection, threads: int) -> None:
 class _Worker:
     def __init__(self, context, threads: int):
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, threads), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, threads, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.job: int | None = None
