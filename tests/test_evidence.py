@@ -180,6 +180,24 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
     assert "no defense judged on two real tracks" in docs.transfer_block(tmp_path)
 
 
+def test_the_spend_block_sums_stored_stage_times_and_bounds_the_default_table(tmp_path):
+    """Three seeds of `none` and `sft`: the core-hours spent are the sum of the rows' stage times;
+    the default table's lower bound counts every registered defense at the shared evaluations and
+    attack, plus the build time of the two that were measured."""
+    from immunity.registry import DEFENSES
+
+    rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
+    for r in rows:
+        r["timings"] = {"defend": r["defense_seconds"], "eval_before": 300.0, "attack": 100.0, "eval_after": 320.0}
+    _write_real(tmp_path, rows, generations)
+    block = docs.real_spend_block(tmp_path)
+    spent = 6 * 720 + 6 * 100  # every row's evaluations and attack, and each defense's 100 s build
+    need = 3 * (720 * len(DEFENSES) + 2 * 100)
+    assert f"6 released rows took {spent / 3600:.1f} core-hours ({spent / 7200:.1f} hours on 2 cores)" in block
+    assert f"needs at least {need / 7200:.1f} hours on 2 cores" in block
+    assert f"(2 defenses at their measured build time, {len(DEFENSES) - 2} not yet measured" in block
+
+
 def test_a_base_model_track_reads_stability_against_sft_and_transfer_compares_tracks(tmp_path):
     """The same numbers on two tracks: a defense helpful on as much as the unaligned model (40 %) but
     half of what `sft` is (80 %) is stable on SmolLM2, whose unaligned model is an instruct model,

@@ -496,6 +496,41 @@ def transfer_block(release: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shared_seconds(row: RunResult) -> float:
+    """What a row pays whatever its defense: its evaluations before and after, and the attack."""
+    return sum(row.timings.get(k, 0.0) for k in ("eval_before", "attack", "eval_after"))
+
+
+def real_spend_block(release: Path, seeds: int = 3, cores: int = 2) -> str:
+    """What the released real rows cost (the sum of their stored stage times, one thread each), and
+    what the default table (every registered defense x `seeds` seeds) needs at least: the measured
+    defenses at their mean build time plus the shared evaluations and attack, the others at the
+    shared part alone (a lower bound until they are measured)."""
+    if not (release / "real.rows.jsonl.gz").is_file():
+        return "(not released yet)\n"
+    rows = load_rows("real", release)
+    defaults = _real_defaults(release)
+    lines = []
+    for name in sorted({t.name for r in rows if (t := _track(r)) is not None}):
+        mine = [r for r in rows if (t := _track(r)) is not None and t.name == name]
+        spent = sum(sum(r.timings.values()) for r in mine)
+        plain = {label: runs for label, runs in defaults.get(name, {}).items() if label in DEFENSES}
+        if not plain:
+            continue
+        shared = mean(_shared_seconds(r) for runs in plain.values() for r in runs.values())
+        own = {label: mean(r.defense_seconds for r in runs.values()) for label, runs in plain.items()}
+        need = seeds * sum(shared + own.get(d, 0.0) for d in DEFENSES)
+        lines.append(
+            f"- {name}: {len(mine)} released rows took {spent / 3600:.1f} core-hours "
+            f"({spent / 3600 / cores:.1f} hours on {cores} cores). A row's evaluations and attack take "
+            f"{shared:,.0f} s of one core whatever the defense; the default table ({len(DEFENSES)} registered "
+            f"defenses x {seeds} seeds) needs at least {need / 3600 / cores:.1f} hours on {cores} cores "
+            f"({len(own)} defenses at their measured build time, {len(DEFENSES) - len(own)} not yet measured "
+            "counted at the shared part alone)."
+        )
+    return "\n".join(lines) + "\n" if lines else "(no real row under a track's default attack yet)\n"
+
+
 def real_cost_block(release: Path) -> str:
     """benchmarks/real_cost.py's released measurement: `sft`'s step on the real model in float32
     and bfloat16 against the machine's matmul peaks."""
@@ -798,6 +833,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
                 "real-results": real_results_block(release),
                 "transfer": transfer_block(release),
                 "real-precision": real_precision_block(release),
+                "real-spend": real_spend_block(release),
             },
         ),
         readme: fill_blocks(
