@@ -104,6 +104,22 @@ def test_the_real_budget_block_applies_the_rule_only_on_three_seeds(tmp_path):
         with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
             f.write("\n".join(lines) + "\n")
         assert expected in docs.real_budget_block(tmp_path)
+    assert "Made by code older than today's" in docs.real_budget_block(tmp_path)
+
+    # Today's code re-measures the budgets: its rows alone decide, the older ones are counted aside.
+    def today(defense, seed, steps, hs):
+        r = json.loads(row(defense, seed, steps, hs))
+        r["code_version"] = docs.run_code_version(r["defense"], r["attack"], r["judge"])
+        r["run_id"] = r["config_hash"] = "today-" + r["run_id"]
+        return json.dumps(r)
+
+    hs = {8: (0.95, 0.5), 16: (0.95, 0.95), 32: (1.0, 0.95)}  # today: 8 steps leave sft in the band
+    lines += [today(d, s, steps, hs[steps][i]) for steps in hs for i, d in enumerate(("none", "sft")) for s in range(3)]
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    block = docs.real_budget_block(tmp_path)
+    assert "picks **8 steps**" in block and "18 rows of today's code" in block
+    assert "(18 rows of older code are not read)" in block
 
 
 def _real_release(tmp_path, hs_after, model, helpful=None, tag=""):

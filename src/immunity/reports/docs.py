@@ -275,11 +275,20 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
     rule (`choose_attack_budget`) picks."""
     if not (release / "real_val.rows.jsonl.gz").is_file():
         return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
-    rows = [r for r in load_rows("real_val", release) if r.split == "val" and r.attack == "harmful-finetune"]
+    rows = [
+        r
+        for r in current(load_rows("real_val", release))
+        if r.split == "val" and r.attack == "harmful-finetune" and r.defense in ("none", "sft")
+    ]  # at the track's settings (the only ones `make real-budgets` runs)
+    older = [r for r in rows if r.stale]
+    if len(older) < len(rows):  # today's code has measured the budgets: its rows alone decide
+        rows = [r for r in rows if not r.stale]
+    answers = release / "real_val.generations.jsonl.gz"
+    counts = _harmful_counts(load_generations("real_val", release)) if answers.is_file() else {}
+    prompts = min((counts[(r.run_id, "after")][1] for r in rows if (r.run_id, "after") in counts), default=prompts)
     per: dict[int, dict[str, dict[int, float]]] = {}
     for r in rows:
-        if r.defense in ("none", "sft"):  # at the track's settings (the only ones `make real-budgets` runs)
-            per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(r.hs_after)
+        per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(r.hs_after)
     curves = {
         steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
         for steps, sides in per.items()
@@ -308,7 +317,14 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
         verdict = f"The rule (docs/protocol.md) picks **{chosen} steps**."
     else:
         verdict = "No budget tried meets the rule: the track has no default attack that resolves yet."
-    return "\n".join([*lines, "", verdict]) + "\n"
+    made = (
+        f"Made by code older than today's ({', '.join(sorted({r.code_version for r in rows}))}): re-run "
+        "`make real-budgets` to decide on today's."
+        if rows and rows[0].stale
+        else f"{len(rows)} rows of today's code, {prompts} prompts each"
+        + (f" ({len(older)} rows of older code are not read)." if older else ".")
+    )
+    return "\n".join([*lines, "", made, verdict]) + "\n"
 
 
 def _track(row: RunResult):
