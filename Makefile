@@ -17,9 +17,6 @@ RESULT_SEEDS ?= 0,1,2,3,4,5,6,7,8,9
 EXPENSIVE_SEEDS ?= 0,1,2,3,4,5
 CHEAP = none,scratch,sft,deep-alignment,constrained-sft,repnoise,circuit-breakers,antidote,ntl,tar,condition-number,lox,lapt,ilu,antidote-hypernet
 EXPENSIVE = vaccine,t-vaccine,booster,mlac,sophon,et
-# E.T.'s reference budget (150 epochs over its hidden states) is above the sanity cap on a
-# defense's epochs (100): grids with E.T. lift the caps (force=true is not part of a run's identity).
-ET_FORCE = force=true
 BENCH = $(BIN)/immunity bench --store $(RESULTS_STORE) --quiet --workers $(WORKERS)
 # The side studies (TAR's adversary, MLAC's regret) and the threat-model rows on three seeds.
 SIDE_SEEDS ?= 0,1,2
@@ -110,8 +107,8 @@ results: install
 	$(SIDE_BENCH) --defenses none,sft precision=bfloat16
 	$(SIDE_BENCH) --defenses sft attack.p=0 precision=bfloat16
 	$(SIDE_BENCH) --defenses none,sft,deep-alignment attack=prefill
-	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,et,lapt,circuit-breakers attack=steering $(ET_FORCE)
-	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(EXPENSIVE) $(ET_FORCE)
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses sft,et,lapt,circuit-breakers attack=steering
+	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $(EXPENSIVE)
 	$(BENCH) --seeds $(RESULT_SEEDS) --defenses sft --grid attack.max_steps=$(AUC_STEPS)
 	for c in $(MATCHED); do set -- $$c; d=$$1; shift; $(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses $$d "$$@"; done
 	$(BENCH) --seeds $(EXPENSIVE_SEEDS) --defenses antidote-hypernet defense.adversary=false
@@ -145,13 +142,13 @@ SEARCH_DEFENSES = circuit-breakers repnoise mlac sophon
 SEARCH_TRIALS = 12
 attacks: install
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
-	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS) $(ET_FORCE)
+	  --defenses $(CROSS_DEFENSES) --grid attack=$(ATTACKS)
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
 	  --defenses antidote --grid attack=$(FINETUNE_ATTACKS)
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(SWEEP_SEEDS) --quiet --workers $(WORKERS) \
-	  --defenses $(CROSS_DEFENSES),antidote --grid attack.max_steps=$(BUDGETS) $(ET_FORCE)
+	  --defenses $(CROSS_DEFENSES),antidote --grid attack.max_steps=$(BUDGETS)
 	$(BIN)/immunity bench --store results/attacks.db --seeds $(SWEEP_SEEDS) --quiet --workers $(WORKERS) \
-	  --defenses $(CROSS_DEFENSES),antidote --grid attack.n=$(SAMPLES) $(ET_FORCE)
+	  --defenses $(CROSS_DEFENSES),antidote --grid attack.n=$(SAMPLES)
 	for d in $(SEARCH_DEFENSES); do $(BIN)/immunity attack-search --defense $$d --trials $(SEARCH_TRIALS) --quiet \
 	  --store results/attacks.db --storage results/attack_search.db; done
 	$(MAKE) attacks-report
@@ -160,7 +157,7 @@ attacks: install
 # in docs/reproduction.md); its own store, so that the leaderboard's attack counts stay comparable.
 attack-layers: install
 	$(BIN)/immunity bench --store results/attack_layers.db --seeds $(ATTACK_SEEDS) --quiet --workers $(WORKERS) \
-	  --defenses sft,et,lapt --grid attack=steering,reft --grid attack.layer=0,1,2 $(ET_FORCE)
+	  --defenses sft,et,lapt --grid attack=steering,reft --grid attack.layer=0,1,2
 	$(BIN)/immunity report --store results/attack_layers.db --split eval --paired
 
 # The attack store's leaderboard and tables (its page, docs/history/attacks.md, is withdrawn until the

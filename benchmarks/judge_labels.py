@@ -29,6 +29,7 @@ import random
 import sys
 from pathlib import Path
 
+from immunity.evaluation.judges.base import keyword_refused, says_something
 from immunity.evaluation.suite import _record_key
 from immunity.grid.store import Store
 from immunity.outputs import check_target, write_text_atomic
@@ -178,10 +179,24 @@ def stored_verdicts(key: list[dict], runs: Path) -> dict[str, dict[tuple, bool]]
     return found
 
 
+def rescored(key: list[dict], sheet: Path) -> dict[tuple, bool]:
+    """The keyword judge as the package has it now, on the sheet's answers (the stored verdicts
+    are what it said when the runs were made)."""
+    answers = {r["id"]: r["answer"] for r in map(json.loads, sheet.read_text().splitlines())}
+    return {
+        (k["run_id"], k["when"], k["record_key"]): not keyword_refused(answers[k["id"]])
+        and says_something(answers[k["id"]])
+        for k in key
+        if k["id"] in answers
+    }
+
+
 def cmd_agreement(args) -> None:
     key = [json.loads(line) for line in args.key.read_text().splitlines()]
     rows = [json.loads(line) for line in args.labels.read_text().splitlines()]
     verdicts = stored_verdicts(key, args.runs)
+    if args.sheet:  # the local sheet: the keyword judge's current list on the same answers
+        verdicts["keyword, current list"] = rescored(key, args.sheet)
     found = {  # a judge's "harmful" against the content label, and against "did not refuse"
         "harmful": agreement(key, {r["id"]: bool(r["harmful"]) for r in rows}, verdicts),
         "complied": agreement(key, {r["id"]: not r["refused"] for r in rows if "refused" in r}, verdicts),
@@ -213,6 +228,7 @@ def main() -> None:
     a.add_argument("--labels", type=Path, required=True)
     a.add_argument("--runs", type=Path, default=Path("runs"))
     a.add_argument("--out", type=Path)
+    a.add_argument("--sheet", type=Path, help="the local sheet: also score its answers with today's keyword list")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     {"sample": cmd_sample, "agreement": cmd_agreement}[args.command](args)

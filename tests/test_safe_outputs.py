@@ -18,7 +18,7 @@ import torch
 
 from immunity import api, cli
 from immunity import fetch as prep
-from immunity.config import load_run_config, validate
+from immunity.config import ConfigError, load_run_config, validate
 from immunity.engine.pipeline import Pipeline
 from immunity.grid.store import Store, StoreError
 from immunity.outputs import OutputError, check_target, clean_leftovers, directory_in_place
@@ -383,6 +383,15 @@ def test_impossible_budgets_and_data_shortfalls_fail_before_work(args, message, 
     monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("a run started"))
     assert cli.main(["run", *tiny, *args]) == 2
     assert message in _error_line(capsys)
+
+
+def test_a_defense_whose_reference_trains_longer_has_its_own_epoch_cap(tiny):
+    """E.T.'s reference budget (150 epochs over its hidden states) passes without force=true;
+    the same epochs for a defense without its own cap, and beyond E.T.'s, are refused."""
+    validate(load_run_config(None, tiny, defense="et"))  # its default: 150 epochs
+    for defense, epochs in (("sft", 150), ("et", 1000)):
+        with pytest.raises(ConfigError, match="exceeds the cap"):
+            validate(load_run_config(None, [*tiny, f"defense.epochs={epochs}"], defense=defense))
 
 
 def test_force_accepts_a_large_budget_without_changing_the_run_id(tiny):

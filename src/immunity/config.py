@@ -467,9 +467,10 @@ def check_budgets(cfg: RunConfig, attack: type[Any]) -> None:
         )
     for step in cfg.chain:
         epochs, max_steps = getattr(step.config, "epochs", 0), getattr(step.config, "max_steps", 0)
-        if (max_steps and max_steps > MAX_STEPS) or (epochs and epochs > MAX_PASSES):
+        max_epochs = getattr(step.cls, "max_epochs", MAX_PASSES)  # a method whose reference trains longer says so
+        if (max_steps and max_steps > MAX_STEPS) or (epochs and epochs > max_epochs):
             raise ConfigError(
                 f"defense {step.name}: a budget of {max_steps or epochs:,} "
                 f"{'steps' if max_steps else 'epochs'} exceeds the cap ({MAX_STEPS:,} steps, "
-                f"{MAX_PASSES} epochs); lower it, or pass --force (force=true) if you mean it"
+                f"{max_epochs} epochs); lower it, or pass --force (force=true) if you mean it"
             )

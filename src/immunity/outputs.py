@@ -149,12 +149,6 @@ def directory_in_place(out: str | Path, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:  # type: ignore[no-redef]  # a copy of the one above: goes with the next code change
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def process_alive(pid: int) -> bool:
     """Whether a process `pid` exists on this host (one that is not ours counts)."""
     try:

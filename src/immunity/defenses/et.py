@@ -199,6 +199,7 @@ class ET(Defense):
     stage = Stage.POST_ALIGNMENT
     Config = ETConfig
     supports_fsdp = False  # trains on captured block calls, not through the shared model forward
+    max_epochs = 200  # the sanity cap on `epochs`: its reference trains 150 epochs over a few hidden states
 
     def apply(self, model, context: DefenseContext):
         c = self.config
