@@ -128,6 +128,30 @@ def test_run_key_changes_with_the_code_of_the_defense_only(monkeypatch):
     assert run_key(cfg_s)["code_version"] == before_s["code_version"]
 
 
+def test_a_tracks_settings_change_its_runs_config_not_every_runs_code_version(monkeypatch, tmp_path):
+    """tracks.py is data: a run on a track carries the track's budgets in its resolved config, so a
+    changed budget re-identifies that track's runs (config hash) and no other run's code version."""
+    import json
+
+    from immunity import cache, tracks
+    from immunity.engine.identity import run_code_version
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "immunity.json").write_text(json.dumps({"track": tracks.SMOLLM2.name}))  # as `prepare` writes it
+    before = run_code_version("sft", "harmful-finetune", "safetyworld")
+    real = cache._parsed
+    monkeypatch.setattr(
+        cache, "_parsed", lambda m: (real(m)[0] + "edited", real(m)[1]) if m == "immunity.tracks" else real(m)
+    )
+    assert run_code_version("sft", "harmful-finetune", "safetyworld") == before
+    cfg = load_run_config(None, [f"model={model}"], defense="sft")
+    assert cfg.attack.max_steps == tracks.SMOLLM2.attacks["harmful-finetune"]["max_steps"]
+    changed = tracks.Track(**{**vars(tracks.SMOLLM2), "attacks": {"harmful-finetune": {"max_steps": 12}}})
+    monkeypatch.setitem(tracks.TRACKS, tracks.SMOLLM2.name, changed)
+    assert load_run_config(None, [f"model={model}"], defense="sft").attack.max_steps == 12
+
+
 def test_code_version_ignores_types_and_docstrings_but_not_behaviour():
     import ast
 

@@ -204,9 +204,16 @@ def snapshot_code() -> None:
         _parsed(".".join((PACKAGE, *parts)))
 
 
+# Modules of settings, not code: a track's budgets reach a run through its resolved configuration
+# (the config hash), so a changed budget re-identifies the runs on that track alone instead of
+# staling every stored run's code version.
+SETTINGS_MODULES = frozenset({"immunity.tracks"})
+
+
 def code_version(*modules: str) -> str:
-    """Hash of the code of `modules` and of everything they import from the package."""
-    files = sorted(set().union(*(dependencies(m) for m in modules)))
+    """Hash of the code of `modules` and of everything they import from the package (settings
+    modules apart: their values are part of each run's configuration)."""
+    files = sorted(set().union(*(dependencies(m) for m in modules)) - SETTINGS_MODULES)
     return hashlib.sha256("".join(f"{m}:{_parsed(m)[0]};" for m in files).encode()).hexdigest()[:12]
 
 

@@ -17,8 +17,8 @@ pass's chosen: ILU half a pass (HS 0 -> 95 % both, NLL 2.08 -> 1.15 vs 2.16 -> 1
 none (at half a pass HS 0 -> 97.5, NLL 1.57 -> 0.98 vs the full pass's 52.5 -> 85, 2.37 -> 1.13:
 its effect builds in the second half), so it keeps the full pass and its cost (the L + 1 logit-lens
 cross-entropies over a 49k vocabulary each step). ILU's half pass and MLAC's batch of 8 (at 16 it
-passes 12 GB) are set here since the re-run of 2026-12-07 (any change below stales every stored
-row). Answers are 64 new tokens (32 before): a judge should read more than the opening of an
+passes 12 GB) are set here since the re-run of 2026-12-07 (a change below re-identifies the
+track's runs through their configuration; this module is outside every run's code version). Answers are 64 new tokens (32 before): a judge should read more than the opening of an
 answer, where shallow alignment lives. Since the re-run after 2026-12-07: the attack's 8 steps, 100
 prompts per evaluation set (40 before: one prompt was 2.5 points), and length-grouped training
 batches (`group_by_length`: `sft`'s alignment batches were 39 % padding). Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
