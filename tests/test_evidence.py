@@ -71,9 +71,7 @@ def test_a_defense_is_judged_against_the_sft_trained_like_it():
     def row(defense, config, seed, hs):
         r = stored_row(defense, seed, hs) | {"defense_config": asdict(config), "hs_before": 0.0}
         r |= {"helpful_before": 1.0, "helpful_after": 1.0, "harmful_nll_before": 1.0, "hs_heldout_before": 0.0}
-        typed = RunResult.from_dict(r)
-        typed.stale = False  # made by the current code (the row's code version is a placeholder)
-        return typed
+        return RunResult.from_dict(r)
 
     matched = SFTConfig(lora_r=8, lora_alpha=4.0, lora_dropout=0.1, epochs=8.0)
     rows = [row("sft", SFTConfig(), s, 0.5) for s in range(3)] + [
@@ -250,9 +248,7 @@ def test_the_threat_model_block_judges_continued_adapters_against_matched_sft():
         r |= {"helpful_before": 1.0, "helpful_after": 1.0, "harmful_nll_before": 1.0, "hs_heldout_before": 0.0}
         r["attack_config"] = r["attack_config"] | {"continue_adapter": continued}
         r["run_id"] = r["config_hash"] = f"{r['run_id']}-{continued}-{defense}-{len(asdict(config))}-{config}"
-        typed = RunResult.from_dict(r)
-        typed.stale = False
-        return typed
+        return RunResult.from_dict(r)
 
     assert "not released yet" in docs.settings_block(
         [row("sft", SFTConfig(), s, 0.5) for s in range(3)], {"continue_adapter": True}
@@ -284,3 +280,21 @@ def test_the_real_precision_block_pairs_bfloat16_with_float32_seed_by_seed(tmp_p
     block = docs.real_precision_block(tmp_path)
     assert "seeds 0, 1, 2" in block and "HS after +10.00 [+10.00, +10.00] points" in block
     assert "build time 0.50x" in block
+
+
+def test_rows_of_older_code_stay_in_the_tables_marked():
+    """After a code change every released row is of older code: the verdict tables keep them,
+    marked, and the results page says how many (they were once dropped by the label's suffix)."""
+    from rows import stored_row
+
+    from immunity.engine.result import RunResult
+
+    def row(defense, seed, hs):
+        r = stored_row(defense, seed, hs) | {"hs_before": 0.0 if defense != "none" else 1.0}
+        r |= {"helpful_before": 1.0, "helpful_after": 1.0, "harmful_nll_before": 1.0, "hs_heldout_before": 0.0}
+        return RunResult.from_dict(r)  # code version "x": not today's
+
+    rows = [row(d, s, hs + 0.01 * s) for d, hs in (("none", 0.99), ("sft", 0.5), ("repnoise", 0.1)) for s in range(3)]
+    glance = docs.glance_block(rows)
+    assert "| repnoise (older code) | 3 |" in glance and "points vs sft" in glance
+    assert "9 of the 9 released rows were made by code that has changed since" in docs.results_page(rows, RELEASE)

@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import cache
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -41,15 +42,14 @@ def is_ftaas(label: str) -> bool:
 MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
-def current(rows: list[RunResult]) -> list[RunResult]:
-    """The rows, each labelled stale when made by code that has changed since (kept, marked)."""
-    versions: dict[tuple, str] = {}
-    for r in rows:
-        key = (r.defense, r.attack, r.judge)
-        if key not in versions:
-            versions[key] = run_code_version(*key)
-        r.stale = r.code_version != versions[key]
-    return rows
+@cache
+def _code_today(defense: str, attack: str, judge: str) -> str:
+    return run_code_version(defense, attack, judge)
+
+
+def older_code(row: RunResult) -> bool:
+    """The row was made by code that has changed since: shown, marked "(older code)", never dropped."""
+    return row.code_version != _code_today(row.defense, row.attack, row.judge)
 
 
 def _default(rows: list[RunResult], precision: str = "float32") -> dict[str, dict[int, RunResult]]:
@@ -115,7 +115,8 @@ def demo_block(rows: list[RunResult], seeds: tuple[int, ...] = (0, 1, 2), precis
         row("`sft` + benign-only fine-tuning (p = 0)", p0, "after", "FA", "fa_after"),
         "",
         f"Per seed, HS after the default attack: {' / '.join(f'{100 * measured(r.hs_after):.1f}' for r in sft)} "
-        f"(seeds {', '.join(map(str, seeds))}; code {sft[0].code_version}).",
+        f"(seeds {', '.join(map(str, seeds))}; code {sft[0].code_version}"
+        f"{', older than today' if older_code(sft[0]) else ''}).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -228,7 +229,7 @@ def glance_block(rows: list[RunResult]) -> str:
         ]
         for name in sorted(names, key=lambda n: (_order(found[n].outcome), n)):
             runs = default[name]
-            stale = " (older code)" if any(r.stale for r in runs.values()) else ""
+            stale = " (older code)" if any(older_code(r) for r in runs.values()) else ""
             versions = ", ".join(sorted({r.code_version for r in runs.values()}))
             lines.append(
                 f"| {name}{stale} | {len(runs)} | {_pct([r.hs_after for r in runs.values()])} | "
@@ -277,12 +278,12 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
         return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
     rows = [
         r
-        for r in current(load_rows("real_val", release))
+        for r in load_rows("real_val", release)
         if r.split == "val" and r.attack == "harmful-finetune" and r.defense in ("none", "sft")
     ]  # at the track's settings (the only ones `make real-budgets` runs)
-    older = [r for r in rows if r.stale]
+    older = [r for r in rows if older_code(r)]
     if len(older) < len(rows):  # today's code has measured the budgets: its rows alone decide
-        rows = [r for r in rows if not r.stale]
+        rows = [r for r in rows if not older_code(r)]
     answers = release / "real_val.generations.jsonl.gz"
     counts = _harmful_counts(load_generations("real_val", release)) if answers.is_file() else {}
     prompts = min((counts[(r.run_id, "after")][1] for r in rows if (r.run_id, "after") in counts), default=prompts)
@@ -320,7 +321,7 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
     made = (
         f"Made by code older than today's ({', '.join(sorted({r.code_version for r in rows}))}): re-run "
         "`make real-budgets` to decide on today's."
-        if rows and rows[0].stale
+        if rows and older_code(rows[0])
         else f"{len(rows)} rows of today's code, {prompts} prompts each"
         + (f" ({len(older)} rows of older code are not read)." if older else ".")
     )
@@ -401,7 +402,7 @@ def _real_defaults(release: Path) -> dict[str, dict[str, dict[int, RunResult]]]:
     if not (release / "real.rows.jsonl.gz").is_file():
         return {}
     found: dict[str, dict[str, dict[int, RunResult]]] = {}
-    for r in current(load_rows("real", release)):
+    for r in load_rows("real", release):
         track = _track(r)
         if track is not None and _track_default(r):
             found.setdefault(track.name, {}).setdefault(_real_label(r), {})[r.seed] = r
@@ -445,7 +446,7 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -
             runs = list(default[name].values())
             nll = [f"{mean(measured(getattr(r, f'harmful_nll_{w}')) for r in runs):.2f}" for w in ("before", "after")]
             helpful = "helpful_after" if is_ftaas(name) else "helpful_before"
-            stale = " (older code)" if any(r.stale for r in runs) else ""
+            stale = " (older code)" if any(older_code(r) for r in runs) else ""
             lines.append(
                 f"| {name}{stale} | {len(runs)} | {_pooled(runs, 'before', counts)} | {_pooled(runs, 'after', counts)} "
                 f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | "
@@ -725,6 +726,19 @@ def settings_block(rows: list[RunResult], settings: dict, baseline: str = "sft")
     return "\n".join(lines) + "\n"
 
 
+def _older_note(rows: list[RunResult]) -> list[str]:
+    """A line saying how many rows were made by code that has changed since, if any."""
+    older = sum(older_code(r) for r in rows)
+    if not older:
+        return []
+    return [
+        f"{older} of the {len(rows)} released rows were made by code that has changed since (marked \"(older code)\" "
+        "in the verdict tables; each row names its code version): they stand as measured until the next release "
+        "re-runs them.",
+        "",
+    ]
+
+
 # -- docs/results.md ---------------------------------------------------------------------------------
 def results_page(rows: list[RunResult], release: Path) -> str:
     default = _default(rows)
@@ -736,6 +750,7 @@ def results_page(rows: list[RunResult], release: Path) -> str:
         "fail, by how much, and how sure is that?* Generated by `make docs` from `results/release/` "
         "(`safetyworld.rows.jsonl.gz`); the verdicts follow docs/protocol.md. Do not edit: regenerate.",
         "",
+        *_older_note(rows),
         "## Verdicts",
         "",
         glance_block(rows).rstrip(),
@@ -835,7 +850,7 @@ def fill_blocks(text: str, blocks: dict[str, str]) -> str:
 def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
     """Every generated file under `root` and its content."""
     release = release or root / RELEASE
-    rows = current(load_rows("safetyworld", release))
+    rows = load_rows("safetyworld", release)
     readme = root / "README.md"
     real = root / "docs" / "real-track.md"
     judges = root / "docs" / "judges.md"
