@@ -732,7 +732,7 @@ def _older_note(rows: list[RunResult]) -> list[str]:
     if not older:
         return []
     return [
-        f"{older} of the {len(rows)} released rows were made by code that has changed since (marked \"(older code)\" "
+        f'{older} of the {len(rows)} released rows were made by code that has changed since (marked "(older code)" '
         "in the verdict tables; each row names its code version): they stand as measured until the next release "
         "re-runs them.",
         "",
