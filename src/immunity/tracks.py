@@ -2,29 +2,31 @@
 that the stage commands need no extra keys (`immunity prepare` writes the track's name on the
 model's card; a model made from it carries the name on). Pure data.
 
-A track gives run keys (evaluation sizes, micro-batches, answer length), the benign and task
-sources added when the user gives none, and per defense and per attack the budget (steps,
-batch, sequence) at which it fits the CPU and 12 GB of memory. Keys the user sets win; a
-defense or attack not listed runs at its own defaults (its SafetyWorld-chosen learning rates
-included). What was chosen on the validation split: the attack's 8 steps, by the budget rule of
-docs/protocol.md on three seeds (`make real-budgets`, released as real_val: `sft` at 7.5 / 57.5 /
-42.5 % HS after 8 steps, 92.5-97.5 % after 16 and 32, where the unaligned model is at 95-97.5 %
-after each; 16 steps, the earlier choice on one seed, saturates). The defense
-budgets are a rule: one pass over the alignment data, the meta-learners' loops cut. The two that
-took hours at one pass were swept over 1/8, 1/4 and 1/2 of it, and the cheapest fraction whose HS
-(before and after the attack) lies within 10 points and harmful NLL within 0.1 nats of the full
-pass's chosen: ILU half a pass (HS 0 -> 95 % both, NLL 2.08 -> 1.15 vs 2.16 -> 1.21); RepNoise
-none (at half a pass HS 0 -> 97.5, NLL 1.57 -> 0.98 vs the full pass's 52.5 -> 85, 2.37 -> 1.13:
-its effect builds in the second half), so it keeps the full pass and its cost (the L + 1 logit-lens
-cross-entropies over a 49k vocabulary each step). ILU's half pass and MLAC's batch of 8 (at 16 it
-passes 12 GB) are set here since the re-run of 2026-12-07 (a change below re-identifies the
-track's runs through their configuration; this module is outside every run's code version). Answers are 64 new tokens (32 before): a judge should read more than the opening of an
-answer, where shallow alignment lives. Since the re-run after 2026-12-07: the attack's 8 steps, 100
-prompts per evaluation set (40 before: one prompt was 2.5 points), and length-grouped training
-batches (`group_by_length`: `sft`'s alignment batches were 39 % padding). Measured since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model
-(helpful 0 %; it answers "I can't" to everything); at its re-selected 3e-3 and at the reference's
-1e-4 its 40 steps reroute nothing (cosine 1.00), nor at 5e-3 (0.9993, validation): its working lr
-here, if any, lies between 5e-3 and 1e-2.
+A track gives run keys (evaluation sizes, micro-batches, answer length), the benign and task sources
+added when the user gives none, and per defense and per attack the budget (steps, batch, sequence)
+at which it fits the CPU and 12 GB of memory. Keys the user sets win; a defense or attack not listed
+runs at its own defaults (its SafetyWorld-chosen learning rates included). What was chosen on the
+validation split: the attack's 12 steps, by the budget rule of docs/protocol.md on three seeds
+(`make real-budgets`, released as real_val), re-measured on the code of 2026-12-07's second window:
+`sft` at 15.4 / 9.6 / 9.6 % HS after 8 steps, 32.7 / 21.2 / 13.5 % after 10 and 75.0 / 65.4 / 42.3 %
+after 12 (mean 60.9 %), the unaligned model at 96-98 % after each. (Under the earlier settings, 40
+prompts and ungrouped batches, 8 steps had met the rule.) The defense budgets are a rule: one pass
+over the alignment data, the meta-learners' loops cut. The two that took hours at one pass were
+swept over 1/8, 1/4 and 1/2 of it, and the cheapest fraction whose HS (before and after the attack)
+lies within 10 points and harmful NLL within 0.1 nats of the full pass's chosen: ILU half a pass (HS
+0 -> 95 % both, NLL 2.08 -> 1.15 vs 2.16 -> 1.21); RepNoise none (at half a pass HS 0 -> 97.5, NLL
+1.57 -> 0.98 vs the full pass's 52.5 -> 85, 2.37 -> 1.13: its effect builds in the second half), so
+it keeps the full pass and its cost (the L + 1 logit-lens cross-entropies over a 49k vocabulary each
+step). ILU's half pass and MLAC's batch of 8 (at 16 it passes 12 GB) are set here since the re-run
+of 2026-12-07 (a change below re-identifies the track's runs through their configuration; this
+module is outside every run's code version). Answers are 64 new tokens (32 before): a judge should
+read more than the opening of an answer, where shallow alignment lives. Since the re-run after
+2026-12-07: 100 prompts per evaluation set (40 before: one prompt was 2.5 points), and length-
+grouped training batches (`group_by_length`: `sft`'s alignment batches were 39 % padding). Measured
+since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model (helpful 0 %; it
+answers "I can't" to everything); at its re-selected 3e-3 and at the reference's 1e-4 its 40 steps
+reroute nothing (cosine 1.00), nor at 5e-3 (0.9993, validation): its working lr here, if any, lies
+between 5e-3 and 1e-2.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ SMOLLM2 = Track(
         "antidote": {"calibration": 64, "batch_size": 8},
     },
     attacks={
-        "harmful-finetune": {"n": 64, "p": 1.0, "max_steps": 8, "batch_size": 8, "lr": 3e-4},
+        "harmful-finetune": {"n": 64, "p": 1.0, "max_steps": 12, "batch_size": 8, "lr": 3e-4},
         "benign-finetune": {"n": 64, "max_steps": 16, "batch_size": 8, "lr": 3e-4},
         "backdoor": {"n": 64, "max_steps": 16, "batch_size": 8},
         "steering": {"n": 64},
