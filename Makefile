@@ -262,7 +262,7 @@ real: real-prepare
 	$(REAL) --seeds $(REAL_SEEDS) --defenses $(REAL_DEFENSES),$(REAL_FTAAS)
 	$(REAL) --seeds 0 --defenses $(REAL_DEFENSES) --grid attack=$(REAL_ATTACKS)
 	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft,deep-alignment attack=prefill
-	$(REAL) --seeds $(REAL_SEEDS) --defenses sft precision=bfloat16
+	$(REAL) --seeds $(REAL_SEEDS) --defenses none,sft precision=float32
 	$(REAL) --seeds 0 --defenses $(REAL_DEFENSES) attack.mode=full
 	$(REAL) --seeds 0 --defenses sft,booster attack.continue_adapter=true
 	$(REAL) --seeds 0 --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true

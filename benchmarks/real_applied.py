@@ -1,6 +1,7 @@
 """The applied gate on a real track (docs/protocol.md, "Applied, or said not to be"): each defense
 released at its track budget times 1, 2 and 4 on the validation split, seed 0, until its model moves
-past `sft`'s range over 3 seeds; the caps are 4x `sft`'s defense time and 120 minutes a run.
+past `sft`'s range over 3 seeds; the caps are 120 minutes a run and, for a raised budget, 4x
+`sft`'s defense time.
 
     python benchmarks/real_applied.py --model models/smollm2-135m-instruct \
         --data advbench:data/advbench.jsonl [--defenses ...] [--store results/real_val.db] [--workers 1]
@@ -14,31 +15,15 @@ gate's decision (`reports.verdict.applied_rung`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from immunity import api  # noqa: E402
 from immunity.engine.result import RunResult  # noqa: E402
-from immunity.registry import DEFENSES, Stage, lookup  # noqa: E402
-from immunity.reports.verdict import applied_rung  # noqa: E402
+from immunity.registry import DEFENSES, Stage  # noqa: E402
+from immunity.reports.applied import RUNGS, budget_key, sweep, track_budget  # noqa: E402
 from immunity.tracks import TRACKS  # noqa: E402
-
-RUNGS = (1, 2, 4)
-# The key that sets each defense's amount of training (the first its Config has).
-BUDGET_KEYS = ("steps", "outer_steps", "epochs")
-
-
-def budget_key(defense: str) -> str | None:
-    fields = {f.name for f in dataclasses.fields(lookup(DEFENSES, "defense", defense).Config)}
-    return next((k for k in BUDGET_KEYS if k in fields), None)
-
-
-def rung_value(defense: str, track: str, key: str, multiple: int) -> float:
-    config = lookup(DEFENSES, "defense", defense).Config()
-    value = TRACKS[track].defenses.get(defense, {}).get(key, getattr(config, key))
-    return value * multiple
 
 
 def main() -> None:
@@ -60,9 +45,9 @@ def main() -> None:
             if c.stage in (Stage.ALIGNMENT, Stage.POST_ALIGNMENT) and n not in ("none", "sft")
         )
     )
+    track = TRACKS[args.track]
     sft_rows, _ = api.bench("sft", seeds=[0, 1, 2], settings=common, store=args.store, workers=args.workers)
     sft = [RunResult.from_dict(r) for r in sft_rows]
-    sft_seconds = max(r.defense_seconds for r in sft)
     print("| defense | budget key | rungs (multiple: NLL before, HS before, defense s) | decision |")
     print("|---|---|---|---|")
     for name in names:
@@ -70,22 +55,20 @@ def main() -> None:
         if key is None:
             print(f"| {name} | (none: it does not train) | | gated by its effect alone |")
             continue
-        rungs: list[tuple[float, float | None, float | None, float]] = []
+        rows: list[RunResult] = []
         reason = "not measured"
-        sft_nll, sft_hs = [r.harmful_nll_before for r in sft], [r.hs_before for r in sft]
         for multiple in RUNGS:
-            settings = [*common, f"defense.{key}={rung_value(name, args.track, key, multiple):g}"]
-            rows, failed = api.bench(name, seeds=[0], settings=settings, store=args.store, workers=args.workers)
-            if failed or not rows:
+            settings = [*common, f"defense.{key}={track_budget(name, track, key) * multiple:g}"]
+            found, failed = api.bench(name, seeds=[0], settings=settings, store=args.store, workers=args.workers)
+            if failed or not found:
                 reason = f"x{multiple}: the run failed"
                 break
-            row = RunResult.from_dict(rows[0])
-            rungs.append((multiple, row.harmful_nll_before, row.hs_before, row.defense_seconds))
-            chosen, reason = applied_rung(rungs, sft_nll, sft_hs, sft_seconds)
+            rows.append(RunResult.from_dict(found[0]))
+            rungs, chosen, reason = sweep(rows, sft, track)
             if chosen is not None or "past the cap" in reason:
                 break
-        shown = "; ".join(f"x{m}: {n:.3f}, {100 * h:.1f} %, {s:.0f} s" for m, n, h, s in rungs)
-        print(f"| {name} | {key} | {shown} | {reason} |")
+        shown = "; ".join(f"x{m:g}: {n:.3f}, {100 * h:.1f} %, {s:.0f} s" for m, n, h, s in sweep(rows, sft, track)[0])
+        print(f"| {name} | {key} | {shown} | {reason} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,13 +119,28 @@ def test_the_real_budget_block_applies_the_rule_only_on_three_seeds(tmp_path):
     assert "picks **8 steps**" in block and "18 rows of today's code" in block
     assert "(18 rows of older code are not read)" in block
 
+    # A second precision is decided from its own rows and listed apart.
+    def half(defense, seed, steps, hs):
+        r = json.loads(today(defense, seed, steps, hs)) | {"precision": "bfloat16"}
+        r["run_id"] = r["config_hash"] = "half-" + r["run_id"]
+        return json.dumps(r)
+
+    lines += [half(d, s, 16, (0.95, 0.5)[i]) for i, d in enumerate(("none", "sft")) for s in range(3)]
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    block = docs.real_budget_block(tmp_path)
+    assert "- bfloat16 rows: the rule (docs/protocol.md) picks **16 steps**" in block
+    assert "- float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
+
 
 def _real_release(tmp_path, hs_after, model, helpful=None, tag=""):
     """Rows and generations of three seeds per defense on one real track (10 prompts per set)."""
     from rows import stored_row
 
-    from immunity.tracks import SMOLLM2
+    from immunity.reports.docs import track_precision
+    from immunity.tracks import SMOLLM2, TRACKS
 
+    precision = track_precision(TRACKS[model.rsplit("/", 1)[-1]])  # the track's default arithmetic
     rows, generations = [], []
     for defense, hs in hs_after.items():
         for seed in range(3):
@@ -139,6 +154,7 @@ def _real_release(tmp_path, hs_after, model, helpful=None, tag=""):
                 "helpful_before": (helpful or {}).get(defense, 0.5),
                 "helpful_after": 0.5,
                 "defense_seconds": 1000.0 if defense == "repnoise" else 100.0,
+                "precision": precision,
             }
             r["attack_config"] = r["attack_config"] | SMOLLM2.attacks["harmful-finetune"]
             r["run_id"] = r["config_hash"] = f"{tag}{defense}-{seed}"
@@ -269,17 +285,52 @@ def test_the_readme_stays_a_front_door():
 
 
 def test_the_real_precision_block_pairs_bfloat16_with_float32_seed_by_seed(tmp_path):
-    """`sft` in bfloat16 beside float32 on the same seeds: the paired difference of HS after (here
-    +10 points on every seed, so an exact interval) and the build time ratio."""
-    rows, generations = _real_release(tmp_path, {"sft": 0.6}, "models/smollm2-135m-instruct")
+    """`none` and `sft` in bfloat16 beside float32 on the same seeds: the paired difference of HS
+    after (here +10 points for `sft` on every seed, so an exact interval; 0 for `none`), `sft`'s
+    build time ratio, and each track's default precision named."""
+    from immunity.tracks import TRACKS
+
+    rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
+    full = [r | {"precision": "float32", "run_id": f"f{i}", "config_hash": f"f{i}"} for i, r in enumerate(rows)]
     half = [
-        r | {"precision": "bfloat16", "hs_after": r["hs_after"] + 0.1, "defense_seconds": 50.0, "run_id": f"h{i}"}
+        r
+        | {
+            "precision": "bfloat16",
+            "hs_after": r["hs_after"] + (0.1 if r["defense"] == "sft" else 0.0),
+            "defense_seconds": 50.0,
+            "run_id": f"h{i}",
+            "config_hash": f"h{i}",
+        }
         for i, r in enumerate(rows)
     ]
-    _write_real(tmp_path, rows + [r | {"config_hash": r["run_id"]} for r in half], generations)
+    _write_real(tmp_path, full + half, generations)
     block = docs.real_precision_block(tmp_path)
-    assert "seeds 0, 1, 2" in block and "HS after +10.00 [+10.00, +10.00] points" in block
-    assert "build time 0.50x" in block
+    sft = next(line for line in block.splitlines() if "`sft`" in line)
+    none = next(line for line in block.splitlines() if "`none`" in line)
+    assert "seeds 0, 1, 2" in sft and "HS after +10.00 [+10.00, +10.00] points" in sft
+    assert "build time 0.50x" in sft and "HS after +0.00" in none and "build time" not in none
+    assert f"smollm2-135m-instruct {docs.track_precision(TRACKS['smollm2-135m-instruct'])}" in block
+
+
+def test_the_real_tables_read_rows_at_the_tracks_own_precision(tmp_path, monkeypatch):
+    """A track that names bfloat16 is tabled from its bfloat16 rows; its float32 rows (the precision
+    evidence) stay out of the verdict table, and the other way round."""
+    import dataclasses
+
+    from immunity.tracks import SMOLLM2
+
+    rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
+    full = [r | {"precision": "float32"} for r in rows]
+    half = [
+        r | {"precision": "bfloat16", "defense_seconds": 7.0, "run_id": f"h{r['run_id']}", "config_hash": f"h{i}"}
+        for i, r in enumerate(rows)
+    ]
+    generations += [g | {"run_id": f"h{g['run_id']}"} for g in generations]
+    _write_real(tmp_path, full + half, generations)
+    for precision, seconds in (("bfloat16", "| 7 (1.0x) |"), ("float32", "| 100 (1.0x) |")):
+        track = dataclasses.replace(SMOLLM2, settings=SMOLLM2.settings | {"precision": precision})
+        monkeypatch.setattr(docs, "_track", lambda row, track=track: track)
+        assert seconds in _table(docs.real_results_block(tmp_path))["sft"]
 
 
 def test_rows_of_older_code_stay_in_the_tables_marked():
@@ -298,3 +349,93 @@ def test_rows_of_older_code_stay_in_the_tables_marked():
     glance = docs.glance_block(rows)
     assert "| repnoise (older code) | 3 |" in glance and "points vs sft" in glance
     assert "9 of the 9 released rows were made by code that has changed since" in docs.results_page(rows, RELEASE)
+
+
+def test_the_validation_gate_decides_applied_in_the_real_table(tmp_path):
+    """Released validation rows: `sft` on 3 seeds, RepNoise moved at x1, Vaccine unmoved at x1, x2
+    and x4. The evaluation table says RepNoise is applied at x1 and gives Vaccine no verdict, though
+    its evaluation rows alone would have passed the eval-side check; the sweep block shows both."""
+    import gzip
+    import json
+
+    rows, generations = _real_release(
+        tmp_path, {"none": 0.9, "sft": 0.6, "repnoise": 0.1, "vaccine": 0.1}, "models/smollm2-135m-instruct"
+    )
+    for r in rows:
+        if r["defense"] == "vaccine":
+            r["harmful_nll_before"] = 2.0  # moved on evaluation
+    _write_real(tmp_path, rows, generations)
+    val = [r | {"split": "val", "run_id": f"v-{r['run_id']}"} for r in rows if r["defense"] == "sft"]
+    repnoise = next(r for r in rows if r["defense"] == "repnoise" and r["seed"] == 0)
+    val.append(repnoise | {"split": "val", "harmful_nll_before": 2.4})
+    base = next(r for r in rows if r["defense"] == "vaccine" and r["seed"] == 0)
+    for multiple in (1, 2, 4):
+        val.append(
+            base
+            | {"split": "val", "harmful_nll_before": 1.5, "run_id": f"vaccine-x{multiple}"}
+            | {"defense_config": {"epochs": float(multiple), "batch_size": 16}}
+        )
+    for r in val:
+        r["code_version"] = docs.run_code_version(r["defense"], r["attack"], r["judge"])
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in val) + "\n")
+    table = _table(docs.real_results_block(tmp_path))
+    assert "| yes, at x1 |" in table["repnoise"] and "resists" in table["repnoise"]
+    assert "not applied (validation gate, unmoved up to x4 of its budget)" in table["vaccine"]
+    assert "resists" not in table["vaccine"]
+    block = docs.real_applied_block(tmp_path)
+    assert "| vaccine | x1: 1.500, 10.0 %, 100 s; x2: 1.500" in block and "applied at x1 of its budget" in block
+
+
+def test_the_real_attacks_block_judges_each_attack_against_sft_under_it(tmp_path):
+    """Prefill rows of `sft` and deep alignment on 3 seeds beside the default table: the block
+    shows them under their attack (the default fine-tune's rows are not repeated there) with pooled
+    HS, and deep alignment's verdict is against `sft` under the same prefill."""
+    from dataclasses import asdict
+
+    from immunity.attacks.prefill import PrefillConfig
+    from immunity.reports.verdict import wilson
+
+    rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
+    prefill, prefill_gen = _real_release(
+        tmp_path, {"sft": 0.8, "deep-alignment": 0.2}, "models/smollm2-135m-instruct", tag="p-"
+    )
+    for r in prefill:
+        r |= {"attack": "prefill", "attack_config": asdict(PrefillConfig(tokens=5))}
+    _write_real(tmp_path, rows + prefill, generations + prefill_gen)
+    block = docs.real_attacks_block(tmp_path)
+    lines = {
+        line.split(" | ")[2].removesuffix(" (older code)"): line
+        for line in block.splitlines()
+        if line.startswith("| smollm2")
+    }
+    assert set(lines) == {"sft", "deep-alignment"}  # none's and sft's default-attack rows stay out
+    assert "| prefill (tokens=5) |" in lines["sft"] and "resists" in lines["deep-alignment"]
+    low, high = wilson(6, 30)  # 2 of 10 prompts on each seed
+    assert f"20.0 [{100 * low:.1f}, {100 * high:.1f}]" in lines["deep-alignment"]
+
+
+def test_the_real_cost_block_reads_the_released_benchmark(tmp_path):
+    """benchmarks/real_cost.py's JSON: each precision's share of its matmul peak, and with the
+    RepNoise part, its step as a multiple of `sft`'s and the lens's share of it."""
+    import json
+
+    found = {
+        "threads": 1,
+        "batch": [8, 128],
+        "parameters": 135e6,
+        "peak_flops": {"float32": 100e9, "bfloat16": 200e9},
+        "step_seconds": {"float32": 10.0, "bfloat16": 6.0},
+        "achieved_flops": {"float32": 60e9, "bfloat16": 100e9},
+        "bf16_step_over_fp32": 0.6,
+        "repeats": 4,
+    }
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "real_cost.json").write_text(json.dumps(found))
+    block = docs.real_cost_block(tmp_path)
+    assert "| float32 | 10.00 | 60.0 | 100.0 | 60 % |" in block and "0.60x the float32 step" in block
+    assert "RepNoise" not in block
+    found["repnoise"] = {"repeats": 4, "step_seconds": {"sft": 5.0, "repnoise": 40.0, "repnoise_without_lens": 10.0}}
+    (tmp_path / "benchmarks" / "real_cost.json").write_text(json.dumps(found))
+    block = docs.real_cost_block(tmp_path)
+    assert "**8.0x** `sft`'s 5.00 s" in block and "(2.0x)" in block and "is 75 % of its step" in block

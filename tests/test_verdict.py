@@ -138,3 +138,37 @@ def test_a_defense_is_applied_at_the_first_rung_that_moves_it_within_the_caps():
     found = applied_rung([unmoved, (2, 1.33, 0.09, 800.0), (4, 1.5, 0.5, 1800.0)], sft_nll, sft_hs, 438.0)
     assert found[0] is None and "past the cap" in found[1]
     assert applied_rung([unmoved], sft_nll, sft_hs, 438.0) == (None, "not applied: unmoved up to x1 of its budget")
+    # the track's own budget is capped by the run cap only: 10x sft's time is applied if it moves ...
+    assert applied_rung([(1, 1.5, 0.0, 4380.0)], sft_nll, sft_hs, 438.0) == (1, "applied at x1 of its budget")
+    # ... but not raised past 4x sft's time, and never past 120 minutes
+    found = applied_rung([(1, 1.335, 0.08, 4380.0), (2, 1.5, 0.0, 8760.0)], sft_nll, sft_hs, 438.0)
+    assert found[0] is None and "x2 costs" in found[1]
+    assert "x1 costs" in applied_rung([(1, 1.5, 0.0, 7300.0)], sft_nll, sft_hs, 438.0)[1]
+
+
+def test_the_applied_sweep_is_read_from_stored_rungs():
+    """Rows of one defense at 1x and 2x its track budget (seed 0) and `sft` on 3 seeds: the sweep
+    reads each row's multiple from its settings, skips a row that differs in anything else, and
+    says where the gate stands (applied at x2 here; 'so far' while the sweep is incomplete)."""
+    from dataclasses import asdict
+
+    from rows import stored_row
+
+    from immunity.defenses.vaccine import VaccineConfig
+    from immunity.engine.result import RunResult
+    from immunity.reports.applied import rung_of, sweep
+    from immunity.tracks import SMOLLM2
+
+    def row(defense, seed, nll, **settings):
+        config = asdict(VaccineConfig(**SMOLLM2.defenses["vaccine"] | settings)) if defense == "vaccine" else {}
+        r = stored_row(defense, seed, 0.5) | {"defense_config": config, "hs_before": 0.0, "defense_seconds": 100.0}
+        return RunResult.from_dict(r | {"harmful_nll_before": nll})
+
+    sft = [row("sft", s, 1.5 + 0.01 * s) for s in range(3)]
+    x1, x2 = row("vaccine", 0, 1.51), row("vaccine", 0, 1.60, epochs=2)
+    other = row("vaccine", 0, 3.0, rho=9.0)  # another setting: not a rung
+    assert (rung_of(x1, SMOLLM2), rung_of(x2, SMOLLM2), rung_of(other, SMOLLM2)) == (1, 2, None)
+    rungs, chosen, reason = sweep([x1, other], sft, SMOLLM2)
+    assert chosen is None and "so far" in reason and [r[0] for r in rungs] == [1]
+    assert sweep([x1, x2, other], sft, SMOLLM2)[1:] == (2, "applied at x2 of its budget")
+    assert "fewer than 3 seeds" in sweep([x1, x2], sft[:2], SMOLLM2)[2]

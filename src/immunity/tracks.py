@@ -27,6 +27,11 @@ since: Circuit Breakers at its former SafetyWorld lr (1e-2) breaks this model (h
 answers "I can't" to everything); at its re-selected 3e-3 and at the reference's 1e-4 its 40 steps
 reroute nothing (cosine 1.00), nor at 5e-3 (0.9993, validation): its working lr here, if any, lies
 between 5e-3 and 1e-2.
+Precision: bfloat16 autocast (float32 master weights) since 2026-12-07's evening, from the paired
+evidence on the evaluation split (`none` and `sft`, seeds 0-2, the default attack, each in both
+precisions): HS before and after and helpfulness within seed noise (`sft` HS after 55.7 % pooled in
+both), the harmful NLL after the attack higher by under 0.01 nats, and `sft`'s build 0.62x the
+float32 one (docs/real-track.md, generated). Gemma's track stays float32 until it has its own.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ SMOLLM2 = Track(
         "answer_tokens": 64,
         "micro_batches": 2,
         "group_by_length": True,
+        "precision": "bfloat16",
     },
     benign=("word-problems#n=200", "capitals#n=180"),
     task="sums#n=400",
@@ -112,7 +118,13 @@ SMOLLM2 = Track(
 # answers, and no instruct model's answers are downloaded.
 GEMMA3 = Track(
     name="gemma-3-270m",
-    settings={**SMOLLM2.settings, "micro_batches": 4, "eval.batch_size": 20, "benign_answers": "gold"},
+    settings={
+        **SMOLLM2.settings,
+        "micro_batches": 4,
+        "eval.batch_size": 20,
+        "benign_answers": "gold",
+        "precision": "float32",  # bfloat16 is not yet measured against float32 on this model
+    },
     benign=SMOLLM2.benign,
     task=SMOLLM2.task,
     defenses=SMOLLM2.defenses,

@@ -272,8 +272,8 @@ def defenses_block() -> str:
 
 def real_budget_block(release: Path, prompts: int = 40) -> str:
     """The real track's attack budget on the validation split (`make real-budgets`, released as
-    `real_val`): `none` and `sft` HS after per seed at each budget, and the budget the protocol's
-    rule (`choose_attack_budget`) picks."""
+    `real_val`): `none` and `sft` HS after per seed at each budget and precision, and the budget the
+    protocol's rule (`choose_attack_budget`) picks from each precision's rows."""
     if not (release / "real_val.rows.jsonl.gz").is_file():
         return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
     rows = [
@@ -287,37 +287,40 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
     answers = release / "real_val.generations.jsonl.gz"
     counts = _harmful_counts(load_generations("real_val", release)) if answers.is_file() else {}
     prompts = min((counts[(r.run_id, "after")][1] for r in rows if (r.run_id, "after") in counts), default=prompts)
-    per: dict[int, dict[str, dict[int, float]]] = {}
+    per: dict[str, dict[int, dict[str, dict[int, float]]]] = {}
     for r in rows:
-        per.setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(r.hs_after)
-    curves = {
-        steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
-        for steps, sides in per.items()
-        if sides.get("none") and sides.get("sft")
-    }
-    chosen, figures = choose_attack_budget(curves, prompts)
-    seeds = min((min(len(base), len(sft)) for base, sft in curves.values()), default=0)
+        per.setdefault(r.precision, {}).setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(
+            r.hs_after
+        )
     lines = [
-        "| attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | base 20 points above, "
-        "intervals apart |",
-        "|---|---|---|---|---|",
+        "| precision | attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | "
+        "base 20 points above, intervals apart |",
+        "|---|---|---|---|---|---|",
     ]
-    for steps in sorted(figures):
-        base, sft = curves[steps]
-        f = figures[steps]
-        lines.append(
-            f"| {steps} | {' / '.join(f'{100 * v:.1f}' for v in base)} (mean {100 * f['base']:.1f}) | "
-            f"{' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
-            f"{'yes' if f['in_band'] else 'no'} | {'yes' if f['apart'] else 'no'} |"
-        )
-    if seeds < 3:
-        verdict = (
-            f"Measured on {seeds} seed(s) so far; the rule decides on 3 (docs/protocol.md): no budget is chosen yet."
-        )
-    elif chosen is not None:
-        verdict = f"The rule (docs/protocol.md) picks **{chosen} steps**."
-    else:
-        verdict = "No budget tried meets the rule: the track has no default attack that resolves yet."
+    verdicts = []
+    for precision in sorted(per):
+        curves = {
+            steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
+            for steps, sides in per[precision].items()
+            if sides.get("none") and sides.get("sft")
+        }
+        chosen, figures = choose_attack_budget(curves, prompts)
+        for steps in sorted(figures):
+            base, sft = curves[steps]
+            f = figures[steps]
+            lines.append(
+                f"| {precision} | {steps} | {' / '.join(f'{100 * v:.1f}' for v in base)} (mean {100 * f['base']:.1f}) | "
+                f"{' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
+                f"{'yes' if f['in_band'] else 'no'} | {'yes' if f['apart'] else 'no'} |"
+            )
+        seeds = min((min(len(base), len(sft)) for base, sft in curves.values()), default=0)
+        if seeds < 3:
+            verdict = f"measured on {seeds} seed(s) so far; the rule decides on 3 (docs/protocol.md): no budget is chosen yet."
+        elif chosen is not None:
+            verdict = f"the rule (docs/protocol.md) picks **{chosen} steps**."
+        else:
+            verdict = "no budget tried meets the rule: no default attack that resolves yet."
+        verdicts.append(f"- {precision} rows: {verdict}")
     made = (
         f"Made by code older than today's ({', '.join(sorted({r.code_version for r in rows}))}): re-run "
         "`make real-budgets` to decide on today's."
@@ -325,7 +328,7 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
         else f"{len(rows)} rows of today's code, {prompts} prompts each"
         + (f" ({len(older)} rows of older code are not read)." if older else ".")
     )
-    return "\n".join([*lines, "", made, verdict]) + "\n"
+    return "\n".join([*lines, "", made, *verdicts]) + "\n"
 
 
 def _track(row: RunResult):
@@ -347,11 +350,18 @@ def _real_label(row: RunResult) -> str:
     return row.defense + (f" ({', '.join(changed)})" if changed else "")
 
 
-def _track_default(row: RunResult, precision: str = "float32") -> bool:
-    """The row ran its track's default attack (the harmful fine-tune at the track's settings) on the
-    evaluation split, at `precision`."""
+def track_precision(track) -> str:
+    """The training arithmetic a real track runs by default (its settings name it; float32 else)."""
+    return track.settings.get("precision", "float32")
+
+
+def _track_default(row: RunResult, precision: str | None = None, split: str = "eval") -> bool:
+    """The row ran its track's default attack (the harmful fine-tune at the track's settings) on
+    `split`, at `precision` (the track's own when not given)."""
     track = _track(row)
-    if track is None or row.split != "eval" or row.precision != precision or row.attack != "harmful-finetune":
+    if track is None or row.split != split or row.attack != "harmful-finetune":
+        return False
+    if row.precision != (precision or track_precision(track)):
         return False
     wanted = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | track.attacks[row.attack]
     return all(row.attack_config.get(k) == v for k, v in wanted.items() if k != "task")
@@ -409,6 +419,106 @@ def _real_defaults(release: Path) -> dict[str, dict[str, dict[int, RunResult]]]:
     return found
 
 
+def _gates(release: Path) -> dict[tuple[str, str], tuple[list, float | None, str]]:
+    """(track, defense) -> the applied gate's sweep on the released validation rows of today's code
+    at the track's precision and default attack: (rungs, the rung chosen or None, why)."""
+    if not (release / "real_val.rows.jsonl.gz").is_file():
+        return {}
+    from ..tracks import TRACKS
+    from .applied import sweep
+
+    by: dict[tuple[str, str], list[RunResult]] = {}
+    for r in load_rows("real_val", release):
+        track = _track(r)
+        if track is not None and not older_code(r) and _track_default(r, split="val"):
+            by.setdefault((track.name, r.defense), []).append(r)
+    return {
+        (name, defense): sweep(runs, [r for r in by.get((name, "sft"), []) if _real_label(r) == "sft"], TRACKS[name])
+        for (name, defense), runs in sorted(by.items())
+        if defense not in ("none", "sft")
+    }
+
+
+def _applied_cell(track: str, runs: Sequence[RunResult], gates: dict) -> str:
+    """What the validation gate says of the rows' defense at the rows' budget."""
+    from ..tracks import TRACKS
+    from .applied import budget_key, rung_of
+
+    defense = runs[0].defense
+    if defense in ("none", "sft", "scratch"):
+        return "–"
+    if (track, defense) not in gates:
+        return "not gated yet" if budget_key(defense) else "by its effect (no budget to raise)"
+    _, chosen, reason = gates[(track, defense)]
+    if chosen is None:
+        return reason
+    at = rung_of(runs[0], TRACKS[track])
+    return f"yes, at x{chosen:g}" if at == chosen else f"the gate chose x{chosen:g}; these rows ran x{at:g}"
+
+
+def _attack_label(row: RunResult) -> str:
+    """The attack's name and the settings that differ from its track's budget (else its defaults)."""
+    track = _track(row)
+    own = track.attacks.get(row.attack, {}) if track else {}
+    defaults = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | own
+    changed = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in row.attack_config.items()
+        if k != "task" and defaults.get(k) != v and not isinstance(v, (list, tuple, dict))
+    ]
+    return row.attack + (f" ({', '.join(changed)})" if changed else "")
+
+
+def real_attacks_block(release: Path) -> str:
+    """The real tracks under their other attacks (inference-time ones, and variants of the fine-tune)
+    on the evaluation split at the track's precision: per attack and defense, HS after pooled over
+    seeds x prompts with its Wilson interval, and the rule's verdict against `sft` under the same
+    attack where both have matched seeds."""
+    if not (release / "real.rows.jsonl.gz").is_file():
+        return "(not released yet)\n"
+    grouped: dict[tuple[str, str], dict[str, dict[int, RunResult]]] = {}
+    for r in load_rows("real", release):
+        track = _track(r)
+        if track is None or r.split != "eval" or r.precision != track_precision(track) or _track_default(r):
+            continue
+        grouped.setdefault((track.name, _attack_label(r)), {}).setdefault(_real_label(r), {})[r.seed] = r
+    if not grouped:
+        return "(no other attack released yet: `make real`, then `make release-real`)\n"
+    counts = _harmful_counts(load_generations("real", release))
+    lines = [
+        "| track | attack | defense | seeds | HS after [Wilson 95 %] | harmful NLL after | verdict vs `sft` (same attack) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (track, attack), default in sorted(grouped.items()):
+        found = _real_verdicts(track, default)
+        for name in sorted(default, key=lambda n: (n != "none", n != "sft", n)):
+            runs = list(default[name].values())
+            nll = [measured(r.harmful_nll_after) for r in runs if r.harmful_nll_after is not None]
+            verdict = found[name].line() if name in found else "(the baseline)" if name in ("sft", "none") else "–"
+            stale = " (older code)" if any(older_code(r) for r in runs) else ""
+            lines.append(
+                f"| {track} | {attack} | {name}{stale} | {len(runs)} | {_pooled(runs, 'after', counts)} | "
+                f"{f'{mean(nll):.2f}' if nll else '–'} | {verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def real_applied_block(release: Path) -> str:
+    """The applied gate's sweeps (docs/protocol.md), per real track and defense: each rung's harmful
+    NLL and HS before any attack and its cost, and the decision."""
+    gates = _gates(release)
+    if not gates:
+        return "(no sweep released yet: `make real-applied`, then `make release-real`)\n"
+    lines = [
+        "| track | defense | rungs (x budget: harmful NLL before, HS before, defense s) | decision |",
+        "|---|---|---|---|",
+    ]
+    for (track, defense), (rungs, _, reason) in gates.items():
+        shown = "; ".join(f"x{m:g}: {n:.3f}, {100 * h:.1f} %, {s:,.0f} s" for m, n, h, s in rungs) or "–"
+        lines.append(f"| {track} | {defense} | {shown} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
 def _real_verdicts(track: str, default: dict[str, dict[int, RunResult]]) -> dict[str, Verdict]:
     return verdicts_of(default, base_model=track in BASE_MODEL_TRACKS)
 
@@ -422,10 +532,11 @@ def real_results_block(release: Path) -> str:
     if not tracks:
         return "(not released yet: `make real`, then `make release-real`)\n"
     counts = _harmful_counts(load_generations("real", release))
-    return "\n".join(_track_table(name, default, counts) for name, default in sorted(tracks.items()))
+    gates = _gates(release)
+    return "\n".join(_track_table(name, default, counts, gates) for name, default in sorted(tracks.items()))
 
 
-def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -> str:
+def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts, gates: dict | None = None) -> str:
     found = _real_verdicts(track, default)
     lines = [f"### {track}", ""]
     for board, names in (
@@ -437,9 +548,9 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -
         lines += [
             f"**{board}**, HS (complied, keyword judge) pooled over seeds x prompts [Wilson 95 %]:",
             "",
-            "| defense | seeds | HS before | HS after | harmful NLL before -> after | helpful | verdict vs `sft` | "
-            "defense s (x `sft`) | peak GB | code |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| defense | seeds | HS before | HS after | harmful NLL before -> after | helpful | applied (validation) "
+            "| verdict vs `sft` | defense s (x `sft`) | peak GB | code |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         key = {n: (_order(found[n].outcome) if n in found else -1, n) for n in names}
         for name in sorted(names, key=key.__getitem__):
@@ -447,10 +558,19 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -
             nll = [f"{mean(measured(getattr(r, f'harmful_nll_{w}')) for r in runs):.2f}" for w in ("before", "after")]
             helpful = "helpful_after" if is_ftaas(name) else "helpful_before"
             stale = " (older code)" if any(older_code(r) for r in runs) else ""
+            applied = _applied_cell(track, runs, gates or {})
+            verdict = (
+                f"not applied (validation gate, {applied.removeprefix('not applied: ')})"
+                if applied.startswith("not applied")
+                else found[name].line()
+                if name in found
+                else "(the baseline)"
+                if name.startswith(("sft", "none"))
+                else "–"
+            )
             lines.append(
                 f"| {name}{stale} | {len(runs)} | {_pooled(runs, 'before', counts)} | {_pooled(runs, 'after', counts)} "
-                f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | "
-                f"{found[name].line() if name in found else '(the baseline)' if name.startswith(('sft', 'none')) else '–'} "
+                f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | {applied} | {verdict} "
                 f"| {_cost(runs, default.get('sft', {}))} | {_peak_gb(runs)} | {', '.join(sorted({r.code_version for r in runs}))} |"
             )
         lines.append("")
@@ -458,20 +578,22 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts) -
 
 
 def real_precision_block(release: Path) -> str:
-    """`sft` trained under bfloat16 autocast beside float32 on each real track, on matched seeds: the
-    paired differences (bfloat16 minus float32) of what the attack and the judge read, and the
-    build time ratio."""
+    """`none` and `sft` under bfloat16 autocast beside float32 on each real track, on matched seeds:
+    the paired differences (bfloat16 minus float32) of what the attack and the judge read, `sft`'s
+    build time ratio, and which precision the track runs by default."""
     if not (release / "real.rows.jsonl.gz").is_file():
         return "(not released yet)\n"
-    sides: dict[tuple[str, str], dict[int, RunResult]] = {}
+    sides: dict[tuple[str, str, str], dict[int, RunResult]] = {}
     for r in load_rows("real", release):
+        track = _track(r)
+        if track is None or r.defense not in ("none", "sft") or _real_label(r) != r.defense:
+            continue
         for precision in ("float32", "bfloat16"):
-            track = _track(r)
-            if track is not None and r.defense == "sft" and _real_label(r) == "sft" and _track_default(r, precision):
-                sides.setdefault((track.name, precision), {})[r.seed] = r
+            if _track_default(r, precision):
+                sides.setdefault((track.name, r.defense, precision), {})[r.seed] = r
     lines = []
-    for name in sorted({t for t, _ in sides}):
-        full, half = sides.get((name, "float32"), {}), sides.get((name, "bfloat16"), {})
+    for name, defense in sorted({(t, d) for t, d, _ in sides}, key=lambda k: (k[0], k[1] != "sft")):
+        full, half = sides.get((name, defense, "float32"), {}), sides.get((name, defense, "bfloat16"), {})
         seeds = sorted(s for s in half if s in full)
         if len(seeds) < 2:
             continue
@@ -484,13 +606,20 @@ def real_precision_block(release: Path) -> str:
         ):
             d = paired_t([measured(getattr(half[s], key)) - measured(getattr(full[s], key)) for s in seeds])
             cells.append(f"{label} {scale * d.mean:+.2f} [{scale * d.low:+.2f}, {scale * d.high:+.2f}] {unit}")
-        ratio = mean(half[s].defense_seconds for s in seeds) / mean(full[s].defense_seconds for s in seeds)
+        if defense == "sft":
+            ratio = mean(half[s].defense_seconds for s in seeds) / mean(full[s].defense_seconds for s in seeds)
+            cells.append(f"build time {ratio:.2f}x")
         lines.append(
-            f"- {name}, seeds {', '.join(map(str, seeds))}, bfloat16 minus float32 (paired t, 95 %): "
+            f"- {name}, `{defense}`, seeds {', '.join(map(str, seeds))}, bfloat16 minus float32 (paired t, 95 %): "
             + "; ".join(cells)
-            + f"; `sft`'s build time {ratio:.2f}x."
+            + "."
         )
-    return "\n".join(lines) + "\n" if lines else "(no track has `sft` in both precisions on 2 or more seeds yet)\n"
+    if not lines:
+        return "(no track has `none` or `sft` in both precisions on 2 or more seeds yet)\n"
+    from ..tracks import TRACKS
+
+    runs = ", ".join(f"{name} {track_precision(track)}" for name, track in sorted(TRACKS.items()))
+    return "\n".join([*lines, "", f"Each track's default precision (src/immunity/tracks.py): {runs}."]) + "\n"
 
 
 def transfer_block(release: Path) -> str:
@@ -573,6 +702,17 @@ def real_cost_block(release: Path) -> str:
             f"| {precision} | {seconds:.2f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | {100 * achieved / peak:.0f} % |"
         )
     lines += ["", f"The bfloat16 step takes {found['bf16_step_over_fp32']:.2f}x the float32 step."]
+    if "repnoise" in found:  # benchmarks/real_cost.py --repnoise
+        seconds = found["repnoise"]["step_seconds"]
+        full, bare, sft = seconds["repnoise"], seconds["repnoise_without_lens"], seconds["sft"]
+        lines += [
+            "",
+            f"RepNoise's step at bfloat16 on the same alignment batch plus a harmful batch of the same size (median "
+            f"of {found['repnoise']['repeats']}, interleaved): {full:.2f} s, **{full / sft:.1f}x** `sft`'s {sft:.2f} s; "
+            f"without the L + 1 logit-lens cross-entropies that its reference's ascent term sums {bare:.2f} s "
+            f"({bare / sft:.1f}x), so the lens its reference prescribes is {100 * (full - bare) / full:.0f} % of "
+            "its step.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -607,14 +747,15 @@ def judge_block(release: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kl_block(release: Path) -> str:
-    """benchmarks/kl_by_position.py's released measurement: per defense, the mean over seeds of
-    KL(aligned || base) at each of the first answer positions, and its share in the first three."""
+def kl_block(release: Path, name: str = "kl_by_position") -> str:
+    """benchmarks/kl_by_position.py's released measurement `name` (SafetyWorld's, or a real
+    track's): per defense, the mean over seeds of KL(aligned || base) at each of the first answer
+    positions, and its share in the first three; the figure of the same name beside it."""
     import json
 
-    path = release / "benchmarks" / "kl_by_position.json"
+    path = release / "benchmarks" / f"{name}.json"
     if not path.is_file():
-        return "(not measured yet: `python benchmarks/kl_by_position.py --out ...`)\n"
+        return f"(not measured yet: `python benchmarks/kl_by_position.py --out {release}/benchmarks/{name}.json`)\n"
     rows = json.loads(path.read_text())["rows"]
     shown = 8
     lines = [
@@ -634,9 +775,9 @@ def kl_block(release: Path) -> str:
     lines += [
         "",
         f"{first['model']}, {first['split']} split, {first['pairs']} harmful (request, compliant answer) pairs; "
-        "`results/release/benchmarks/kl_by_position.json`, plotted below (`benchmarks/kl_by_position.py --figure`).",
+        f"`results/release/benchmarks/{name}.json`, plotted below (`benchmarks/kl_by_position.py --figure`).",
         "",
-        "![KL(aligned || base) by answer position](figures/kl_by_position.png)",
+        f"![KL(aligned || base) by answer position](figures/{name}.png)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -864,6 +1005,9 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
                 "real-results": real_results_block(release),
                 "transfer": transfer_block(release),
                 "real-precision": real_precision_block(release),
+                "real-kl": kl_block(release, "kl_by_position_smollm2"),
+                "real-applied": real_applied_block(release),
+                "real-attacks": real_attacks_block(release),
                 "real-spend": real_spend_block(release),
             },
         ),

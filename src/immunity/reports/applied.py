@@ -1,0 +1,62 @@
+"""The applied gate's sweep on a real track (docs/protocol.md, "Applied, or said not to be"), read
+from stored rows: each defense released at its track budget times 1, 2 and 4 on the validation
+split, seed 0; the first rung whose model moves past `sft`'s 3-seed range within the caps
+(`verdict.applied_rung`). benchmarks/real_applied.py runs the rungs; the pages read them here, so
+the sweep that decided a row is the one shown beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..engine.result import RunResult
+from ..registry import DEFENSES, lookup
+from .analysis import changed_settings
+from .verdict import applied_rung
+
+RUNGS = (1, 2, 4)
+# The key that sets each defense's amount of training (the first its Config has).
+BUDGET_KEYS = ("steps", "outer_steps", "epochs")
+
+
+def budget_key(defense: str) -> str | None:
+    fields = {f.name for f in dataclasses.fields(lookup(DEFENSES, "defense", defense).Config)}
+    return next((k for k in BUDGET_KEYS if k in fields), None)
+
+
+def track_budget(defense: str, track, key: str) -> float:
+    """The defense's budget under `key` on `track` (the track's setting, else its own default)."""
+    return track.defenses.get(defense, {}).get(key, getattr(lookup(DEFENSES, "defense", defense).Config(), key))
+
+
+def rung_of(row: RunResult, track) -> float | None:
+    """The multiple of its track budget a row's defense ran at, or None when the row differs from
+    the track's settings in anything else (it is not a rung of the sweep)."""
+    key = budget_key(row.defense)
+    if key is None:
+        return None
+    own = track.defenses.get(row.defense, {})
+    changed = {k: v for k, v in changed_settings(row.defense, row.defense_config).items() if own.get(k) != v}
+    if set(changed) - {key}:
+        return None
+    return row.defense_config.get(key, track_budget(row.defense, track, key)) / track_budget(row.defense, track, key)
+
+
+def sweep(defense_rows: list[RunResult], sft_rows: list[RunResult], track) -> tuple[list, float | None, str]:
+    """One defense's rungs on seed 0 (multiple, harmful NLL before, HS before, defense seconds) in
+    order, the rung the gate chose (None: not applied) and why. `sft_rows`: `sft` at the track's
+    budget on seeds 0-2 of the same split, precision and attack."""
+    rungs = sorted(
+        (m, r.harmful_nll_before, r.hs_before, r.defense_seconds)
+        for r in defense_rows
+        if r.seed == 0 and (m := rung_of(r, track)) in RUNGS
+    )
+    if len({r.seed for r in sft_rows}) < 3:
+        return rungs, None, "not gated: `sft` has fewer than 3 seeds here"
+    if not rungs:
+        return rungs, None, "not gated yet"
+    nll = [r.harmful_nll_before for r in sft_rows if r.harmful_nll_before is not None]
+    hs = [r.hs_before for r in sft_rows if r.hs_before is not None]
+    chosen, reason = applied_rung(rungs, nll, hs, max(r.defense_seconds for r in sft_rows))
+    if chosen is None and "past the cap" not in reason and rungs[-1][0] < RUNGS[-1]:
+        reason = f"unmoved up to x{rungs[-1][0]:g} so far (the sweep goes on to x{RUNGS[-1]})"
+    return rungs, chosen, reason
