@@ -439,3 +439,17 @@ def test_the_real_cost_block_reads_the_released_benchmark(tmp_path):
     (tmp_path / "benchmarks" / "real_cost.json").write_text(json.dumps(found))
     block = docs.real_cost_block(tmp_path)
     assert "**8.0x** `sft`'s 5.00 s" in block and "(2.0x)" in block and "is 75 % of its step" in block
+
+
+def test_the_padding_block_reads_the_released_benchmark(tmp_path):
+    import json
+
+    found = {
+        "model": "models/smollm2-135m-instruct",
+        "seeds": [0, 1, 2],
+        "sets": [{"name": "alignment", "examples": 422, "batch": 16, "shuffled": 0.393, "grouped": 0.068}],
+    }
+    assert "not measured yet" in docs.padding_block(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "padding_smollm2.json").write_text(json.dumps(found))
+    assert "| alignment | 422 | 16 | 39.3 % | 6.8 % |" in docs.padding_block(tmp_path)

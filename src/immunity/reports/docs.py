@@ -677,6 +677,31 @@ def real_spend_block(release: Path, seeds: int = 3, cores: int = 2) -> str:
     return "\n".join(lines) + "\n" if lines else "(no real row under a track's default attack yet)\n"
 
 
+def padding_block(release: Path, name: str = "padding_smollm2") -> str:
+    """benchmarks/padding.py's released measurement: the padding share of one pass over each
+    training set, with shuffled batches and with length-grouped ones (`group_by_length`)."""
+    import json
+
+    path = release / "benchmarks" / f"{name}.json"
+    if not path.is_file():
+        return f"(not measured yet: `python benchmarks/padding.py --out {release}/benchmarks/{name}.json`)\n"
+    found = json.loads(path.read_text())
+    lines = [
+        "| training set | examples | batch | padding, shuffled batches | padding, length-grouped |",
+        "|---|---|---|---|---|",
+    ]
+    for s in found["sets"]:
+        lines.append(
+            f"| {s['name']} | {s['examples']} | {s['batch']} | {100 * s['shuffled']:.1f} % | {100 * s['grouped']:.1f} % |"
+        )
+    seeds = ", ".join(map(str, found["seeds"]))
+    lines += [
+        "",
+        f"{found['model']}, one pass, mean over the batch orders of seeds {seeds} (`results/release/benchmarks/{name}.json`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def real_cost_block(release: Path) -> str:
     """benchmarks/real_cost.py's released measurement: `sft`'s step on the real model in float32
     and bfloat16 against the machine's matmul peaks."""
@@ -1001,6 +1026,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
             real.read_text(),
             {
                 "real-cost": real_cost_block(release),
+                "real-padding": padding_block(release),
                 "real-budget": real_budget_block(release),
                 "real-results": real_results_block(release),
                 "transfer": transfer_block(release),
