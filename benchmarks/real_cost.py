@@ -11,7 +11,7 @@ Measures, with the thread count it runs under (one by default, as the real track
 - the step's achieved FLOP/s (6 x parameters x tokens for forward + backward, the usual count)
   as a share of each peak, and the bfloat16 step as a multiple of the float32 step.
 
-With --repnoise, also RepNoise's training step at bfloat16 (the real track's precision) against
+With --repnoise, instead, RepNoise's training step at bfloat16 (the real track's precision) against
 `sft`'s on the same alignment batch, interleaved: RepNoise as implemented (the harmless CE, the noise
 MMD over every layer's MLP output and the ascent over the output and the L + 1 logit-lens
 cross-entropies on the harmful batch's answer positions, as its reference computes them) and the
@@ -108,21 +108,10 @@ def repnoise_cost(model, optimizer, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--repnoise", action="store_true", help="also RepNoise's step against sft's (bfloat16)")
-    args = parser.parse_args()
-    if args.out:
-        check_target(args.out, kind="file", overwrite=args.overwrite)  # before any work
-    torch.set_num_threads(args.threads)
+def flop_part(model, optimizer, args) -> dict:
+    """`sft`'s step in float32 and bfloat16 against the matmul peaks (wants a quiet machine: the
+    peaks are absolute)."""
     peaks = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     parameters = sum(p.numel() for p in model.parameters())
     batch = random_batch(model.config.vocab_size, 0)
     times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
@@ -155,12 +144,34 @@ def main() -> None:
             f"{peaks[precision] / 1e9:.1f} | {100 * achieved / peaks[precision]:.0f} % |"
         )
     print(f"\nbfloat16 step / float32 step: {found['bf16_step_over_fp32']:.2f}x")
-    if args.repnoise:
-        found["repnoise"] = repnoise_cost(model, optimizer, args.repeats)
-        seconds = found["repnoise"]["step_seconds"]
-        print("\n| bfloat16 step | s | x `sft` |\n|---|---|---|")
-        for name, value in seconds.items():
-            print(f"| {name} | {value:.2f} | {value / seconds['sft']:.1f}x |")
+    return found
+
+
+def repnoise_part(model, optimizer, args) -> dict:
+    """RepNoise's step against `sft`'s, a ratio measured interleaved (it holds on a loaded machine)."""
+    found = {"threads": args.threads, "batch": [BATCH, LENGTH]} | repnoise_cost(model, optimizer, args.repeats)
+    seconds = found["step_seconds"]
+    print("| bfloat16 step | s | x `sft` |\n|---|---|---|")
+    for name, value in seconds.items():
+        print(f"| {name} | {value:.2f} | {value / seconds['sft']:.1f}x |")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--repnoise", action="store_true", help="RepNoise's step against sft's (bfloat16) instead")
+    args = parser.parse_args()
+    if args.out:
+        check_target(args.out, kind="file", overwrite=args.overwrite)  # before any work
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    found = (repnoise_part if args.repnoise else flop_part)(model, optimizer, args)
     if args.out:
         write_text_atomic(args.out, json.dumps(found, indent=1) + "\n")
         if args.out.resolve().is_relative_to(Path("results/release").resolve()):

@@ -727,13 +727,16 @@ def real_cost_block(release: Path) -> str:
             f"| {precision} | {seconds:.2f} | {achieved / 1e9:.1f} | {peak / 1e9:.1f} | {100 * achieved / peak:.0f} % |"
         )
     lines += ["", f"The bfloat16 step takes {found['bf16_step_over_fp32']:.2f}x the float32 step."]
-    if "repnoise" in found:  # benchmarks/real_cost.py --repnoise
-        seconds = found["repnoise"]["step_seconds"]
+    repnoise = release / "benchmarks" / "repnoise_cost.json"  # benchmarks/real_cost.py --repnoise
+    if repnoise.is_file():
+        part = json.loads(repnoise.read_text())
+        seconds = part["step_seconds"]
         full, bare, sft = seconds["repnoise"], seconds["repnoise_without_lens"], seconds["sft"]
         lines += [
             "",
-            f"RepNoise's step at bfloat16 on the same alignment batch plus a harmful batch of the same size (median "
-            f"of {found['repnoise']['repeats']}, interleaved): {full:.2f} s, **{full / sft:.1f}x** `sft`'s {sft:.2f} s; "
+            f"RepNoise's step at bfloat16 on the same alignment batch plus a harmful batch of the same size, "
+            f"{part['threads']} thread(s), median of {part['repeats']}, interleaved (`repnoise_cost.json`): "
+            f"{full:.2f} s, **{full / sft:.1f}x** `sft`'s {sft:.2f} s; "
             f"without the L + 1 logit-lens cross-entropies that its reference's ascent term sums {bare:.2f} s "
             f"({bare / sft:.1f}x), so the lens its reference prescribes is {100 * (full - bare) / full:.0f} % of "
             "its step.",
