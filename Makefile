@@ -7,7 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test typecheck test-integration test-phenomena docs docs-check release release-real base install clean results reselect reselect-report threads \
-	attacks attacks-report durability attack-layers real real-report real-budgets real-applied real-gemma
+	attacks attacks-report durability attack-layers real real-report real-budgets real-applied real-gemma \
+	real-benchmarks
 
 RESULTS_STORE ?= results/safetyworld.db
 WORKERS ?= 1
@@ -267,6 +268,18 @@ real: real-prepare
 	$(REAL) --seeds 0 --defenses sft,booster attack.continue_adapter=true
 	$(REAL) --seeds 0 --defenses sft $(REAL_BOOSTER_MATCHED) --grid attack.continue_adapter=false,true
 	$(MAKE) real-report
+
+# The real track's benchmarks, into the release (each replaces its earlier file): the padding of
+# its training sets, where alignment sits by answer position (from the models `make real` cached),
+# and RepNoise's step against `sft`'s. real_cost.py's FLOP part wants a quiet machine: run it alone.
+REAL_BENCH_OUT = results/release/benchmarks
+real-benchmarks: real-prepare
+	$(BIN)/python benchmarks/padding.py --out $(REAL_BENCH_OUT)/padding_smollm2.json --overwrite \
+	  model=$(REAL_MODEL) $(REAL_SOURCES)
+	$(BIN)/python benchmarks/kl_by_position.py --defenses sft,deep-alignment --seeds $(REAL_SEEDS) --split eval \
+	  --out $(REAL_BENCH_OUT)/kl_by_position_smollm2.json --figure docs/figures/kl_by_position_smollm2.png \
+	  --overwrite model=$(REAL_MODEL) $(REAL_SOURCES)
+	$(BIN)/python benchmarks/real_cost.py --model $(REAL_MODEL) --repnoise --out $(REAL_BENCH_OUT)/repnoise_cost.json --overwrite
 
 # The second family (issue: Gemma 3 270M from its base): the unaligned base, `sft` from it and the
 # alignment-stage defenses (TAR on `sft`), under the same evaluation, judge, attack and seeds, into
