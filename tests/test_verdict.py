@@ -172,3 +172,28 @@ def test_the_applied_sweep_is_read_from_stored_rungs():
     assert chosen is None and "so far" in reason and [r[0] for r in rungs] == [1]
     assert sweep([x1, x2, other], sft, SMOLLM2)[1:] == (2, "applied at x2 of its budget")
     assert "fewer than 3 seeds" in sweep([x1, x2], sft[:2], SMOLLM2)[2]
+
+
+def test_a_budget_the_gate_raised_keeps_its_earlier_rung_in_the_sweep():
+    """After the track's budget is raised to the rung that moved the model, the earlier rung reads as
+    x0.5 of the new budget and stays in the sweep, before the chosen x1."""
+    import dataclasses
+    from dataclasses import asdict
+
+    from rows import stored_row
+
+    from immunity.defenses.tar import TARConfig
+    from immunity.engine.result import RunResult
+    from immunity.reports.applied import sweep
+    from immunity.tracks import SMOLLM2
+
+    track = dataclasses.replace(SMOLLM2, defenses=SMOLLM2.defenses | {"tar": {"outer_steps": 12}})
+
+    def row(defense, seed, nll, config):
+        r = stored_row(defense, seed, 0.5) | {"defense_config": config, "hs_before": 0.0, "defense_seconds": 100.0}
+        return RunResult.from_dict(r | {"harmful_nll_before": nll})
+
+    sft = [row("sft", s, 1.5 + 0.01 * s, {}) for s in range(3)]
+    tar = [row("tar", 0, nll, asdict(TARConfig(outer_steps=steps))) for steps, nll in ((6, 1.51), (12, 1.84))]
+    rungs, chosen, reason = sweep(tar, sft, track)
+    assert [r[0] for r in rungs] == [0.5, 1] and (chosen, reason) == (1, "applied at x1 of its budget")

@@ -87,7 +87,9 @@ SMOLLM2 = Track(
         "circuit-breakers": {"steps": 40, "batch_size": 8},
         # SOPHON reverts when validation helpfulness falls below min_helpful: the base model's is ~40 %.
         "sophon": {"epochs": 0.5, "batch_size": 16, "inner_steps": 2, "check_every": 5, "min_helpful": 0.3},
-        "tar": {"outer_steps": 6, "inner_steps": 4, "random_mapping_steps": 8, "batch_size": 8},
+        # 12 outer steps: the applied gate's x2 (validation, seed 0, bfloat16: at 6 the harmful NLL
+        # before, 1.515, lay inside `sft`'s 3-seed range; at 12 it is 1.837, at 674 s)
+        "tar": {"outer_steps": 12, "inner_steps": 4, "random_mapping_steps": 8, "batch_size": 8},
         "et": {
             "rounds": 1,
             "attack_epochs": 3,

@@ -48,8 +48,8 @@ def sweep(defense_rows: list[RunResult], sft_rows: list[RunResult], track) -> tu
     rungs = sorted(
         (m, r.harmful_nll_before, r.hs_before, r.defense_seconds)
         for r in defense_rows
-        if r.seed == 0 and (m := rung_of(r, track)) in RUNGS
-    )
+        if r.seed == 0 and (m := rung_of(r, track)) is not None and m > 0
+    )  # a multiple below 1: a rung of the sweep that raised the track's budget to where it is now
     if len({r.seed for r in sft_rows}) < 3:
         return rungs, None, "not gated: `sft` has fewer than 3 seeds here"
     if not rungs:
