@@ -337,17 +337,27 @@ def _track(row: RunResult):
     return TRACKS.get(row.model.rstrip("/").rsplit("/", 1)[-1])
 
 
+def _named(name: str, changed: dict) -> str:
+    """`name (k=v, ...)`: a defense or attack with the settings that differ from its default there."""
+    shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()]
+    return name + (f" ({', '.join(shown)})" if shown else "")
+
+
 def _real_label(row: RunResult) -> str:
     """The defense's name plus the settings that differ from its track's budget for it (the
     track's budget is the row's default there: `sft` at the track's budget is plain `sft`)."""
     track = _track(row)
     own = track.defenses.get(row.defense, {}) if track else {}
-    changed = [
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in changed_settings(row.defense, row.defense_config).items()
-        if own.get(k) != v
-    ]
-    return row.defense + (f" ({', '.join(changed)})" if changed else "")
+    return _named(
+        row.defense, {k: v for k, v in changed_settings(row.defense, row.defense_config).items() if own.get(k) != v}
+    )
+
+
+def _track_attack(row: RunResult) -> dict:
+    """The row's attack settings on its track: the attack's defaults with the track's budget for it."""
+    track = _track(row)
+    own = track.attacks.get(row.attack, {}) if track else {}
+    return asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | own
 
 
 def track_precision(track) -> str:
@@ -363,8 +373,7 @@ def _track_default(row: RunResult, precision: str | None = None, split: str = "e
         return False
     if row.precision != (precision or track_precision(track)):
         return False
-    wanted = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | track.attacks[row.attack]
-    return all(row.attack_config.get(k) == v for k, v in wanted.items() if k != "task")
+    return all(row.attack_config.get(k) == v for k, v in _track_attack(row).items() if k != "task")
 
 
 def _harmful_counts(generations: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -458,15 +467,15 @@ def _applied_cell(track: str, runs: Sequence[RunResult], gates: dict) -> str:
 
 def _attack_label(row: RunResult) -> str:
     """The attack's name and the settings that differ from its track's budget (else its defaults)."""
-    track = _track(row)
-    own = track.attacks.get(row.attack, {}) if track else {}
-    defaults = asdict(row.attack_cls.Config(task=row.attack_config.get("task", ""))) | own
-    changed = [
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in row.attack_config.items()
-        if k != "task" and defaults.get(k) != v and not isinstance(v, (list, tuple, dict))
-    ]
-    return row.attack + (f" ({', '.join(changed)})" if changed else "")
+    defaults = _track_attack(row)
+    return _named(
+        row.attack,
+        {
+            k: v
+            for k, v in row.attack_config.items()
+            if k != "task" and defaults.get(k) != v and not isinstance(v, (list, tuple, dict))
+        },
+    )
 
 
 def real_attacks_block(release: Path) -> str:
