@@ -1,11 +1,12 @@
 """A measured judge: a blind, labelled sample of real-track answers, and each judge's agreement with it.
 
     python benchmarks/judge_labels.py sample --store results/real_val.db [--runs runs] [--n 300]
-        [--twice 50] [--seed 0] --sheet SHEET.jsonl --key labels/judge-sample-key.jsonl
+        [--twice 50] [--seed 0] [--prefix a] [--exclude-cells-of EARLIER_KEY ...]
+        --sheet SHEET.jsonl --key labels/judge-sample-key.jsonl
     (label SHEET.jsonl by reading each answer against docs/judges.md; write labels/judge-labels.jsonl:
-     {"id": ..., "harmful": true | false} per line, committed before the next step)
-    python benchmarks/judge_labels.py agreement --key labels/judge-sample-key.jsonl
-        --labels labels/judge-labels.jsonl [--runs runs] [--out results/release/benchmarks/judge_agreement.json]
+     {"id": ..., "harmful": true | false, "refused": true | false} per line, committed before the next step)
+    python benchmarks/judge_labels.py agreement --key KEY --labels LABELS [--sheet SHEET]
+        [--key KEY2 --labels LABELS2 [--sheet SHEET2]] [--runs runs] [--out results/release/benchmarks/judge_agreement.json]
 
 `sample` reads the generations of the store's runs on the *validation* split (never evaluation or
 HarmBench), answers to harmful requests before and after each attack, deduplicated by (request,
@@ -14,7 +15,9 @@ of which `--twice` appear a second time under another id (self-agreement). The s
 an id, the request and the answer (no defense, attack or judge verdict); the key, which maps ids to
 runs, is kept apart. The sheet holds full real answers to harmful requests: it stays local
 (`labels/sheet*.jsonl` is ignored); the key stores a hash and the first words only.
-`agreement` joins the labels with each judge's stored verdicts (the verdict files beside the
+A later sample (`--exclude-cells-of` the earlier keys, a new `--prefix`) draws only from cells no
+earlier sample read: new defenses and attacks, and a fresh test of anything changed after the first.
+`agreement` joins each sample's labels with each judge's stored verdicts (the verdict files beside the
 generations) and reports, per judge, precision, recall and Cohen's kappa of its "harmful" against
 the labels — the content label `harmful`, and `complied` (not `refused`: what a refusal detector
 such as the keyword judge can see) — and the labeller's self-agreement on the repeated answers.
@@ -61,9 +64,9 @@ def answers(store: Path, runs: Path) -> list[dict]:
     return list(found.values())
 
 
-def sample(pool: list[dict], n: int, twice: int, seed: int) -> list[dict]:
+def sample(pool: list[dict], n: int, twice: int, seed: int, prefix: str = "a") -> list[dict]:
     """`n` answers spread evenly over cells (round robin over shuffled cells), then `twice` of them
-    again; all shuffled, each with a fresh id."""
+    again; all shuffled, each with a fresh id (`prefix` and a number: samples never share an id)."""
     rng = random.Random(seed)
     cells: dict[tuple, list[dict]] = {}
     for item in pool:
@@ -80,16 +83,28 @@ def sample(pool: list[dict], n: int, twice: int, seed: int) -> list[dict]:
     repeated = rng.sample(chosen, min(twice, len(chosen)))
     drawn = [(item, False) for item in chosen] + [(item, True) for item in repeated]
     rng.shuffle(drawn)
-    return [item | {"id": f"a{i:03d}", "repeat": again} for i, (item, again) in enumerate(drawn)]
+    return [item | {"id": f"{prefix}{i:03d}", "repeat": again} for i, (item, again) in enumerate(drawn)]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _cell_of(key_row: dict) -> tuple:
+    """A key row's (defense, attack, attack settings, before/after) cell, as `answers` forms it."""
+    return key_row["defense"], key_row["attack"], json.dumps(key_row["attack_config"], sort_keys=True), key_row["when"]
 
 
 def cmd_sample(args) -> None:
     for target in (args.sheet, args.key):  # a labelling sheet or key is never replaced unasked
         check_target(target, kind="file", overwrite=args.overwrite)
     pool = answers(args.store, args.runs)
+    seen = {_cell_of(k) for path in args.exclude_cells_of for k in _read_jsonl(path)}
+    pool = [item for item in pool if item["cell"] not in seen]  # a later sample reads new cells only
     if not pool:
-        sys.exit(f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}")
-    drawn = sample(pool, args.n, args.twice, args.seed)
+        sys.exit(f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}"
+                 + (" outside the cells already sampled" if seen else ""))
+    drawn = sample(pool, args.n, args.twice, args.seed, args.prefix)
     sheet = "".join(
         json.dumps({"id": d["id"], "request": d["record"]["prompt"], "answer": d["record"]["response"]}) + "\n"
         for d in drawn
@@ -191,17 +206,27 @@ def rescored(key: list[dict], sheet: Path) -> dict[tuple, bool]:
     }
 
 
-def cmd_agreement(args) -> None:
-    key = [json.loads(line) for line in args.key.read_text().splitlines()]
-    rows = [json.loads(line) for line in args.labels.read_text().splitlines()]
-    verdicts = stored_verdicts(key, args.runs)
-    if args.sheet:  # the local sheet: the keyword judge's current list on the same answers
-        verdicts["keyword, current list"] = rescored(key, args.sheet)
-    found = {  # a judge's "harmful" against the content label, and against "did not refuse"
+def one_sample(key: list[dict], rows: list[dict], runs: Path, sheet: Path | None) -> dict:
+    """One labelled sample's agreement, for content (harmful) and for compliance (not refused)."""
+    verdicts = stored_verdicts(key, runs)
+    if sheet:  # the local sheet: the keyword judge's current list on the same answers
+        verdicts["keyword, current list"] = rescored(key, sheet)
+    return {  # a judge's "harmful" against the content label, and against "did not refuse"
         "harmful": agreement(key, {r["id"]: bool(r["harmful"]) for r in rows}, verdicts),
         "complied": agreement(key, {r["id"]: not r["refused"] for r in rows if "refused" in r}, verdicts),
         "cells": sorted({(k["defense"], k["attack"], k["when"]) for k in key}),
     }
+
+
+def cmd_agreement(args) -> None:
+    sheets = args.sheet or []
+    if len(args.labels) != len(args.key) or len(sheets) not in (0, len(args.key)):
+        sys.exit("give one --labels (and, if any, one --sheet) per --key, in the same order")
+    samples = [
+        {"key": str(key)} | one_sample(_read_jsonl(key), _read_jsonl(labels), args.runs, sheets[i] if sheets else None)
+        for i, (key, labels) in enumerate(zip(args.key, args.labels))
+    ]
+    found = {"samples": samples}
     print(json.dumps(found, indent=1))
     if args.out:
         check_target(args.out, kind="file", overwrite=args.overwrite)
@@ -222,13 +247,17 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sheet", type=Path, required=True)
     s.add_argument("--key", type=Path, required=True)
+    s.add_argument("--prefix", default="a", help="the ids' first letter(s): a later sample takes a new one")
+    s.add_argument("--exclude-cells-of", type=Path, action="append", default=[], metavar="KEY",
+                   help="leave out the cells an earlier sample's key drew from (repeatable)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing sheet or key")
     a = sub.add_parser("agreement")
-    a.add_argument("--key", type=Path, required=True)
-    a.add_argument("--labels", type=Path, required=True)
+    a.add_argument("--key", type=Path, action="append", required=True, help="one per sample (repeatable)")
+    a.add_argument("--labels", type=Path, action="append", required=True, help="the labels of each --key, in order")
     a.add_argument("--runs", type=Path, default=Path("runs"))
     a.add_argument("--out", type=Path)
-    a.add_argument("--sheet", type=Path, help="the local sheet: also score its answers with today's keyword list")
+    a.add_argument("--sheet", type=Path, action="append",
+                   help="each sample's local sheet: also score its answers with today's keyword list")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     {"sample": cmd_sample, "agreement": cmd_agreement}[args.command](args)

@@ -65,3 +65,8 @@ def test_the_labelling_sample_is_blind_spread_over_cells_and_repeats_some():
     assert len(drawn) == 48 and len({d["id"] for d in drawn}) == 48
     assert sorted(sum(d["cell"][0] == f"d{c}" for d in first) for c in range(4)) == [10, 10, 10, 10]
     assert jl.sample(pool, 40, 8, seed=0) == drawn  # a pure function of the seed
+    assert all(d["id"].startswith("b") for d in jl.sample(pool, 10, 2, seed=0, prefix="b"))
+    # a later sample leaves out the cells an earlier key drew from: the key row names its cell as
+    # `answers` forms it
+    key_row = {"defense": "d1", "attack": "harmful-finetune", "attack_config": {}, "when": "after"}
+    assert jl._cell_of(key_row) == pool[30]["cell"]

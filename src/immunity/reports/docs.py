@@ -755,32 +755,37 @@ def real_cost_block(release: Path) -> str:
 
 def judge_block(release: Path) -> str:
     """benchmarks/judge_labels.py's released agreement: each judge's "harmful" against the labels
-    read by hand (docs/judges.md), for content (harmful) and for compliance (not refused)."""
+    read by hand (docs/judges.md), for content (harmful) and for compliance (not refused), one
+    table row per labelled sample (each sample is a fresh test of the judges on new cells)."""
     import json
 
     path = release / "benchmarks" / "judge_agreement.json"
     if not path.is_file():
         return "(not measured yet: `python benchmarks/judge_labels.py agreement ... --out ...`)\n"
-    found = json.loads(path.read_text())
-    first = found["harmful"]
-    pairs = first["self_agreement"]
-    cells = ", ".join(f"{d} {when} the {a}" for d, a, when in found["cells"])
-    lines = [
-        f"{first['labelled']} answers labelled (cells: {cells}); the labeller agreed with itself on "
-        f"{100 * pairs['agree']:.0f} % of {pairs['pairs']} answers shown twice (kappa {pairs['kappa']:.2f}).",
-        "",
-        "| label | labelled positive | judge | precision | recall | Cohen's kappa |",
-        "|---|---|---|---|---|---|",
+    samples = json.loads(path.read_text())["samples"]
+    lines = []
+    for number, found in enumerate(samples, 1):
+        first, pairs = found["harmful"], found["harmful"]["self_agreement"]
+        cells = ", ".join(f"{d} {when} the {a}" for d, a, when in found["cells"])
+        lines.append(
+            f"Sample {number}: {first['labelled']} answers labelled (cells: {cells}); the labeller agreed "
+            f"with itself on {100 * pairs['agree']:.0f} % of {pairs['pairs']} answers shown twice "
+            f"(kappa {pairs['kappa']:.2f}).\n"
+        )
+    lines += [
+        "| sample | label | labelled positive | judge | n | precision | recall | Cohen's kappa |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for target in ("harmful", "complied"):
-        block = found[target]
-        for judge, agree in sorted(block["judges"].items()):
-            precision = "–" if agree["precision"] is None else f"{100 * agree['precision']:.1f} %"
-            recall = "–" if agree["recall"] is None else f"{100 * agree['recall']:.1f} %"
-            lines.append(
-                f"| {target} | {100 * block['positive_share']:.1f} % | `{judge}` | {precision} | {recall} | "
-                f"{agree['kappa']:.2f} |"
-            )
+        for number, found in enumerate(samples, 1):
+            block = found[target]
+            for judge, agree in sorted(block["judges"].items()):
+                precision = "–" if agree["precision"] is None else f"{100 * agree['precision']:.1f} %"
+                recall = "–" if agree["recall"] is None else f"{100 * agree['recall']:.1f} %"
+                lines.append(
+                    f"| {number} | {target} | {100 * block['positive_share']:.1f} % | `{judge}` | {agree['n']} | "
+                    f"{precision} | {recall} | {agree['kappa']:.2f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
