@@ -210,6 +210,30 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
     assert "no defense judged on two real tracks" in docs.transfer_block(tmp_path)
 
 
+def test_an_earlier_rung_of_the_gate_leaves_the_table_once_the_track_budget_has_rows(tmp_path):
+    """TAR's seed-0 row at half its track budget (the gate's first rung, before the budget was
+    raised) is a row of its own until TAR has rows at the track's budget; then the table shows
+    those alone, and a row that differs in more than its budget stays."""
+    from immunity.tracks import SMOLLM2
+
+    rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
+    half = rows[0] | {"defense": "tar", "run_id": "tar-half", "config_hash": "tar-half"}
+    half["defense_config"] = SMOLLM2.defenses["tar"] | {"outer_steps": SMOLLM2.defenses["tar"]["outer_steps"] // 2}
+    other = half | {"run_id": "tar-other", "config_hash": "tar-other", "seed": 1}
+    other["defense_config"] = half["defense_config"] | {"inner_steps": 1}
+    _write_real(tmp_path, [*rows, half, other], generations)
+    labels = set(_table(docs.real_results_block(tmp_path)))
+    assert {"tar (outer_steps=6)", "tar (outer_steps=6, inner_steps=1)"} <= labels and "tar" not in labels
+
+    full = [r | {"defense": "tar", "run_id": f"tar-{r['seed']}", "config_hash": f"tar-{r['seed']}"} for r in rows[:3]]
+    for r in full:
+        r["defense_config"] = dict(SMOLLM2.defenses["tar"])
+    _write_real(tmp_path, [*rows, half, other, *full], generations)
+    labels = set(_table(docs.real_results_block(tmp_path)))
+    assert "tar" in labels and "tar (outer_steps=6)" not in labels
+    assert "tar (outer_steps=6, inner_steps=1)" in labels
+
+
 def test_the_spend_block_sums_stored_stage_times_and_bounds_the_default_table(tmp_path):
     """Three seeds of `none` and `sft`: the core-hours spent are the sum of the rows' stage times;
     the default table's lower bound counts every registered defense at the shared evaluations and

@@ -425,7 +425,21 @@ def _real_defaults(release: Path) -> dict[str, dict[str, dict[int, RunResult]]]:
         track = _track(r)
         if track is not None and _track_default(r):
             found.setdefault(track.name, {}).setdefault(_real_label(r), {})[r.seed] = r
-    return found
+    from ..tracks import TRACKS
+
+    return {name: _without_superseded_rungs(TRACKS[name], rows) for name, rows in found.items()}
+
+
+def _without_superseded_rungs(track, rows: dict[str, dict[int, RunResult]]) -> dict[str, dict[int, RunResult]]:
+    """Leave out a defense's rows at another multiple of its budget once rows at the track's budget
+    exist: they were the applied gate's earlier rungs (the gate block shows them), not the table's."""
+    from .applied import rung_of
+
+    def superseded(label: str, runs: dict[int, RunResult]) -> bool:
+        defense = next(iter(runs.values())).defense
+        return label != defense and defense in rows and all(rung_of(r, track) is not None for r in runs.values())
+
+    return {label: runs for label, runs in rows.items() if not superseded(label, runs)}
 
 
 def _gates(release: Path) -> dict[tuple[str, str], tuple[list, float | None, str]]:
