@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from immunity import api  # noqa: E402
 from immunity.engine.result import RunResult  # noqa: E402
 from immunity.registry import DEFENSES, Stage  # noqa: E402
-from immunity.reports.applied import RUNGS, budget_key, sweep, track_budget  # noqa: E402
+from immunity.reports.applied import RUNGS, budget_key, rung_text, sweep, track_budget  # noqa: E402
 from immunity.tracks import TRACKS  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main() -> None:
             rungs, chosen, reason = sweep(rows, sft, track)
             if chosen is not None or "past the cap" in reason:
                 break
-        shown = "; ".join(f"x{m:g}: {n:.3f}, {100 * h:.1f} %, {s:.0f} s" for m, n, h, s in sweep(rows, sft, track)[0])
+        shown = "; ".join(rung_text(rung, name) for rung in sweep(rows, sft, track)[0])
         print(f"| {name} | {key} | {shown} | {reason} |", flush=True)
 
 

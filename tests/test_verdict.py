@@ -197,3 +197,39 @@ def test_a_budget_the_gate_raised_keeps_its_earlier_rung_in_the_sweep():
     tar = [row("tar", 0, nll, asdict(TARConfig(outer_steps=steps))) for steps, nll in ((6, 1.51), (12, 1.84))]
     rungs, chosen, reason = sweep(tar, sft, track)
     assert [r[0] for r in rungs] == [0.5, 1] and (chosen, reason) == (1, "applied at x1 of its budget")
+
+
+def test_a_defense_that_records_its_own_objective_must_move_it_too():
+    """Circuit Breakers at x1 moves the harmful NLL past `sft`'s range while its rerouting cosine
+    stays at 1 (the harmful states not rerouted): not applied at x1; at x2 its cosine falls to 0.5
+    and it is applied there. A rung without the note is judged on NLL and HS alone."""
+    from dataclasses import asdict
+
+    from rows import stored_row
+
+    from immunity.defenses.circuit_breakers import CircuitBreakersConfig
+    from immunity.engine.result import RunResult
+    from immunity.reports.applied import rung_text, sweep
+    from immunity.reports.verdict import applied_rung
+    from immunity.tracks import SMOLLM2
+
+    def row(defense, nll, cosine=None, seed=0, **settings):
+        own = SMOLLM2.defenses.get(defense, {}) | settings
+        config = asdict(CircuitBreakersConfig(**own)) if defense == "circuit-breakers" else {}
+        notes = {} if cosine is None else {"val_cosine": cosine}
+        r = stored_row(defense, seed, 0.5) | {"defense_config": config, "hs_before": 0.0, "defense_seconds": 100.0}
+        return RunResult.from_dict(r | {"harmful_nll_before": nll, "defense_notes": notes})
+
+    sft = [row("sft", 1.5 + 0.01 * s, seed=s) for s in range(3)]
+    x1 = row("circuit-breakers", 1.60, 0.9999)
+    rungs, chosen, reason = sweep([x1], sft, SMOLLM2)
+    assert chosen is None and reason.startswith("its own objective unmoved up to x1 so far")
+    assert rung_text(rungs[0], "circuit-breakers") == "x1: 1.600, 0.0 %, 100 s, rerouting cosine 0.9999"
+    x2 = row("circuit-breakers", 1.70, 0.5, steps=2 * SMOLLM2.defenses["circuit-breakers"]["steps"])
+    assert sweep([x1, x2], sft, SMOLLM2)[1:] == (2, "applied at x2 of its budget")
+    unmoved_to_x4 = [(1, 1.6, 0.0, 100.0, (1.0, False)), (2, 1.6, 0.0, 100.0, (0.95, False)), (4, 1.6, 0.0, 100.0, None)]
+    assert applied_rung(unmoved_to_x4, [1.5, 1.52], [0.0], 100.0) == (4, "applied at x4 of its budget")
+    assert applied_rung(unmoved_to_x4[:2], [1.5, 1.52], [0.0], 100.0) == (
+        None,
+        "not applied: its own objective unmoved up to x2 of its budget",
+    )

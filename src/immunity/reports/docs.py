@@ -529,6 +529,8 @@ def real_attacks_block(release: Path) -> str:
 def real_applied_block(release: Path) -> str:
     """The applied gate's sweeps (docs/protocol.md), per real track and defense: each rung's harmful
     NLL and HS before any attack and its cost, and the decision."""
+    from .applied import rung_text
+
     gates = _gates(release)
     if not gates:
         return "(no sweep released yet: `make real-applied`, then `make release-real`)\n"
@@ -537,7 +539,7 @@ def real_applied_block(release: Path) -> str:
         "|---|---|---|---|",
     ]
     for (track, defense), (rungs, _, reason) in gates.items():
-        shown = "; ".join(f"x{m:g}: {n:.3f}, {100 * h:.1f} %, {s:,.0f} s" for m, n, h, s in rungs) or "–"
+        shown = "; ".join(rung_text(rung, defense) for rung in rungs) or "–"
         lines.append(f"| {track} | {defense} | {shown} | {reason} |")
     return "\n".join(lines) + "\n"
 
