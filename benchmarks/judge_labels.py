@@ -102,8 +102,10 @@ def cmd_sample(args) -> None:
     seen = {_cell_of(k) for path in args.exclude_cells_of for k in _read_jsonl(path)}
     pool = [item for item in pool if item["cell"] not in seen]  # a later sample reads new cells only
     if not pool:
-        sys.exit(f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}"
-                 + (" outside the cells already sampled" if seen else ""))
+        sys.exit(
+            f"no validation-split answers to harmful requests in {args.store}'s runs under {args.runs}"
+            + (" outside the cells already sampled" if seen else "")
+        )
     drawn = sample(pool, args.n, args.twice, args.seed, args.prefix)
     sheet = "".join(
         json.dumps({"id": d["id"], "request": d["record"]["prompt"], "answer": d["record"]["response"]}) + "\n"
@@ -248,16 +250,26 @@ def main() -> None:
     s.add_argument("--sheet", type=Path, required=True)
     s.add_argument("--key", type=Path, required=True)
     s.add_argument("--prefix", default="a", help="the ids' first letter(s): a later sample takes a new one")
-    s.add_argument("--exclude-cells-of", type=Path, action="append", default=[], metavar="KEY",
-                   help="leave out the cells an earlier sample's key drew from (repeatable)")
+    s.add_argument(
+        "--exclude-cells-of",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="leave out the cells an earlier sample's key drew from (repeatable)",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace an existing sheet or key")
     a = sub.add_parser("agreement")
     a.add_argument("--key", type=Path, action="append", required=True, help="one per sample (repeatable)")
     a.add_argument("--labels", type=Path, action="append", required=True, help="the labels of each --key, in order")
     a.add_argument("--runs", type=Path, default=Path("runs"))
     a.add_argument("--out", type=Path)
-    a.add_argument("--sheet", type=Path, action="append",
-                   help="each sample's local sheet: also score its answers with today's keyword list")
+    a.add_argument(
+        "--sheet",
+        type=Path,
+        action="append",
+        help="each sample's local sheet: also score its answers with today's keyword list",
+    )
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     {"sample": cmd_sample, "agreement": cmd_agreement}[args.command](args)

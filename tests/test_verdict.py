@@ -227,7 +227,11 @@ def test_a_defense_that_records_its_own_objective_must_move_it_too():
     assert rung_text(rungs[0], "circuit-breakers") == "x1: 1.600, 0.0 %, 100 s, rerouting cosine 0.9999"
     x2 = row("circuit-breakers", 1.70, 0.5, steps=2 * SMOLLM2.defenses["circuit-breakers"]["steps"])
     assert sweep([x1, x2], sft, SMOLLM2)[1:] == (2, "applied at x2 of its budget")
-    unmoved_to_x4 = [(1, 1.6, 0.0, 100.0, (1.0, False)), (2, 1.6, 0.0, 100.0, (0.95, False)), (4, 1.6, 0.0, 100.0, None)]
+    unmoved_to_x4 = [
+        (1, 1.6, 0.0, 100.0, (1.0, False)),
+        (2, 1.6, 0.0, 100.0, (0.95, False)),
+        (4, 1.6, 0.0, 100.0, None),
+    ]
     assert applied_rung(unmoved_to_x4, [1.5, 1.52], [0.0], 100.0) == (4, "applied at x4 of its budget")
     assert applied_rung(unmoved_to_x4[:2], [1.5, 1.52], [0.0], 100.0) == (
         None,
