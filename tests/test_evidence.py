@@ -210,6 +210,24 @@ def test_the_real_results_block_pools_prompts_and_judges_by_the_rule(tmp_path):
     assert "no defense judged on two real tracks" in docs.transfer_block(tmp_path)
 
 
+def test_the_real_board_ranks_only_applied_stable_defenses_with_three_seeds(tmp_path):
+    """The leaderboard's rank: by HS after among defenses the gate applied (or that have no budget to
+    raise) and the rule found stable on 3 seeds, lowest first; a defense that lost more than a tenth
+    of its starting helpfulness (unstable), one whose model equals `sft`'s (not applied), one not
+    yet gated and one with a single seed get no rank, however low their HS."""
+    helpful = {"none": 0.5, "sft": 0.5, "lox": 0.2}
+    hs_after = {"none": 0.9, "sft": 0.6, "antidote": 0.3, "constrained-sft": 0.1}
+    hs_after |= {"repnoise": 0.0, "lox": 0.0, "circuit-breakers": 0.6}
+    rows, generations = _real_release(tmp_path, hs_after, "models/smollm2-135m-instruct", helpful)
+    one_seed = next(r for r in rows if r["defense"] == "sft") | {"defense": "mlac", "run_id": "m", "config_hash": "m"}
+    _write_real(tmp_path, [*rows, one_seed | {"hs_after": 0.0}], generations)
+    table = _table(docs.real_results_block(tmp_path))
+    rank = {name: line.split(" | ")[1] for name, line in table.items() if name in hs_after or name == "mlac"}
+    assert rank["constrained-sft"] == "1" and rank["antidote"] == "2"
+    assert {rank[n] for n in ("lox", "circuit-breakers", "repnoise", "mlac", "sft", "none")} == {"–"}
+    assert "unstable" in table["lox"] and "not gated yet" in table["repnoise"]
+
+
 def test_an_earlier_rung_of_the_gate_leaves_the_table_once_the_track_budget_has_rows(tmp_path):
     """TAR's seed-0 row at half its track budget (the gate's first rung, before the budget was
     raised) is a row of its own until TAR has rows at the track's budget; then the table shows
