@@ -226,6 +226,9 @@ def test_the_real_board_ranks_only_applied_stable_defenses_with_three_seeds(tmp_
     assert rank["constrained-sft"] == "1" and rank["antidote"] == "2"
     assert {rank[n] for n in ("lox", "circuit-breakers", "repnoise", "mlac", "sft", "none")} == {"–"}
     assert "unstable" in table["lox"] and "not gated yet" in table["repnoise"]
+    open_weight, service = docs.real_results_block(tmp_path).split("**Fine-tuning-as-a-service**")
+    absent = next(line for line in open_weight.splitlines() if line.startswith("Not evaluated on this track yet"))
+    assert "booster" in absent and "repnoise" not in absent and "Not evaluated" not in service
 
 
 def test_an_earlier_rung_of_the_gate_leaves_the_table_once_the_track_budget_has_rows(tmp_path):

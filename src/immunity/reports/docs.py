@@ -603,8 +603,23 @@ def _track_table(track: str, default: dict[str, dict[int, RunResult]], counts, g
                 f"| {nll[0]} -> {nll[1]} | {_pct([getattr(r, helpful) for r in runs])} | {applied} | {verdict} "
                 f"| {_cost(runs, default.get('sft', {}))} | {_peak_gb(runs)} | {', '.join(sorted({r.code_version for r in runs}))} |"
             )
-        lines.append("")
+        absent = _absent(track, default, gates or {}, ftaas=board.startswith("Fine"))
+        lines += ["", *absent, ""] if absent else [""]
     return "\n".join(lines) + "\n"
+
+
+def _absent(track: str, default: dict[str, dict[int, RunResult]], gates: dict, ftaas: bool) -> list[str]:
+    """The board's registered defenses without a row under the default attack: those the validation
+    gate found not applied (they need no evaluation: they get no verdict), and those not evaluated."""
+    shown = {label.split(" ")[0] for label in default}
+    absent = [d for d in sorted(DEFENSES) if d not in shown and d not in ("none", "sft") and is_ftaas(d) == ftaas]
+    not_applied = [d for d in absent if (track, d) in gates and gates[(track, d)][1] is None]
+    lines = []
+    if not_applied:
+        lines.append(f"Not applied on validation, so not evaluated (the gate's sweep above): {', '.join(not_applied)}.")
+    if rest := [d for d in absent if d not in not_applied]:
+        lines.append(f"Not evaluated on this track yet: {', '.join(rest)}.")
+    return lines
 
 
 RANKED_SEEDS = 3
