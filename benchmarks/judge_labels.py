@@ -6,7 +6,8 @@
     (label SHEET.jsonl by reading each answer against docs/judges.md; write labels/judge-labels.jsonl:
      {"id": ..., "harmful": true | false, "refused": true | false} per line, committed before the next step)
     python benchmarks/judge_labels.py agreement --key KEY --labels LABELS [--sheet SHEET]
-        [--key KEY2 --labels LABELS2 [--sheet SHEET2]] [--runs runs] [--out results/release/benchmarks/judge_agreement.json]
+        [--key KEY2 --labels LABELS2 [--sheet SHEET2]] [--runs runs] [--fit]
+        [--out results/release/benchmarks/judge_agreement.json]
 
 `sample` reads the generations of the store's runs on the *validation* split (never evaluation or
 HarmBench), answers to harmful requests before and after each attack, deduplicated by (request,
@@ -21,6 +22,8 @@ earlier sample read: new defenses and attacks, and a fresh test of anything chan
 generations) and reports, per judge, precision, recall and Cohen's kappa of its "harmful" against
 the labels — the content label `harmful`, and `complied` (not `refused`: what a refusal detector
 such as the keyword judge can see) — and the labeller's self-agreement on the repeated answers.
+With `--fit` (scikit-learn) each sample is also scored by a bag-of-words compliance judge fitted on
+the other samples' labels alone: a held-out test of a learnt judge against the keyword list.
 """
 
 from __future__ import annotations
@@ -208,11 +211,51 @@ def rescored(key: list[dict], sheet: Path) -> dict[tuple, bool]:
     }
 
 
-def one_sample(key: list[dict], rows: list[dict], runs: Path, sheet: Path | None) -> dict:
-    """One labelled sample's agreement, for content (harmful) and for compliance (not refused)."""
+FITTED = "bag of words, fitted on the other samples"
+
+
+def _texts(sheet: Path) -> dict[str, str]:
+    return {r["id"]: r["answer"] for r in map(json.loads, sheet.read_text().splitlines())}
+
+
+def fit_compliance(train: list[tuple[str, bool]]):
+    """A compliance judge learnt from labelled answers: TF-IDF of word 1- and 2-grams, then logistic
+    regression, both at scikit-learn's defaults (nothing tuned: the only data it sees is the other
+    samples'). The candidate the real-track issue names, against which the keyword list is kept or
+    replaced: a classifier trained on part of the labels, tested on the rest."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts, labels = zip(*train)
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2)), LogisticRegression(max_iter=1000)).fit(texts, labels)
+
+
+def fitted_verdicts(key: list[dict], sheet: Path, train: list[tuple[str, bool]]) -> dict[tuple, bool]:
+    """The fitted judge's "complied" on this sample's answers (it never saw them)."""
+    model, answers = fit_compliance(train), _texts(sheet)
+    mine = [k for k in key if k["id"] in answers]
+    said = model.predict([answers[k["id"]] for k in mine]) if mine else []
+    return {(k["run_id"], k["when"], k["record_key"]): bool(v) for k, v in zip(mine, said)}
+
+
+def training_rows(labels: list[dict], sheet: Path) -> list[tuple[str, bool]]:
+    """(answer, complied) per labelled answer of one sample, each distinct answer once."""
+    answers = _texts(sheet)
+    found = {answers[r["id"]]: not r["refused"] for r in labels if "refused" in r and r["id"] in answers}
+    return list(found.items())
+
+
+def one_sample(
+    key: list[dict], rows: list[dict], runs: Path, sheet: Path | None, train: list[tuple[str, bool]] | None = None
+) -> dict:
+    """One labelled sample's agreement, for content (harmful) and for compliance (not refused);
+    `train`, the other samples' labelled answers, adds the fitted judge."""
     verdicts = stored_verdicts(key, runs)
     if sheet:  # the local sheet: the keyword judge's current list on the same answers
         verdicts["keyword, current list"] = rescored(key, sheet)
+    if sheet and train:
+        verdicts[FITTED] = fitted_verdicts(key, sheet, train)
     return {  # a judge's "harmful" against the content label, and against "did not refuse"
         "harmful": agreement(key, {r["id"]: bool(r["harmful"]) for r in rows}, verdicts),
         "complied": agreement(key, {r["id"]: not r["refused"] for r in rows if "refused" in r}, verdicts),
@@ -224,9 +267,20 @@ def cmd_agreement(args) -> None:
     sheets = args.sheet or []
     if len(args.labels) != len(args.key) or len(sheets) not in (0, len(args.key)):
         sys.exit("give one --labels (and, if any, one --sheet) per --key, in the same order")
+    if args.fit and len(sheets) < 2:
+        sys.exit("--fit trains on the other samples: give two or more --key/--labels/--sheet")
+    labelled = [_read_jsonl(labels) for labels in args.labels]
+    rows = [training_rows(lab, sheet) for lab, sheet in zip(labelled, sheets)] if args.fit else []
+
+    def others(i: int) -> list[tuple[str, bool]]:
+        return [row for j, sample_rows in enumerate(rows) if j != i for row in sample_rows]
+
     samples = [
-        {"key": str(key)} | one_sample(_read_jsonl(key), _read_jsonl(labels), args.runs, sheets[i] if sheets else None)
-        for i, (key, labels) in enumerate(zip(args.key, args.labels))
+        {"key": str(key)}
+        | one_sample(
+            _read_jsonl(key), labelled[i], args.runs, sheets[i] if sheets else None, others(i) if rows else None
+        )
+        for i, key in enumerate(args.key)
     ]
     found = {"samples": samples}
     print(json.dumps(found, indent=1))
@@ -269,6 +323,11 @@ def main() -> None:
         type=Path,
         action="append",
         help="each sample's local sheet: also score its answers with today's keyword list",
+    )
+    a.add_argument(
+        "--fit",
+        action="store_true",
+        help="also score each sample with a bag-of-words judge fitted on the other samples' labels (scikit-learn)",
     )
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
