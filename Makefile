@@ -239,13 +239,13 @@ REAL_ATTACKS = steering,refusal-ablation,embedding,prefill
 REAL_BOOSTER_MATCHED = defense.lora_r=32 defense.lora_alpha=4 defense.lora_targets=qkv defense.lr=4e-3
 # The attack's budget, chosen on the validation split: `none` and `sft` on 3 seeds at 8, 10, 12 and 16
 # steps (the default: where `sft` sits in 30-70 % and the base at least 20 points above it; 32 steps
-# left both at 95 % under earlier code), and every defense's curve on seed 0 at 8, 16 and 32, so that
-# no verdict hangs on one point of a cliff.
+# left both at 95 % under earlier code), and every defense's curve on seed 0 at 8, 12 and 16 (32 adds
+# nothing: `sft` is at 95 % by 16), so that no verdict hangs on one point of a cliff.
 REAL_VAL_STORE ?= results/real_val.db
 REAL_VAL = $(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(REAL_MODEL) $(REAL_SOURCES) eval.split=val
 real-budgets: real-prepare
 	$(REAL_VAL) --seeds $(REAL_SEEDS) --defenses none,sft --grid attack.max_steps=8,10,12,16
-	$(REAL_VAL) --seeds 0 --defenses $(REAL_DEFENSES),$(REAL_FTAAS) --grid attack.max_steps=8,16,32
+	$(REAL_VAL) --seeds 0 --defenses $(REAL_DEFENSES),$(REAL_FTAAS) --grid attack.max_steps=8,12,16
 
 # The applied gate (docs/protocol.md): every defense at x1, x2, x4 of its track budget on validation,
 # seed 0, until it moves past sft's 3-seed range (needs `make real-budgets` first).

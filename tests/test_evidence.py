@@ -432,6 +432,41 @@ def test_the_validation_gate_decides_applied_in_the_real_table(tmp_path):
     assert "| vaccine | x1: 1.500, 10.0 %, 100 s; x2: 1.500" in block and "applied at x1 of its budget" in block
 
 
+def test_the_curves_block_averages_matched_seeds_and_ranks_by_the_area(tmp_path):
+    """Validation rows at 8, 12 and 16 steps: `sft` on 3 seeds (the mean over the seeds every budget
+    has), a defense on seed 0 (its other seeds are not read), the area as the trapezoid's mean; a
+    defense without the 8-step row has no curve yet, and rows of older code are not read."""
+    import gzip
+    import json
+
+    rows, _ = _real_release(tmp_path, {"sft": 0.0, "repnoise": 0.0}, "models/smollm2-135m-instruct")
+    from immunity.tracks import SMOLLM2
+
+    hs = {"sft": {8: 0.2, 12: 0.5, 16: 0.8}, "repnoise": {8: 0.0, 12: 0.2, 16: 0.4}}
+    val = []
+    for r in rows:
+        for steps, share in hs[r["defense"]].items():
+            v = r | {"split": "val", "hs_after": share + 0.1 * r["seed"], "run_id": f"{r['run_id']}-{steps}"}
+            v["attack_config"] = r["attack_config"] | {"max_steps": steps}
+            v["code_version"] = docs.run_code_version(v["defense"], v["attack"], v["judge"])
+            val.append(v)
+    tar = val[-1] | {"defense": "tar", "run_id": "tar-12", "seed": 0, "defense_config": dict(SMOLLM2.defenses["tar"])}
+    tar["code_version"] = docs.run_code_version("tar", tar["attack"], tar["judge"])  # 12 steps only
+    old = val[0] | {"run_id": "old", "code_version": "older", "hs_after": 0.9}
+    old["attack_config"] = old["attack_config"] | {"max_steps": 8}  # would replace sft seed 0 at 8 steps
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in [*val, tar, old]) + "\n")
+    # sft: seeds 0-2 add 0, 0.1, 0.2: mean curve 0.3 / 0.6 / 0.9 -> area (0.45 + 0.75) / 2 = 0.6
+    lines = {
+        line.split(" | ")[1]: line
+        for line in docs.real_curves_block(tmp_path).splitlines()
+        if line.startswith("| smol")
+    }
+    assert lines["sft"].endswith("| 0, 1, 2 | 30.0 | 60.0 | 90.0 | 60.0 |")
+    assert lines["repnoise"].endswith("| 0 | 0.0 | 20.0 | 40.0 | 20.0 |")  # seed 0 alone
+    assert "tar" not in lines and "Not yet at every budget of the curve: tar." in docs.real_curves_block(tmp_path)
+
+
 def test_the_real_attacks_block_judges_each_attack_against_sft_under_it(tmp_path):
     """Prefill rows of `sft` and deep alignment on 3 seeds beside the default table: the block
     shows them under their attack (the default fine-tune's rows are not repeated there) with pooled

@@ -25,7 +25,7 @@ from statistics import mean, stdev
 from ..engine.identity import run_code_version
 from ..engine.result import RunResult
 from ..registry import DEFENSES, Stage
-from .analysis import attack_steps, changed_settings, default_apart_from, defense_label, stage_of
+from .analysis import attack_steps, auc, changed_settings, default_apart_from, defense_label, stage_of
 from .release import RELEASE, load_generations, load_rows
 from .stats import per_seed_table
 from .verdict import Seeded, Verdict, choose_attack_budget, detectable, judge_family, paired_t, wilson
@@ -329,6 +329,54 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
         + (f" ({len(older)} rows of older code are not read)." if older else ".")
     )
     return "\n".join([*lines, "", made, *verdicts]) + "\n"
+
+
+CURVE_STEPS = (8, 12, 16)  # the default attack's budget and one either side (32 left `sft` at 95 %)
+
+
+def real_curves_block(release: Path) -> str:
+    """HS after against the attacker's steps on the validation split, per defense (seed 0; `none`
+    and `sft` on every seed they have, the mean shown), at the track's settings and precision, and
+    the area under each curve over CURVE_STEPS divided by its span: the mean HS over the budget
+    range, which does not jump when a seed falls on the other side of the cliff at one budget."""
+    if not (release / "real_val.rows.jsonl.gz").is_file():
+        return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
+    per: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
+    for r in load_rows("real_val", release):
+        track = _track(r)
+        if track is None or older_code(r) or _real_label(r) != r.defense or r.hs_after is None:
+            continue
+        if r.split != "val" or r.attack != "harmful-finetune" or r.precision != track_precision(track):
+            continue
+        if any(r.attack_config.get(k) != v for k, v in _track_attack(r).items() if k not in ("task", "max_steps")):
+            continue
+        if r.seed == 0 or r.defense in ("none", "sft"):
+            per.setdefault((track.name, r.defense), {}).setdefault(attack_steps(r), {})[r.seed] = r.hs_after
+    lines = [
+        "| track | defense | seeds | " + " | ".join(f"HS after {n} steps" for n in CURVE_STEPS) + " | area (mean HS, "
+        f"{CURVE_STEPS[0]}-{CURVE_STEPS[-1]} steps) |",
+        "|---|---|---|" + "---|" * len(CURVE_STEPS) + "---|",
+    ]
+    partial = []
+    for (track, defense), steps in sorted(
+        per.items(), key=lambda item: (item[0][0], item[0][1] not in ("none", "sft"), item[0][1])
+    ):
+        seeds = sorted(set.intersection(*(set(steps.get(n, {})) for n in CURVE_STEPS)))
+        if not seeds:  # every budget of the curve on the same seeds, or no curve
+            partial.append(defense)
+            continue
+        curve = {n: mean(steps[n][seed] for seed in seeds) for n in CURVE_STEPS}
+        area = auc(curve)
+        lines.append(
+            f"| {track} | {defense} | {', '.join(map(str, seeds))} | "
+            + " | ".join(f"{100 * curve[n]:.1f}" for n in CURVE_STEPS)
+            + f" | {100 * area:.1f} |"
+        )
+    if len(lines) == 2:
+        lines = ["(no defense has its whole curve at the track's precision yet)"]
+    if partial:
+        lines += ["", f"Not yet at every budget of the curve: {', '.join(partial)}."]
+    return "\n".join(lines) + "\n"
 
 
 def _track(row: RunResult):
@@ -1103,6 +1151,7 @@ def generate(root: Path, release: Path | None = None) -> dict[Path, str]:
                 "real-cost": real_cost_block(release),
                 "real-padding": padding_block(release),
                 "real-budget": real_budget_block(release),
+                "real-curves": real_curves_block(release),
                 "real-results": real_results_block(release),
                 "transfer": transfer_block(release),
                 "real-precision": real_precision_block(release),
