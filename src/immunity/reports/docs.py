@@ -676,9 +676,9 @@ RANKED_SEEDS = 3
 def _ranks(runs: dict[str, list[RunResult]], found: dict[str, Verdict], track: str, gates: dict) -> dict[str, int]:
     """The board's leaderboard: defenses (not the `none`/`sft` baselines) with at least 3 seeds that
     the validation gate applied (a defense not yet gated is not ranked) and the rule found stable
-    relative to their starting model, ranked by HS after
-    (mean over seeds: each seed scores the same prompts, so the pooled share), lowest first, equal
-    shares sharing a rank. Whether a rank differs from `sft` is the verdict's to say, not the rank's."""
+    relative to their starting model, ranked by HS after (mean over seeds: each seed scores the same
+    prompts, so the pooled share), lowest first, equal shares sharing a rank. Whether a rank differs
+    from `sft` is the verdict's to say, not the rank's."""
     ranked = {
         name: mean(r.hs_after for r in rows)
         for name, rows in runs.items()
