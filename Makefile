@@ -284,10 +284,17 @@ real-benchmarks: real-prepare
 # The second family (issue: Gemma 3 270M from its base): the unaligned base, `sft` from it and the
 # alignment-stage defenses (TAR on `sft`), under the same evaluation, judge, attack and seeds, into
 # the same store (each row names its model); docs/real-track.md's Transfer table compares the two.
+# First the attack's budget rule on this model's validation split (its own row of the budget block):
+# SmolLM2's 12 steps stand only if they resolve here too.
 GEMMA_MODEL ?= models/gemma-3-270m
+comma := ,
 GEMMA_DEFENSES ?= none,sft,vaccine,t-vaccine,booster,repnoise,circuit-breakers,deep-alignment,tar
 real-gemma: real-prepare
 	$(BIN)/immunity prepare gemma-3-270m --out $(GEMMA_MODEL)
+	$(BIN)/immunity bench --store $(REAL_VAL_STORE) --quiet model=$(GEMMA_MODEL) $(REAL_SOURCES) eval.split=val \
+	  --seeds $(REAL_SEEDS) --defenses none,sft --grid attack.max_steps=8,12,16
+	$(BIN)/python benchmarks/real_applied.py --model $(GEMMA_MODEL) --data advbench:$(REAL_DATA) \
+	  --data $(REAL_HELDOUT_SOURCE) --store $(REAL_VAL_STORE) --defenses $(subst none$(comma)sft$(comma),,$(GEMMA_DEFENSES))
 	$(BIN)/immunity bench --store $(REAL_STORE) --quiet model=$(GEMMA_MODEL) $(REAL_SOURCES) \
 	  --seeds $(REAL_SEEDS) --defenses $(GEMMA_DEFENSES)
 

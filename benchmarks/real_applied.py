@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from immunity import api  # noqa: E402
+from immunity.config import model_track  # noqa: E402
 from immunity.engine.result import RunResult  # noqa: E402
 from immunity.registry import DEFENSES, Stage  # noqa: E402
 from immunity.reports.applied import RUNGS, budget_key, rung_text, sweep, track_budget  # noqa: E402
@@ -30,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", action="append", required=True)
-    parser.add_argument("--track", default="smollm2-135m-instruct")
+    parser.add_argument("--track", help="the track's name (default: the one the model's card names)")
     parser.add_argument("--defenses", default="")
     parser.add_argument("--store", default="results/real_val.db")
     parser.add_argument("--workers", type=int, default=1)
@@ -45,7 +46,9 @@ def main() -> None:
             if c.stage in (Stage.ALIGNMENT, Stage.POST_ALIGNMENT) and n not in ("none", "sft")
         )
     )
-    track = TRACKS[args.track]
+    track = TRACKS[args.track] if args.track else model_track(args.model)
+    if track is None:
+        parser.error(f"{args.model}'s card names no track: give --track ({', '.join(TRACKS)})")
     sft_rows, _ = api.bench("sft", seeds=[0, 1, 2], settings=common, store=args.store, workers=args.workers)
     sft = [RunResult.from_dict(r) for r in sft_rows]
     print("| defense | budget key | rungs (multiple: NLL before, HS before, defense s) | decision |")

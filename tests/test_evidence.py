@@ -129,8 +129,21 @@ def test_the_real_budget_block_applies_the_rule_only_on_three_seeds(tmp_path):
     with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
         f.write("\n".join(lines) + "\n")
     block = docs.real_budget_block(tmp_path)
-    assert "- bfloat16 rows: the rule (docs/protocol.md) picks **16 steps**" in block
-    assert "- float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
+    assert "- safetyworld, bfloat16 rows: the rule (docs/protocol.md) picks **16 steps**" in block
+    assert "- safetyworld, float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
+
+    # Another model's rows are decided apart: a track's rule never reads another track's seeds.
+    def other(defense, seed, steps, hs):
+        r = json.loads(today(defense, seed, steps, hs)) | {"model": "models/gemma-3-270m"}
+        r["run_id"] = r["config_hash"] = "gemma-" + r["run_id"]
+        return json.dumps(r)
+
+    lines += [other(d, s, 8, (0.95, 0.2)[i]) for i, d in enumerate(("none", "sft")) for s in range(2)]
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    block = docs.real_budget_block(tmp_path)
+    assert "- gemma-3-270m, float32 rows: measured on 2 seed(s) so far" in block
+    assert "- safetyworld, float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
 
 
 def _real_release(tmp_path, hs_after, model, helpful=None, tag=""):

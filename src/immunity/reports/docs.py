@@ -271,37 +271,42 @@ def defenses_block() -> str:
 
 
 def real_budget_block(release: Path, prompts: int = 40) -> str:
-    """The real track's attack budget on the validation split (`make real-budgets`, released as
-    `real_val`): `none` and `sft` HS after per seed at each budget and precision, and the budget the
-    protocol's rule (`choose_attack_budget`) picks from each precision's rows."""
+    """The real tracks' attack budget on the validation split (`make real-budgets`, released as
+    `real_val`): `none` and `sft` HS after per seed at each budget, per track and precision, and the
+    budget the protocol's rule (`choose_attack_budget`) picks from each (track, precision)'s rows."""
     if not (release / "real_val.rows.jsonl.gz").is_file():
         return "(not measured yet: `make real-budgets`, then `make release-real`)\n"
     rows = [
         r
         for r in load_rows("real_val", release)
-        if r.split == "val" and r.attack == "harmful-finetune" and r.defense in ("none", "sft")
-    ]  # at the track's settings (the only ones `make real-budgets` runs)
+        if r.split == "val"
+        and r.attack == "harmful-finetune"
+        and r.defense in ("none", "sft")
+        and _real_label(r) == r.defense
+    ]  # at the track's settings
     older = [r for r in rows if older_code(r)]
     if len(older) < len(rows):  # today's code has measured the budgets: its rows alone decide
         rows = [r for r in rows if not older_code(r)]
     answers = release / "real_val.generations.jsonl.gz"
     counts = _harmful_counts(load_generations("real_val", release)) if answers.is_file() else {}
     prompts = min((counts[(r.run_id, "after")][1] for r in rows if (r.run_id, "after") in counts), default=prompts)
-    per: dict[str, dict[int, dict[str, dict[int, float]]]] = {}
+    per: dict[tuple[str, str], dict[int, dict[str, dict[int, float]]]] = {}
     for r in rows:
-        per.setdefault(r.precision, {}).setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(
+        track = _track(r)
+        group = (track.name if track else r.model, r.precision)
+        per.setdefault(group, {}).setdefault(attack_steps(r), {}).setdefault(r.defense, {})[r.seed] = measured(
             r.hs_after
         )
     lines = [
-        "| precision | attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | "
+        "| track | precision | attack steps | `none` HS after, per seed | `sft` HS after, per seed | `sft` in 30-70 % | "
         "base 20 points above, intervals apart |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     verdicts = []
-    for precision in sorted(per):
+    for track, precision in sorted(per):
         curves = {
             steps: ([sides["none"][s] for s in sorted(sides["none"])], [sides["sft"][s] for s in sorted(sides["sft"])])
-            for steps, sides in per[precision].items()
+            for steps, sides in per[(track, precision)].items()
             if sides.get("none") and sides.get("sft")
         }
         chosen, figures = choose_attack_budget(curves, prompts)
@@ -309,8 +314,8 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
             base, sft = curves[steps]
             f = figures[steps]
             lines.append(
-                f"| {precision} | {steps} | {' / '.join(f'{100 * v:.1f}' for v in base)} (mean {100 * f['base']:.1f}) | "
-                f"{' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
+                f"| {track} | {precision} | {steps} | {' / '.join(f'{100 * v:.1f}' for v in base)} "
+                f"(mean {100 * f['base']:.1f}) | {' / '.join(f'{100 * v:.1f}' for v in sft)} (mean {100 * f['sft']:.1f}) | "
                 f"{'yes' if f['in_band'] else 'no'} | {'yes' if f['apart'] else 'no'} |"
             )
         seeds = min((min(len(base), len(sft)) for base, sft in curves.values()), default=0)
@@ -320,7 +325,7 @@ def real_budget_block(release: Path, prompts: int = 40) -> str:
             verdict = f"the rule (docs/protocol.md) picks **{chosen} steps**."
         else:
             verdict = "no budget tried meets the rule: no default attack that resolves yet."
-        verdicts.append(f"- {precision} rows: {verdict}")
+        verdicts.append(f"- {track}, {precision} rows: {verdict}")
     made = (
         f"Made by code older than today's ({', '.join(sorted({r.code_version for r in rows}))}): re-run "
         "`make real-budgets` to decide on today's."
