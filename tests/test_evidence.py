@@ -272,7 +272,11 @@ def test_the_spend_block_sums_stored_stage_times_and_bounds_the_default_table(tm
     """Three seeds of `none` and `sft`: the core-hours spent are the sum of the rows' stage times;
     the default table's lower bound counts every registered defense at the shared evaluations and
     attack, plus the build time of the two that were measured."""
+    import gzip
+    import json
+
     from immunity.registry import DEFENSES
+    from immunity.tracks import SMOLLM2
 
     rows, generations = _real_release(tmp_path, {"none": 0.9, "sft": 0.6}, "models/smollm2-135m-instruct")
     for r in rows:
@@ -281,9 +285,26 @@ def test_the_spend_block_sums_stored_stage_times_and_bounds_the_default_table(tm
     block = docs.real_spend_block(tmp_path)
     spent = 6 * 720 + 6 * 100  # every row's evaluations and attack, and each defense's 100 s build
     need = 3 * (720 * len(DEFENSES) + 2 * 100)
-    assert f"6 released rows took {spent / 3600:.1f} core-hours ({spent / 7200:.1f} hours on 2 cores)" in block
+    assert (
+        f"6 released evaluation rows took {spent / 3600:.1f} core-hours ({spent / 7200:.1f} hours on 2 cores)" in block
+    )
     assert f"needs at least {need / 7200:.1f} hours on 2 cores" in block
-    assert f"(2 defenses at their measured build time, {len(DEFENSES) - 2} not yet measured" in block
+    assert (
+        f"(2 defenses at their build time on the evaluation rows, 0 at their validation build, {len(DEFENSES) - 2}"
+        in block
+    )
+
+    # A defense built on the validation split alone (the gate's run at the track's budget) counts at
+    # that build; its validation row's time is counted with the validation rows.
+    gate = rows[3] | {"defense": "tar", "split": "val", "run_id": "tar-gate", "defense_seconds": 3600.0}
+    gate["defense_config"] = dict(SMOLLM2.defenses["tar"])
+    gate["timings"] = gate["timings"] | {"defend": 3600.0}
+    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+        f.write(json.dumps(gate) + "\n")
+    block = docs.real_spend_block(tmp_path)
+    assert f"and 1 validation rows {(3600 + 720) / 3600:.1f} core-hours" in block
+    assert f"needs at least {(need + 3 * 3600) / 7200:.1f} hours on 2 cores" in block
+    assert "2 defenses at their build time on the evaluation rows, 1 at their validation build" in block
 
 
 def test_a_base_model_track_reads_stability_against_sft_and_transfer_compares_tracks(tmp_path):

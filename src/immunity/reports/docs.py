@@ -768,13 +768,16 @@ def _shared_seconds(row: RunResult) -> float:
 
 
 def real_spend_block(release: Path, seeds: int = 3, cores: int = 2) -> str:
-    """What the released real rows cost (the sum of their stored stage times, one thread each), and
-    what the default table (every registered defense x `seeds` seeds) needs at least: the measured
-    defenses at their mean build time plus the shared evaluations and attack, the others at the
-    shared part alone (a lower bound until they are measured)."""
+    """What the released real rows cost (the sum of their stored stage times, one thread each; the
+    validation rows of the budget rule and the applied gate counted apart), and what the default
+    table (every registered defense x `seeds` seeds) needs at least: each defense at its mean build
+    time on the evaluation rows, else at its validation build at the track's budget (the same
+    build), plus the shared evaluations and attack; a defense built nowhere yet at the shared part
+    alone (a lower bound until it is)."""
     if not (release / "real.rows.jsonl.gz").is_file():
         return "(not released yet)\n"
     rows = load_rows("real", release)
+    val = load_rows("real_val", release) if (release / "real_val.rows.jsonl.gz").is_file() else []
     defaults = _real_defaults(release)
     lines = []
     for name in sorted({t.name for r in rows if (t := _track(r)) is not None}):
@@ -785,14 +788,23 @@ def real_spend_block(release: Path, seeds: int = 3, cores: int = 2) -> str:
             continue
         shared = mean(_shared_seconds(r) for runs in plain.values() for r in runs.values())
         own = {label: mean(r.defense_seconds for r in runs.values()) for label, runs in plain.items()}
-        need = seeds * sum(shared + own.get(d, 0.0) for d in DEFENSES)
+        mine_val = [r for r in val if (t := _track(r)) is not None and t.name == name]
+        val_spent = sum(sum(r.timings.values()) for r in mine_val)
+        built_val = {
+            r.defense: r.defense_seconds
+            for r in mine_val
+            if r.defense not in own and _real_label(r) == r.defense and r.precision == track_precision(_track(r))
+        }
+        need = seeds * sum(shared + own.get(d, built_val.get(d, 0.0)) for d in DEFENSES)
+        unmeasured = len(DEFENSES) - len(own) - len(built_val)
         lines.append(
-            f"- {name}: {len(mine)} released rows took {spent / 3600:.1f} core-hours "
-            f"({spent / 3600 / cores:.1f} hours on {cores} cores). A row's evaluations and attack take "
+            f"- {name}: {len(mine)} released evaluation rows took {spent / 3600:.1f} core-hours "
+            f"({spent / 3600 / cores:.1f} hours on {cores} cores), and {len(mine_val)} validation rows "
+            f"{val_spent / 3600:.1f} core-hours. A row's evaluations and attack take "
             f"{shared:,.0f} s of one core whatever the defense; the default table ({len(DEFENSES)} registered "
             f"defenses x {seeds} seeds) needs at least {need / 3600 / cores:.1f} hours on {cores} cores "
-            f"({len(own)} defenses at their measured build time, {len(DEFENSES) - len(own)} not yet measured "
-            "counted at the shared part alone)."
+            f"({len(own)} defenses at their build time on the evaluation rows, {len(built_val)} at their "
+            f"validation build, {unmeasured} not yet built counted at the shared part alone)."
         )
     return "\n".join(lines) + "\n" if lines else "(no real row under a track's default attack yet)\n"
 
