@@ -371,11 +371,11 @@ def real_curves_block(release: Path) -> str:
             partial.append(defense)
             continue
         curve = {n: mean(steps[n][seed] for seed in seeds) for n in CURVE_STEPS}
-        area = auc(curve)
+        area = auc(curve)  # never None: the curve has every budget of CURVE_STEPS
         lines.append(
             f"| {track} | {defense} | {', '.join(map(str, seeds))} | "
             + " | ".join(f"{100 * curve[n]:.1f}" for n in CURVE_STEPS)
-            + f" | {100 * area:.1f} |"
+            + f" | {100 * measured(area):.1f} |"
         )
     if len(lines) == 2:
         lines = ["(no defense has its whole curve at the track's precision yet)"]
@@ -685,7 +685,7 @@ def _ranks(runs: dict[str, list[RunResult]], found: dict[str, Verdict], track: s
     prompts, so the pooled share), lowest first, equal shares sharing a rank. Whether a rank differs
     from `sft` is the verdict's to say, not the rank's."""
     ranked = {
-        name: mean(r.hs_after for r in rows)
+        name: mean(measured(r.hs_after) for r in rows)
         for name, rows in runs.items()
         if not name.startswith(("none", "sft"))
         and len(rows) >= RANKED_SEEDS
