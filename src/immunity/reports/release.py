@@ -33,7 +33,7 @@ from ..outputs import write_text_atomic
 
 RELEASE = Path("results/release")
 REAL_HARMFUL_WORDS = 12
-DATA_VERSION = "2026.12.08.1"  # raised whenever released rows are added or replaced
+DATA_VERSION = "2026.12.08.2"  # raised whenever released rows are added or replaced
 
 
 def _gzip_lines(lines: list[str]) -> bytes:
