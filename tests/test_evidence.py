@@ -119,29 +119,31 @@ def test_the_real_budget_block_applies_the_rule_only_on_three_seeds(tmp_path):
     assert "picks **8 steps**" in block and "18 rows of today's code" in block
     assert "(18 rows of older code are not read)" in block
 
-    # A second precision is decided from its own rows and listed apart.
-    def half(defense, seed, steps, hs):
-        r = json.loads(today(defense, seed, steps, hs)) | {"precision": "bfloat16"}
-        r["run_id"] = r["config_hash"] = "half-" + r["run_id"]
+    # A row of today's with other fields (a second precision, another model), under a new id.
+    def variant(tag, changes, defense, seed, steps, hs):
+        r = json.loads(today(defense, seed, steps, hs)) | changes
+        r["run_id"] = r["config_hash"] = f"{tag}-" + r["run_id"]
         return json.dumps(r)
 
-    lines += [half(d, s, 16, (0.95, 0.5)[i]) for i, d in enumerate(("none", "sft")) for s in range(3)]
-    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
-        f.write("\n".join(lines) + "\n")
-    block = docs.real_budget_block(tmp_path)
+    def rewrite(extra):
+        lines.extend(extra)
+        with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
+            f.write("\n".join(lines) + "\n")
+        return docs.real_budget_block(tmp_path)
+
+    # A second precision is decided from its own rows and listed apart.
+    half = {"precision": "bfloat16"}
+    block = rewrite(
+        [variant("half", half, d, s, 16, (0.95, 0.5)[i]) for i, d in enumerate(("none", "sft")) for s in range(3)]
+    )
     assert "- safetyworld, bfloat16 rows: the rule (docs/protocol.md) picks **16 steps**" in block
     assert "- safetyworld, float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
 
     # Another model's rows are decided apart: a track's rule never reads another track's seeds.
-    def other(defense, seed, steps, hs):
-        r = json.loads(today(defense, seed, steps, hs)) | {"model": "models/gemma-3-270m"}
-        r["run_id"] = r["config_hash"] = "gemma-" + r["run_id"]
-        return json.dumps(r)
-
-    lines += [other(d, s, 8, (0.95, 0.2)[i]) for i, d in enumerate(("none", "sft")) for s in range(2)]
-    with gzip.open(tmp_path / "real_val.rows.jsonl.gz", "wt") as f:
-        f.write("\n".join(lines) + "\n")
-    block = docs.real_budget_block(tmp_path)
+    gemma = {"model": "models/gemma-3-270m"}
+    block = rewrite(
+        [variant("gemma", gemma, d, s, 8, (0.95, 0.2)[i]) for i, d in enumerate(("none", "sft")) for s in range(2)]
+    )
     assert "- gemma-3-270m, float32 rows: measured on 2 seed(s) so far" in block
     assert "- safetyworld, float32 rows: the rule (docs/protocol.md) picks **8 steps**" in block
 

@@ -351,9 +351,7 @@ def real_curves_block(release: Path) -> str:
         track = _track(r)
         if track is None or older_code(r) or _real_label(r) != r.defense or r.hs_after is None:
             continue
-        if r.split != "val" or r.attack != "harmful-finetune" or r.precision != track_precision(track):
-            continue
-        if any(r.attack_config.get(k) != v for k, v in _track_attack(r).items() if k not in ("task", "max_steps")):
+        if not _track_default(r, split="val", apart_from=("max_steps",)):  # any budget of the curve
             continue
         if r.seed == 0 or r.defense in ("none", "sft"):
             per.setdefault((track.name, r.defense), {}).setdefault(attack_steps(r), {})[r.seed] = r.hs_after
@@ -418,15 +416,19 @@ def track_precision(track) -> str:
     return track.settings.get("precision", "float32")
 
 
-def _track_default(row: RunResult, precision: str | None = None, split: str = "eval") -> bool:
+def _track_default(
+    row: RunResult, precision: str | None = None, split: str = "eval", apart_from: tuple[str, ...] = ()
+) -> bool:
     """The row ran its track's default attack (the harmful fine-tune at the track's settings) on
-    `split`, at `precision` (the track's own when not given)."""
+    `split`, at `precision` (the track's own when not given); attack keys in `apart_from` may differ."""
     track = _track(row)
     if track is None or row.split != split or row.attack != "harmful-finetune":
         return False
     if row.precision != (precision or track_precision(track)):
         return False
-    return all(row.attack_config.get(k) == v for k, v in _track_attack(row).items() if k != "task")
+    return all(
+        row.attack_config.get(k) == v for k, v in _track_attack(row).items() if k != "task" and k not in apart_from
+    )
 
 
 def _harmful_counts(generations: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
